@@ -1,0 +1,55 @@
+"""``python -m bench <name> [options]``: one dispatcher, one module per benchmark.
+
+Each benchmark module exposes ``add_arguments(parser)`` and ``run(args) -> int``; adding a benchmark
+is one entry in :data:`BENCHES`, so every benchmark gets the same command-line shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from . import protocol as protocol_bench
+
+__all__ = ["BENCHES", "BenchModule", "build_parser", "main"]
+
+
+class BenchModule(Protocol):
+    """What the dispatcher needs from a benchmark module (modules satisfy this structurally)."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+BENCHES: dict[str, BenchModule] = {
+    "protocol": protocol_bench,
+}
+"""Subcommand name -> benchmark module."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for every benchmark; a subcommand's help is its module's first docstring line."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Roost benchmarks.")
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for name, module in BENCHES.items():
+        doc = (getattr(module, "__doc__", None) or "").strip()
+        summary = doc.splitlines()[0] if doc else None
+        child = sub.add_parser(name, help=summary, description=doc or None,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(child)
+        child.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen benchmark; returns its exit status."""
+    args = build_parser().parse_args(argv)
+    status: int = args.run(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

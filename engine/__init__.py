@@ -1,0 +1,1 @@
+"""Roost engine: gateway, router, supervised room actors, stores, reaper and the ``roost`` CLI."""

@@ -1,0 +1,113 @@
+"""The ``roost`` command: a thin shell over the library. Signal handling lives here and only here.
+
+Every user error (bad arguments, unreadable key) prints one line to stderr and exits with status 2;
+no traceback reaches the user for a mistake they can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from protocol.tokens import new_claims, public_jwk, sign
+
+from .keys import KeyFileError, public_path_for, read_private_key, write_key_pair
+
+__all__ = ["main", "parse_duration"]
+
+EXIT_USAGE = 2
+
+_DURATION = re.compile(r"(\d+)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called; printed as one line, exit status 2."""
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``"90"``, ``"45s"``, ``"30m"``, ``"1h"`` or ``"7d"`` (positive, at most 366 days)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise UsageError(f"invalid duration {text!r}: use a number with s, m, h or d (e.g. 1h)")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 0 < seconds <= 366 * 86400:
+        raise UsageError(f"duration {text!r} must be between 1s and 366d")
+    return seconds
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    path = Path(args.out)
+    try:
+        kid, verify_key = write_key_pair(path, kid=args.kid, overwrite=args.force)
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+    public = public_path_for(path)
+    print(f"kid={kid}")
+    print(f"public_key={public_jwk(verify_key, kid)['x']}")
+    print(f"private_key_file={path}")
+    print(f"public_key_file={public}")
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    ttl = parse_duration(args.ttl)
+    try:
+        kid, key = read_private_key(Path(args.key))
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.sub or len(args.sub) > 128:
+        raise UsageError("--sub must be 1 to 128 characters")
+    if len(args.name) > 64:
+        raise UsageError("--name must be at most 64 characters")
+    claims = new_claims(sub=args.sub, name=args.name, kid=kid, now=time.time(), ttl=ttl, room=args.room, role=args.role)
+    print(sign(claims, key))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = _Parser(prog="roost", description="Roost realtime room engine")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    keygen = sub.add_parser("keygen", help="write a new Ed25519 signing key pair (JWK files)")
+    keygen.add_argument("--out", default="roost-key.jwk", help="private key file (public key: <name>.pub.jwk)")
+    keygen.add_argument("--kid", default=None, help="key id (default: derived from the public key)")
+    keygen.add_argument("--force", action="store_true", help="replace existing files")
+    keygen.set_defaults(run=_cmd_keygen)
+
+    token = sub.add_parser("token", help="mint a user token signed with a private key file")
+    token.add_argument("--key", required=True, help="private key file written by 'roost keygen'")
+    token.add_argument("--sub", required=True, help="user id")
+    token.add_argument("--name", default="", help="display name")
+    token.add_argument("--ttl", default="1h", help="lifetime, e.g. 90s, 30m, 1h, 7d (default 1h)")
+    token.add_argument("--room", default=None, help="restrict the token to one room (id or code)")
+    token.add_argument("--role", default=None, help="role claim for room logic")
+    token.set_defaults(run=_cmd_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``roost`` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        run: Callable[[argparse.Namespace], int] = args.run
+        return run(args)
+    except UsageError as exc:
+        print(f"roost: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Encode frames to bytes and decode bytes to frames, validating everything on the way in.
+
+``decode`` is the only door from the network into Roost: for any input it either returns a valid
+frame of the expected direction or raises :class:`~protocol.errors.RemoteProtocolError` with a stable
+code. It never raises anything else and runs in time linear in the input, whose size is checked
+before any parsing.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, TypeVar
+
+import msgpack
+
+from .errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
+from .frames import CLIENT_FRAMES, SERVER_FRAMES, Frame
+from .schema import FieldProblem, Limits, WireRecord
+
+__all__ = [
+    "CLIENT_LIMITS",
+    "SERVER_LIMITS",
+    "Sender",
+    "decode",
+    "dump_record",
+    "encode",
+    "load_record",
+]
+
+CLIENT_LIMITS = Limits()
+"""Default limits for frames sent by clients: 64 KiB frames, depth 16, 4,096-character chat."""
+SERVER_LIMITS = Limits(max_frame_bytes=1024 * 1024)
+"""Default limits for frames sent by the server (pages of history and members are larger)."""
+
+
+class Sender(enum.Enum):
+    """Which side sent the bytes being decoded; each side has its own set of frame types."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+_TABLES = {Sender.CLIENT: CLIENT_FRAMES, Sender.SERVER: SERVER_FRAMES}
+_DEFAULT_LIMITS = {Sender.CLIENT: CLIENT_LIMITS, Sender.SERVER: SERVER_LIMITS}
+
+R = TypeVar("R", bound=WireRecord)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"ext type {code} is not allowed")
+
+
+def decode(data: bytes, sender: Sender, limits: Limits | None = None) -> Frame:
+    """Decode one frame sent by ``sender``.
+
+    Raises:
+        RemoteProtocolError: for any invalid input. ``request_id`` is set when the frame's ``id``
+            could be read, so the error can be answered in band; ``close_code`` is set when the
+            connection should be closed instead (a frame over the size limit).
+    """
+    limits = limits or _DEFAULT_LIMITS[sender]
+    if len(data) > limits.max_frame_bytes:
+        raise RemoteProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"frame of {len(data)} bytes exceeds {limits.max_frame_bytes}",
+            close_code=CloseCode.MESSAGE_TOO_BIG,
+        )
+    try:
+        raw = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+        )
+    except Exception as exc:  # msgpack's C unpacker raises several types; all mean "malformed"
+        raise RemoteProtocolError(ErrorCode.MALFORMED, f"not a msgpack value: {type(exc).__name__}") from None
+    if type(raw) is not dict:
+        raise RemoteProtocolError(ErrorCode.NOT_A_MAP, "a frame must be a msgpack map")
+    request_id = raw.get("id")
+    if type(request_id) is not int or not 0 <= request_id <= 2**32 - 1:
+        request_id = None
+    frame_type = raw.get("t")
+    cls = _TABLES[sender].get(frame_type) if type(frame_type) is str else None
+    if cls is None:
+        shown = frame_type if type(frame_type) is str else type(frame_type).__name__
+        raise RemoteProtocolError(
+            ErrorCode.UNKNOWN_TYPE, f"unknown {sender.value} frame type {str(shown)[:32]!r}", request_id=request_id
+        )
+    try:
+        frame: Frame = cls.load_fields(raw, limits)
+    except FieldProblem as problem:
+        raise RemoteProtocolError(problem.code, f"{frame_type}.{problem.message}", request_id=request_id) from None
+    return frame
+
+
+def encode(frame: Frame, limits: Limits | None = None) -> bytes:
+    """Encode one frame, checking it against the same rules ``decode`` applies.
+
+    Raises:
+        LocalProtocolError: the frame is invalid or too large; a bug in the caller.
+    """
+    sender = Sender.CLIENT if frame.TYPE in CLIENT_FRAMES else Sender.SERVER
+    if _TABLES[sender].get(frame.TYPE) is not type(frame):
+        raise LocalProtocolError(ErrorCode.UNKNOWN_TYPE, f"{type(frame).__name__} is not a frame type")
+    limits = limits or _DEFAULT_LIMITS[sender]
+    out: dict[str, Any] = {"t": frame.TYPE}
+    try:
+        frame.dump_into(out, limits)
+    except FieldProblem as problem:
+        raise LocalProtocolError(problem.code, f"{frame.TYPE}.{problem.message}") from None
+    data: bytes = msgpack.packb(out, use_bin_type=True)
+    if len(data) > limits.max_frame_bytes:
+        raise LocalProtocolError(
+            ErrorCode.TOO_LARGE, f"{frame.TYPE} frame of {len(data)} bytes exceeds {limits.max_frame_bytes}"
+        )
+    return data
+
+
+def load_record(record_type: type[R], value: Any, limits: Limits = SERVER_LIMITS) -> R:
+    """Validate a decoded value (e.g. an ``ok`` frame's ``result``) as a record type.
+
+    Raises:
+        RemoteProtocolError: the value does not fit the record.
+    """
+    if type(value) is not dict:
+        raise RemoteProtocolError(ErrorCode.BAD_FIELD, f"{record_type.__name__}: expected map")
+    try:
+        record: R = record_type.load_fields(value, limits)
+    except FieldProblem as problem:
+        raise RemoteProtocolError(problem.code, f"{record_type.__name__}.{problem.message}") from None
+    return record
+
+
+def dump_record(record: WireRecord, limits: Limits = SERVER_LIMITS) -> dict[str, Any]:
+    """Turn a record into the msgpack-ready map to put in an ``ok`` result.
+
+    Raises:
+        LocalProtocolError: the record is invalid.
+    """
+    try:
+        return record.dump_fields(limits)
+    except FieldProblem as problem:
+        raise LocalProtocolError(problem.code, f"{type(record).__name__}.{problem.message}") from None

@@ -1,0 +1,350 @@
+"""Field specifications: the table that drives both encoding and validating decoding.
+
+Every frame field is declared once, with a spec from this module, and the codec walks that table in
+both directions (the h11 way: one table, no per-frame hand-written parsing). A spec's ``load`` turns a
+decoded msgpack value into the Python value of the field, checking type and limits; ``dump`` does the
+reverse for encoding and checks the same rules, so anything we send is something we would accept.
+
+Problems are reported by raising :class:`FieldProblem`; the codec turns it into a
+``RemoteProtocolError`` (decode) or ``LocalProtocolError`` (encode) with the field's path.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from .errors import ErrorCode
+
+__all__ = [
+    "MAX_SAFE_INT",
+    "Bool",
+    "Enum",
+    "FieldProblem",
+    "Int",
+    "Limits",
+    "ListOf",
+    "Opaque",
+    "Record",
+    "Spec",
+    "Str",
+    "spec_field",
+]
+
+MAX_SAFE_INT = 2**53 - 1
+"""Largest integer every client language holds exactly (JavaScript's Number.MAX_SAFE_INTEGER)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Size limits applied while decoding (and encoding) one frame.
+
+    Attributes:
+        max_frame_bytes: the largest encoded frame accepted, checked before any parsing.
+        max_depth: how deep an opaque value (custom data, game state, metadata) may nest; a map
+            holding a list is depth 2.
+        max_chat_chars: the longest chat message text, in Unicode code points.
+    """
+
+    max_frame_bytes: int = 64 * 1024
+    max_depth: int = 16
+    max_chat_chars: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.max_frame_bytes < 64 or self.max_depth < 1 or self.max_chat_chars < 1:
+            raise ValueError("limits must be positive (max_frame_bytes >= 64)")
+
+
+class FieldProblem(Exception):  # noqa: N818 - internal signal, not an error users see
+    """A value broke a spec. Carries the error code and a path-free message."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Spec(abc.ABC):
+    """Base of all field specs."""
+
+    @abc.abstractmethod
+    def load(self, value: Any, limits: Limits) -> Any:
+        """Check a decoded wire value and convert it to the field's Python value."""
+
+    def dump(self, value: Any, limits: Limits) -> Any:
+        """Check a field's Python value and convert it to a msgpack-ready value."""
+        return self.load(value, limits)
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for PROTOCOL.md-style listings and error messages."""
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Int(Spec):
+    """An integer in ``[lo, hi]``; booleans and floats are refused."""
+
+    lo: int = 0
+    hi: int = MAX_SAFE_INT
+
+    def load(self, value: Any, limits: Limits) -> int:
+        if type(value) is not int:
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"expected integer, got {_type_name(value)}")
+        if not self.lo <= value <= self.hi:
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"{value} is outside [{self.lo}, {self.hi}]")
+        return value
+
+    def describe(self) -> str:
+        return f"int {self.lo}..{self.hi}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bool(Spec):
+    """A msgpack boolean (not 0/1)."""
+
+    def load(self, value: Any, limits: Limits) -> bool:
+        if type(value) is not bool:
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"expected boolean, got {_type_name(value)}")
+        return value
+
+    def describe(self) -> str:
+        return "bool"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Str(Spec):
+    """A UTF-8 string whose length in code points is within bounds, optionally matching a pattern.
+
+    ``max_len`` may be the name of a :class:`Limits` attribute, for limits set by configuration.
+    """
+
+    min_len: int = 0
+    max_len: int | str = 256
+    pattern: str | None = None
+    _regex: re.Pattern[str] | None = dataclasses.field(default=None, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            object.__setattr__(self, "_regex", re.compile(self.pattern))
+
+    def _max(self, limits: Limits) -> int:
+        if isinstance(self.max_len, str):
+            return int(getattr(limits, self.max_len))
+        return self.max_len
+
+    def load(self, value: Any, limits: Limits) -> str:
+        if type(value) is not str:
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"expected string, got {_type_name(value)}")
+        if len(value) > self._max(limits):
+            raise FieldProblem(ErrorCode.TOO_LONG, f"string longer than {self._max(limits)}")
+        if len(value) < self.min_len:
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"string shorter than {self.min_len}")
+        if self._regex is not None and self._regex.fullmatch(value) is None:
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"string does not match {self.pattern}")
+        return value
+
+    def describe(self) -> str:
+        text = f"str {self.min_len}..{self.max_len}"
+        return text if self.pattern is None else f"{text} matching {self.pattern}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Enum(Spec):
+    """A string that must be one value of a ``StrEnum``; loads as the enum member."""
+
+    enum_type: type[enum.StrEnum]
+
+    def load(self, value: Any, limits: Limits) -> enum.StrEnum:
+        if type(value) is not str and not isinstance(value, self.enum_type):
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"expected string, got {_type_name(value)}")
+        try:
+            return self.enum_type(value)
+        except ValueError:
+            allowed = ", ".join(m.value for m in self.enum_type)
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"{value!r} is not one of: {allowed}") from None
+
+    def dump(self, value: Any, limits: Limits) -> str:
+        return str(self.load(value, limits).value)
+
+    def describe(self) -> str:
+        return "one of " + "|".join(m.value for m in self.enum_type)
+
+
+_SCALARS = (type(None), bool, int, float, str, bytes)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Opaque(Spec):
+    """Any msgpack value the application owns (custom data, game state, metadata).
+
+    Only nil, booleans, integers, floats, strings, byte strings, arrays and maps with string keys
+    are allowed; ext types (timestamps included) are refused. Nesting is capped at
+    ``limits.max_depth + extra_depth`` (``extra_depth`` leaves room for the envelope of server
+    replies that embed user values). With ``map_only`` the top level must be a map.
+    """
+
+    map_only: bool = False
+    extra_depth: int = 0
+
+    def load(self, value: Any, limits: Limits) -> Any:
+        if self.map_only and type(value) is not dict:
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"expected map, got {_type_name(value)}")
+        _check_opaque(value, limits.max_depth + self.extra_depth)
+        return value
+
+    def describe(self) -> str:
+        return "map (opaque)" if self.map_only else "any (opaque)"
+
+
+def _check_opaque(root: Any, max_depth: int) -> None:
+    # Iterative walk: a hostile frame nested 1,000 deep must not hit Python's recursion limit.
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is list or kind is tuple:
+            if depth >= max_depth:
+                raise FieldProblem(ErrorCode.TOO_DEEP, f"value nests deeper than {max_depth}")
+            stack.extend((item, depth + 1) for item in value)
+        elif kind is dict:
+            if depth >= max_depth:
+                raise FieldProblem(ErrorCode.TOO_DEEP, f"value nests deeper than {max_depth}")
+            for key, item in value.items():
+                if type(key) is not str:
+                    raise FieldProblem(ErrorCode.BAD_FIELD, "map keys must be strings")
+                stack.append((item, depth + 1))
+        elif kind not in _SCALARS:
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"unsupported value type {kind.__name__}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListOf(Spec):
+    """An array of at most ``max_len`` items of one spec; loads as a tuple."""
+
+    item: Spec
+    max_len: int
+
+    def load(self, value: Any, limits: Limits) -> tuple[Any, ...]:
+        return self._each(value, limits, self.item.load)
+
+    def dump(self, value: Any, limits: Limits) -> list[Any]:
+        return list(self._each(value, limits, self.item.dump))
+
+    def _each(self, value: Any, limits: Limits, convert: Callable[[Any, Limits], Any]) -> tuple[Any, ...]:
+        if type(value) is not list and type(value) is not tuple:
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"expected array, got {_type_name(value)}")
+        if len(value) > self.max_len:
+            raise FieldProblem(ErrorCode.TOO_LONG, f"array longer than {self.max_len}")
+        return tuple(convert(item, limits) for item in value)
+
+    def describe(self) -> str:
+        return f"array (max {self.max_len}) of {self.item.describe()}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record(Spec):
+    """A nested map described by a record dataclass (see :class:`WireRecord`)."""
+
+    record_type: type[WireRecord]
+
+    def load(self, value: Any, limits: Limits) -> WireRecord:
+        if type(value) is not dict:
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"expected map, got {_type_name(value)}")
+        return self.record_type.load_fields(value, limits)
+
+    def dump(self, value: Any, limits: Limits) -> dict[str, Any]:
+        if not isinstance(value, self.record_type):
+            raise FieldProblem(ErrorCode.BAD_FIELD, f"expected {self.record_type.__name__}")
+        return value.dump_fields(limits)
+
+    def describe(self) -> str:
+        return self.record_type.__name__
+
+
+def spec_field(spec: Spec, *, default: Any = dataclasses.MISSING) -> Any:
+    """Declare a wire field: its spec, and its default (absent on the wire means the default).
+
+    A field without a default is required. A field whose value is ``None`` is left out when
+    encoding, and a nil on the wire loads as absent.
+    """
+    return dataclasses.field(default=default, metadata={"spec": spec})
+
+
+class WireRecord:
+    """Mixin for frozen dataclasses whose fields are all declared with :func:`spec_field`.
+
+    The field table is computed once per class. Subclasses may override :meth:`check` for rules
+    that span fields (e.g. "exactly one of room and code"); it returns a message or ``None``.
+    """
+
+    __slots__ = ()
+    _fields_table: ClassVar[tuple[tuple[str, Spec, bool, Any], ...] | None]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._fields_table = None  # filled lazily: dataclass fields do not exist yet at this point
+
+    @classmethod
+    def fields_table(cls) -> tuple[tuple[str, Spec, bool, Any], ...]:
+        """(name, spec, required, default) for each field, in declaration order."""
+        if cls._fields_table is None:
+            rows = []
+            for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+                required = f.default is dataclasses.MISSING
+                rows.append((f.name, f.metadata["spec"], required, None if required else f.default))
+            cls._fields_table = tuple(rows)
+        return cls._fields_table
+
+    def check(self) -> str | None:
+        """Cross-field rule; return a problem description, or ``None`` when the record is valid."""
+        return None
+
+    @classmethod
+    def load_fields(cls, raw: dict[Any, Any], limits: Limits) -> Any:
+        kwargs: dict[str, Any] = {}
+        for name, spec, required, default in cls.fields_table():
+            value = raw.get(name)
+            if value is None:
+                if required:
+                    if name in raw:
+                        raise FieldProblem(ErrorCode.BAD_FIELD, f"{name}: nil is not allowed")
+                    raise FieldProblem(ErrorCode.MISSING_FIELD, f"{name}: required field is missing")
+                kwargs[name] = default
+                continue
+            try:
+                kwargs[name] = spec.load(value, limits)
+            except FieldProblem as problem:
+                raise FieldProblem(problem.code, f"{name}: {problem.message}") from None
+        record = cls(**kwargs)
+        problem = record.check()
+        if problem is not None:
+            raise FieldProblem(ErrorCode.BAD_FIELD, problem)
+        return record
+
+    def dump_fields(self, limits: Limits) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        self.dump_into(out, limits)
+        return out
+
+    def dump_into(self, out: dict[str, Any], limits: Limits) -> None:
+        for name, spec, required, _default in self.fields_table():
+            value = getattr(self, name)
+            if value is None:
+                if required:
+                    raise FieldProblem(ErrorCode.MISSING_FIELD, f"{name}: required field is None")
+                continue
+            try:
+                out[name] = spec.dump(value, limits)
+            except FieldProblem as problem:
+                raise FieldProblem(problem.code, f"{name}: {problem.message}") from None
+        problem = self.check()
+        if problem is not None:
+            raise FieldProblem(ErrorCode.BAD_FIELD, problem)

@@ -1,0 +1,1 @@
+"""Tests for Roost; one file per part."""
