@@ -75,6 +75,16 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeError, prepare, run
+
+    try:
+        prepared = prepare(args)
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
+    return run(prepared, log_level=args.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = _Parser(prog="roost", description="Roost realtime room engine")
@@ -94,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--room", default=None, help="restrict the token to one room (id or code)")
     token.add_argument("--role", default=None, help="role claim for room logic")
     token.set_defaults(run=_cmd_token)
+
+    serve = sub.add_parser("serve", help="run the engine")
+    serve.add_argument("--dev", action="store_true", help="create a development key and print a ready token")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port to bind (default 8765; 0 picks one)")
+    serve.add_argument("--config", default=None, help="TOML config file (ROOST_* environment variables override it)")
+    serve.add_argument("--key", action="append", default=[], help="public key file (JWK) to accept tokens from; repeat")
+    serve.add_argument("--data", default=None, help="data directory (default ./.roost)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_cmd_serve)
     return parser
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "HistoryPage",
     "HostChanged",
     "HostSet",
+    "InactivePolicy",
     "Join",
     "JoinOrCreate",
     "Kick",
@@ -107,6 +108,17 @@ class Phase(enum.StrEnum):
     LOBBY = "lobby"
     PLAYING = "playing"
     ENDED = "ended"
+
+
+class InactivePolicy(enum.StrEnum):
+    """What a room does when a member's presence goes offline while the game is ``playing``."""
+
+    NONE = "none"
+    """Nothing: the game goes on."""
+    RESET = "reset"
+    """The game goes back to ``lobby`` with no state (e.g. a two-player game)."""
+    END = "end"
+    """The game moves to ``ended``, keeping its state."""
 
 
 class AdminOp(enum.StrEnum):
@@ -265,6 +277,7 @@ class RoomSnapshot(WireRecord):
     read_n: int = spec_field(SEQ, default=0)
     unread: int = spec_field(COUNT, default=0)
     logic: str | None = spec_field(KIND, default=None)
+    inactive: InactivePolicy = spec_field(Enum(InactivePolicy), default=InactivePolicy.NONE)
     created: int = spec_field(TIME_MS)
     meta: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
 
@@ -356,6 +369,7 @@ class Create(ClientFrame):
     public: bool = spec_field(Bool(), default=False)
     max: int | None = spec_field(MAX_MEMBERS, default=None)
     logic: str | None = spec_field(KIND, default=None)
+    inactive: InactivePolicy = spec_field(Enum(InactivePolicy), default=InactivePolicy.NONE)
     meta: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
 
 
@@ -387,6 +401,7 @@ class JoinOrCreate(ClientFrame):
     public: bool = spec_field(Bool(), default=False)
     max: int | None = spec_field(MAX_MEMBERS, default=None)
     logic: str | None = spec_field(KIND, default=None)
+    inactive: InactivePolicy = spec_field(Enum(InactivePolicy), default=InactivePolicy.NONE)
     meta: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
 
 

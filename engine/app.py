@@ -1,0 +1,129 @@
+"""The engine: one object an app starts in its own nursery, or that ``roost serve`` runs.
+
+``await nursery.start(engine.serve)`` binds the listener, starts every part, and returns the bound
+``(host, port)`` once connections can be accepted. Nested nurseries give an orderly teardown (the
+hypercorn shape): the gateway innermost, then the rooms, with the store outermost. The library never
+installs signal handlers; the CLI does.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import trio
+
+from .admin import Admin
+from .config import Config
+from .gateway import Gateway
+from .operations import Operations
+from .revocations import Revocations
+from .room import RoomRuntime
+from .router import Router
+from .store import Store
+from .store.memory import MemoryStore
+from .supervisor import Supervisor
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("roost")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Engine:
+    """A Roost engine. Create it with a :class:`Config` (and optionally a store), then ``serve`` it."""
+
+    def __init__(self, config: Config | None = None, *, store: Store | None = None) -> None:
+        self.config = config or Config()
+        self.store: Store = store or MemoryStore()
+        self.revocations = Revocations(self.store, self.config.wall_clock)
+        self._router: Router | None = None
+        self._gateway: Gateway | None = None
+        self._operations: Operations | None = None
+        self._supervisor: Supervisor | None = None
+        self.address: tuple[str, int] | None = None
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/`` of the running engine."""
+        if self.address is None:
+            raise RuntimeError("the engine is not serving")
+        host, port = self.address
+        return f"ws://{host}:{port}/"
+
+    @property
+    def ops(self) -> Operations:
+        """In-process operations: publish, kick, close a room, read its state, revoke tokens."""
+        if self._operations is None:
+            raise RuntimeError("the engine is not serving")
+        return self._operations
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError("the engine is not serving")
+        return self._gateway
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise RuntimeError("the engine is not serving")
+        return self._router
+
+    async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. ``task_status.started`` gets the bound ``(host, port)``."""
+        config = self.config
+        await self.revocations.load()
+        listener = _listen(config.host, config.port)
+        try:
+            async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
+                self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone)
+                self._router = Router(config, self._supervisor)
+                self._operations = Operations(self._router, self.revocations)
+                admin = Admin(config.service_key, self._operations, self.statistics)
+                self._gateway = Gateway(config, self._router, self.revocations, admin)
+                async with trio.open_nursery(strict_exception_groups=True) as gateway_nursery:
+                    await gateway_nursery.start(self._gateway.run, listener)
+                    host, port = listener.getsockname()[:2]
+                    self.address = (host, port)
+                    log.info("roost serving on ws://%s:%d/", host, port)
+                    task_status.started((host, port))
+        finally:
+            listener.close()
+            self.address = None
+
+    def _room_gone(self, runtime: RoomRuntime) -> None:
+        if self._router is not None:
+            self._router.forget(runtime)
+
+    def connect_memory(self) -> trio.abc.Stream:
+        """A client stream served by this engine without a socket (the test kit uses it with MockClock)."""
+        return self.gateway.open_memory_connection()
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters for the admin ``stats`` operation and metrics."""
+        gateway, router = self.gateway, self.router
+        store = self.store.statistics()
+        return {
+            "connections": len(gateway.connections),
+            "sessions": len(gateway.by_sid),
+            "rooms": len(router.rooms),
+            "restarts": self._supervisor.restarts if self._supervisor else 0,
+            "store_commits": store.commits,
+            "revocations": len(self.revocations),
+            **dict(gateway.stats),
+        }

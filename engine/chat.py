@@ -1,0 +1,134 @@
+"""The chat log of one room: numbering, idempotent sends, edit/delete rules, paging, read cursors.
+
+Pure: no I/O. Messages are numbered 1, 2, 3… with no gaps (``n``); deletion leaves a tombstone so the
+numbering, paging and unread counts stay simple. The log keeps at most ``limit`` messages; older
+ones are dropped (with their idempotency keys).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+from protocol.errors import ErrorCode
+from protocol.frames import ChatMessage
+
+from .errors import RoomError
+
+__all__ = ["ChatLog"]
+
+
+class ChatLog:
+    """Messages of one room, oldest first, with per-user read cursors."""
+
+    __slots__ = ("_by_cid", "_limit", "last_n", "messages", "read")
+
+    def __init__(self, limit: int) -> None:
+        self.messages: collections.deque[ChatMessage] = collections.deque()
+        self._by_cid: dict[tuple[str, str], int] = {}
+        self.read: dict[str, int] = {}
+        self.last_n = 0
+        self._limit = limit
+
+    def get(self, n: int) -> ChatMessage | None:
+        if not self.messages:
+            return None
+        index = n - self.messages[0].n
+        if 0 <= index < len(self.messages):
+            return self.messages[index]
+        return None
+
+    def by_id(self, msg_id: str) -> ChatMessage | None:
+        """The message with id ``msg_id`` (ids are ``m<n>``)."""
+        if not msg_id.startswith("m") or not msg_id[1:].isdigit():
+            return None
+        return self.get(int(msg_id[1:]))
+
+    def send(self, *, user: str, name: str, cid: str, text: str, meta: Any, ts: int) -> tuple[ChatMessage, bool]:
+        """Append a message; a repeated ``cid`` from the same user returns the original and True."""
+        seen = self._by_cid.get((user, cid))
+        if seen is not None:
+            original = self.get(seen)
+            if original is not None:
+                return original, True
+        self.last_n += 1
+        message = ChatMessage(
+            id=f"m{self.last_n}", n=self.last_n, user=user, name=name, text=text, ts=ts, cid=cid, meta=meta
+        )
+        self._append(message)
+        self.read[user] = max(self.read.get(user, 0), message.n)  # one has read what one wrote
+        return message, False
+
+    def _append(self, message: ChatMessage) -> None:
+        self.messages.append(message)
+        if message.cid is not None:
+            self._by_cid[(message.user, message.cid)] = message.n
+        while len(self.messages) > self._limit:
+            old = self.messages.popleft()
+            if old.cid is not None:
+                self._by_cid.pop((old.user, old.cid), None)
+
+    def _replace(self, message: ChatMessage) -> None:
+        self.messages[message.n - self.messages[0].n] = message
+
+    def edit(self, *, user: str, msg_id: str, text: str, ts: int) -> ChatMessage:
+        """Change the text of one's own message."""
+        message = self.by_id(msg_id)
+        if message is None or message.deleted:
+            raise RoomError(ErrorCode.NOT_FOUND, f"no message {msg_id}")
+        if message.user != user:
+            raise RoomError(ErrorCode.FORBIDDEN, "only the author may edit a message")
+        edited = dataclasses.replace(message, text=text, edited=ts)
+        self._replace(edited)
+        return edited
+
+    def delete(self, *, user: str, msg_id: str, is_host: bool, ts: int) -> ChatMessage:
+        """Delete one's own message, or any message as host; leaves a tombstone."""
+        message = self.by_id(msg_id)
+        if message is None or message.deleted:
+            raise RoomError(ErrorCode.NOT_FOUND, f"no message {msg_id}")
+        if message.user != user and not is_host:
+            raise RoomError(ErrorCode.FORBIDDEN, "only the author or the host may delete a message")
+        tombstone = dataclasses.replace(message, text="", meta=None, deleted=True, edited=ts)
+        self._replace(tombstone)
+        return tombstone
+
+    def page(self, before: int | None, limit: int) -> tuple[list[ChatMessage], int | None]:
+        """Up to ``limit`` messages with ``n < before`` (newest first chosen), returned oldest first."""
+        if not self.messages:
+            return [], None
+        first = self.messages[0].n
+        end = self.last_n + 1 if before is None else min(before, self.last_n + 1)
+        start = max(first, end - limit)
+        if end <= first:
+            return [], None
+        chunk = [self.messages[n - first] for n in range(start, end)]
+        return chunk, (start if start > first else None)
+
+    def mark_read(self, user: str, n: int) -> int | None:
+        """Move ``user``'s cursor forward to ``n`` (capped at the newest). Returns the new cursor, or
+        None when it did not move."""
+        n = min(n, self.last_n)
+        if n <= self.read.get(user, 0):
+            return None
+        self.read[user] = n
+        return n
+
+    def unread(self, user: str) -> int:
+        """Messages after the user's cursor, written by others and not deleted."""
+        cursor = self.read.get(user, 0)
+        count = 0
+        for message in reversed(self.messages):
+            if message.n <= cursor:
+                break
+            if message.user != user and not message.deleted:
+                count += 1
+        return count
+
+    def restore(self, messages: list[ChatMessage], read: dict[str, int], last_n: int) -> None:
+        """Reload from durable records (oldest first)."""
+        for message in messages:
+            self._append(message)
+        self.read.update(read)
+        self.last_n = max(last_n, self.messages[-1].n if self.messages else 0)

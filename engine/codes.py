@@ -1,0 +1,31 @@
+"""Room ids and shareable room codes.
+
+Codes are 8 characters of Crockford's base32 alphabet (no I, L, O, U: nothing to misread when a
+player reads a code aloud), 40 bits from a CSPRNG. Any code is compared in normal form: upper case,
+with I and L read as 1 and O as 0, so "k7m2-qx9p" typed by hand still matches.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+__all__ = ["ALPHABET", "CODE_LENGTH", "new_code", "new_room_id", "normalize_code"]
+
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CODE_LENGTH = 8
+_READ_AS = str.maketrans({"I": "1", "L": "1", "O": "0"})
+
+
+def new_code() -> str:
+    """A fresh random code (the caller checks it is unused)."""
+    return "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
+
+
+def new_room_id() -> str:
+    """A fresh room id: ``r`` and 64 random bits in hex."""
+    return "r" + secrets.token_hex(8)
+
+
+def normalize_code(code: str) -> str:
+    """The normal form codes are stored and compared in."""
+    return code.upper().translate(_READ_AS)

@@ -1,0 +1,436 @@
+"""One client connection: WebSocket (wsproto, sans-IO), the auth handshake, limits, request routing.
+
+Each connection runs two tasks in its own nursery: this reader, and the outbox writer (which only works
+when the socket pushed back). The reader owns every per-connection deadline (auth, heartbeat, token
+expiry, closing) as the deadline of the cancel scope around its one ``receive_some``: no timer tasks.
+
+Everything that can go wrong with one connection ends that connection (with the right close code) and
+nothing else: the gateway wraps each connection in its own error boundary.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import math
+import secrets
+import urllib.parse
+from typing import TYPE_CHECKING
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    TextMessage,
+)
+from wsproto.events import Request as HandshakeRequest
+from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+
+from protocol.codec import SERVER_LIMITS, Sender, decode, dump_record, encode
+from protocol.errors import CloseCode, ErrorCode, RemoteProtocolError
+from protocol.frames import (
+    PROTOCOL_VERSION,
+    AdminRequest,
+    ClientFrame,
+    Create,
+    ErrorReply,
+    Hello,
+    Join,
+    JoinOrCreate,
+    Lobby,
+    Ok,
+    Ping as PingFrame,
+    Pong,
+    Refresh,
+    ServerFrame,
+    Welcome,
+)
+from protocol.tokens import Claims, SessionClaims, TokenError, verify
+
+from .errors import RoomError
+from .outbox import Outbox, Transport, ws_frame
+from .peer import Peer
+from .room import Request, RoomRuntime
+from .state import RoomOptions
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("roost.connection")
+
+_BAD_FRAME_WINDOW = 60.0
+
+
+class Phase(enum.Enum):
+    HANDSHAKE = "handshake"
+    AWAIT_HELLO = "await_hello"
+    OPEN = "open"
+    CLOSING = "closing"
+    DONE = "done"
+
+
+class Connection(Peer):
+    """The server side of one client connection."""
+
+    def __init__(self, gateway: Gateway, transport: Transport, remote: str) -> None:
+        config = gateway.config
+        self.gateway = gateway
+        self.config = config
+        self.remote = remote
+        self.transport = transport
+        self.ws = WSConnection(ConnectionType.SERVER)
+        self.outbox = Outbox(
+            transport, max_frames=config.outbox_max_frames, max_bytes=config.outbox_max_bytes,
+            on_overflow=self._slow_consumer,
+        )
+        self.phase = Phase.HANDSHAKE
+        self.sid = ""
+        self.user = ""
+        self.name = ""
+        self.room_scope: str | None = None
+        self.claims: Claims | None = None
+        self.rooms: set[str] = set()
+        self.registered = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._message = bytearray()
+        self._query_token: str | None = None
+        now = trio.current_time()
+        self._auth_deadline = now + config.auth_timeout
+        self._close_deadline = math.inf
+        self._heartbeat = config.heartbeat_default_ms / 1000
+        self._last_heard = now
+        self._token_deadline = math.inf
+        self._tokens = float(config.burst)
+        self._tokens_at = now
+        self._over_since: float | None = None
+        self._bad_frames: collections.deque[float] = collections.deque()
+        self.requests = 0
+
+    # -- Peer -------------------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.phase is Phase.OPEN
+
+    def push(self, data: bytes) -> None:
+        self.outbox.push(data)
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Send a Close frame (once) and give the peer ``close_timeout`` to answer it."""
+        if self.phase in (Phase.CLOSING, Phase.DONE):
+            return
+        self.close_code, self.close_reason = int(code), reason
+        if self.phase is Phase.HANDSHAKE or self.ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            self.phase = Phase.DONE  # no WebSocket yet: nothing to say, just drop TCP
+            return
+        self.phase = Phase.CLOSING
+        self._close_deadline = trio.current_time() + self.config.close_timeout
+        self.outbox.push_final(self.ws.send(CloseConnection(code=int(code), reason=reason[:120])))
+        log.info("closing %s user=%s code=%d reason=%s", self.remote, self.user or "-", int(code), reason)
+
+    def _slow_consumer(self) -> None:
+        self.gateway.stats["slow_consumers"] += 1
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    def send_frame(self, frame: ServerFrame) -> None:
+        """Encode, frame and push one server frame."""
+        self.outbox.push(ws_frame(encode(frame, SERVER_LIMITS)))
+
+    # -- main loop --------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run the connection to its end. Never raises for anything the peer does."""
+        try:
+            async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                nursery.start_soon(self.outbox.run_writer)
+                try:
+                    await self._read_loop()
+                except Exception:
+                    log.exception("connection %s failed", self.remote)
+                    self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                self._end_sessions()
+                # Let the writer flush what is queued (the Close frame at least), within a bound.
+                self.outbox.finish()
+                nursery.cancel_scope.deadline = min(self._close_deadline, trio.current_time() + self.config.close_timeout)
+        finally:
+            self.phase = Phase.DONE
+            self._end_sessions()
+            with trio.move_on_after(1, shield=True):
+                await self.transport.aclose()
+
+    def _deadline(self) -> float:
+        if self.phase in (Phase.HANDSHAKE, Phase.AWAIT_HELLO):
+            return self._auth_deadline
+        if self.phase is Phase.CLOSING:
+            return self._close_deadline
+        return min(self._last_heard + self._heartbeat * self.config.heartbeat_factor, self._token_deadline)
+
+    async def _read_loop(self) -> None:
+        while self.phase is not Phase.DONE and not self.outbox.broken:
+            with trio.move_on_at(self._deadline()) as scope:
+                data = await self.transport.receive_some()
+            if scope.cancelled_caught:
+                self._on_deadline()
+                continue
+            if not data:
+                return
+            self._last_heard = trio.current_time()
+            try:
+                self.ws.receive_data(data)
+                for event in self.ws.events():
+                    await self._on_ws_event(event)
+                    if self.phase is Phase.DONE:
+                        return
+            except WsRemoteProtocolError as exc:
+                # Not a WebSocket handshake at all: answer with wsproto's HTTP rejection, drop TCP.
+                if exc.event_hint is not None and self.phase is Phase.HANDSHAKE:
+                    self.outbox.push_final(self.ws.send(exc.event_hint))
+                self.phase = Phase.DONE
+                return
+
+    def _on_deadline(self) -> None:
+        now = trio.current_time()
+        if self.phase is Phase.CLOSING:
+            self.phase = Phase.DONE
+        elif self.phase in (Phase.HANDSHAKE, Phase.AWAIT_HELLO):
+            self.gateway.stats["auth_timeouts"] += 1
+            self.close(CloseCode.AUTH_TIMEOUT, "auth timeout")
+        elif now >= self._token_deadline:
+            self.close(CloseCode.TOKEN_EXPIRED, "token expired")
+        else:
+            self.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+
+    async def _on_ws_event(self, event: object) -> None:
+        if isinstance(event, HandshakeRequest):
+            self._accept(event)
+        elif isinstance(event, BytesMessage):
+            self._message += event.data
+            if len(self._message) > self.config.max_frame_bytes:
+                self._message.clear()
+                self.close(CloseCode.MESSAGE_TOO_BIG, "frame too large")
+            elif event.message_finished:
+                data = bytes(self._message)
+                self._message.clear()
+                await self._on_frame(data)
+        elif isinstance(event, TextMessage):
+            self.close(CloseCode.UNSUPPORTED_DATA, "binary frames only")
+        elif isinstance(event, Ping):
+            self.outbox.push(self.ws.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            if self.ws.state is ConnectionState.REMOTE_CLOSING:  # the peer closes (or answers our close)
+                self.close_code = self.close_code or event.code
+                self.outbox.push_final(self.ws.send(event.response()))
+                self.phase = Phase.DONE
+            elif self.ws.state is ConnectionState.CLOSED:
+                self.phase = Phase.DONE
+            else:  # wsproto found a framing violation: tell the peer with the code it chose
+                try:
+                    code = CloseCode(event.code)
+                except ValueError:  # pragma: no cover - wsproto only reports codes we list
+                    code = CloseCode.PROTOCOL_ERROR
+                self.close(code, event.reason or "protocol error")
+
+    def _accept(self, request: HandshakeRequest) -> None:
+        if self.gateway.pending_handshakes > self.config.max_pending_handshakes:
+            self.gateway.stats["handshakes_refused"] += 1
+            self.outbox.push_final(self.ws.send(RejectConnection(status_code=503, headers=[(b"retry-after", b"1")])))
+            self.phase = Phase.DONE
+            return
+        query = urllib.parse.urlsplit(request.target).query
+        tokens = urllib.parse.parse_qs(query).get("token")
+        self._query_token = tokens[0] if tokens else None
+        self.outbox.push(self.ws.send(AcceptConnection()))
+        self.phase = Phase.AWAIT_HELLO
+
+    # -- frames -----------------------------------------------------------------------------------
+
+    async def _on_frame(self, data: bytes) -> None:
+        if self.phase is Phase.AWAIT_HELLO:
+            try:
+                frame = decode(data, Sender.CLIENT, self.config.limits)
+            except RemoteProtocolError:
+                self.close(CloseCode.BAD_FRAME, "bad first frame")
+                return
+            if not isinstance(frame, Hello):
+                self.close(CloseCode.BAD_FRAME, "first frame must be hello")
+                return
+            self._authenticate(frame)
+            return
+        if self.phase is not Phase.OPEN:
+            return
+        self.requests += 1
+        try:
+            frame = decode(data, Sender.CLIENT, self.config.limits)
+        except RemoteProtocolError as error:
+            self._bad_frame(error)
+            return
+        if not self._take_token(frame):
+            return
+        try:
+            await self._dispatch(frame)
+        except RoomError as error:
+            self.send_frame(ErrorReply(id=getattr(frame, "id", None), code=error.code.value,
+                                       message=error.message[:512], retry_ms=error.retry_ms))
+
+    def _bad_frame(self, error: RemoteProtocolError) -> None:
+        if error.close_code is not None:  # pragma: no cover - size is checked before decode
+            self.close(error.close_code, error.code.value)
+            return
+        now = trio.current_time()
+        self._bad_frames.append(now)
+        while self._bad_frames and self._bad_frames[0] < now - _BAD_FRAME_WINDOW:
+            self._bad_frames.popleft()
+        self.send_frame(ErrorReply(id=error.request_id, code=error.code.value, message=error.message[:512]))
+        if len(self._bad_frames) > self.config.max_bad_frames:
+            self.close(CloseCode.BAD_FRAME, "too many bad frames")
+
+    def _take_token(self, frame: ClientFrame) -> bool:
+        """Token bucket: False (and an error reply) when over the rate; close if it goes on."""
+        config = self.config
+        now = trio.current_time()
+        self._tokens = min(float(config.burst), self._tokens + (now - self._tokens_at) * config.rate)
+        self._tokens_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._over_since = None
+            return True
+        self.gateway.stats["rate_limited"] += 1
+        if self._over_since is None:
+            self._over_since = now
+        elif now - self._over_since > config.rate_close_after:
+            self.close(CloseCode.RATE_LIMITED, "rate limited")
+            return False
+        retry_ms = math.ceil((1 - self._tokens) / config.rate * 1000)
+        self.send_frame(ErrorReply(id=getattr(frame, "id", None), code=ErrorCode.RATE_LIMITED.value,
+                                   message="too many requests", retry_ms=retry_ms))
+        return False
+
+    def _authenticate(self, hello: Hello) -> None:
+        gateway, config = self.gateway, self.config
+        if hello.v != PROTOCOL_VERSION:
+            self.close(CloseCode.UNSUPPORTED_VERSION, f"protocol version {PROTOCOL_VERSION} only")
+            return
+        token = hello.token or self._query_token
+        if token is None:
+            self.close(CloseCode.BAD_TOKEN, "missing token")
+            return
+        now = config.wall_clock()
+        try:
+            claims = verify(token, config.keyring, now, leeway=config.token_leeway)
+        except TokenError as error:
+            gateway.stats["auth_failures"] += 1
+            log.info("refused %s: token %s", self.remote, error.reason)
+            self.close(error.close_code or CloseCode.BAD_TOKEN, error.reason)
+            return
+        if gateway.revocations.is_revoked(claims):
+            gateway.stats["auth_failures"] += 1
+            log.info("refused %s: token revoked (jti=%s sub=%s)", self.remote, claims.jti, claims.sub)
+            self.close(CloseCode.TOKEN_REVOKED, "revoked")
+            return
+        sid, resumed = self._session_for(hello.session, claims, now)
+        if gateway.live_sessions(claims.sub, except_sid=sid) >= config.max_sessions_per_user:
+            self.close(CloseCode.TOO_MANY_SESSIONS, "too many sessions")
+            return
+        self.claims, self.sid, self.user, self.name, self.room_scope = claims, sid, claims.sub, claims.name, claims.room
+        hb_ms = min(max(hello.hb or config.heartbeat_default_ms, config.heartbeat_min_ms), config.heartbeat_max_ms)
+        self._heartbeat = hb_ms / 1000
+        self._set_token_deadline(claims, now)
+        gateway.register(self)
+        self.phase = Phase.OPEN
+        session_exp = int(claims.exp + config.token_leeway + config.reconnect_grace)
+        self.send_frame(Welcome(
+            v=PROTOCOL_VERSION, sid=sid, session=gateway.signer.mint(SessionClaims(sub=claims.sub, sid=sid, exp=session_exp)),
+            user=claims.sub, name=claims.name, hb=hb_ms, exp=claims.exp, time=int(now * 1000), resumed=resumed,
+            limits={"frame": config.max_frame_bytes, "rate": config.rate, "burst": config.burst,
+                    "rooms": config.max_rooms_per_connection, "chat": config.max_chat_chars},
+        ))
+
+    def _session_for(self, session_token: str | None, claims: Claims, now: float) -> tuple[str, bool]:
+        if session_token is not None:
+            try:
+                session = self.gateway.signer.check(session_token, now)
+            except TokenError:
+                session = None
+            if session is not None and session.sub == claims.sub:
+                return session.sid, True
+        return "s" + secrets.token_urlsafe(12), False
+
+    def _set_token_deadline(self, claims: Claims, wall_now: float) -> None:
+        remaining = claims.exp + self.config.token_leeway - wall_now
+        self._token_deadline = trio.current_time() + max(remaining, 0.0)
+
+    async def _dispatch(self, frame: ClientFrame) -> None:
+        gateway = self.gateway
+        if isinstance(frame, PingFrame):
+            self.send_frame(Pong(time=int(self.config.wall_clock() * 1000)))
+        elif isinstance(frame, Hello):
+            self.send_frame(ErrorReply(code=ErrorCode.INVALID_STATE.value, message="already authenticated"))
+        elif isinstance(frame, Refresh):
+            self._refresh(frame)
+        elif isinstance(frame, Lobby):
+            page = gateway.router.lobby(frame.cursor, frame.limit or self.config.page_default)
+            self.send_frame(Ok(id=frame.id, result=dump_record(page)))
+        elif isinstance(frame, AdminRequest):
+            result = await gateway.admin.handle(frame)
+            self.send_frame(Ok(id=frame.id, result=result))
+        elif isinstance(frame, Create | JoinOrCreate):
+            if self.room_scope is not None and isinstance(frame, Create):
+                raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to one room")
+            if len(self.rooms) >= self.config.max_rooms_per_connection:
+                raise RoomError(ErrorCode.LIMIT_REACHED, "too many rooms on this connection")
+            options = RoomOptions(
+                public=frame.public, max_members=frame.max or self.config.default_max_members,
+                meta=frame.meta, logic=frame.logic, inactive=frame.inactive,
+            )
+            if isinstance(frame, Create):
+                runtime = await gateway.router.create(options)
+            else:
+                runtime = await gateway.router.get_or_create(frame.code, options)
+            await self._to_room(runtime, frame)
+        elif isinstance(frame, Join):
+            await self._to_room(gateway.router.find(frame.room, frame.code), frame)
+        else:
+            room_id = getattr(frame, "room", None)
+            runtime = gateway.router.get(room_id) if room_id is not None else None
+            if runtime is None:
+                raise RoomError(ErrorCode.NOT_FOUND, "no such room")
+            await self._to_room(runtime, frame)
+
+    async def _to_room(self, runtime: RoomRuntime, frame: ClientFrame) -> None:
+        try:
+            await runtime.send_channel.send(Request(self, frame))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise RoomError(ErrorCode.NOT_FOUND, "the room is closed") from None
+
+    def _refresh(self, frame: Refresh) -> None:
+        now = self.config.wall_clock()
+        try:
+            claims = verify(frame.token, self.config.keyring, now, leeway=self.config.token_leeway)
+        except TokenError as error:
+            raise RoomError(error.code, f"token {error.reason}") from None
+        if claims.sub != self.user:
+            raise RoomError(ErrorCode.FORBIDDEN, "the new token is for another user")
+        if self.gateway.revocations.is_revoked(claims):
+            raise RoomError(ErrorCode.UNAUTHORIZED, "token revoked")
+        self.claims = claims
+        self._set_token_deadline(claims, now)
+        self.send_frame(Ok(id=frame.id, result={"exp": claims.exp}))
+
+    def _end_sessions(self) -> None:
+        """Tell every room this session dropped (once), and leave the gateway's registry."""
+        if self.sid:
+            self.gateway.unregister(self)
+        for room_id in list(self.rooms):
+            runtime = self.gateway.router.get(room_id)
+            if runtime is not None:
+                runtime.notify_disconnect(self)
+        self.rooms.clear()

@@ -1,0 +1,131 @@
+"""The WebSocket gateway: listens, accepts, and runs each connection inside its own error boundary.
+
+It also keeps the registry of authenticated sessions (by sid and by user) used for session take-over,
+the per-user session cap, revocation sweeps and statistics. Connections are served in the gateway's
+own nursery; a failure in one never reaches another connection or the listener (trio-websocket and
+``trio.serve_listeners`` both let handler exceptions crash the server: reference trap 1).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+from protocol.errors import CloseCode
+from protocol.tokens import SessionSigner
+
+from .config import Config
+from .connection import Connection, Phase
+from .outbox import SocketTransport, StreamTransport, Transport
+from .revocations import Revocations
+from .router import Router
+
+if TYPE_CHECKING:
+    from .admin import Admin
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("roost.gateway")
+
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Gateway:
+    """Accepts connections and keeps the registry of live sessions."""
+
+    def __init__(self, config: Config, router: Router, revocations: Revocations, admin: Admin) -> None:
+        self.config = config
+        self.router = router
+        self.revocations = revocations
+        self.admin = admin
+        self.signer = SessionSigner(config.session_secret)
+        self.connections: set[Connection] = set()
+        self.by_sid: dict[str, Connection] = {}
+        self.by_user: dict[str, set[Connection]] = collections.defaultdict(set)
+        self.pending_handshakes = 0
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._nursery: trio.Nursery | None = None
+        revocations.listeners.append(self._sweep_revoked)
+
+    async def run(self, listener: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept on ``listener`` (bound, listening, non-blocking) until cancelled."""
+        async with trio.open_nursery(strict_exception_groups=True) as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await trio.lowlevel.wait_readable(listener)
+                try:
+                    sock, address = listener.accept()
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_RETRY_ERRNOS:
+                        raise
+                    log.error("accept failed (%s): retrying in 100 ms", errno.errorcode.get(exc.errno, exc.errno))
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self.serve_transport, SocketTransport(sock), f"{address[0]}:{address[1]}")
+
+    def open_memory_connection(self) -> trio.abc.Stream:
+        """Serve one connection over an in-memory stream; returns the client's end (test kit, embedding)."""
+        if self._nursery is None:
+            raise RuntimeError("the gateway is not running")
+        client, server = trio.testing.memory_stream_pair()
+        self._nursery.start_soon(self.serve_transport, StreamTransport(server), "memory")
+        return client
+
+    async def serve_transport(self, transport: Transport, remote: str) -> None:
+        """Run one connection to its end; nothing it raises escapes."""
+        connection = Connection(self, transport, remote)
+        self.connections.add(connection)
+        self.pending_handshakes += 1
+        self.stats["connections_accepted"] += 1
+        try:
+            await connection.serve()
+        except Exception:  # serve() contains peer errors; this is the last line against our own bugs
+            log.exception("connection %s crashed", remote)
+        finally:
+            self.connections.discard(connection)
+            if not connection.registered:
+                self.pending_handshakes -= 1
+            self.unregister(connection)
+
+    def register(self, connection: Connection) -> None:
+        """A connection authenticated: it leaves the pending count and becomes a live session."""
+        self.pending_handshakes -= 1
+        connection.registered = True
+        previous = self.by_sid.get(connection.sid)
+        if previous is not None and previous is not connection:
+            previous.close(CloseCode.SUPERSEDED, "session taken over")
+        self.by_sid[connection.sid] = connection
+        self.by_user[connection.user].add(connection)
+        self.stats["sessions_opened"] += 1
+
+    def unregister(self, connection: Connection) -> None:
+        """A session's connection ended."""
+        if self.by_sid.get(connection.sid) is connection:
+            del self.by_sid[connection.sid]
+        sessions = self.by_user.get(connection.user)
+        if sessions is not None:
+            sessions.discard(connection)
+            if not sessions:
+                del self.by_user[connection.user]
+
+    def live_sessions(self, user: str, *, except_sid: str) -> int:
+        """How many live sessions ``user`` has, not counting ``except_sid`` (which is being taken over)."""
+        return sum(1 for c in self.by_user.get(user, ()) if c.sid != except_sid and c.phase is Phase.OPEN)
+
+    def _sweep_revoked(self) -> None:
+        for connection in list(self.by_sid.values()):
+            if connection.claims is not None and self.revocations.is_revoked(connection.claims):
+                connection.close(CloseCode.TOKEN_REVOKED, "revoked")
+
+    def close_all(self, code: CloseCode, reason: str) -> None:
+        """Start closing every connection (graceful shutdown)."""
+        for connection in list(self.connections):
+            connection.close(code, reason)

@@ -1,0 +1,93 @@
+"""Room logic: the embedding app's own game rules, running inside the room actor with authority.
+
+Subclass :class:`RoomLogic`, register a factory under a name in ``Config.logics``, and rooms created
+with that ``logic`` name run it. Every hook is synchronous and runs inside the actor's turn, so it sees
+and changes the room without races, and its changes are committed and broadcast with the turn.
+
+A hook that raises :class:`~engine.errors.RoomError` refuses the request that triggered it (the client
+gets that error). Any other exception crashes the room actor: the supervisor restarts the room from
+its last committed state and resyncs its members, and after too many crashes closes the room.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from protocol.frames import Member, Phase
+
+__all__ = ["RoomContext", "RoomLogic"]
+
+
+class RoomContext(abc.ABC):
+    """What room logic may read and do. Provided by the room actor; valid only during a hook."""
+
+    @property
+    @abc.abstractmethod
+    def room_id(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def phase(self) -> Phase: ...
+
+    @property
+    @abc.abstractmethod
+    def version(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def state(self) -> Any: ...
+
+    @property
+    @abc.abstractmethod
+    def host(self) -> str | None: ...
+
+    @property
+    @abc.abstractmethod
+    def now_ms(self) -> int:
+        """Wall-clock time in ms (the engine's injected clock)."""
+
+    @abc.abstractmethod
+    def members(self) -> list[Member]:
+        """Current members, longest-present first."""
+
+    @abc.abstractmethod
+    def set_state(self, state: Any = None, *, phase: Phase | None = None, reason: str | None = None) -> int:
+        """Replace the game state (and/or phase); bumps the version, broadcasts ``state``. Returns the version."""
+
+    @abc.abstractmethod
+    def broadcast(self, kind: str, body: Any = None) -> None:
+        """Send a ``message`` event (without ``sender``) to every member."""
+
+    @abc.abstractmethod
+    def close(self, message: str = "") -> None:
+        """Close the room at the end of this turn (members get ``room_closed``)."""
+
+
+class RoomLogic:
+    """Base class with no-op hooks; override the ones your game needs."""
+
+    tick_rate: float = 0.0
+    """Calls of :meth:`on_tick` per second (0: none). Ticks are driven by the room's timer heap."""
+
+    def on_create(self, room: RoomContext) -> None:
+        """The room was just created (not called on a restart)."""
+
+    def on_join(self, room: RoomContext, user: str, name: str) -> None:
+        """A new member is about to be seated; raise RoomError to refuse."""
+
+    def on_leave(self, room: RoomContext, user: str, *, consented: bool) -> None:
+        """A member left (``consented``) or its reconnect grace ran out."""
+
+    def on_message(self, room: RoomContext, user: str, kind: str, body: Any) -> Any:
+        """A ``send`` request from a member. The return value is the ``ok`` result."""
+        return None
+
+    def on_inactive(self, room: RoomContext, user: str, policy_applied: bool) -> None:
+        """A member went offline mid-game; ``policy_applied`` says whether the room's policy acted."""
+
+    def on_tick(self, room: RoomContext, dt: float) -> None:
+        """Periodic tick (``dt`` seconds since the previous one)."""
+
+    def on_dispose(self, room: RoomContext) -> None:
+        """The room is closing for good."""

@@ -1,0 +1,692 @@
+"""The room actor: the only writer of one room's state.
+
+One task per room runs :meth:`RoomActor.run`: it waits for commands on one bounded inbox (or for the
+next deadline of its one timer heap), takes everything already queued as one *turn*, applies it to
+the pure :class:`~engine.state.RoomState`, commits the turn's writes to the store, and only then
+releases the turn's replies and events (nothing is acknowledged before it is durable).
+
+Fan-out follows reference/stack-limits.md §A.8: each event is msgpack-encoded and WebSocket-framed
+once; at the end of the turn every attached session gets one ``push`` of the same bytes (a direct
+non-blocking socket write), with no task or channel hop per recipient.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import heapq
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from protocol.codec import SERVER_LIMITS, dump_record, encode
+from protocol.errors import ErrorCode
+from protocol.frames import (
+    ChatAck,
+    ChatDelete,
+    ChatDeleted,
+    ChatEdit,
+    ChatEdited,
+    ChatEvent,
+    ChatSend,
+    ClientFrame,
+    Create,
+    ErrorReply,
+    History,
+    HistoryPage,
+    HostChanged,
+    HostSet,
+    InactivePolicy,
+    Join,
+    JoinOrCreate,
+    Kick,
+    Leave,
+    Member,
+    Members,
+    MembersPage,
+    MessageEvent,
+    Ok,
+    Phase,
+    PresenceDiff,
+    PresenceSet,
+    Read,
+    ReadReceipt,
+    Resume,
+    ResumeResult,
+    RoomClosed,
+    RoomEvent,
+    RoomSnapshot,
+    Send,
+    ServerFrame,
+    StateEvent,
+    StateSet,
+    Sync,
+    Typing,
+)
+
+from .config import Config
+from .errors import RoomError
+from .logic import RoomContext, RoomLogic
+from .outbox import ws_frame
+from .peer import Peer
+from .state import RoomState
+from .store import Store
+
+__all__ = ["Call", "Disconnected", "Request", "RoomActor", "RoomRuntime"]
+
+log = logging.getLogger("roost.room")
+
+_JOINS = (Join, JoinOrCreate, Create)
+_TURN_MAX = 128
+"""Commands taken into one turn at most (bounds the latency a turn adds to the first of them)."""
+
+
+@dataclasses.dataclass(slots=True)
+class Request:
+    """A frame from a session, for this room."""
+
+    peer: Peer
+    frame: ClientFrame
+
+
+@dataclasses.dataclass(slots=True)
+class Disconnected:
+    """A session's connection ended (not a leave: the member enters its reconnect grace)."""
+
+    peer: Peer
+
+
+class Call:
+    """An in-process request: ``fn(actor)`` runs inside the turn; its result is delivered after the commit."""
+
+    __slots__ = ("_done", "error", "fn", "value")
+
+    def __init__(self, fn: Callable[[RoomActor], Any]) -> None:
+        self.fn = fn
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self._done = trio.Event()
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self._done.set()
+
+    async def wait(self) -> Any:
+        """The result, or raise the error ``fn`` raised (a RoomError for refusals)."""
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+Command = Request | Call | None  # None only wakes the actor (control queue)
+
+
+class RoomRuntime:
+    """What outlives one actor incarnation: the inbox, attached sessions, the lobby entry.
+
+    The supervisor keeps it across restarts, so members stay connected while the actor is rebuilt.
+    """
+
+    def __init__(self, room_id: str, code: str, inbox_size: int) -> None:
+        self.room_id = room_id
+        self.code = code
+        self.send_channel, self.receive_channel = trio.open_memory_channel[Command](inbox_size)
+        self.control: collections.deque[Disconnected] = collections.deque()
+        self.peers: dict[str, Peer] = {}
+        """Attached sessions by sid."""
+        self.public = False
+        self.info: Any = None
+        """The lobby entry (RoomInfo), refreshed after each turn that changed it."""
+        self.closed = False
+        self.resync_reason: str | None = None
+        """Set by the supervisor before a restart: the new actor sends every session a ``sync``."""
+        self.crashed_batch: list[Command] = []
+
+    def notify_disconnect(self, peer: Peer) -> None:
+        """Called by a connection as it ends; never blocks, never lost."""
+        self.control.append(Disconnected(peer))
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.send_channel.send_nowait(None)  # a full inbox means the actor is awake anyway
+
+
+class _Context(RoomContext):
+    """The RoomContext room logic sees: a thin view over the actor."""
+
+    def __init__(self, actor: RoomActor) -> None:
+        self._actor = actor
+
+    @property
+    def room_id(self) -> str:
+        return self._actor.state.room_id
+
+    @property
+    def phase(self) -> Phase:
+        return self._actor.state.phase
+
+    @property
+    def version(self) -> int:
+        return self._actor.state.version
+
+    @property
+    def state(self) -> Any:
+        return self._actor.state.game
+
+    @property
+    def host(self) -> str | None:
+        return self._actor.state.host
+
+    @property
+    def now_ms(self) -> int:
+        return self._actor.now_ms()
+
+    def members(self) -> list[Member]:
+        return [e.view() for e in self._actor.state.presence.in_join_order()]
+
+    def set_state(self, state: Any = None, *, phase: Phase | None = None, reason: str | None = None) -> int:
+        return self._actor.change_state(state, phase, reason=reason, keep_state=False)
+
+    def broadcast(self, kind: str, body: Any = None) -> None:
+        self._actor.emit(MessageEvent, kind=kind, body=body)
+
+    def close(self, message: str = "") -> None:
+        self._actor.close_room("closed", message)
+
+
+class RoomActor:
+    """One incarnation of a room's actor. Built by the supervisor from the last committed state."""
+
+    def __init__(
+        self,
+        runtime: RoomRuntime,
+        state: RoomState,
+        store: Store,
+        config: Config,
+        logic: RoomLogic | None,
+        *,
+        created: bool = False,
+    ) -> None:
+        self._created = created
+        self.runtime = runtime
+        self.state = state
+        self.store = store
+        self.config = config
+        self.logic = logic
+        self.context = _Context(self)
+        self._timers: list[tuple[float, int, str, str]] = []
+        self._timer_seq = 0
+        self._replay: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=config.replay_events)
+        # per-turn output, in order: (target peer or None for a broadcast, framed bytes)
+        self._entries: list[tuple[Peer | None, bytes]] = []
+        self._changes: dict[Peer, list[tuple[int, bool]]] = {}
+        self._initial: dict[Peer, bool] = {}
+        self._calls: list[tuple[Call, Any, BaseException | None]] = []
+        self._close: tuple[str, str] | None = None
+        self._tick_at: float | None = None
+        self._info_dirty = True
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the room until it closes. Raises whatever a turn raised (the supervisor restarts)."""
+        self._start()
+        await self.finish_turn()
+        receive = self.runtime.receive_channel
+        while not self.runtime.closed:
+            batch: list[Command] = []
+            with trio.move_on_at(self._next_deadline()):
+                batch.append(await receive.receive())
+            while len(batch) < _TURN_MAX:
+                try:
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self.runtime.crashed_batch = batch
+            self._turn(batch)
+            await self.finish_turn()
+            self.runtime.crashed_batch = []
+
+    def _start(self) -> None:
+        now = trio.current_time()
+        if self.logic is not None and self.logic.tick_rate > 0:
+            self._tick_at = now + 1 / self.logic.tick_rate
+        if self._created and self.logic is not None:
+            self.logic.on_create(self.context)
+        presence = self.state.presence
+        for entry in presence.members.values():
+            if entry.grace_until is not None:
+                self._arm(entry.grace_until, "grace", entry.user)
+        reason = self.runtime.resync_reason
+        if reason is None:
+            return
+        self.runtime.resync_reason = None
+        self.state.touch("counters")
+        for peer in list(self.runtime.peers.values()):
+            if peer.user in presence:  # still a member as of the last commit: live again, resynced
+                presence.attach(peer.user, peer.sid, peer.name, self.now_ms())
+                self._sync_to(peer, reason)
+            else:  # its join was in the turn that crashed, and was answered "internal"
+                self._detach(peer)
+
+    def _turn(self, batch: list[Command]) -> None:
+        now = trio.current_time()
+        self._fire_timers(now)
+        while self.runtime.control:
+            self._on_disconnect(self.runtime.control.popleft().peer, now)
+        for command in batch:
+            if command is None:
+                continue
+            if self._close is not None:
+                self._refuse_closed(command)
+                continue
+            if isinstance(command, Call):
+                try:
+                    self._calls.append((command, command.fn(self), None))
+                except RoomError as error:
+                    self._calls.append((command, None, error))
+                continue
+            try:
+                self._handle(command.peer, command.frame, now)
+            except RoomError as error:
+                self._error(command.peer, getattr(command.frame, "id", None), error)
+
+    def _refuse_closed(self, command: Command) -> None:
+        error = RoomError(ErrorCode.NOT_FOUND, "the room is closed")
+        if isinstance(command, Call):
+            self._calls.append((command, None, error))
+        elif isinstance(command, Request):
+            self._error(command.peer, getattr(command.frame, "id", None), error)
+
+    async def finish_turn(self) -> None:
+        """Commit the turn's writes, then release its replies and events."""
+        if self._close is not None:
+            self._emit_close()
+        if self.state.dirty:
+            await self.store.commit(self.state.take_writes())
+        self._flush()
+        calls, self._calls = self._calls, []
+        for call, value, error in calls:
+            call.resolve(value, error)
+        if self._info_dirty:
+            self.runtime.info = self.state.info()
+            self.runtime.public = self.state.options.public
+            self._info_dirty = False
+        if self._close is not None:
+            self._dispose()
+
+    # -- timers -----------------------------------------------------------------------------------
+
+    def _arm(self, deadline: float, kind: str, user: str) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, kind, user))
+
+    def _next_deadline(self) -> float:
+        first = self._timers[0][0] if self._timers else math.inf
+        return min(first, self._tick_at) if self._tick_at is not None else first
+
+    def _fire_timers(self, now: float) -> None:
+        presence = self.state.presence
+        while self._timers and self._timers[0][0] <= now:
+            _deadline, _seq, kind, user = heapq.heappop(self._timers)
+            if kind == "typing":
+                if presence.typing_due(user, now):
+                    self._diff(update=[user])
+            elif presence.grace_due(user, now):
+                self._remove_member(user, consented=False)
+        if self._tick_at is not None and self._tick_at <= now and self.logic is not None:
+            period = 1 / self.logic.tick_rate
+            dt = now - self._tick_at + period
+            self._tick_at = max(self._tick_at + period, now)  # drift-free, but never a burst of catch-ups
+            self.logic.on_tick(self.context, dt)
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(self.config.wall_clock() * 1000)
+
+    def emit(self, event_type: type[RoomEvent], **fields: Any) -> None:
+        """Broadcast a room event: next seq, encoded and framed once, kept for resume."""
+        state = self.state
+        state.seq += 1
+        state.touch("counters")
+        frame = event_type(room=state.room_id, epoch=state.epoch, seq=state.seq, ts=self.now_ms(), **fields)
+        data = ws_frame(encode(frame, SERVER_LIMITS))
+        self._entries.append((None, data))
+        self._replay.append((state.seq, data))
+
+    def _send(self, peer: Peer, frame: ServerFrame) -> None:
+        self._entries.append((peer, ws_frame(encode(frame, SERVER_LIMITS))))
+
+    def _ok(self, peer: Peer, request_id: int, result: Any = None) -> None:
+        self._send(peer, Ok(id=request_id, result=result))
+
+    def _error(self, peer: Peer, request_id: int | None, error: RoomError) -> None:
+        self._send(peer, ErrorReply(id=request_id, code=error.code.value, message=error.message[:512],
+                                    retry_ms=error.retry_ms))
+
+    def _attach(self, peer: Peer) -> None:
+        if not peer.alive:  # it disconnected while its request waited in the inbox
+            return
+        peers = self.runtime.peers
+        current = peers.get(peer.sid)
+        if current is peer:
+            return
+        if current is not None:
+            self._detach(current)
+        self._mark(peer, True)
+        peers[peer.sid] = peer
+        peer.rooms.add(self.state.room_id)
+
+    def _detach(self, peer: Peer) -> None:
+        if self.runtime.peers.get(peer.sid) is not peer:
+            return
+        self._mark(peer, False)
+        del self.runtime.peers[peer.sid]
+        peer.rooms.discard(self.state.room_id)
+
+    def _mark(self, peer: Peer, attached: bool) -> None:
+        if peer not in self._initial:
+            self._initial[peer] = self.runtime.peers.get(peer.sid) is peer
+        self._changes.setdefault(peer, []).append((len(self._entries), attached))
+
+    def _flush(self) -> None:
+        """Hand the turn's frames to each session: one push each, in order."""
+        entries, self._entries = self._entries, []
+        changes, self._changes = self._changes, {}
+        initial, self._initial = self._initial, {}
+        if not entries:
+            return
+        special: set[Peer] = {peer for peer, _ in entries if peer is not None}
+        special.update(changes)
+        broadcast = [data for peer, data in entries if peer is None]
+        if broadcast:
+            joined = broadcast[0] if len(broadcast) == 1 else b"".join(broadcast)
+            for peer in self.runtime.peers.values():
+                if peer not in special:
+                    peer.push(joined)
+        for peer in special:
+            attached = initial.get(peer, self.runtime.peers.get(peer.sid) is peer)
+            pending = changes.get(peer, [])
+            cursor = 0
+            parts: list[bytes] = []
+            for index, (target, data) in enumerate(entries):
+                while cursor < len(pending) and pending[cursor][0] <= index:
+                    attached = pending[cursor][1]
+                    cursor += 1
+                if target is peer or (target is None and attached):
+                    parts.append(data)
+            if parts:
+                peer.push(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def _sync_to(self, peer: Peer, reason: str) -> None:
+        state = self.state
+        self._send(peer, Sync(room=state.room_id, epoch=state.epoch, seq=state.seq, ts=self.now_ms(),
+                              snapshot=self._snapshot(peer.user), reason=reason))
+
+    def _snapshot(self, user: str | None) -> RoomSnapshot:
+        return self.state.snapshot(user, self.config.page_default)
+
+    def _diff(self, join: Sequence[str] = (), update: Sequence[str] = (), leave: Sequence[str] = ()) -> None:
+        presence = self.state.presence
+        self.emit(
+            PresenceDiff,
+            join=tuple(presence.members[u].view() for u in join),
+            update=tuple(presence.members[u].view() for u in update if u in presence.members),
+            leave=tuple(leave),
+        )
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _member(self, peer: Peer) -> None:
+        if peer.user not in self.state.presence or self.runtime.peers.get(peer.sid) is not peer:
+            raise RoomError(ErrorCode.NOT_MEMBER, "join the room first")
+
+    def _host_only(self, peer: Peer, action: str) -> None:
+        if self.state.host != peer.user:
+            raise RoomError(ErrorCode.FORBIDDEN, f"only the host may {action}")
+
+    def _handle(self, peer: Peer, frame: ClientFrame, now: float) -> None:
+        if isinstance(frame, _JOINS):
+            self._join(peer, frame.id)
+            return
+        if isinstance(frame, Resume):
+            self._resume(peer, frame)
+            return
+        self._member(peer)
+        state = self.state
+        wall = self.now_ms()
+        if isinstance(frame, ChatSend):
+            if state.presence.members[peer.user].typing_until is not None:
+                state.presence.set_typing(peer.user, False, now, 0)
+                self._diff(update=[peer.user])
+            message, dup = state.chat.send(user=peer.user, name=peer.name, cid=frame.cid, text=frame.text,
+                                           meta=frame.meta, ts=wall)
+            if not dup:
+                state.touch_chat(message.n)
+                state.touch("read")
+                self.emit(ChatEvent, msg=message)
+            self._ok(peer, frame.id, dump_record(ChatAck(id=message.id, n=message.n, ts=message.ts, dup=dup)))
+        elif isinstance(frame, Leave):
+            self._remove_member(peer.user, consented=True)
+            self._ok(peer, frame.id)
+        elif isinstance(frame, Members):
+            members, cursor = state.presence.page(frame.cursor, frame.limit or self.config.page_default)
+            self._ok(peer, frame.id, dump_record(MembersPage(members=tuple(members), next=cursor)))
+        elif isinstance(frame, PresenceSet):
+            if state.presence.update(peer.user, peer.sid, frame.data, frame.status, wall):
+                self._diff(update=[peer.user])
+                state.touch("members")
+            self._ok(peer, frame.id)
+        elif isinstance(frame, Typing):
+            if state.presence.set_typing(peer.user, frame.on, now, self.config.typing_timeout):
+                self._diff(update=[peer.user])
+            if frame.on:
+                self._arm(now + self.config.typing_timeout, "typing", peer.user)
+            self._ok(peer, frame.id)
+        elif isinstance(frame, ChatEdit):
+            message = state.chat.edit(user=peer.user, msg_id=frame.msg, text=frame.text, ts=wall)
+            state.touch_chat(message.n)
+            self.emit(ChatEdited, msg=message)
+            self._ok(peer, frame.id)
+        elif isinstance(frame, ChatDelete):
+            message = state.chat.delete(user=peer.user, msg_id=frame.msg, is_host=state.host == peer.user, ts=wall)
+            state.touch_chat(message.n)
+            self.emit(ChatDeleted, msg=message.id, n=message.n, by=peer.user)
+            self._ok(peer, frame.id)
+        elif isinstance(frame, History):
+            messages, before = state.chat.page(frame.before, frame.limit or self.config.page_default)
+            self._ok(peer, frame.id, dump_record(HistoryPage(messages=tuple(messages), next=before)))
+        elif isinstance(frame, Read):
+            moved = state.chat.mark_read(peer.user, frame.n)
+            if moved is not None:
+                state.touch("read")
+                self.emit(ReadReceipt, user=peer.user, n=moved)
+            self._ok(peer, frame.id)
+        elif isinstance(frame, StateSet):
+            self._host_only(peer, "change the game state")
+            if frame.version != state.version:
+                raise RoomError(ErrorCode.CONFLICT, f"version is {state.version}, not {frame.version}")
+            version = self.change_state(frame.state, frame.phase, reason=None, keep_state=frame.state is None)
+            self._ok(peer, frame.id, {"version": version})
+        elif isinstance(frame, Send):
+            if self.logic is not None:
+                result = self.logic.on_message(self.context, peer.user, frame.kind, frame.body)
+                self._ok(peer, frame.id, result)
+            else:
+                self.emit(MessageEvent, kind=frame.kind, body=frame.body, sender=peer.user)
+                self._ok(peer, frame.id)
+        elif isinstance(frame, Kick):
+            self._host_only(peer, "kick members")
+            if frame.user not in state.presence:
+                raise RoomError(ErrorCode.NOT_FOUND, "no such member")
+            self._remove_member(frame.user, consented=False)
+            self._ok(peer, frame.id)
+        elif isinstance(frame, HostSet):
+            self._host_only(peer, "hand hosting over")
+            if frame.user not in state.presence:
+                raise RoomError(ErrorCode.NOT_FOUND, "no such member")
+            if frame.user != state.host:
+                state.host = frame.user
+                state.touch("members")
+                self.emit(HostChanged, user=frame.user)
+            self._ok(peer, frame.id)
+        else:  # pragma: no cover - the gateway routes only room frames here
+            raise RoomError(ErrorCode.UNSUPPORTED, f"{frame.TYPE} is not a room request")
+
+    def _join(self, peer: Peer, request_id: int) -> None:
+        if not peer.alive:
+            raise RoomError(ErrorCode.INVALID_STATE, "the connection is closing")
+        state = self.state
+        if peer.room_scope is not None and peer.room_scope not in (state.room_id, state.code):
+            raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to another room")
+        wall = self.now_ms()
+        presence = state.presence
+        if peer.user in presence:
+            if self.runtime.peers.get(peer.sid) is not peer:
+                self._check_room_count(peer)
+                self._attach(peer)
+                if presence.attach(peer.user, peer.sid, peer.name, wall):
+                    self._diff(update=[peer.user])
+                state.touch("members")
+        else:
+            if len(presence) >= state.options.max_members:
+                raise RoomError(ErrorCode.ROOM_FULL, "the room is full")
+            self._check_room_count(peer)
+            if self.logic is not None:
+                self.logic.on_join(self.context, peer.user, peer.name)
+            self._attach(peer)
+            presence.add(peer.user, peer.name, peer.sid, wall)
+            state.touch("members")
+            self._info_dirty = True
+            self._diff(join=[peer.user])
+            if state.host is None:
+                state.host = peer.user
+                self.emit(HostChanged, user=peer.user)
+        self._ok(peer, request_id, dump_record(self._snapshot(peer.user)))
+
+    def _check_room_count(self, peer: Peer) -> None:
+        limit = self.config.max_rooms_per_connection
+        if self.state.room_id not in peer.rooms and len(peer.rooms) >= limit:
+            raise RoomError(ErrorCode.LIMIT_REACHED, f"a connection may be in {limit} rooms at most")
+
+    def _resume(self, peer: Peer, frame: Resume) -> None:
+        if not peer.alive:
+            raise RoomError(ErrorCode.INVALID_STATE, "the connection is closing")
+        state = self.state
+        if peer.user not in state.presence:
+            raise RoomError(ErrorCode.NOT_MEMBER, "not a member of this room any more")
+        self._check_room_count(peer)
+        missed = state.seq - frame.seq
+        held = self._replay[0][0] if self._replay else state.seq + 1
+        if frame.epoch == state.epoch and 0 <= missed and frame.seq + 1 >= held:
+            replay = [data for seq, data in self._replay if seq > frame.seq]
+            self._ok(peer, frame.id, dump_record(ResumeResult(replayed=len(replay))))
+            self._entries.extend((peer, data) for data in replay)
+        else:
+            self._ok(peer, frame.id, dump_record(ResumeResult(replayed=0, resync=True)))
+            self._sync_to(peer, "resume")
+        self._attach(peer)
+        if state.presence.attach(peer.user, peer.sid, peer.name, self.now_ms()):
+            self._diff(update=[peer.user])
+        state.touch("members")
+
+    def _remove_member(self, user: str, *, consented: bool) -> None:
+        state = self.state
+        if state.presence.remove(user) is None:
+            return
+        state.touch("members")
+        self._info_dirty = True
+        self._diff(leave=[user])
+        for peer in [p for p in self.runtime.peers.values() if p.user == user]:
+            self._detach(peer)
+        if state.host == user:
+            state.host = state.next_host(user)
+            self.emit(HostChanged, user=state.host)
+        if self.logic is not None:
+            self.logic.on_leave(self.context, user, consented=consented)
+
+    def _on_disconnect(self, peer: Peer, now: float) -> None:
+        if self.runtime.peers.get(peer.sid) is not peer:
+            return
+        self._detach(peer)
+        presence = self.state.presence
+        if not presence.drop(peer.user, peer.sid, now, self.config.reconnect_grace, self.now_ms()):
+            return
+        self._diff(update=[peer.user])
+        entry = presence.members[peer.user]
+        if entry.grace_until is not None:
+            self._arm(entry.grace_until, "grace", peer.user)
+            if self.state.phase is Phase.PLAYING:
+                self._member_inactive(peer.user)
+
+    def _member_inactive(self, user: str) -> None:
+        policy = self.state.options.inactive
+        applied = policy is not InactivePolicy.NONE
+        if policy is InactivePolicy.RESET:
+            self.change_state(None, Phase.LOBBY, reason="member_inactive", keep_state=False)
+        elif policy is InactivePolicy.END:
+            self.change_state(None, Phase.ENDED, reason="member_inactive", keep_state=True)
+        if self.logic is not None:
+            self.logic.on_inactive(self.context, user, applied)
+
+    def change_state(self, game: Any, phase: Phase | None, *, reason: str | None, keep_state: bool) -> int:
+        """Replace the game state and/or phase; version + 1; broadcast. Used by hosts and logic."""
+        state = self.state
+        if not keep_state:
+            state.game = game
+        if phase is not None and phase is not state.phase:
+            state.phase = phase
+            self._info_dirty = True
+        state.version += 1
+        state.touch("game")
+        self.emit(StateEvent, version=state.version, phase=state.phase, state=state.game, reason=reason)
+        return state.version
+
+    # -- in-process operations (run inside a turn through Call) ------------------------------------
+
+    def publish(self, kind: str, body: Any) -> None:
+        """Broadcast a ``message`` event as the server."""
+        self.emit(MessageEvent, kind=kind, body=body)
+
+    def kick(self, user: str) -> None:
+        """Remove a member (operator action)."""
+        if user not in self.state.presence:
+            raise RoomError(ErrorCode.NOT_FOUND, "no such member")
+        self._remove_member(user, consented=False)
+
+    def read_snapshot(self) -> RoomSnapshot:
+        """The room as an operator sees it."""
+        return self._snapshot(None)
+
+    def close_room(self, code: str, message: str) -> None:
+        """Close at the end of this turn: members get ``room_closed``; the room is disposed."""
+        if self._close is None:
+            self._close = (code, message)
+
+    def _emit_close(self) -> None:
+        assert self._close is not None
+        code, message = self._close
+        if self.logic is not None:
+            self.logic.on_dispose(self.context)
+        self.emit(RoomClosed, code=code, message=message[:512])
+        for peer in list(self.runtime.peers.values()):
+            self._detach(peer)
+
+    def _dispose(self) -> None:
+        """Stop taking commands; answer the ones still queued."""
+        self.runtime.closed = True
+        self.runtime.send_channel.close()
+        while True:
+            try:
+                command = self.runtime.receive_channel.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            self._refuse_closed(command)
+        self._flush()
+        calls, self._calls = self._calls, []
+        for call, value, error in calls:
+            call.resolve(value, error)

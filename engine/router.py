@@ -1,0 +1,109 @@
+"""The single registry of live rooms: by id and by code, with exactly-once creation.
+
+Trio runs one task at a time, so a check-and-insert with no ``await`` between them is atomic: a code
+is reserved in the same step that finds it free, and concurrent ``join_or_create`` calls for one code
+wait for the one creation in progress instead of racing it. Seats are then taken in the room actor,
+serially, so capacity never overshoots.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from protocol.errors import ErrorCode
+from protocol.frames import LobbyPage, RoomInfo
+
+from .codes import new_code, new_room_id, normalize_code
+from .config import Config
+from .errors import RoomError
+from .room import RoomRuntime
+from .state import RoomOptions, RoomState
+from .supervisor import Supervisor
+
+__all__ = ["Router"]
+
+
+class Router:
+    """Rooms by id and by normalised code."""
+
+    def __init__(self, config: Config, supervisor: Supervisor) -> None:
+        self._config = config
+        self._supervisor = supervisor
+        self.rooms: dict[str, RoomRuntime] = {}
+        self._codes: dict[str, str] = {}
+        self._creating: dict[str, trio.Event] = {}
+
+    def get(self, room_id: str) -> RoomRuntime | None:
+        """The live room with this id."""
+        return self.rooms.get(room_id)
+
+    def by_code(self, code: str) -> RoomRuntime | None:
+        """The live room with this code (any spelling of it)."""
+        room_id = self._codes.get(normalize_code(code))
+        return self.rooms.get(room_id) if room_id is not None else None
+
+    def find(self, room: str | None, code: str | None) -> RoomRuntime:
+        """The room named by id or code, or RoomError not_found."""
+        runtime = self.get(room) if room is not None else self.by_code(code or "")
+        if runtime is None or runtime.closed:
+            raise RoomError(ErrorCode.NOT_FOUND, "no such room")
+        return runtime
+
+    async def create(self, options: RoomOptions, *, code: str | None = None) -> RoomRuntime:
+        """Create and start a room. With ``code``, the caller has reserved it (see get_or_create)."""
+        self._supervisor.make_logic(options.logic)  # refuse unknown logic names before anything exists
+        if code is None:
+            code = new_code()
+            while code in self._codes or code in self._creating:
+                code = new_code()  # pragma: no cover - 40 bits: a collision needs ~10^6 live rooms
+        room_id = new_room_id()
+        state = RoomState(room_id=room_id, code=code, options=options,
+                          created=int(self._config.wall_clock() * 1000), history_limit=self._config.history_limit)
+        runtime = RoomRuntime(room_id, code, self._config.room_inbox_size)
+        self.rooms[room_id] = runtime
+        self._codes[code] = room_id
+        try:
+            await self._supervisor.start(runtime, state, created=True)
+        except BaseException:
+            self.forget(runtime)
+            raise
+        return runtime
+
+    async def get_or_create(self, code: str, options: RoomOptions) -> RoomRuntime:
+        """The room with ``code``, created with ``options`` if none exists. Exactly once per code."""
+        code = normalize_code(code)
+        while True:
+            existing = self.by_code(code)
+            if existing is not None and not existing.closed:
+                return existing
+            pending = self._creating.get(code)
+            if pending is None:
+                break
+            await pending.wait()
+        done = trio.Event()
+        self._creating[code] = done
+        try:
+            return await self.create(options, code=code)
+        finally:
+            del self._creating[code]
+            done.set()
+
+    def forget(self, runtime: RoomRuntime) -> None:
+        """Drop a room that has closed (called by the supervisor)."""
+        if self.rooms.get(runtime.room_id) is runtime:
+            del self.rooms[runtime.room_id]
+        if self._codes.get(runtime.code) == runtime.room_id:
+            del self._codes[runtime.code]
+
+    def lobby(self, cursor: str | None, limit: int, *, include_private: bool = False) -> LobbyPage:
+        """A page of rooms ordered by id; private rooms only for operators."""
+        ids = sorted(
+            room_id
+            for room_id, runtime in self.rooms.items()
+            if (include_private or runtime.public) and runtime.info is not None and not runtime.closed
+        )
+        if cursor is not None:
+            ids = [room_id for room_id in ids if room_id > cursor]
+        chunk = ids[:limit]
+        infos: list[RoomInfo] = [self.rooms[room_id].info for room_id in chunk]
+        return LobbyPage(rooms=tuple(infos), next=chunk[-1] if len(ids) > limit else None)

@@ -1,0 +1,111 @@
+"""``roost serve``: configuration from file, environment and flags; the dev key; signals; the engine.
+
+This is the only place that installs signal handlers (the library never does): SIGINT and SIGTERM
+stop the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from protocol.tokens import Keyring, new_claims, sign
+
+from .app import Engine
+from .config import Config, ConfigError
+from .keys import KeyFileError, public_path_for, read_private_key, read_public_key, write_key_pair
+
+__all__ = ["Prepared", "ServeError", "prepare", "run"]
+
+DEV_KEY_NAME = "dev-key.jwk"
+DEV_TOKEN_TTL = 24 * 3600
+
+
+class ServeError(Exception):
+    """A problem with the serve configuration (one-line message; exit status 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Everything ``run`` needs, resolved before anything starts."""
+
+    config: Config
+    dev_key: Path | None
+    dev_token: str | None
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Build the config: defaults < TOML file < ROOST_* environment < flags; load keys."""
+    try:
+        config = Config()
+        if args.config:
+            config = Config.from_toml(Path(args.config), base=config)
+        config = Config.from_env(os.environ, base=config)
+        flags = {name: value for name, value in (("host", args.host), ("port", args.port), ("data_dir", args.data))
+                 if value is not None}
+        config = config.replace(**flags, key_files=config.key_files + tuple(args.key))
+    except ConfigError as exc:
+        raise ServeError(str(exc)) from None
+    keyring = Keyring()
+    try:
+        for path in config.key_files:
+            kid, key = read_public_key(Path(path))
+            keyring = keyring.with_key(kid, key)
+        dev_key: Path | None = None
+        dev_token: str | None = None
+        if args.dev:
+            dev_key = Path(config.data_dir) / DEV_KEY_NAME
+            if not dev_key.exists():
+                dev_key.parent.mkdir(parents=True, exist_ok=True)
+                write_key_pair(dev_key)
+            kid, signing_key = read_private_key(dev_key)
+            keyring = keyring.with_key(kid, read_public_key(public_path_for(dev_key))[1])
+            claims = new_claims(sub="dev", name="Developer", kid=kid, now=time.time(), ttl=DEV_TOKEN_TTL)
+            dev_token = sign(claims, signing_key)
+    except (KeyFileError, OSError) as exc:
+        raise ServeError(str(exc)) from None
+    if not len(keyring):
+        raise ServeError("no public keys configured: pass --key FILE (or key_files in the config), or use --dev")
+    return Prepared(config=config.replace(keyring=keyring), dev_key=dev_key, dev_token=dev_token)
+
+
+async def _serve(prepared: Prepared) -> None:
+    engine = Engine(prepared.config)
+    async with trio.open_nursery(strict_exception_groups=True) as nursery:
+        host, port = await nursery.start(engine.serve)
+        print(f"ROOST_URL=ws://{host}:{port}/", flush=True)
+        if prepared.dev_token is not None:
+            print(f"ROOST_TOKEN={prepared.dev_token}", flush=True)
+            print(f"ROOST_DEV_KEY={prepared.dev_key}", flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                logging.getLogger("roost").info("received %s: stopping", signal.Signals(signum).name)
+                break
+        nursery.cancel_scope.cancel()
+
+
+def run(prepared: Prepared, *, log_level: str = "info") -> int:
+    """Run the engine until SIGINT/SIGTERM. Returns the exit status."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        trio.run(_serve, prepared)
+    except BaseExceptionGroup as group:
+        bind_errors, rest = group.split(OSError)
+        if bind_errors is None or rest is not None:
+            raise
+        first = bind_errors.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        reason = first.strerror if isinstance(first, OSError) else str(first)
+        print(f"roost: error: cannot serve on {prepared.config.host}:{prepared.config.port}: {reason}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,166 @@
+"""Everything one room holds, as plain data, and how it maps to durable records.
+
+Pure: no I/O and no Trio. The room actor owns one :class:`RoomState`, applies requests to it, and
+asks it for the store writes its changes need (``take_writes``); after a crash the supervisor rebuilds
+it from those records (``RoomState.restore``). Durable sections are tracked separately so a turn
+writes only what it changed: a chat message is one small put, not a snapshot of the room.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgpack
+
+from protocol.codec import dump_record, load_record
+from protocol.frames import ChatMessage, InactivePolicy, Phase, RoomInfo, RoomSnapshot
+
+from .chat import ChatLog
+from .presence import Presence
+from .store import Write
+
+__all__ = ["RoomOptions", "RoomState"]
+
+_CHAT_PREFIX = "chat:"
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+def chat_key(n: int) -> str:
+    """Store key of chat message ``n`` (fixed width so keys sort in message order)."""
+    return f"{_CHAT_PREFIX}{n:016x}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RoomOptions:
+    """What a room is created with."""
+
+    public: bool = False
+    max_members: int = 64
+    meta: dict[str, Any] | None = None
+    logic: str | None = None
+    inactive: InactivePolicy = InactivePolicy.NONE
+
+
+class RoomState:
+    """One room's state. Attributes are public for the actor; mutations mark their section dirty."""
+
+    def __init__(self, *, room_id: str, code: str, options: RoomOptions, created: int, history_limit: int) -> None:
+        self.room_id = room_id
+        self.code = code
+        self.options = options
+        self.created = created
+        self.host: str | None = None
+        self.epoch = 1
+        self.seq = 0
+        self.phase = Phase.LOBBY
+        self.version = 0
+        self.game: Any = None
+        self.presence = Presence()
+        self.chat = ChatLog(history_limit)
+        self._dirty: set[str] = {"meta", "members", "game", "counters", "read"}
+        self._dirty_chat: set[int] = set()
+
+    # -- dirty tracking -----------------------------------------------------------------------
+
+    def touch(self, *sections: str) -> None:
+        """Mark sections (``meta``, ``members``, ``game``, ``counters``, ``read``) as changed."""
+        self._dirty.update(sections)
+
+    def touch_chat(self, n: int) -> None:
+        """Mark chat message ``n`` as new or changed."""
+        self._dirty_chat.add(n)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty or self._dirty_chat)
+
+    def take_writes(self) -> list[Write]:
+        """The store writes for everything changed since the last call."""
+        writes: list[Write] = []
+        room = self.room_id
+        for section in sorted(self._dirty):
+            writes.append(Write(room, section, _pack(self._section(section))))
+        for n in sorted(self._dirty_chat):
+            message = self.chat.get(n)
+            if message is not None:
+                writes.append(Write(room, chat_key(n), _pack(dump_record(message))))
+        self._dirty.clear()
+        self._dirty_chat.clear()
+        return writes
+
+    def _section(self, name: str) -> Any:
+        if name == "meta":
+            o = self.options
+            return {"room": self.room_id, "code": self.code, "created": self.created, "public": o.public,
+                    "max": o.max_members, "meta": o.meta, "logic": o.logic, "inactive": o.inactive.value}
+        if name == "members":
+            return {"host": self.host, "members": [e.to_record() for e in self.presence.in_join_order()]}
+        if name == "game":
+            return {"phase": self.phase.value, "version": self.version, "state": self.game}
+        if name == "counters":
+            return {"epoch": self.epoch, "seq": self.seq, "chat_n": self.chat.last_n}
+        return dict(self.chat.read)  # "read"
+
+    @classmethod
+    def restore(cls, records: dict[str, bytes], *, now: float, grace: float, history_limit: int) -> RoomState:
+        """Rebuild from the store. Every session comes back dropped, with a fresh grace period.
+
+        Raises:
+            KeyError: the records lack the room's meta (it was never created or was disposed).
+        """
+        meta = _unpack(records["meta"])
+        options = RoomOptions(
+            public=meta["public"], max_members=meta["max"], meta=meta["meta"], logic=meta["logic"],
+            inactive=InactivePolicy(meta["inactive"]),
+        )
+        state = cls(room_id=meta["room"], code=meta["code"], options=options, created=meta["created"],
+                    history_limit=history_limit)
+        members = _unpack(records["members"]) if "members" in records else {"host": None, "members": []}
+        state.host = members["host"]
+        state.presence.restore(members["members"], now, grace)
+        if "game" in records:
+            game = _unpack(records["game"])
+            state.phase, state.version, state.game = Phase(game["phase"]), game["version"], game["state"]
+        counters = _unpack(records["counters"]) if "counters" in records else {"epoch": 1, "seq": 0, "chat_n": 0}
+        state.epoch, state.seq = counters["epoch"], counters["seq"]
+        read = _unpack(records["read"]) if "read" in records else {}
+        messages = [load_record(ChatMessage, _unpack(records[k])) for k in sorted(records) if k.startswith(_CHAT_PREFIX)]
+        state.chat.restore(messages, read, counters["chat_n"])
+        state._dirty.clear()
+        return state
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def info(self) -> RoomInfo:
+        """The lobby entry."""
+        o = self.options
+        return RoomInfo(room=self.room_id, code=self.code, members=len(self.presence), max=o.max_members,
+                        phase=self.phase, public=o.public, created=self.created, meta=o.meta)
+
+    def snapshot(self, user: str | None, page: int) -> RoomSnapshot:
+        """Everything a member (``user``) needs to render the room, as of the current ``seq``."""
+        members, members_next = self.presence.page(None, page)
+        o = self.options
+        return RoomSnapshot(
+            room=self.room_id, code=self.code, epoch=self.epoch, seq=self.seq, public=o.public,
+            max=o.max_members, host=self.host, phase=self.phase, version=self.version, state=self.game,
+            members=tuple(members), members_next=members_next, member_count=len(self.presence),
+            chat_n=self.chat.last_n, read_n=self.chat.read.get(user, 0) if user else 0,
+            unread=self.chat.unread(user) if user else 0, logic=o.logic, inactive=o.inactive,
+            created=self.created, meta=o.meta,
+        )
+
+    def next_host(self, leaving: str) -> str | None:
+        """Who hosts after ``leaving`` goes: the longest-present other member (live ones first)."""
+        others = [e for e in self.presence.in_join_order() if e.user != leaving]
+        live = [e for e in others if e.live_sessions]
+        chosen = (live or others)[:1]
+        return chosen[0].user if chosen else None

@@ -1,0 +1,61 @@
+"""Storage behind a small interface: the room actors and the router never see which store runs.
+
+A store holds opaque values (msgpack bytes) under string keys, grouped by room (``room=None`` is the
+global space: revocations, the room index). Writes arrive in batches through :meth:`Store.commit`,
+which returns only once the batch is durable, so callers can acknowledge after it (group commit: one
+batch per room-actor turn, and the LMDB store merges batches from many rooms into one transaction).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+
+__all__ = ["Store", "StoreStatistics", "Write"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Write:
+    """Put ``value`` at ``(room, key)``, or delete it when ``value`` is None."""
+
+    room: str | None
+    key: str
+    value: bytes | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    """Counters for metrics and benches."""
+
+    commits: int
+    writes: int
+    rooms: int
+
+
+class Store(abc.ABC):
+    """What the engine needs from a store."""
+
+    @abc.abstractmethod
+    async def commit(self, batch: Sequence[Write]) -> None:
+        """Apply all writes atomically; return once they are durable."""
+
+    @abc.abstractmethod
+    async def load_room(self, room: str) -> dict[str, bytes]:
+        """Every key of one room (empty if the room is unknown)."""
+
+    @abc.abstractmethod
+    async def load_global(self) -> dict[str, bytes]:
+        """Every key of the global space."""
+
+    @abc.abstractmethod
+    async def room_ids(self) -> list[str]:
+        """Rooms that have any stored key."""
+
+    @abc.abstractmethod
+    async def dispose_room(self, room: str) -> None:
+        """Delete every key of a room, durably."""
+
+    @abc.abstractmethod
+    def statistics(self) -> StoreStatistics:
+        """Counters since start."""

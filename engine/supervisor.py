@@ -1,0 +1,121 @@
+"""Supervision of room actors: one_for_one, transient, with a restart-intensity window (as OTP).
+
+Each room runs in its own supervised task in one nursery. A room actor that raises is rebuilt from
+the last committed state (its members stay connected and get a ``sync``); the requests of the turn
+that crashed are answered ``internal`` (their effects were never committed nor sent). More than
+``restart_intensity`` crashes within ``restart_period`` seconds close the room with a ``room_closed``
+event; other rooms never notice. A normal return (the room closed) is not restarted.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+
+import trio
+
+from protocol.codec import SERVER_LIMITS, encode
+from protocol.errors import ErrorCode
+from protocol.frames import ErrorReply
+
+from .config import Config
+from .errors import RoomError
+from .logic import RoomLogic
+from .outbox import ws_frame
+from .room import Call, Request, RoomActor, RoomRuntime
+from .state import RoomState
+from .store import Store
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("roost.supervisor")
+
+
+class Supervisor:
+    """Starts and supervises room actors in a nursery it is given (the engine's)."""
+
+    def __init__(
+        self, nursery: trio.Nursery, store: Store, config: Config, on_gone: Callable[[RoomRuntime], None]
+    ) -> None:
+        self._nursery = nursery
+        self._store = store
+        self._config = config
+        self._on_gone = on_gone
+        self.restarts = 0
+
+    def make_logic(self, name: str | None) -> RoomLogic | None:
+        """A fresh logic instance for a room (a restart gets a new one: the old may be corrupt)."""
+        if name is None:
+            return None
+        factory = self._config.logics.get(name)
+        if factory is None:
+            raise RoomError(ErrorCode.UNSUPPORTED, f"no room logic named {name!r}")
+        logic: RoomLogic = factory()
+        return logic
+
+    async def start(self, runtime: RoomRuntime, state: RoomState, *, created: bool) -> None:
+        """Start supervising a room; returns once its actor is ready to take commands."""
+        await self._nursery.start(self._supervise, runtime, state, created)
+
+    async def _supervise(
+        self, runtime: RoomRuntime, state: RoomState, created: bool, task_status: trio.TaskStatus[None]
+    ) -> None:
+        config = self._config
+        failures: collections.deque[float] = collections.deque()
+        task_status.started()
+        try:
+            while True:
+                actor = RoomActor(runtime, state, self._store, config, self.make_logic(state.options.logic),
+                                  created=created)
+                created = False
+                try:
+                    await actor.run()
+                except Exception:
+                    log.exception("room %s crashed", runtime.room_id)
+                else:
+                    await self._store.dispose_room(runtime.room_id)
+                    return
+                self.restarts += 1
+                self._answer_crashed_turn(runtime)
+                now = trio.current_time()
+                failures.append(now)
+                while failures and failures[0] < now - config.restart_period:
+                    failures.popleft()
+                state = await self._reload(runtime)
+                if len(failures) > config.restart_intensity:
+                    log.error("room %s crashed %d times in %.1fs: closing it", runtime.room_id, len(failures),
+                              config.restart_period)
+                    await self._close_after_crashes(runtime, state)
+                    return
+                runtime.resync_reason = "restarted"
+        finally:
+            self._on_gone(runtime)
+
+    async def _reload(self, runtime: RoomRuntime) -> RoomState:
+        records = await self._store.load_room(runtime.room_id)
+        state = RoomState.restore(records, now=trio.current_time(), grace=self._config.reconnect_grace,
+                                  history_limit=self._config.history_limit)
+        # Events after the last commit were never sent (output waits for the commit), but the replay
+        # buffer died with the actor: a new epoch tells resuming clients to resync.
+        state.epoch += 1
+        state.seq = 0
+        state.touch("counters")
+        return state
+
+    def _answer_crashed_turn(self, runtime: RoomRuntime) -> None:
+        batch, runtime.crashed_batch = runtime.crashed_batch, []
+        error = RoomError(ErrorCode.INTERNAL, "the room failed while handling this request; it did not take effect")
+        for command in batch:
+            if isinstance(command, Call):
+                command.resolve(None, error)
+            elif isinstance(command, Request):
+                reply = ErrorReply(id=getattr(command.frame, "id", None), code=error.code.value, message=error.message)
+                command.peer.push(ws_frame(encode(reply, SERVER_LIMITS)))
+
+    async def _close_after_crashes(self, runtime: RoomRuntime, state: RoomState) -> None:
+        actor = RoomActor(runtime, state, self._store, self._config, None)
+        actor.close_room(ErrorCode.INTERNAL.value, "the room failed too often and was closed")
+        runtime.resync_reason = None
+        await actor.finish_turn()
+        await self._store.dispose_room(runtime.room_id)

@@ -1,0 +1,1199 @@
+"""The Trio client for Roost: one WebSocket, requests matched to replies, ordered room events, resume.
+
+This is the one module of ``protocol/`` that does I/O (over trio-websocket); everything it puts on
+the wire goes through :func:`protocol.codec.encode` and everything it reads through
+:func:`protocol.codec.decode`, so it speaks exactly the contract of ``PROTOCOL.md``.
+
+Shape (one client = one nursery, opened by :func:`open_client`)::
+
+    supervisor task ── connect ─ hello ─ welcome ─┬─ reader   (this task: decode, settle replies,
+         ▲                                        │            dedup + buffer room events)
+         └── backoff + full jitter ◀── close ─────┼─ writer   (drains the bounded outbox)
+                                                  ├─ heartbeat (ping when idle, detect a dead link)
+                                                  └─ resume   (after a reconnect: resume rooms,
+                                                               re-send in-flight chat_send)
+
+Decisions worth knowing before using it:
+
+- **The reader never blocks on the application.** trio-websocket's reader stops answering pings and
+  close frames while its queue is full (trio-architecture.md, trap 2), so our reader hands events to
+  a bounded buffer (``event_buffer``, default 1,024) with ``send_nowait``. When the application does
+  not read events and the buffer fills, the client closes the connection (code 1000, reason
+  ``event_buffer_full``) and fails with :class:`EventOverflow` rather than stall or silently drop
+  events: a lost event would break the ``(epoch, seq)`` guarantee the application relies on.
+- **Requests while reconnecting wait** for the next connection (bound them with ``trio.fail_after``);
+  requests *in flight* when the link drops raise :class:`ConnectionLost`, except ``chat_send``, which
+  is idempotent thanks to its ``cid`` and is re-sent after the rooms are resumed.
+- **Errors in the background do not crash the caller's task.** A terminal close is recorded and
+  raised to every waiter (as :class:`ConnectionClosedError`), and ``events()`` ends. Only bugs (an
+  unexpected exception in a client task) propagate through the nursery.
+- Timers use ``trio.current_time()``, so tests drive them with ``MockClock`` over in-memory streams.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import random
+import ssl
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, NamedTuple, cast
+
+import trio
+import trio_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from .codec import SERVER_LIMITS, Sender, decode, encode, load_record
+from .errors import CloseCode, ErrorCode, RemoteProtocolError, may_reconnect
+from .frames import (
+    CLIENT_FRAMES,
+    PROTOCOL_VERSION,
+    AdminOp,
+    AdminRequest,
+    ChatAck,
+    ChatDelete,
+    ChatEdit,
+    ChatSend,
+    ClientFrame,
+    Create,
+    ErrorReply,
+    Frame,
+    Hello,
+    History,
+    HistoryPage,
+    HostSet,
+    Join,
+    JoinOrCreate,
+    Kick,
+    Leave,
+    Lobby,
+    LobbyPage,
+    Members,
+    MembersPage,
+    Ok,
+    Phase,
+    Ping,
+    Pong,
+    PresenceDiff,
+    PresenceSet,
+    Read,
+    Refresh,
+    Resume,
+    ResumeResult,
+    RoomClosed,
+    RoomEvent,
+    RoomSnapshot,
+    Send,
+    StateSet,
+    Status,
+    Sync,
+    Typing,
+    Welcome,
+)
+from .schema import Limits, WireRecord
+
+__all__ = [
+    "Client",
+    "ClientError",
+    "ClientStatistics",
+    "ConnectionClosedError",
+    "ConnectionLost",
+    "EventOverflow",
+    "HandshakeError",
+    "ProtocolViolation",
+    "RequestError",
+    "RoomPosition",
+    "StreamFactory",
+    "TokenSource",
+    "open_client",
+]
+
+log = logging.getLogger(__name__)
+
+TokenSource = Callable[[], Awaitable[str]]
+"""An async callable returning a fresh user token; called before every connection attempt."""
+StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]
+"""An async callable returning a new byte stream to speak WebSocket over (tests, custom transports)."""
+
+_MAX_REQUEST_ID = 2**32 - 1
+_OUTBOX_SIZE = 64
+"""Frames queued for the writer; requesters wait when it is full (backpressure, never unbounded)."""
+_SILENCE_FACTOR = 2.5
+"""A link with no frame from the server for this many heartbeat intervals is considered dead.
+
+Every ``ping`` is answered with ``pong``, so a live server is never silent that long; it mirrors the
+server's own rule for expiring silent sessions (PROTOCOL.md §3.2). Without it a half-open TCP
+connection (a phone switching networks) would hang the client forever.
+"""
+_FORGET_ON_RESUME = frozenset({ErrorCode.NOT_MEMBER, ErrorCode.NOT_FOUND})
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+class ClientError(Exception):
+    """Base of every error the client raises (besides ``LocalProtocolError`` for invalid arguments)."""
+
+
+class RequestError(ClientError):
+    """The server answered a request with ``error``.
+
+    Attributes:
+        code: the :class:`~protocol.errors.ErrorCode` (a ``str``); codes this client does not know
+            read as ``internal``, as PROTOCOL.md asks, and ``wire_code`` keeps what was sent.
+        message: the server's human-readable explanation.
+        retry_ms: for ``rate_limited``, how long to wait before retrying.
+        request_id: the ``id`` the request carried on the wire.
+    """
+
+    def __init__(self, wire_code: str, message: str = "", retry_ms: int | None = None, request_id: int | None = None):
+        super().__init__(wire_code, message, retry_ms, request_id)
+        try:
+            self.code: ErrorCode = ErrorCode(wire_code)
+        except ValueError:
+            self.code = ErrorCode.INTERNAL
+        self.wire_code = wire_code
+        self.message = message
+        self.retry_ms = retry_ms
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        text = f"{self.wire_code}: {self.message}" if self.message else self.wire_code
+        return text if self.retry_ms is None else f"{text} (retry in {self.retry_ms} ms)"
+
+
+class ConnectionLost(ClientError):
+    """The connection dropped while this request was in flight; it may or may not have taken effect.
+
+    The client reconnects on its own; retry if the request is safe to repeat.
+    """
+
+
+class ConnectionClosedError(ClientError):
+    """The client is closed for good: a terminal close code, a local close, or reconnecting disabled.
+
+    Attributes:
+        code: the WebSocket close code (1006 when the link dropped without a Close frame).
+        reason: the close reason (a short word for logs, see PROTOCOL.md §8.2).
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        name = _close_name(self.code)
+        return f"connection closed with {self.code} ({name})" + (f": {self.reason}" if self.reason else "")
+
+
+class HandshakeError(ConnectionClosedError):
+    """The connection ended before ``welcome``: a refused token (45xx), a bad version, a failed upgrade.
+
+    ``code`` is the server's close code, or 1006 when the transport failed (connection refused, HTTP
+    rejection, timeout; the original error is the ``__cause__``), or 1002 when the server answered
+    something other than ``welcome``. It is a :class:`ConnectionClosedError`, so code that handles
+    "closed for good" handles it too.
+    """
+
+
+class EventOverflow(ClientError):
+    """The application did not read events and the event buffer filled; the client closed itself.
+
+    Raised by :meth:`Client.events` (after the buffered events) and to every waiter. Read events
+    promptly, or open the client with a larger ``event_buffer``.
+    """
+
+
+class ProtocolViolation(ClientError):
+    """The server sent something PROTOCOL.md does not allow (a server bug, or not a Roost server).
+
+    A bad ``ok`` result fails only its request; an undecodable frame closes the client (1002),
+    because the room event stream can no longer be trusted to be complete.
+    """
+
+
+def _close_name(code: int) -> str:
+    try:
+        return CloseCode(code).name.lower()
+    except ValueError:
+        return "abnormal_closure" if code == 1006 else "unknown"
+
+
+def _fresh(error: ClientError) -> ClientError:
+    """A copy of a shared terminal error, so each waiting task raises its own exception object.
+
+    Raising one exception object in several tasks makes their tracebacks pile up on it.
+    """
+    clone = copy.copy(error)
+    clone.__cause__ = error.__cause__
+    return clone
+
+
+# -- records -------------------------------------------------------------------------------------
+
+
+class RoomPosition(NamedTuple):
+    """The last room event processed: what ``resume`` asks to continue from."""
+
+    epoch: int
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientStatistics:
+    """Counters for tests and diagnostics (Trio's ``statistics()`` convention)."""
+
+    connections: int
+    """Connections that reached ``welcome``."""
+    events_delivered: int
+    duplicates_dropped: int
+    """Events already seen (same epoch, ``seq`` not newer): replays after a resume, typically."""
+    pings_sent: int
+    requests_resent: int
+    """``chat_send`` requests re-sent after a reconnect."""
+    pending_requests: int
+    buffered_events: int
+
+
+# -- internals -----------------------------------------------------------------------------------
+
+
+class _Pending:
+    """One request awaiting its ``ok``/``error``: the one-shot reply slot (idiom 6)."""
+
+    __slots__ = ("data", "done", "error", "frame", "request_id", "resend", "value")
+
+    def __init__(self, frame: ClientFrame, request_id: int, data: bytes, *, resend: bool) -> None:
+        self.frame = frame
+        self.request_id = request_id
+        self.data = data
+        self.resend = resend
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: ClientError | None = None
+
+    def succeed(self, value: Any) -> None:
+        if not self.done.is_set():
+            self.value = value
+            self.done.set()
+
+    def fail(self, error: ClientError) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclasses.dataclass(slots=True)
+class _Ending:
+    """How one connection attempt ended, for the supervisor to decide what comes next."""
+
+    code: int
+    reason: str
+    welcomed: bool = False
+    healthy: bool = False
+    """The connection was welcomed and its rooms resumed: the backoff starts over."""
+    cause: BaseException | None = None
+    error: ClientError | None = None
+    """A terminal error to end the client with, whatever ``code`` says."""
+
+
+class _Violation(Exception):  # noqa: N818 - internal signal
+    """The server broke the protocol during the handshake."""
+
+
+class _Connection:
+    """One welcomed WebSocket: its outbox, timers and the scope that ends it."""
+
+    def __init__(self, ws: WebSocketConnection, outbox: trio.MemorySendChannel[bytes], interval: float) -> None:
+        now = trio.current_time()
+        self.ws = ws
+        self.outbox = outbox
+        self.interval = interval
+        self.silence_limit = interval * _SILENCE_FACTOR
+        self.last_sent = now
+        self.last_received = now
+        self.scope = trio.CancelScope()
+        self.aborted: _Ending | None = None
+        self.healthy = False
+        self.alive = True
+
+    async def push(self, data: bytes) -> None:
+        """Queue bytes for the writer. A dead connection swallows them: the supervisor settles the
+        requests that were in flight on it (ConnectionLost, or re-send for chat_send)."""
+        try:
+            await self.outbox.send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def abort(self, code: int, reason: str) -> None:
+        """Drop the link without a close handshake (dead peer): treated like a 1006 drop."""
+        if self.aborted is None:
+            self.aborted = _Ending(code, reason, welcomed=True)
+        self.scope.cancel()
+
+
+_RESULT_RECORDS: dict[type[ClientFrame], type[WireRecord]] = {
+    Create: RoomSnapshot,
+    Join: RoomSnapshot,
+    JoinOrCreate: RoomSnapshot,
+    Lobby: LobbyPage,
+    Members: MembersPage,
+    ChatSend: ChatAck,
+    History: HistoryPage,
+    Resume: ResumeResult,
+}
+_ADMIN_RECORDS: dict[AdminOp, type[WireRecord]] = {AdminOp.ROOMS: LobbyPage, AdminOp.ROOM: RoomSnapshot}
+
+
+def _limits_from_welcome(limits: Mapping[str, Any] | None) -> Limits:
+    """Encode with the server's announced limits, so a server configured for longer chat messages
+    is not refused locally. Values that make no sense are ignored (the server checks anyway)."""
+    defaults = Limits()
+    if not limits:
+        return defaults
+    frame = limits.get("frame")
+    chat = limits.get("chat")
+    try:
+        return Limits(
+            max_frame_bytes=frame if type(frame) is int else defaults.max_frame_bytes,
+            max_chat_chars=chat if type(chat) is int else defaults.max_chat_chars,
+        )
+    except ValueError:
+        return defaults
+
+
+class _EventStream:
+    """``async for`` over the client's events; a plain iterator object, not an async generator,
+    so nothing is left suspended inside the client's scopes when the caller stops iterating."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    async def __anext__(self) -> RoomEvent:
+        event = await self._client._receive_event()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+
+class Client:
+    """A Roost session: requests, room events and reconnection. Made by :func:`open_client` only.
+
+    Methods that send a request wait for its reply and return its result record, or raise
+    :class:`RequestError` (the server said no), :class:`ConnectionLost` (the link dropped meanwhile)
+    or :class:`ConnectionClosedError` (the client is closed). Arguments the protocol refuses raise
+    :class:`~protocol.errors.LocalProtocolError` before anything is sent. None of them take a
+    timeout: wrap calls in ``trio.fail_after``; a cancelled request is forgotten (its reply ignored).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | TokenSource,
+        *,
+        heartbeat_ms: int,
+        reconnect: bool,
+        agent: str | None,
+        stream: trio.abc.Stream | StreamFactory | None,
+        max_backoff: float,
+        backoff_base: float,
+        event_buffer: int,
+        connect_timeout: float,
+        disconnect_timeout: float,
+        ssl_context: ssl.SSLContext | None,
+        limits: Limits,
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"a Roost URL is ws://HOST[:PORT]/ or wss://...; got {url!r}")
+        if not 1000 <= heartbeat_ms <= 300_000:
+            raise ValueError("heartbeat_ms must be within 1000..300000 (PROTOCOL.md §3.2)")
+        if event_buffer < 1:
+            raise ValueError("event_buffer must be at least 1")
+        self._url = url
+        self._secure = parts.scheme == "wss"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._secure else 80)
+        self._host_header = self._host if parts.port is None else f"{self._host}:{self._port}"
+        self._resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._token = token
+        self._heartbeat_ms = heartbeat_ms
+        self._reconnect = reconnect
+        self._agent = agent
+        self._single_stream: trio.abc.Stream | None = None
+        self._stream_factory: StreamFactory | None = None
+        if isinstance(stream, trio.abc.Stream):
+            self._single_stream = stream
+        else:
+            self._stream_factory = stream
+        self._stream_given = stream is not None
+        self._max_backoff = max_backoff
+        self._backoff_base = backoff_base
+        self._connect_timeout = connect_timeout
+        self._disconnect_timeout = disconnect_timeout
+        self._ssl_context = ssl_context
+        self._limits = limits
+        self._send_limits = Limits()
+
+        self._welcome: Welcome | None = None
+        self._session: str | None = None
+        self._next_id = 0
+        self._pending: dict[int, _Pending] = {}
+        self._positions: dict[str, RoomPosition] = {}
+        self._events_send, self._events_recv = trio.open_memory_channel[RoomEvent](event_buffer)
+        self._ready_conn: _Connection | None = None
+        self._ready_event = trio.Event()
+        self._failure: ClientError | None = None
+        self._close_frame: tuple[int, str] = (CloseCode.NORMAL, "")
+        self._attempt_scope: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+        self._last_pong: Pong | None = None
+        self._connections = 0
+        self._events_delivered = 0
+        self._duplicates = 0
+        self._pings = 0
+        self._resent = 0
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def welcome(self) -> Welcome:
+        """The latest ``welcome`` (replaced on each reconnect; ``resumed`` tells if the session survived)."""
+        assert self._welcome is not None, "open_client yields the client after welcome"
+        return self._welcome
+
+    @property
+    def user(self) -> str:
+        """This connection's user id (the token's ``sub``)."""
+        return self.welcome.user
+
+    @property
+    def sid(self) -> str:
+        """The session id; it stays the same across reconnects that resume the session."""
+        return self.welcome.sid
+
+    @property
+    def connected(self) -> bool:
+        """Whether requests go out right now (false while reconnecting and once closed)."""
+        return self._ready_conn is not None
+
+    @property
+    def close_error(self) -> ClientError | None:
+        """Why the client ended, once it has (``ConnectionClosedError``, ``EventOverflow``...)."""
+        return self._failure
+
+    @property
+    def rooms(self) -> dict[str, RoomPosition]:
+        """The rooms this client follows and the last event processed in each: what it resumes."""
+        return dict(self._positions)
+
+    @property
+    def last_pong(self) -> Pong | None:
+        """The latest ``pong`` (its ``time`` is the server clock, to estimate offset and RTT)."""
+        return self._last_pong
+
+    def statistics(self) -> ClientStatistics:
+        """Counters: connections, events delivered, duplicates dropped, pings, re-sent requests."""
+        return ClientStatistics(
+            connections=self._connections,
+            events_delivered=self._events_delivered,
+            duplicates_dropped=self._duplicates,
+            pings_sent=self._pings,
+            requests_resent=self._resent,
+            pending_requests=len(self._pending),
+            buffered_events=self._events_recv.statistics().current_buffer_used,
+        )
+
+    # -- events --------------------------------------------------------------------------------
+
+    def events(self) -> _EventStream:
+        """Iterate over room events (presence, chat, state, sync...), in order, without duplicates.
+
+        The iteration ends when the client closes (a terminal close code or a local close); it
+        raises :class:`EventOverflow` or :class:`ProtocolViolation` (after the buffered events) when
+        events were lost. There is one stream per client: concurrent readers share it.
+        """
+        return _EventStream(self)
+
+    async def next_event(self, kind: str | type[RoomEvent] | None = None) -> RoomEvent:
+        """The next event, or the next one of ``kind`` (a ``t`` value such as ``"chat"``, or a frame
+        class), **discarding** the events before it. Meant for tests and scripts.
+
+        Raises:
+            ConnectionClosedError: the client closed before such an event came (or another
+                :class:`ClientError` explaining why it closed).
+        """
+        while True:
+            event = await self._receive_event()
+            if event is None:
+                raise _fresh(self._failure or ConnectionClosedError(CloseCode.NORMAL, "closed"))
+            if kind is None or (event.TYPE == kind if isinstance(kind, str) else isinstance(event, kind)):
+                return event
+
+    async def _receive_event(self) -> RoomEvent | None:
+        try:
+            return await self._events_recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if isinstance(self._failure, (EventOverflow, ProtocolViolation)):
+                raise _fresh(self._failure) from None
+            return None
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def request(self, frame: ClientFrame | Mapping[str, Any]) -> Any:
+        """Send any request and return its parsed result (a record where the protocol defines one).
+
+        ``frame`` is a client frame whose ``id`` is replaced by a fresh one, or a map such as
+        ``{"t": "join", "room": "r1"}`` without ``id``. Results are tracked like the typed helpers'
+        (a ``join`` sent this way starts following the room).
+        """
+        if isinstance(frame, Mapping):
+            frame = _frame_from_map(frame)
+        return await self._call(frame)
+
+    async def create(
+        self,
+        public: bool = False,
+        max: int | None = None,  # noqa: A002 - the protocol's field name
+        meta: dict[str, Any] | None = None,
+        logic: str | None = None,
+        **fields: Any,
+    ) -> RoomSnapshot:
+        """Create a room and join it as host. ``fields`` passes further ``create`` fields through."""
+        frame = Create(id=0, public=public, max=max, meta=meta, logic=logic, **fields)
+        return cast(RoomSnapshot, await self._call(frame))
+
+    async def join(self, room: str | None = None, code: str | None = None) -> RoomSnapshot:
+        """Join a room by id or by code (exactly one); joining twice is harmless."""
+        return cast(RoomSnapshot, await self._call(Join(id=0, room=room, code=code)))
+
+    async def join_or_create(
+        self,
+        code: str,
+        public: bool = False,
+        max: int | None = None,  # noqa: A002 - the protocol's field name
+        meta: dict[str, Any] | None = None,
+        logic: str | None = None,
+        **fields: Any,
+    ) -> RoomSnapshot:
+        """Join the room with ``code``, creating it with the other fields if there is none."""
+        frame = JoinOrCreate(id=0, code=code, public=public, max=max, meta=meta, logic=logic, **fields)
+        return cast(RoomSnapshot, await self._call(frame))
+
+    async def leave(self, room: str) -> None:
+        """Leave a room for good (unlike a dropped connection); the client stops following it."""
+        await self._call(Leave(id=0, room=room))
+
+    async def lobby(self, cursor: str | None = None, limit: int | None = None) -> LobbyPage:
+        """One page of public rooms; pass ``page.next`` as ``cursor`` for the next."""
+        return cast(LobbyPage, await self._call(Lobby(id=0, cursor=cursor, limit=limit)))
+
+    async def members(self, room: str, cursor: str | None = None, limit: int | None = None) -> MembersPage:
+        """One page of a room's presence list (the snapshot holds the first)."""
+        return cast(MembersPage, await self._call(Members(id=0, room=room, cursor=cursor, limit=limit)))
+
+    async def set_presence(self, room: str, data: Any = None, status: Status | str | None = None) -> None:
+        """Set one's custom presence data and/or status (``online``/``away``) in a room."""
+        await self._call(PresenceSet(id=0, room=room, data=data, status=_enum_or_none(Status, status)))
+
+    async def typing(self, room: str, on: bool) -> None:
+        """Show or clear the typing indicator (it clears itself after a few seconds)."""
+        await self._call(Typing(id=0, room=room, on=on))
+
+    async def chat_send(
+        self, room: str, text: str, meta: dict[str, Any] | None = None, cid: str | None = None
+    ) -> ChatAck:
+        """Post a chat message; the ack comes once the message is durable.
+
+        ``cid`` (generated when absent) makes the send idempotent: if the connection drops before
+        the ack, the client re-sends it with the same ``cid`` after reconnecting, and this call
+        returns the final ack (``dup: true`` when the first attempt had gone through).
+        """
+        frame = ChatSend(id=0, room=room, cid=cid or uuid.uuid4().hex, text=text, meta=meta)
+        return cast(ChatAck, await self._call(frame))
+
+    async def chat_edit(self, room: str, msg_id: str, text: str) -> None:
+        """Edit one of one's own messages."""
+        await self._call(ChatEdit(id=0, room=room, msg=msg_id, text=text))
+
+    async def chat_delete(self, room: str, msg_id: str) -> None:
+        """Delete one's own message (the host may delete any); it stays as a tombstone."""
+        await self._call(ChatDelete(id=0, room=room, msg=msg_id))
+
+    async def history(self, room: str, before: int | None = None, limit: int | None = None) -> HistoryPage:
+        """Page chat history backwards; pass ``page.next`` as ``before`` for the older page."""
+        return cast(HistoryPage, await self._call(History(id=0, room=room, before=before, limit=limit)))
+
+    async def read(self, room: str, n: int) -> None:
+        """Move the read cursor forward to chat number ``n``."""
+        await self._call(Read(id=0, room=room, n=n))
+
+    async def set_state(self, room: str, version: int, state: Any = None, phase: Phase | str | None = None) -> int:
+        """Compare-and-set the game state (host only); returns the new version.
+
+        Raises:
+            RequestError: ``conflict`` when ``version`` is not the current one.
+        """
+        frame = StateSet(id=0, room=room, version=version, state=state, phase=_enum_or_none(Phase, phase))
+        return cast(int, await self._call(frame))
+
+    async def send(self, room: str, kind: str, body: Any = None) -> None:
+        """Send a game message to the room's logic (relayed to members when it has none)."""
+        await self._call(Send(id=0, room=room, kind=kind, body=body))
+
+    async def kick(self, room: str, user: str) -> None:
+        """Remove a member from the room (host only)."""
+        await self._call(Kick(id=0, room=room, user=user))
+
+    async def set_host(self, room: str, user: str) -> None:
+        """Hand hosting over to another member (host only)."""
+        await self._call(HostSet(id=0, room=room, user=user))
+
+    async def admin(self, key: str, op: AdminOp | str, args: dict[str, Any] | None = None) -> Any:
+        """Run an operator request with the service credential ``key``; the result depends on ``op``
+        (``LobbyPage`` for ``rooms``, ``RoomSnapshot`` for ``room``, a map or ``None`` otherwise)."""
+        return await self._call(AdminRequest(id=0, key=key, op=AdminOp(op), args=args))
+
+    async def refresh(self, token: str) -> None:
+        """Present a fresh token for the same user; later reconnects use it too."""
+        await self._call(Refresh(id=0, token=token))
+        self._token = token
+
+    async def aclose(self) -> None:
+        """Close the connection (code 1000: not a leave, rooms keep the member for the grace period)
+        and wait until the client's tasks are done. Idempotent."""
+        self._shutdown(ConnectionClosedError(CloseCode.NORMAL, "closed by the client"))
+        await self._stopped.wait()
+
+    async def wait_closed(self) -> ClientError:
+        """Wait until the client ends for good, and return why."""
+        await self._stopped.wait()
+        assert self._failure is not None
+        return self._failure
+
+    async def _call(self, frame: ClientFrame) -> Any:
+        pending = self._prepare(frame, resend=isinstance(frame, ChatSend))
+        conn = await self._wait_ready()
+        # No checkpoint between _wait_ready's check and registering: either the request is in
+        # _pending when the connection is declared lost, or it waits for the next connection.
+        self._pending[pending.request_id] = pending
+        try:
+            await conn.push(pending.data)
+            await pending.done.wait()
+        finally:
+            self._pending.pop(pending.request_id, None)
+        return pending.outcome()
+
+    def _prepare(self, frame: ClientFrame, *, resend: bool) -> _Pending:
+        """Give the frame a fresh id and encode it, so a bad argument fails before anything waits."""
+        if not any(f.name == "id" for f in dataclasses.fields(frame)):  # type: ignore[arg-type]
+            raise TypeError(f"{frame.TYPE} is not a request (it has no id)")
+        self._next_id = self._next_id % _MAX_REQUEST_ID + 1
+        while self._next_id in self._pending:  # only after 2**32 requests, with one still waiting
+            self._next_id = self._next_id % _MAX_REQUEST_ID + 1
+        frame = dataclasses.replace(frame, id=self._next_id)  # type: ignore[type-var]
+        return _Pending(frame, self._next_id, encode(frame, self._send_limits), resend=resend)
+
+    async def _wait_ready(self) -> _Connection:
+        while True:
+            if self._failure is not None:
+                raise _fresh(self._failure)
+            if self._ready_conn is not None:
+                return self._ready_conn
+            await self._ready_event.wait()
+
+    # -- frames from the server ----------------------------------------------------------------
+
+    def _dispatch(self, conn: _Connection, frame: Frame) -> None:
+        """Handle one server frame. Synchronous on purpose: the reader must never wait on the
+        application, or trio-websocket's reader behind it stops answering pings and closes."""
+        if isinstance(frame, RoomEvent):
+            self._on_event(frame)
+        elif isinstance(frame, Ok):
+            pending = self._pending.pop(frame.id, None)
+            if pending is not None:
+                self._settle_ok(pending, frame.result)
+        elif isinstance(frame, ErrorReply):
+            if frame.id is None:
+                log.warning("server reported a connection-level error: %s %s", frame.code, frame.message)
+                return
+            pending = self._pending.pop(frame.id, None)
+            if pending is not None:
+                pending.fail(RequestError(frame.code, frame.message, frame.retry_ms, frame.id))
+        elif isinstance(frame, Pong):
+            self._last_pong = frame
+        else:  # a second welcome
+            self._violation(f"unexpected {frame.TYPE} frame after welcome")
+
+    def _settle_ok(self, pending: _Pending, result: Any) -> None:
+        frame = pending.frame
+        try:
+            value = self._parse_result(frame, result)
+        except RemoteProtocolError as exc:
+            error = ProtocolViolation(f"bad result for {frame.TYPE}: {exc}")
+            error.__cause__ = exc
+            pending.fail(error)
+            return
+        pending.succeed(value)
+
+    def _parse_result(self, frame: ClientFrame, result: Any) -> Any:
+        record_type = _RESULT_RECORDS.get(type(frame))
+        if isinstance(frame, AdminRequest):
+            record_type = _ADMIN_RECORDS.get(frame.op)
+        if record_type is not None:
+            record = load_record(record_type, result, self._limits)
+            if isinstance(record, RoomSnapshot) and not isinstance(frame, AdminRequest):
+                self._follow(record)
+            return record
+        if isinstance(frame, StateSet):
+            version = result.get("version") if type(result) is dict else None
+            if type(version) is not int:
+                raise RemoteProtocolError(ErrorCode.BAD_FIELD, "state_set result needs an integer version")
+            return version
+        if isinstance(frame, Leave):
+            self._positions.pop(frame.room, None)
+        return result
+
+    def _follow(self, snapshot: RoomSnapshot) -> None:
+        """Start (or keep) following a room from a join/create snapshot. A newer position already
+        reached through events of the same epoch wins: the snapshot is never ahead of them."""
+        known = self._positions.get(snapshot.room)
+        if known is None or known.epoch != snapshot.epoch or known.seq < snapshot.seq:
+            self._positions[snapshot.room] = RoomPosition(snapshot.epoch, snapshot.seq)
+
+    def _on_event(self, event: RoomEvent) -> None:
+        room: str = event.room  # type: ignore[attr-defined]
+        if isinstance(event, Sync):
+            self._positions[room] = RoomPosition(event.snapshot.epoch, event.snapshot.seq)
+        else:
+            epoch: int = event.epoch  # type: ignore[attr-defined]
+            seq: int = event.seq  # type: ignore[attr-defined]
+            known = self._positions.get(room)
+            if known is not None and known.epoch == epoch and seq <= known.seq:
+                self._duplicates += 1
+                return
+            # A new epoch is taken as is: the server sends the sync that comes with it.
+            self._positions[room] = RoomPosition(epoch, seq)
+            if isinstance(event, RoomClosed) or (isinstance(event, PresenceDiff) and self.user in event.leave):
+                del self._positions[room]  # gone, or we were removed: nothing to resume
+        try:
+            self._events_send.send_nowait(event)
+        except trio.WouldBlock:
+            buffer = self._events_recv.statistics().max_buffer_size
+            error = EventOverflow(f"{buffer} events were buffered unread; the client closed")
+            self._shutdown(error, (CloseCode.NORMAL, "event_buffer_full"))
+            return
+        except trio.ClosedResourceError:  # the application closed its side: nobody listens
+            return
+        self._events_delivered += 1
+
+    def _violation(self, message: str, cause: BaseException | None = None) -> None:
+        error = ProtocolViolation(message)
+        error.__cause__ = cause
+        self._shutdown(error, (CloseCode.PROTOCOL_ERROR, "bad_server_frame"))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _shutdown(self, error: ClientError, close: tuple[int, str] = (CloseCode.NORMAL, "")) -> None:
+        """End the client for good: fail every waiter, end the event stream, stop the supervisor.
+
+        Synchronous so the reader can call it; the supervisor then sends the Close frame
+        (``close``: code and reason) under a bounded shielded scope, if the link is still open.
+        """
+        if self._failure is not None:
+            return
+        self._failure = error
+        self._close_frame = close
+        for pending in list(self._pending.values()):
+            pending.fail(_fresh(error))
+        self._pending.clear()
+        self._ready_conn = None
+        self._ready_event.set()  # waiters wake up and see the failure
+        self._events_send.close()
+        if self._attempt_scope is not None:
+            self._attempt_scope.cancel()
+
+    def _connection_lost(self) -> None:
+        """The link dropped: in-flight requests fail with ConnectionLost, except those re-sent
+        after the reconnect (chat_send, idempotent by cid)."""
+        self._ready_conn = None
+        if self._ready_event.is_set():
+            self._ready_event = trio.Event()
+        for request_id, pending in list(self._pending.items()):
+            if not pending.resend:
+                del self._pending[request_id]
+                pending.fail(ConnectionLost(f"connection lost before the reply to {pending.frame.TYPE}"))
+
+    def _set_ready(self, conn: _Connection) -> None:
+        if conn.alive and self._failure is None:
+            self._ready_conn = conn
+            self._ready_event.set()
+
+    def _can_reconnect(self, code: int) -> bool:
+        reusable_transport = not self._stream_given or self._stream_factory is not None
+        return self._reconnect and reusable_transport and may_reconnect(code)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter: a restarted server is not hit by every client at once."""
+        return random.uniform(0.0, min(self._max_backoff, self._backoff_base * 2 ** min(attempt, 32)))
+
+    def _new_attempt_scope(self) -> trio.CancelScope:
+        scope = trio.CancelScope()
+        self._attempt_scope = scope
+        if self._failure is not None:
+            scope.cancel()
+        return scope
+
+    async def _supervise(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve, reconnect: the client's one long-running task.
+
+        Errors before the first ``welcome`` come out of ``nursery.start`` (so ``open_client``
+        raises them); after it they end the client instead of escaping into the caller's nursery.
+        """
+        attempt = 0
+        started = False
+        try:
+            with self._events_send:
+                while True:
+                    ending: _Ending | None = None
+                    with self._new_attempt_scope():
+                        ending = await self._connect_once(None if started else task_status)
+                    if self._failure is not None:
+                        return
+                    assert ending is not None, "only _shutdown cancels an attempt"
+                    if ending.welcomed:
+                        started = True
+                    if not started:
+                        error = ending.error or HandshakeError(ending.code, ending.reason)
+                        if error.__cause__ is None:
+                            error.__cause__ = ending.cause
+                        self._shutdown(error)
+                        raise error
+                    self._connection_lost()
+                    if ending.error is not None or not self._can_reconnect(ending.code):
+                        failure = ending.error
+                        if failure is None:
+                            kind = ConnectionClosedError if ending.welcomed else HandshakeError
+                            failure = kind(ending.code, ending.reason)
+                            failure.__cause__ = ending.cause
+                        self._shutdown(failure)
+                        return
+                    attempt = 0 if ending.healthy else attempt + 1
+                    delay = self._backoff(attempt)
+                    log.info("connection closed (%s %s); reconnecting in %.2f s", ending.code, ending.reason, delay)
+                    with self._new_attempt_scope():
+                        await trio.sleep(delay)
+                    if self._failure is not None:
+                        return
+        finally:
+            if self._failure is None:  # cancelled from outside
+                self._shutdown(ConnectionClosedError(CloseCode.NORMAL, "client cancelled"))
+            self._stopped.set()
+
+    async def _open_stream(self) -> trio.abc.Stream:
+        if self._stream_factory is not None:
+            return await self._stream_factory()
+        if self._single_stream is not None:
+            stream, self._single_stream = self._single_stream, None
+            return stream
+        if self._secure:
+            context = self._ssl_context or ssl.create_default_context()
+            return await trio.open_ssl_over_tcp_stream(
+                self._host, self._port, ssl_context=context, https_compatible=True
+            )
+        return await trio.open_tcp_stream(self._host, self._port)
+
+    async def _connect_once(self, task_status: trio.TaskStatus[None] | None) -> _Ending:
+        """One connection, from TCP connect to close. Returns how it ended; never raises for
+        network trouble (the supervisor decides between reconnecting and giving up)."""
+        try:
+            with trio.fail_after(self._connect_timeout):
+                stream = await self._open_stream()
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            return _Ending(1006, f"cannot connect: {exc!r}"[:120], cause=exc)
+        ending = _Ending(1006, "connection lost")
+        try:
+            async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                ending = await self._run_websocket(nursery, stream, task_status)
+                # trio-websocket's reader may still wait for the server to close TCP: stop it.
+                nursery.cancel_scope.cancel()
+        except* trio_websocket.HandshakeError as group:  # HTTP rejection of the upgrade
+            ending = _Ending(1006, f"websocket upgrade failed: {group.exceptions[0]!r}"[:120], cause=group)
+        finally:
+            with trio.move_on_after(self._disconnect_timeout, shield=True):
+                await trio.aclose_forcefully(stream)
+        return ending
+
+    async def _run_websocket(
+        self, nursery: trio.Nursery, stream: trio.abc.Stream, task_status: trio.TaskStatus[None] | None
+    ) -> _Ending:
+        try:
+            with trio.fail_after(self._connect_timeout):
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    cast(trio.SocketStream, stream),  # any Stream works; the annotation is narrow
+                    self._host_header,
+                    self._resource,
+                    max_message_size=self._limits.max_frame_bytes,
+                    receive_buffer_size=None,
+                )
+                token = self._token if isinstance(self._token, str) else await self._token()
+                hello = Hello(
+                    v=PROTOCOL_VERSION, token=token, hb=self._heartbeat_ms, session=self._session, agent=self._agent
+                )
+                await ws.send_message(encode(hello))
+                welcome = await self._receive_welcome(ws)
+        except trio.TooSlowError as exc:
+            return _Ending(1006, "timed out before welcome", cause=exc)
+        except ConnectionClosed as exc:
+            return _closed_ending(exc)
+        except _Violation as exc:
+            with trio.move_on_after(self._disconnect_timeout, shield=True):
+                await ws.aclose(CloseCode.PROTOCOL_ERROR, "bad_welcome")
+            reason = str(exc)
+            return _Ending(CloseCode.PROTOCOL_ERROR, reason, error=HandshakeError(CloseCode.PROTOCOL_ERROR, reason))
+
+        self._on_welcome(welcome)
+        interval = min(self._heartbeat_ms, welcome.hb) / 1000
+        outbox, outbox_recv = trio.open_memory_channel[bytes](_OUTBOX_SIZE)
+        conn = _Connection(ws, outbox, interval)
+        ending: _Ending | None = None
+        try:
+            with outbox:
+                nursery.start_soon(self._writer, conn, outbox_recv)
+                nursery.start_soon(self._heartbeat, conn)
+                with conn.scope:
+                    if task_status is not None:
+                        conn.healthy = True
+                        self._set_ready(conn)
+                        task_status.started()
+                    else:
+                        nursery.start_soon(self._resume, conn)
+                    ending = await self._reader(conn)
+        finally:
+            conn.alive = False
+            if self._ready_conn is conn:
+                self._ready_conn = None
+            if conn.aborted is None:
+                code, reason = self._close_frame
+                with trio.move_on_after(self._disconnect_timeout, shield=True):
+                    await ws.aclose(code, reason)
+        if ending is None:
+            ending = conn.aborted or _Ending(1006, "connection lost", welcomed=True)
+        ending.healthy = conn.healthy
+        return ending
+
+    async def _receive_welcome(self, ws: WebSocketConnection) -> Welcome:
+        message = await ws.get_message()
+        if isinstance(message, str):
+            raise _Violation("text message before welcome")
+        try:
+            frame = decode(message, Sender.SERVER, self._limits)
+        except RemoteProtocolError as exc:
+            raise _Violation(f"undecodable first frame ({exc.code})") from exc
+        if not isinstance(frame, Welcome):
+            raise _Violation(f"expected welcome, got {frame.TYPE}")
+        return frame
+
+    def _on_welcome(self, welcome: Welcome) -> None:
+        self._welcome = welcome
+        self._session = welcome.session
+        self._send_limits = _limits_from_welcome(welcome.limits)
+        self._connections += 1
+
+    async def _reader(self, conn: _Connection) -> _Ending:
+        """Read and dispatch frames until the connection closes; drains trio-websocket promptly."""
+        while True:
+            try:
+                message = await conn.ws.get_message()
+            except ConnectionClosed as exc:
+                ending = _closed_ending(exc)
+                ending.welcomed = True
+                return ending
+            conn.last_received = trio.current_time()
+            if isinstance(message, str):
+                self._violation("text message from the server")
+                continue  # the shutdown cancelled our scope: the next checkpoint ends the loop
+            try:
+                frame = decode(message, Sender.SERVER, self._limits)
+            except RemoteProtocolError as exc:
+                pending = self._pending.pop(exc.request_id, None) if exc.request_id is not None else None
+                if pending is not None:  # a reply we cannot read fails its request only
+                    error = ProtocolViolation(f"undecodable reply: {exc}")
+                    error.__cause__ = exc
+                    pending.fail(error)
+                else:
+                    self._violation(f"undecodable server frame: {exc}", exc)
+                continue
+            self._dispatch(conn, frame)
+
+    async def _writer(self, conn: _Connection, outbox_recv: trio.MemoryReceiveChannel[bytes]) -> None:
+        """The only task writing to the socket, so a cancelled requester never leaves half a
+        WebSocket frame on the wire."""
+        with outbox_recv:
+            async for data in outbox_recv:
+                try:
+                    await conn.ws.send_message(data)
+                except ConnectionClosed:
+                    return  # the reader sees the close and ends the connection
+                conn.last_sent = trio.current_time()
+
+    async def _heartbeat(self, conn: _Connection) -> None:
+        """Ping when nothing was sent for one interval; abort the link when the server is silent."""
+        ping = encode(Ping())
+        last_ping = -math.inf
+        while True:
+            now = trio.current_time()
+            if now - conn.last_received >= conn.silence_limit:
+                conn.abort(1006, f"server silent for {conn.silence_limit:g} s")
+                return
+            due = max(conn.last_sent, last_ping) + conn.interval
+            if now >= due:
+                last_ping = now
+                self._pings += 1
+                await conn.push(ping)
+                continue
+            await trio.sleep_until(min(due, conn.last_received + conn.silence_limit))
+
+    async def _resume(self, conn: _Connection) -> None:
+        """After a reconnect: resume every followed room, re-send in-flight chat_sends, then let
+        new requests through. Order matters: the replay must precede anything we send next."""
+        resumes: list[tuple[str, _Pending]] = []
+        for room, position in list(self._positions.items()):
+            pending = self._prepare(Resume(id=0, room=room, epoch=position.epoch, seq=position.seq), resend=False)
+            self._pending[pending.request_id] = pending
+            resumes.append((room, pending))
+            await conn.push(pending.data)
+        for pending in [p for p in self._pending.values() if p.resend]:
+            self._resent += 1
+            await conn.push(pending.data)
+        self._set_ready(conn)
+        for room, pending in resumes:
+            await pending.done.wait()
+            if isinstance(pending.error, RequestError):
+                if pending.error.code in _FORGET_ON_RESUME:
+                    log.info("no longer a member of room %s; stopped following it", room)
+                    self._positions.pop(room, None)
+                    continue
+                conn.abort(1006, f"resume failed: {pending.error.wire_code}")
+                return
+            if pending.error is not None:  # ConnectionLost: this connection is ending anyway
+                return
+        conn.healthy = True
+
+
+def _closed_ending(exc: ConnectionClosed) -> _Ending:
+    reason = exc.reason
+    if reason is None:
+        return _Ending(1006, "connection lost")
+    return _Ending(reason.code, reason.reason or "")
+
+
+def _enum_or_none(enum_type: type[Any], value: Any) -> Any:
+    return None if value is None else enum_type(value)
+
+
+def _frame_from_map(raw: Mapping[str, Any]) -> ClientFrame:
+    frame_type = raw.get("t")
+    cls = CLIENT_FRAMES.get(frame_type) if isinstance(frame_type, str) else None
+    if cls is None:
+        raise ValueError(f"not a client frame type: {frame_type!r}")
+    fields = {key: value for key, value in raw.items() if key not in ("t", "id")}
+    return cast(ClientFrame, cls(id=0, **fields))
+
+
+@asynccontextmanager
+async def open_client(
+    url: str,
+    token: str | TokenSource,
+    *,
+    heartbeat_ms: int = 10_000,
+    reconnect: bool = True,
+    agent: str | None = None,
+    stream: trio.abc.Stream | StreamFactory | None = None,
+    max_backoff: float = 10.0,
+    backoff_base: float = 0.25,
+    event_buffer: int = 1024,
+    connect_timeout: float = 10.0,
+    disconnect_timeout: float = 2.0,
+    ssl_context: ssl.SSLContext | None = None,
+    limits: Limits = SERVER_LIMITS,
+) -> AsyncIterator[Client]:
+    """Connect to a Roost server and yield a :class:`Client` once it is welcomed.
+
+    Args:
+        url: ``ws://host:port/`` or ``wss://...``. With ``stream``, only its host and path are used
+            (for the upgrade request).
+        token: the user token, sent in ``hello`` (not in the URL, where proxies log it), or an async
+            callable returning a fresh one for each connection attempt.
+        heartbeat_ms: the interval announced in ``hello``; the client pings after that long
+            without sending anything (at the server's ``welcome.hb`` if that is shorter).
+        reconnect: reconnect after a close whose code allows it (``may_reconnect``) or a drop.
+        agent: a short client description for the server's logs.
+        stream: a ready byte stream to speak WebSocket over instead of dialling ``url`` (tests use
+            one end of ``trio.testing.memory_stream_pair()``), or an async factory of such streams,
+            called for each attempt. A single stream cannot be reopened, so with one the client
+            does not reconnect.
+        max_backoff: cap of the reconnect delay (s); the delay is uniform in
+            ``[0, min(max_backoff, backoff_base * 2**attempt)]`` (full jitter).
+        event_buffer: room events held for the application; when it overflows the client closes
+            with :class:`EventOverflow` instead of blocking its reader (see the module docstring).
+        connect_timeout / disconnect_timeout: bounds on connecting up to ``welcome`` and on the
+            close handshake (trio-websocket's own defaults are 60 s).
+
+    Raises:
+        HandshakeError: the first connection ended before ``welcome`` (bad token: 4500, expired:
+            4002, ...; 1006 when the server could not be reached).
+
+    The client's tasks run in a strict nursery: an exception raised by the ``async with`` body
+    comes out wrapped in an ``ExceptionGroup`` (use ``except*``). On exit the client closes with
+    1000, which does not leave rooms (``leave`` does).
+    """
+    client = Client(
+        url,
+        token,
+        heartbeat_ms=heartbeat_ms,
+        reconnect=reconnect,
+        agent=agent,
+        stream=stream,
+        max_backoff=max_backoff,
+        backoff_base=backoff_base,
+        event_buffer=event_buffer,
+        connect_timeout=connect_timeout,
+        disconnect_timeout=disconnect_timeout,
+        ssl_context=ssl_context,
+        limits=limits,
+    )
+    handshake_error: HandshakeError | None = None
+    with client._events_recv:
+        async with trio.open_nursery(strict_exception_groups=True) as nursery:
+            try:
+                await nursery.start(client._supervise)
+            except HandshakeError as exc:
+                handshake_error = exc
+            else:
+                try:
+                    yield client
+                finally:
+                    # Synchronous: the supervisor sends the Close frame under its own bounded,
+                    # shielded scope and returns; the nursery waits for it.
+                    client._shutdown(ConnectionClosedError(CloseCode.NORMAL, "closed by the client"))
+    if handshake_error is not None:
+        raise handshake_error
