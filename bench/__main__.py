@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
+from . import fanout as fanout_bench
 from . import protocol as protocol_bench
 
 __all__ = ["BENCHES", "BenchModule", "build_parser", "main"]
@@ -26,6 +27,7 @@ class BenchModule(Protocol):
 
 BENCHES: dict[str, BenchModule] = {
     "protocol": protocol_bench,
+    "fanout": fanout_bench,
 }
 """Subcommand name -> benchmark module."""
 

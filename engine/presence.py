@@ -65,6 +65,10 @@ class MemberEntry:
             data=self.data,
         )
 
+    def signature(self) -> tuple[Any, ...]:
+        """What diffs are about: everything but ``last_seen`` (which changes with any activity)."""
+        return (self.name, self.status, self.live_sessions, self.typing_until is not None, self.data)
+
     def to_record(self) -> dict[str, Any]:
         """Durable form: what survives a restart (sessions come back dropped, with their grace)."""
         return {"user": self.user, "name": self.name, "joined": self.joined, "last_seen": self.last_seen,
@@ -100,7 +104,7 @@ class Presence:
     def attach(self, user: str, sid: str, name: str, wall_ms: int) -> bool:
         """A (new or returning) session of an existing member goes live. Returns True if the entry changed."""
         entry = self.members[user]
-        before = entry.view()
+        before = entry.signature()
         session = entry.sessions.get(sid)
         if session is None:
             entry.sessions[sid] = SessionEntry(sid)
@@ -109,7 +113,7 @@ class Presence:
         entry.grace_until = None
         entry.name = name or entry.name
         entry.last_seen = wall_ms
-        return entry.view() != before
+        return entry.signature() != before
 
     def drop(self, user: str, sid: str, now: float, grace: float, wall_ms: int) -> bool:
         """A session's connection went away. Starts the grace period when it was the last one.
@@ -120,13 +124,13 @@ class Presence:
         session = entry.sessions.get(sid) if entry is not None else None
         if entry is None or session is None or not session.live:
             return False
-        before = entry.view()
+        before = entry.signature()
         session.live = False
         entry.last_seen = wall_ms
         if entry.live_sessions == 0:
             entry.grace_until = now + grace
             entry.typing_until = None
-        return entry.view() != before
+        return entry.signature() != before
 
     def remove(self, user: str) -> MemberEntry | None:
         """The member leaves for good."""
@@ -135,13 +139,13 @@ class Presence:
     def update(self, user: str, sid: str, data: Any, status: Status | None, wall_ms: int) -> bool:
         """Own custom data and/or a session's status. Returns True if the entry changed."""
         entry = self.members[user]
-        before = entry.view()
+        before = entry.signature()
         if data is not None:
             entry.data = data
         if status is not None and sid in entry.sessions:
             entry.sessions[sid].status = status
         entry.last_seen = wall_ms
-        return entry.view() != before
+        return entry.signature() != before
 
     def set_typing(self, user: str, on: bool, now: float, timeout: float) -> bool:
         """Start (or extend) or stop the typing indicator. Returns True if it flipped."""

@@ -32,6 +32,7 @@ Decisions worth knowing before using it:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -41,7 +42,6 @@ import ssl
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
 from typing import Any, NamedTuple, cast
 
 import trio
@@ -151,7 +151,9 @@ class RequestError(ClientError):
         request_id: the ``id`` the request carried on the wire.
     """
 
-    def __init__(self, wire_code: str, message: str = "", retry_ms: int | None = None, request_id: int | None = None):
+    def __init__(
+        self, wire_code: str, message: str = "", retry_ms: int | None = None, request_id: int | None = None
+    ) -> None:
         super().__init__(wire_code, message, retry_ms, request_id)
         try:
             self.code: ErrorCode = ErrorCode(wire_code)
@@ -308,7 +310,7 @@ class _Ending:
     """A terminal error to end the client with, whatever ``code`` says."""
 
 
-class _Violation(Exception):  # noqa: N818 - internal signal
+class _Violation(Exception):
     """The server broke the protocol during the handshake."""
 
 
@@ -331,10 +333,8 @@ class _Connection:
     async def push(self, data: bytes) -> None:
         """Queue bytes for the writer. A dead connection swallows them: the supervisor settles the
         requests that were in flight on it (ConnectionLost, or re-send for chat_send)."""
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.outbox.send(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     def abort(self, code: int, reason: str) -> None:
         """Drop the link without a close handshake (dead peer): treated like a 1006 drop."""
@@ -571,7 +571,7 @@ class Client:
     async def create(
         self,
         public: bool = False,
-        max: int | None = None,  # noqa: A002 - the protocol's field name
+        max: int | None = None,
         meta: dict[str, Any] | None = None,
         logic: str | None = None,
         **fields: Any,
@@ -588,7 +588,7 @@ class Client:
         self,
         code: str,
         public: bool = False,
-        max: int | None = None,  # noqa: A002 - the protocol's field name
+        max: int | None = None,
         meta: dict[str, Any] | None = None,
         logic: str | None = None,
         **fields: Any,
@@ -721,7 +721,7 @@ class Client:
 
     # -- frames from the server ----------------------------------------------------------------
 
-    def _dispatch(self, conn: _Connection, frame: Frame) -> None:
+    def _dispatch(self, frame: Frame) -> None:
         """Handle one server frame. Synchronous on purpose: the reader must never wait on the
         application, or trio-websocket's reader behind it stops answering pings and closes."""
         if isinstance(frame, RoomEvent):
@@ -872,29 +872,26 @@ class Client:
         try:
             with self._events_send:
                 while True:
-                    ending: _Ending | None = None
-                    with self._new_attempt_scope():
-                        ending = await self._connect_once(None if started else task_status)
+                    ending = await self._connect_once(None if started else task_status)
                     if self._failure is not None:
                         return
-                    assert ending is not None, "only _shutdown cancels an attempt"
-                    if ending.welcomed:
-                        started = True
+                    assert ending is not None, "only _shutdown interrupts an attempt"
+                    started = started or ending.welcomed
                     if not started:
                         error = ending.error or HandshakeError(ending.code, ending.reason)
                         if error.__cause__ is None:
                             error.__cause__ = ending.cause
                         self._shutdown(error)
                         raise error
-                    self._connection_lost()
                     if ending.error is not None or not self._can_reconnect(ending.code):
                         failure = ending.error
                         if failure is None:
                             kind = ConnectionClosedError if ending.welcomed else HandshakeError
                             failure = kind(ending.code, ending.reason)
                             failure.__cause__ = ending.cause
-                        self._shutdown(failure)
+                        self._shutdown(failure)  # every waiter gets the terminal error
                         return
+                    self._connection_lost()
                     attempt = 0 if ending.healthy else attempt + 1
                     delay = self._backoff(attempt)
                     log.info("connection closed (%s %s); reconnecting in %.2f s", ending.code, ending.reason, delay)
@@ -920,20 +917,28 @@ class Client:
             )
         return await trio.open_tcp_stream(self._host, self._port)
 
-    async def _connect_once(self, task_status: trio.TaskStatus[None] | None) -> _Ending:
-        """One connection, from TCP connect to close. Returns how it ended; never raises for
-        network trouble (the supervisor decides between reconnecting and giving up)."""
+    async def _connect_once(self, task_status: trio.TaskStatus[None] | None) -> _Ending | None:
+        """One connection, from TCP connect to close. Returns how it ended (``None`` when the
+        client was shut down meanwhile); never raises for network trouble: the supervisor decides
+        between reconnecting and giving up."""
+        stream: trio.abc.Stream | None = None
+        with self._new_attempt_scope():
+            try:
+                with trio.fail_after(self._connect_timeout):
+                    stream = await self._open_stream()
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                return _Ending(1006, f"cannot connect: {exc!r}"[:120], cause=exc)
+        if stream is None:
+            return None
+        ending: _Ending | None = None
         try:
-            with trio.fail_after(self._connect_timeout):
-                stream = await self._open_stream()
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            return _Ending(1006, f"cannot connect: {exc!r}"[:120], cause=exc)
-        ending = _Ending(1006, "connection lost")
-        try:
-            async with trio.open_nursery(strict_exception_groups=True) as nursery:
-                ending = await self._run_websocket(nursery, stream, task_status)
-                # trio-websocket's reader may still wait for the server to close TCP: stop it.
-                nursery.cancel_scope.cancel()
+            # trio-websocket's reader runs in this nursery. _shutdown never cancels it, so the
+            # close handshake can complete; once we are done, it is stopped (it may otherwise wait
+            # for the server to close TCP).
+            async with trio.open_nursery(strict_exception_groups=True) as ws_nursery:
+                if self._failure is None:
+                    ending = await self._run_websocket(ws_nursery, stream, task_status)
+                ws_nursery.cancel_scope.cancel()
         except* trio_websocket.HandshakeError as group:  # HTTP rejection of the upgrade
             ending = _Ending(1006, f"websocket upgrade failed: {group.exceptions[0]!r}"[:120], cause=group)
         finally:
@@ -942,62 +947,73 @@ class Client:
         return ending
 
     async def _run_websocket(
-        self, nursery: trio.Nursery, stream: trio.abc.Stream, task_status: trio.TaskStatus[None] | None
-    ) -> _Ending:
-        try:
-            with trio.fail_after(self._connect_timeout):
-                ws = await trio_websocket.wrap_client_stream(
-                    nursery,
-                    cast(trio.SocketStream, stream),  # any Stream works; the annotation is narrow
-                    self._host_header,
-                    self._resource,
-                    max_message_size=self._limits.max_frame_bytes,
-                    receive_buffer_size=None,
-                )
-                token = self._token if isinstance(self._token, str) else await self._token()
-                hello = Hello(
-                    v=PROTOCOL_VERSION, token=token, hb=self._heartbeat_ms, session=self._session, agent=self._agent
-                )
-                await ws.send_message(encode(hello))
-                welcome = await self._receive_welcome(ws)
-        except trio.TooSlowError as exc:
-            return _Ending(1006, "timed out before welcome", cause=exc)
-        except ConnectionClosed as exc:
-            return _closed_ending(exc)
-        except _Violation as exc:
-            with trio.move_on_after(self._disconnect_timeout, shield=True):
-                await ws.aclose(CloseCode.PROTOCOL_ERROR, "bad_welcome")
-            reason = str(exc)
-            return _Ending(CloseCode.PROTOCOL_ERROR, reason, error=HandshakeError(CloseCode.PROTOCOL_ERROR, reason))
+        self, ws_nursery: trio.Nursery, stream: trio.abc.Stream, task_status: trio.TaskStatus[None] | None
+    ) -> _Ending | None:
+        welcome: Welcome | None = None
+        with self._new_attempt_scope():
+            try:
+                with trio.fail_after(self._connect_timeout):
+                    ws = await trio_websocket.wrap_client_stream(
+                        ws_nursery,
+                        cast(trio.SocketStream, stream),  # any Stream works; the annotation is narrow
+                        self._host_header,
+                        self._resource,
+                        max_message_size=self._limits.max_frame_bytes,
+                        receive_buffer_size=None,
+                    )
+                    token = self._token if isinstance(self._token, str) else await self._token()
+                    hello = Hello(
+                        v=PROTOCOL_VERSION, token=token, hb=self._heartbeat_ms, session=self._session, agent=self._agent
+                    )
+                    await ws.send_message(encode(hello))
+                    welcome = await self._receive_welcome(ws)
+            except trio.TooSlowError as exc:
+                return _Ending(1006, "timed out before welcome", cause=exc)
+            except ConnectionClosed as exc:
+                return _closed_ending(exc)
+            except _Violation as exc:
+                with trio.move_on_after(self._disconnect_timeout, shield=True):
+                    await ws.aclose(CloseCode.PROTOCOL_ERROR, "bad_welcome")
+                reason = str(exc)
+                error = HandshakeError(CloseCode.PROTOCOL_ERROR, reason)
+                return _Ending(CloseCode.PROTOCOL_ERROR, reason, error=error)
+        if welcome is None:  # shut down during the handshake
+            return None
 
         self._on_welcome(welcome)
-        interval = min(self._heartbeat_ms, welcome.hb) / 1000
         outbox, outbox_recv = trio.open_memory_channel[bytes](_OUTBOX_SIZE)
-        conn = _Connection(ws, outbox, interval)
+        conn = _Connection(ws, outbox, min(self._heartbeat_ms, welcome.hb) / 1000)
+        conn.scope = self._new_attempt_scope()
         ending: _Ending | None = None
         try:
-            with outbox:
-                nursery.start_soon(self._writer, conn, outbox_recv)
-                nursery.start_soon(self._heartbeat, conn)
-                with conn.scope:
+            with conn.scope, outbox, outbox_recv:
+                async with trio.open_nursery(strict_exception_groups=True) as tasks:
+                    tasks.start_soon(self._writer, conn, outbox_recv)
+                    tasks.start_soon(self._heartbeat, conn)
                     if task_status is not None:
                         conn.healthy = True
                         self._set_ready(conn)
                         task_status.started()
                     else:
-                        nursery.start_soon(self._resume, conn)
+                        tasks.start_soon(self._resume, conn)
                     ending = await self._reader(conn)
+                    tasks.cancel_scope.cancel()
         finally:
             conn.alive = False
             if self._ready_conn is conn:
                 self._ready_conn = None
-            if conn.aborted is None:
+            if conn.aborted is None:  # a dead link gets no close handshake: it would only time out
+                # Cancelled from outside (the effective deadline is -inf), trio-websocket's reader is
+                # cancelled too and the server's Close reply would never be read: send ours, and do
+                # not wait the whole disconnect timeout for the reply.
+                outer_cancelled = trio.current_effective_deadline() == -math.inf
+                bound = min(self._disconnect_timeout, 0.05) if outer_cancelled else self._disconnect_timeout
                 code, reason = self._close_frame
-                with trio.move_on_after(self._disconnect_timeout, shield=True):
+                with trio.move_on_after(bound, shield=True):
                     await ws.aclose(code, reason)
-        if ending is None:
-            ending = conn.aborted or _Ending(1006, "connection lost", welcomed=True)
-        ending.healthy = conn.healthy
+        ending = ending or conn.aborted
+        if ending is not None:
+            ending.healthy = conn.healthy
         return ending
 
     async def _receive_welcome(self, ws: WebSocketConnection) -> Welcome:
@@ -1042,18 +1058,17 @@ class Client:
                 else:
                     self._violation(f"undecodable server frame: {exc}", exc)
                 continue
-            self._dispatch(conn, frame)
+            self._dispatch(frame)
 
     async def _writer(self, conn: _Connection, outbox_recv: trio.MemoryReceiveChannel[bytes]) -> None:
         """The only task writing to the socket, so a cancelled requester never leaves half a
         WebSocket frame on the wire."""
-        with outbox_recv:
-            async for data in outbox_recv:
-                try:
-                    await conn.ws.send_message(data)
-                except ConnectionClosed:
-                    return  # the reader sees the close and ends the connection
-                conn.last_sent = trio.current_time()
+        async for data in outbox_recv:
+            try:
+                await conn.ws.send_message(data)
+            except ConnectionClosed:
+                return  # the reader sees the close and ends the connection
+            conn.last_sent = trio.current_time()
 
     async def _heartbeat(self, conn: _Connection) -> None:
         """Ping when nothing was sent for one interval; abort the link when the server is silent."""
@@ -1116,10 +1131,10 @@ def _frame_from_map(raw: Mapping[str, Any]) -> ClientFrame:
     if cls is None:
         raise ValueError(f"not a client frame type: {frame_type!r}")
     fields = {key: value for key, value in raw.items() if key not in ("t", "id")}
-    return cast(ClientFrame, cls(id=0, **fields))
+    return cast(ClientFrame, cast(Any, cls)(id=0, **fields))
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def open_client(
     url: str,
     token: str | TokenSource,
@@ -1192,8 +1207,9 @@ async def open_client(
                 try:
                     yield client
                 finally:
-                    # Synchronous: the supervisor sends the Close frame under its own bounded,
-                    # shielded scope and returns; the nursery waits for it.
-                    client._shutdown(ConnectionClosedError(CloseCode.NORMAL, "closed by the client"))
+                    # Close before the nursery sees an exception from the body and cancels the
+                    # connection's tasks: the close handshake needs them. Bounded and shielded.
+                    with trio.move_on_after(disconnect_timeout + 1.0, shield=True):
+                        await client.aclose()
     if handshake_error is not None:
         raise handshake_error

@@ -1,0 +1,140 @@
+"""Test kit for Roost and for apps that embed it: keys, a running engine, connected clients.
+
+Use it as a pytest plugin (``pytest_plugins = ["engine.testing"]`` in your ``conftest.py``; pytest-trio
+in trio mode) to get these fixtures:
+
+- ``roost_keys``: a fresh Ed25519 key that mints tokens (``roost_keys.token("alice")``);
+- ``roost_config``: a :class:`~engine.config.Config` on 127.0.0.1, port 0, accepting those keys, with
+  the admin API enabled under ``SERVICE_KEY`` (override the fixture to change settings);
+- ``roost_engine``: that engine, started in the test's nursery over real sockets;
+- ``roost_connect``: ``await roost_connect("alice")`` opens a client over a real socket (closed at
+  the end of the test); ``await roost_connect("bob", memory=True)`` opens one over an in-memory stream.
+
+Timer tests (heartbeats, typing, reconnect grace) should run on ``trio.testing.MockClock`` with
+``autojump_threshold=0``, with clients over memory streams (``memory=True``) and the memory store:
+autojump misfires when bytes are in flight on real sockets or a worker thread runs (trio #456).
+
+Outside pytest the same pieces work directly::
+
+    keys = TestKeys()
+    engine = Engine(test_config(keys))
+    host, port = await nursery.start(engine.serve)
+    async with open_client(engine.url, keys.token("alice")) as alice:
+        snapshot = await alice.create(public=True)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from protocol.client import Client, open_client
+from protocol.tokens import Keyring, generate_key, new_claims, sign
+
+from .app import Engine
+from .config import Config
+
+__all__ = ["SERVICE_KEY", "TestKeys", "connect_client", "start_engine", "test_config"]
+
+SERVICE_KEY = "test-service-key"
+
+
+class TestKeys:
+    """A signing key for tests: the engine gets its public half, tests mint tokens with it."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.kid, self.signing_key = generate_key()
+        self.keyring = Keyring({self.kid: self.signing_key.verify_key})
+        self._clock = clock
+
+    def token(
+        self,
+        sub: str,
+        name: str | None = None,
+        *,
+        ttl: float = 3600,
+        room: str | None = None,
+        role: str | None = None,
+        now: float | None = None,
+    ) -> str:
+        """A valid token for ``sub`` (display name defaults to ``sub`` capitalised)."""
+        claims = new_claims(sub=sub, name=name if name is not None else sub.capitalize(), kid=self.kid,
+                            now=self._clock() if now is None else now, ttl=ttl, room=room, role=role)
+        return sign(claims, self.signing_key)
+
+
+def test_config(keys: TestKeys, **overrides: Any) -> Config:
+    """A config for tests: loopback, port 0, the test keys, the admin API on ``SERVICE_KEY``."""
+    return Config(host="127.0.0.1", port=0, keyring=keys.keyring, service_key=SERVICE_KEY).replace(**overrides)
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]
+
+
+async def start_engine(nursery: trio.Nursery, config: Config, **engine_kwargs: Any) -> Engine:
+    """Start an engine in ``nursery``; returns once it accepts connections."""
+    engine = Engine(config, **engine_kwargs)
+    await nursery.start(engine.serve)
+    return engine
+
+
+Connect = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def roost_keys() -> TestKeys:
+    """A fresh signing key."""
+    return TestKeys()
+
+
+@pytest.fixture
+def roost_config(roost_keys: TestKeys) -> Config:
+    """The engine's config; override this fixture to change settings."""
+    return test_config(roost_keys)
+
+
+@pytest.fixture
+async def roost_engine(nursery: trio.Nursery, roost_config: Config) -> Engine:
+    """A running engine on a real socket."""
+    return await start_engine(nursery, roost_config)
+
+
+async def connect_client(
+    nursery: trio.Nursery, url: str, token: str, *, stream: Any = None, **options: Any
+) -> Client:
+    """Open a client that lives in a task of ``nursery`` (closed when the nursery is cancelled).
+
+    A client holds a nursery of its own, which must be entered and left by the same task: running it
+    in its own task lets a test (or an app) hand the client around freely.
+    """
+
+    options.setdefault("disconnect_timeout", 0.25)  # at teardown the engine is often gone already
+
+    async def run(task_status: trio.TaskStatus[Client]) -> None:
+        async with open_client(url, token, stream=stream, **options) as client:
+            task_status.started(client)
+            await trio.sleep_forever()
+
+    client: Client = await nursery.start(run)
+    return client
+
+
+@pytest.fixture
+async def roost_connect(nursery: trio.Nursery, roost_engine: Engine, roost_keys: TestKeys) -> Connect:
+    """``await roost_connect(sub, memory=False, token=None, **client_options)``: a connected client."""
+
+    async def memory_stream() -> trio.abc.Stream:
+        return roost_engine.connect_memory()
+
+    async def connect(sub: str, *, memory: bool = False, token: str | None = None, **options: Any) -> Client:
+        token = token if token is not None else roost_keys.token(sub)
+        return await connect_client(nursery, roost_engine.url, token, stream=memory_stream if memory else None,
+                                    **options)
+
+    return connect

@@ -1,0 +1,97 @@
+"""Chat over real sockets: ordering, idempotent sends, edit/delete rules, history, read receipts."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from protocol.client import RequestError
+from protocol.frames import ChatDeleted, ChatEdited, ChatEvent, ReadReceipt
+
+
+async def two_in_a_room(roost_connect):
+    ann, bob = await roost_connect("ann"), await roost_connect("bob")
+    snap = await ann.create()
+    await bob.join(room=snap.room)
+    return ann, bob, snap.room
+
+
+async def test_messages_reach_every_member_in_order_with_numbers_and_server_time(roost_connect) -> None:
+    with trio.fail_after(10):
+        ann, bob, room = await two_in_a_room(roost_connect)
+        acks = [await ann.chat_send(room, f"msg {i}") for i in range(5)]
+        assert [a.n for a in acks] == [1, 2, 3, 4, 5] and [a.id for a in acks] == [f"m{i}" for i in range(1, 6)]
+        got = [await bob.next_event(ChatEvent) for _ in range(5)]
+        assert [e.msg.text for e in got] == [f"msg {i}" for i in range(5)]
+        assert [e.seq for e in got] == list(range(got[0].seq, got[0].seq + 5))
+        assert all(e.msg.user == "ann" and e.msg.name == "Ann" and e.msg.ts > 0 for e in got)
+
+
+async def test_a_retried_send_is_acknowledged_once_and_posted_once(roost_connect) -> None:
+    with trio.fail_after(10):
+        ann, bob, room = await two_in_a_room(roost_connect)
+        first = await ann.chat_send(room, "only once", cid="op-42")
+        again = await ann.chat_send(room, "only once", cid="op-42")
+        assert (first.n, first.dup) == (1, False) and (again.n, again.id, again.dup) == (1, first.id, True)
+        await ann.chat_send(room, "next")
+        texts = [(await bob.next_event(ChatEvent)).msg.text for _ in range(2)]
+        assert texts == ["only once", "next"]
+
+
+async def test_edit_and_delete_rules(roost_connect) -> None:
+    with trio.fail_after(10):
+        ann, bob, room = await two_in_a_room(roost_connect)  # ann hosts
+        mine = await bob.chat_send(room, "helo")
+        hers = await ann.chat_send(room, "hi")
+        await bob.chat_edit(room, mine.id, "hello")
+        edited = await ann.next_event(ChatEdited)
+        assert (edited.msg.text, edited.msg.n) == ("hello", mine.n) and edited.msg.edited
+        with pytest.raises(RequestError) as info:
+            await bob.chat_edit(room, hers.id, "hacked")
+        assert info.value.code == "forbidden"
+        with pytest.raises(RequestError) as info:
+            await bob.chat_delete(room, hers.id)
+        assert info.value.code == "forbidden"
+        await ann.chat_delete(room, mine.id)  # the host may delete any message
+        deleted = await bob.next_event(ChatDeleted)
+        assert (deleted.msg, deleted.by) == (mine.id, "ann")
+        with pytest.raises(RequestError) as info:
+            await bob.chat_edit(room, "m99", "?")
+        assert info.value.code == "not_found"
+
+
+async def test_history_pages_backwards(roost_connect) -> None:
+    with trio.fail_after(10):
+        ann, bob, room = await two_in_a_room(roost_connect)
+        for i in range(7):
+            await ann.chat_send(room, str(i))
+        await ann.chat_delete(room, "m2")
+        page = await bob.history(room, limit=3)
+        assert [m.text for m in page.messages] == ["4", "5", "6"] and page.next == 5
+        page = await bob.history(room, before=page.next, limit=3)
+        assert [(m.n, m.deleted) for m in page.messages] == [(2, True), (3, False), (4, False)]
+        page = await bob.history(room, before=page.next, limit=3)
+        assert [m.n for m in page.messages] == [1] and page.next is None
+
+
+async def test_read_cursors_receipts_and_unread_on_rejoin(roost_connect) -> None:
+    with trio.fail_after(10):
+        ann, bob, room = await two_in_a_room(roost_connect)
+        for i in range(4):
+            await ann.chat_send(room, str(i))
+        await bob.read(room, 3)
+        receipt = await ann.next_event(ReadReceipt)
+        assert (receipt.user, receipt.n) == ("bob", 3)
+        await bob.read(room, 1)  # never backwards: no receipt, no error
+        snap = await bob.join(room=room)
+        assert (snap.chat_n, snap.read_n, snap.unread) == (4, 3, 1)
+
+
+async def test_chat_needs_membership(roost_connect) -> None:
+    with trio.fail_after(10):
+        ann, _bob, room = await two_in_a_room(roost_connect)
+        eve = await roost_connect("eve")
+        for call in (eve.chat_send(room, "hi"), eve.history(room), eve.read(room, 1), eve.members(room)):
+            with pytest.raises(RequestError) as info:
+                await call
+            assert info.value.code == "not_member"
