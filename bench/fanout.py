@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -69,7 +69,7 @@ import msgpack
 
 from protocol.frames import PROTOCOL_VERSION
 
-__all__ = ["RunResult", "ServerProcess", "add_arguments", "drive", "run"]
+__all__ = ["LoadGenerator", "RunResult", "ServerProcess", "add_arguments", "client_frame", "run", "run_load"]
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: the working directory of the server subprocesses."""
@@ -100,6 +100,7 @@ _WS_ACCEPT = base64.b64encode(
 _ZERO_MASK = b"\x00\x00\x00\x00"
 _FILLER = "fan-out bench message, about sixty-four bytes"
 _T_PREFIX = b"\xa1t"  # msgpack fixstr "t": the key the server writes first in every frame
+_CHAT_HEAD = b"\xa1t\xa4chat"  # "t": "chat" right after the map header
 
 
 # -- server subprocesses ----------------------------------------------------------------------------
@@ -200,6 +201,14 @@ class ServerProcess:
         return (": " + " | ".join(tail)) if tail else ""
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds spent busy (anything but idle and iowait) by all CPUs so far, from ``/proc/stat``."""
+    with open("/proc/stat", "rb") as handle:
+        fields = handle.readline().split()[1:]
+    ticks = [int(x) for x in fields]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK  # user nice system idle iowait irq softirq steal
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of process ``pid`` from ``/proc/<pid>/stat`` (clock-tick resolution)."""
     with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -258,6 +267,9 @@ class RunResult:
     latencies_ns: list[int] = dataclasses.field(default_factory=list)
     server_cpu_s: float | None = None
     loadgen_cpu_s: float = 0.0
+    loadgen_user_s: float = 0.0
+    loadgen_sys_s: float = 0.0
+    machine_busy_s: float = 0.0
     sent: int = 0
     acks: int = 0
     send_lags_ns: list[int] = dataclasses.field(default_factory=list)
@@ -294,6 +306,9 @@ class RunResult:
             "messages_sent": self.sent,
             "acks": self.acks,
             "send_lag_p99_ms": _pct_ms(sorted(self.send_lags_ns), 0.99),
+            "loadgen_user_s": round(self.loadgen_user_s, 2),
+            "loadgen_sys_s": round(self.loadgen_sys_s, 2),
+            "other_cpu_util": self._other_util(),
             "window_s": round(self.window_s, 3),
             "window_deliveries": self.window_deliveries,
             "members_joined": self.joined,
@@ -301,6 +316,12 @@ class RunResult:
             "error_kinds": dict(sorted(self.error_kinds.items())),
             "error_samples": self.error_samples,
         }
+
+    def _other_util(self) -> float | None:
+        """CPU used during the window by everything but the server and this process (noise on the machine)."""
+        if not self.window_s or self.server_cpu_s is None:
+            return None
+        return round(max(0.0, self.machine_busy_s - self.server_cpu_s - self.loadgen_cpu_s) / self.window_s, 3)
 
 
 def _pct_ms(sorted_ns: list[int], q: float) -> float | None:
@@ -420,18 +441,47 @@ class LoadGenerator:
             self._lose(m, "connection_closed", "EOF without a Close frame")
             return
         now = time.perf_counter_ns()
-        data = self.rview[:size].tobytes()
-        buf = m.rbuf + data if m.rbuf else data
+        if m.rbuf or m.state != _JOINED or m.fragments is not None:
+            self._on_bytes(m, m.rbuf + self.rview[:size].tobytes(), now)
+            return
+        # Fast path (the run): whole binary frames straight out of the shared buffer, chat events
+        # unpacked from a memoryview without copying; anything else goes the general way.
+        buf, view = self.rbuf, self.rview
+        pos = 0
+        while size - pos >= 4 and buf[pos] == 0x82:
+            length = buf[pos + 1]
+            if length < 126:
+                start = pos + 2
+            elif length == 126:
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                start = pos + 4
+            else:
+                break
+            stop = start + length
+            if stop > size:
+                break
+            if buf.startswith(_CHAT_HEAD, start + 1) and 0x80 <= buf[start] <= 0x8F:
+                self._on_chat(m, view[start:stop], now)
+            else:
+                self._on_frame(m, view[start:stop].tobytes(), now)
+                if m.state == _DEAD:
+                    return
+            pos = stop
+        if pos < size:
+            self._on_bytes(m, view[pos:size].tobytes(), now)
+
+    def _on_bytes(self, m: _Member, buf: bytes, now: int) -> None:
+        """The general path: HTTP response head, partial, large, control and fragmented frames."""
         if m.state == _UPGRADING:
-            head, sep, rest = buf.partition(b"\r\n\r\n")
+            response, sep, rest = buf.partition(b"\r\n\r\n")
             if not sep:
                 if len(buf) > 16384:
                     self._lose(m, "upgrade_failed", "oversized response head")
                 else:
                     m.rbuf = buf
                 return
-            status = head.split(b"\r\n", 1)[0]
-            if b" 101 " not in status + b" " or _WS_ACCEPT.encode("ascii") not in head:
+            status = response.split(b"\r\n", 1)[0]
+            if b" 101 " not in status + b" " or _WS_ACCEPT.encode("ascii") not in response:
                 self._lose(m, "upgrade_failed", status.decode("latin-1"))
                 return
             m.state = _HELLO
@@ -497,7 +547,7 @@ class LoadGenerator:
 
     def _on_frame(self, m: _Member, payload: bytes, now: int) -> None:
         frame: Any = None
-        if 0x80 <= payload[0] <= 0x8F and payload[1:3] == _T_PREFIX and 0xA0 <= payload[3] <= 0xBF:
+        if len(payload) > 4 and 0x80 <= payload[0] <= 0x8F and payload[1:3] == _T_PREFIX and 0xA0 <= payload[3] <= 0xBF:
             kind = payload[4:4 + payload[3] - 0xA0]
         else:  # not the server's usual layout: decode it to find the type
             try:
@@ -507,21 +557,7 @@ class LoadGenerator:
                 self.result.error("undecodable_frame", f"member {m.index}: {type(exc).__name__}")
                 return
         if kind == b"chat":
-            try:
-                msg = (frame if frame is not None else msgpack.unpackb(payload, raw=False))["msg"]
-                text: str = msg["text"]
-                sent = int(text[:text.index(" ")])
-            except Exception as exc:  # not a chat event this bench sent: count it, keep going
-                self.result.error("bad_chat_event", f"member {m.index}: {type(exc).__name__}")
-                return
-            if self.w_start <= sent < self.w_end:
-                self.result.received += 1
-                self.result.latencies_ns.append(now - sent)
-            self.result.window_deliveries += self.counting
-            n = msg["n"]
-            if m.last_n and n != m.last_n + 1:
-                self.result.error("chat_gap", f"member {m.index} saw n={n} after n={m.last_n}")
-            m.last_n = n
+            self._on_chat(m, payload, now)
             return
         if kind == b"ok" and m.state == _JOINED:
             self.result.acks += 1
@@ -546,6 +582,26 @@ class LoadGenerator:
             m.state = _JOINED
             self.room_size[m.room] += 1
         # presence, host and other room events: not needed here
+
+    def _on_chat(self, m: _Member, payload: bytes | memoryview, now: int) -> None:
+        """One delivery: latency from the send time at the head of the text; chat numbers without gaps."""
+        try:
+            msg = msgpack.unpackb(payload, raw=True)[b"msg"]
+            text: bytes = msg[b"text"]
+            sent = int(text[:text.index(b" ")])
+            n: int = msg[b"n"]
+        except Exception as exc:  # not a chat event this bench sent: count it, keep going
+            self.result.error("bad_chat_event", f"member {m.index}: {type(exc).__name__}")
+            return
+        result = self.result
+        if self.w_start <= sent < self.w_end:
+            result.received += 1
+            result.latencies_ns.append(now - sent)
+        result.window_deliveries += self.counting
+        last = m.last_n
+        if last and n != last + 1:
+            result.error("chat_gap", f"member {m.index} saw n={n} after n={last}")
+        m.last_n = n
 
     def _send_chat(self, m: _Member) -> None:
         k = m.k
@@ -588,7 +644,7 @@ class LoadGenerator:
         self.result.setup_s = time.monotonic() - started
 
     def drive(self, *, rate: float, seconds: float, warmup: float, drain: float,
-              server_cpu: Any = None) -> RunResult:
+              server_cpu: Callable[[], float | None] | None = None) -> RunResult:
         """Send on schedule for warm-up + seconds, then drain; returns the figures of the measured window."""
         result = self.result
         senders = [m for m in self.members if m.state == _JOINED]
@@ -602,8 +658,9 @@ class LoadGenerator:
         hard_end = self.w_end + int(drain * 1e9)
         j = 0
         due = t0
-        cpu0 = cpu1 = 0.0
-        lg0 = 0.0
+        cpu0: float | None = None
+        lg0 = busy0 = 0.0
+        times0 = os.times()
         mark0 = 0
         window_open = window_closed = False
         while True:
@@ -612,8 +669,10 @@ class LoadGenerator:
                 window_open = True
                 self.counting = 1
                 mark0 = time.perf_counter_ns()
-                cpu0 = server_cpu() if server_cpu else 0.0
+                cpu0 = server_cpu() if server_cpu else None
                 lg0 = time.process_time()
+                times0 = os.times()
+                busy0 = machine_busy_seconds()
             while due <= now and due < self.w_end:
                 m = senders[j % total]
                 if m.state == _JOINED:
@@ -625,11 +684,14 @@ class LoadGenerator:
             if not window_closed and now >= self.w_end:
                 window_closed = True
                 self.counting = 0
-                if server_cpu:
-                    cpu1 = server_cpu()
+                cpu1 = server_cpu() if server_cpu else None
                 result.loadgen_cpu_s = time.process_time() - lg0
+                times1 = os.times()
+                result.machine_busy_s = machine_busy_seconds() - busy0
+                result.loadgen_user_s = times1.user - times0.user
+                result.loadgen_sys_s = times1.system - times0.system
                 result.window_s = (time.perf_counter_ns() - mark0) / 1e9
-                if server_cpu:
+                if cpu0 is not None and cpu1 is not None:
                     result.server_cpu_s = cpu1 - cpu0
             if window_closed and (result.received >= result.offered or now >= hard_end):
                 break
@@ -681,12 +743,18 @@ def _pinned(cpu: int | None) -> Any:
         os.sched_setaffinity(0, before)
 
 
-def drive(url: str, tokens: Sequence[str], args: argparse.Namespace, *, server: ServerProcess | None = None,
-          server_pid: int | None = None) -> dict[str, Any]:
+def run_load(url: str, tokens: Sequence[str], args: argparse.Namespace, *, server_pid: int | None) -> dict[str, Any]:
     """One full run against one server: setup, schedule, drain, close. Returns its figures."""
     gen = LoadGenerator(url, tokens, rooms=args.rooms, members=args.members)
-    pid = server.pid if server is not None else server_pid
-    cpu_reader = (lambda: proc_cpu_seconds(pid)) if pid is not None else None
+
+    def cpu_reader() -> float | None:
+        if server_pid is None:
+            return None
+        try:
+            return proc_cpu_seconds(server_pid)
+        except OSError:  # the server is gone
+            gen.result.error("server_cpu_unreadable", f"/proc/{server_pid}/stat")
+            return None
     try:
         gen.setup(args.setup_timeout)
         if gen.result.joined:
@@ -699,59 +767,40 @@ def drive(url: str, tokens: Sequence[str], args: argparse.Namespace, *, server: 
     return gen.result.figures()
 
 
-def _run_server(argv: list[str], key: str, args: argparse.Namespace, cpu: int | None, workdir: Path, name: str,
-                extra_keys: Sequence[str] = ()) -> tuple[ServerProcess, dict[str, str]]:
+def _served_run(args: argparse.Namespace, name: str, argv: list[str], keys: Sequence[str], cpu: int | None,
+                workdir: Path, tokens_for: Callable[[dict[str, str]], list[str]]) -> dict[str, Any]:
+    """Start a server subprocess (pinned to ``cpu``), run the load against it, always stop it."""
     server = ServerProcess(argv, cpu=cpu, workdir=workdir, name=name)
     try:
-        lines = server.read_announcement([key, *extra_keys], SERVER_START_TIMEOUT)
-    except BaseException:
-        server.stop()
-        raise
-    return server, lines
+        lines = server.read_announcement(keys, SERVER_START_TIMEOUT)
+        figures = run_load(lines[keys[0]], tokens_for(lines), args, server_pid=server.pid)
+        figures["server"] = {"pid": server.pid, "cpus": server.affinity()}
+    finally:
+        status = server.stop()
+    figures["server"]["exit_status"] = status
+    tail = server.stderr_tail()
+    if tail:
+        figures["server_stderr"] = tail
+    return figures
 
 
-def _engine_run(args: argparse.Namespace, pins: tuple[int | None, int | None], workdir: Path) -> dict[str, Any]:
-    server_cpu, _ = pins
+def _engine_run(args: argparse.Namespace, cpu: int | None, workdir: Path) -> dict[str, Any]:
     members = args.rooms * args.members
     if args.url:
-        tokens = mint_tokens(Path(args.dev_key), members)
-        figures = drive(args.url, tokens, args, server_pid=args.server_pid)
+        figures = run_load(args.url, mint_tokens(Path(args.dev_key), members), args, server_pid=args.server_pid)
         figures["server"] = {"url": args.url, "pid": args.server_pid}
         return figures
-    data = workdir / "engine-data"
-    argv = [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", "0", "--data", str(data),
-            "--log-level", args.log_level]
-    server, lines = _run_server(argv, "ROOST_URL", args, server_cpu, workdir, "engine", ["ROOST_DEV_KEY"])
-    status: int | None = None
-    try:
-        tokens = mint_tokens(Path(lines["ROOST_DEV_KEY"]), members)
-        figures = drive(lines["ROOST_URL"], tokens, args, server=server)
-        figures["server"] = {"pid": server.pid, "cpus": server.affinity()}
-    finally:
-        status = server.stop()
-    figures["server"]["exit_status"] = status
-    tail = server.stderr_tail()
-    if tail:
-        figures["server_stderr"] = tail
-    return figures
+    argv = [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", "0", "--data",
+            str(workdir / "engine-data"), "--log-level", args.log_level]
+    return _served_run(args, "engine", argv, ["ROOST_URL", "ROOST_DEV_KEY"], cpu, workdir,
+                       lambda lines: mint_tokens(Path(lines["ROOST_DEV_KEY"]), members))
 
 
-def _baseline_run(args: argparse.Namespace, pins: tuple[int | None, int | None], workdir: Path) -> dict[str, Any]:
-    server_cpu, _ = pins
+def _baseline_run(args: argparse.Namespace, cpu: int | None, workdir: Path) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench.relay", "--port", "0"]
-    server, lines = _run_server(argv, "RELAY_URL", args, server_cpu, workdir, "relay")
-    status: int | None = None
-    try:
-        tokens = [f"relay-member-{i}" for i in range(args.rooms * args.members)]  # the relay accepts any token
-        figures = drive(lines["RELAY_URL"], tokens, args, server=server)
-        figures["server"] = {"pid": server.pid, "cpus": server.affinity()}
-    finally:
-        status = server.stop()
-    figures["server"]["exit_status"] = status
-    tail = server.stderr_tail()
-    if tail:
-        figures["server_stderr"] = tail
-    return figures
+    members = args.rooms * args.members  # the relay accepts any token
+    return _served_run(args, "relay", argv, ["RELAY_URL"], cpu, workdir,
+                       lambda _lines: [f"relay-member-{i}" for i in range(members)])
 
 
 def _pins(args: argparse.Namespace) -> tuple[int | None, int | None]:
@@ -766,8 +815,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     pins = _pins(args)
     with tempfile.TemporaryDirectory(prefix="roost-fanout-") as tmp, _pinned(pins[1]):
         workdir = Path(tmp)
-        engine = _engine_run(args, pins, workdir)
-        baseline = _baseline_run(args, pins, workdir) if not args.no_baseline else None
+        engine = _engine_run(args, pins[0], workdir)
+        baseline = _baseline_run(args, pins[0], workdir) if not args.no_baseline else None
     ratio = None
     if baseline is not None:
         mine, base = engine["server_cpu_us_per_delivery"], baseline["server_cpu_us_per_delivery"]
@@ -808,9 +857,9 @@ def render_table(result: dict[str, Any]) -> str:
     pin_text = (f"server on CPU {pinned['server_cpu']}, load generator on CPU {pinned['loadgen_cpu']}"
                 if pinned["server_cpu"] is not None else "not pinned")
     lines = [
-        f"Roost fan-out: {result['rooms']} room(s) x {result['members']} members x {result['rate']:g} msg/s "
-        f"per member = {result['offered_deliveries_per_s']:,.0f} deliveries/s offered; "
-        f"{result['seconds']:g} s measured after {result['warmup']:g} s warm-up; {pin_text}; {result['python']}",
+        (f"Roost fan-out: {result['rooms']} room(s) x {result['members']} members x {result['rate']:g} msg/s "
+         f"per member = {result['offered_deliveries_per_s']:,.0f} deliveries/s offered; "
+         f"{result['seconds']:g} s measured after {result['warmup']:g} s warm-up; {pin_text}; {result['python']}"),
         "",
         f"{'metric':<30}{'engine':>14}{'baseline':>14}{'engine/base':>13}",
         "-" * 71,
@@ -830,6 +879,11 @@ def render_table(result: dict[str, Any]) -> str:
             f"{label}: p90 {_fmt(detail['p90_ms'])} ms, max {_fmt(detail['max_ms'])} ms, "
             f"lost {detail['lost']:,}, acks {detail['acks']:,}/{detail['messages_sent']:,} sent, "
             f"send lag p99 {_fmt(detail['send_lag_p99_ms'])} ms, setup {detail['setup_s']:g} s"
+        )
+        lines.append(
+            f"  load generator user {detail['loadgen_user_s']:g} s + system {detail['loadgen_sys_s']:g} s; "
+            f"other processes on the machine: {_fmt(detail['other_cpu_util'])} CPU"
+            + ("  <-- NOISY: figures disturbed" if (detail["other_cpu_util"] or 0) > 0.1 else "")
         )
         if detail["error_kinds"]:
             lines.append(f"  {label} errors: {detail['error_kinds']}")

@@ -163,7 +163,10 @@ class _Conn:
             if event.message_finished:
                 data = bytes(self._buffer)
                 self._buffer.clear()
-                self._on_frame(msgpack.unpackb(data, raw=False))
+                try:
+                    self._on_frame(msgpack.unpackb(data, raw=False))
+                except Exception as exc:  # a frame this relay cannot handle: say so, keep the connection
+                    self.send_frame(ErrorReply(code="malformed", message=type(exc).__name__))
         elif isinstance(event, Request):
             self.write(self.ws.send(AcceptConnection()))
         elif isinstance(event, Ping):

@@ -19,7 +19,8 @@ import urllib.parse
 from typing import TYPE_CHECKING
 
 import trio
-from wsproto import ConnectionType, WSConnection
+from wsproto import ConnectionType
+from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
@@ -30,6 +31,7 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.events import Request as HandshakeRequest
+from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from protocol.codec import SERVER_LIMITS, Sender, decode, dump_record, encode
@@ -67,6 +69,7 @@ __all__ = ["Connection"]
 log = logging.getLogger("roost.connection")
 
 _BAD_FRAME_WINDOW = 60.0
+_MAX_REQUEST_HEAD = 16 * 1024
 
 
 class Phase(enum.Enum):
@@ -86,7 +89,10 @@ class Connection(Peer):
         self.config = config
         self.remote = remote
         self.transport = transport
-        self.ws = WSConnection(ConnectionType.SERVER)
+        self.handshake = H11Handshake(ConnectionType.SERVER)
+        self.ws: WsConnection | None = None
+        """The WebSocket connection once the upgrade is accepted (wsproto's low-level API: unlike
+        WSConnection, it hands over bytes that arrived right behind the HTTP request at once)."""
         self.outbox = Outbox(
             transport, max_frames=config.outbox_max_frames, max_bytes=config.outbox_max_bytes,
             on_overflow=self._slow_consumer,
@@ -102,6 +108,7 @@ class Connection(Peer):
         self.close_code: int | None = None
         self.close_reason = ""
         self._message = bytearray()
+        self._head = bytearray()
         self._query_token: str | None = None
         now = trio.current_time()
         self._auth_deadline = now + config.auth_timeout
@@ -112,6 +119,7 @@ class Connection(Peer):
         self._tokens = float(config.burst)
         self._tokens_at = now
         self._over_since: float | None = None
+        self._last_refused = -math.inf
         self._bad_frames: collections.deque[float] = collections.deque()
         self.requests = 0
 
@@ -129,7 +137,7 @@ class Connection(Peer):
         if self.phase in (Phase.CLOSING, Phase.DONE):
             return
         self.close_code, self.close_reason = int(code), reason
-        if self.phase is Phase.HANDSHAKE or self.ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+        if self.ws is None or self.ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             self.phase = Phase.DONE  # no WebSocket yet: nothing to say, just drop TCP
             return
         self.phase = Phase.CLOSING
@@ -184,18 +192,52 @@ class Connection(Peer):
             if not data:
                 return
             self._last_heard = trio.current_time()
-            try:
+            if self.ws is None:
+                if not self._on_handshake_bytes(data):
+                    return
+                if self.ws is None:
+                    continue
+            else:
                 self.ws.receive_data(data)
-                for event in self.ws.events():
-                    await self._on_ws_event(event)
-                    if self.phase is Phase.DONE:
-                        return
-            except WsRemoteProtocolError as exc:
-                # Not a WebSocket handshake at all: answer with wsproto's HTTP rejection, drop TCP.
-                if exc.event_hint is not None and self.phase is Phase.HANDSHAKE:
-                    self.outbox.push_final(self.ws.send(exc.event_hint))
+            for event in self.ws.events():
+                await self._on_ws_event(event, self.ws)
+                if self.phase is Phase.DONE:
+                    return
+
+    def _on_handshake_bytes(self, data: bytes) -> bool:
+        """Feed the HTTP upgrade request to wsproto; False when the connection must end.
+
+        Only the request itself goes to the handshake: bytes behind it (a client that sends frames
+        without waiting for the 101, which RFC 6455 §4.1 forbids but happens) are handed to the
+        WebSocket connection once accepted, instead of being lost inside the HTTP parser.
+        """
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > _MAX_REQUEST_HEAD:
+                self.outbox.push_final(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
                 self.phase = Phase.DONE
-                return
+                return False
+            return True
+        request, rest = bytes(self._head[: end + 4]), bytes(self._head[end + 4 :])
+        self._head.clear()
+        try:
+            self.handshake.receive_data(request)
+            for event in self.handshake.events():
+                if isinstance(event, HandshakeRequest):
+                    self._accept(event)
+        except WsRemoteProtocolError as exc:
+            # Not a WebSocket handshake at all: answer with wsproto's HTTP rejection, drop TCP.
+            if exc.event_hint is not None:
+                self.outbox.push_final(self.handshake.send(exc.event_hint))
+            self.phase = Phase.DONE
+            return False
+        if self.ws is None:
+            self.phase = Phase.DONE  # rejected (503) or not an upgrade at all
+            return False
+        if rest:
+            self.ws.receive_data(rest)
+        return True
 
     def _on_deadline(self) -> None:
         now = trio.current_time()
@@ -209,10 +251,8 @@ class Connection(Peer):
         else:
             self.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
 
-    async def _on_ws_event(self, event: object) -> None:
-        if isinstance(event, HandshakeRequest):
-            self._accept(event)
-        elif isinstance(event, BytesMessage):
+    async def _on_ws_event(self, event: object, ws: WsConnection) -> None:
+        if isinstance(event, BytesMessage):
             self._message += event.data
             if len(self._message) > self.config.max_frame_bytes:
                 self._message.clear()
@@ -224,13 +264,13 @@ class Connection(Peer):
         elif isinstance(event, TextMessage):
             self.close(CloseCode.UNSUPPORTED_DATA, "binary frames only")
         elif isinstance(event, Ping):
-            self.outbox.push(self.ws.send(event.response()))
+            self.outbox.push(ws.send(event.response()))
         elif isinstance(event, CloseConnection):
-            if self.ws.state is ConnectionState.REMOTE_CLOSING:  # the peer closes (or answers our close)
+            if ws.state is ConnectionState.REMOTE_CLOSING:  # the peer closes first
                 self.close_code = self.close_code or event.code
-                self.outbox.push_final(self.ws.send(event.response()))
+                self.outbox.push_final(ws.send(event.response()))
                 self.phase = Phase.DONE
-            elif self.ws.state is ConnectionState.CLOSED:
+            elif ws.state is ConnectionState.CLOSED:  # the peer answered our close
                 self.phase = Phase.DONE
             else:  # wsproto found a framing violation: tell the peer with the code it chose
                 try:
@@ -242,13 +282,16 @@ class Connection(Peer):
     def _accept(self, request: HandshakeRequest) -> None:
         if self.gateway.pending_handshakes > self.config.max_pending_handshakes:
             self.gateway.stats["handshakes_refused"] += 1
-            self.outbox.push_final(self.ws.send(RejectConnection(status_code=503, headers=[(b"retry-after", b"1")])))
+            self.outbox.push_final(
+                self.handshake.send(RejectConnection(status_code=503, headers=[(b"retry-after", b"1")]))
+            )
             self.phase = Phase.DONE
             return
         query = urllib.parse.urlsplit(request.target).query
         tokens = urllib.parse.parse_qs(query).get("token")
         self._query_token = tokens[0] if tokens else None
-        self.outbox.push(self.ws.send(AcceptConnection()))
+        self.outbox.push(self.handshake.send(AcceptConnection()))
+        self.ws = self.handshake.connection
         self.phase = Phase.AWAIT_HELLO
 
     # -- frames -----------------------------------------------------------------------------------
@@ -301,9 +344,11 @@ class Connection(Peer):
         self._tokens_at = now
         if self._tokens >= 1:
             self._tokens -= 1
-            self._over_since = None
+            if self._over_since is not None and now - self._last_refused > 1.0:
+                self._over_since = None  # a whole second without a refusal: the flood is over
             return True
         self.gateway.stats["rate_limited"] += 1
+        self._last_refused = now
         if self._over_since is None:
             self._over_since = now
         elif now - self._over_since > config.rate_close_after:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import msgpack
@@ -55,10 +56,52 @@ class RawPeer:
 
 async def raw_peer(nursery: trio.Nursery, url: str | None = None, stream: trio.abc.Stream | None = None,
                    *, resource: str = "/") -> RawPeer:
-    """Connect over a real socket (``url``) or an in-memory ``stream``."""
-    if stream is not None:
-        ws = await trio_websocket.wrap_client_stream(nursery, stream, "localhost", resource, message_queue_size=1024)
-    else:
+    """Connect over a real socket (``url``) or an in-memory ``stream``; closed when ``nursery`` ends."""
+    if stream is None:
         assert url is not None
-        ws = await trio_websocket.connect_websocket_url(nursery, url.rstrip("/") + resource, message_queue_size=1024)
+        parts = urllib.parse.urlsplit(url)
+        stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
+    nursery.start_soon(_close_at_end, stream)
+    ws = await trio_websocket.wrap_client_stream(nursery, stream, "localhost", resource, message_queue_size=1024)
     return RawPeer(ws)
+
+
+async def _close_at_end(stream: trio.abc.Stream) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(1):
+                await stream.aclose()
+
+
+def client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """A masked client frame (with an all-zero mask key, so the payload goes as is)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 65536:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+    return header + b"\x00\x00\x00\x00" + payload
+
+
+def server_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """Split complete server frames off the front of ``buffer``: (opcode, payload) pairs."""
+    frames = []
+    while len(buffer) >= 2:
+        size, offset = buffer[1] & 0x7F, 2
+        if size == 126:
+            if len(buffer) < 4:
+                break
+            size, offset = int.from_bytes(buffer[2:4], "big"), 4
+        elif size == 127:
+            if len(buffer) < 10:
+                break
+            size, offset = int.from_bytes(buffer[2:10], "big"), 10
+        if len(buffer) < offset + size:
+            break
+        frames.append((buffer[0] & 0x0F, bytes(buffer[offset : offset + size])))
+        del buffer[: offset + size]
+    return frames

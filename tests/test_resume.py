@@ -1,0 +1,88 @@
+"""Resume: a reconnecting client gets exactly the events it missed, or a full resync when they are gone."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from engine import Config
+from engine.testing import TestKeys, test_config
+from protocol.errors import CloseCode
+from protocol.frames import ChatEvent, ChatSend, Resume, ResumeResult, Sync, Ok
+from protocol.codec import load_record
+from tests.wire import raw_peer
+
+
+async def test_a_dropped_client_reconnects_and_gets_exactly_what_it_missed(roost_connect, roost_engine) -> None:
+    with trio.fail_after(15):
+        ann, bob = await roost_connect("ann"), await roost_connect("bob", max_backoff=0.05, backoff_base=0.01)
+        snap = await ann.create()
+        await bob.join(room=snap.room)
+        await ann.chat_send(snap.room, "seen")
+        assert (await bob.next_event(ChatEvent)).msg.text == "seen"
+        roost_engine.gateway.by_sid[bob.sid].close(CloseCode.SERVICE_RESTART, "test drop")
+        for i in range(5):
+            await ann.chat_send(snap.room, f"missed {i}")
+        texts = [(await bob.next_event(ChatEvent)).msg.text for _ in range(5)]
+        assert texts == [f"missed {i}" for i in range(5)]  # in order, none twice, none lost
+        await ann.chat_send(snap.room, "live again")
+        assert (await bob.next_event(ChatEvent)).msg.text == "live again"
+
+
+async def test_resume_replays_from_the_given_seq(roost_engine, roost_keys: TestKeys, roost_connect, nursery) -> None:
+    with trio.fail_after(10):
+        ann = await roost_connect("ann")
+        snap = await ann.create()
+        peer = await raw_peer(nursery, roost_engine.url)
+        welcome = await peer.hello(roost_keys.token("bob"))
+        await peer.send({"t": "join", "id": 1, "room": snap.room})
+        joined = await peer.recv_until(Ok)
+        seq = joined.result["seq"]
+        for i in range(3):
+            await ann.chat_send(snap.room, str(i))
+        await peer.ws.aclose()
+        again = await raw_peer(nursery, roost_engine.url)
+        assert (await again.hello(roost_keys.token("bob"), session=welcome.session)).resumed
+        await again.send(Resume(id=2, room=snap.room, epoch=snap.epoch, seq=seq))
+        ok = await again.recv()
+        assert isinstance(ok, Ok) and load_record(ResumeResult, ok.result).replayed >= 3
+        replayed = [await again.recv() for _ in range(load_record(ResumeResult, ok.result).replayed)]
+        assert [e.seq for e in replayed] == list(range(seq + 1, seq + 1 + len(replayed)))
+        assert [e.msg.text for e in replayed if isinstance(e, ChatEvent)] == ["0", "1", "2"]
+
+
+class TestTooOld:
+    @pytest.fixture
+    def roost_config(self, roost_keys: TestKeys) -> Config:
+        return test_config(roost_keys, replay_events=3)
+
+    async def test_events_no_longer_held_mean_a_resync(self, roost_engine, roost_keys, roost_connect, nursery) -> None:
+        with trio.fail_after(10):
+            ann = await roost_connect("ann")
+            snap = await ann.create()
+            peer = await raw_peer(nursery, roost_engine.url)
+            await peer.hello(roost_keys.token("bob"))
+            await peer.send({"t": "join", "id": 1, "room": snap.room})
+            seq = (await peer.recv_until(Ok)).result["seq"]
+            for i in range(10):
+                await ann.chat_send(snap.room, str(i))
+            await peer.send(Resume(id=2, room=snap.room, epoch=snap.epoch, seq=seq))
+            ok = await peer.recv_until(Ok)
+            assert load_record(ResumeResult, ok.result).resync
+            sync = await peer.recv_until(Sync)
+            assert sync.snapshot.chat_n == 10 and sync.seq == sync.snapshot.seq
+            await peer.send(Resume(id=3, room=snap.room, epoch=snap.epoch + 7, seq=0))
+            assert load_record(ResumeResult, (await peer.recv_until(Ok)).result).resync
+
+
+async def test_resume_for_a_room_one_left_is_not_member(roost_engine, roost_keys, roost_connect, nursery) -> None:
+    with trio.fail_after(10):
+        ann = await roost_connect("ann")
+        snap = await ann.create()
+        peer = await raw_peer(nursery, roost_engine.url)
+        await peer.hello(roost_keys.token("bob"))
+        await peer.send(Resume(id=1, room=snap.room, epoch=1, seq=0))
+        reply = await peer.recv()
+        assert reply.code == "not_member"
+        await peer.send(ChatSend(id=2, room=snap.room, cid="c", text="x"))
+        assert (await peer.recv()).code == "not_member"
