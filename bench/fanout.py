@@ -133,6 +133,8 @@ class ServerProcess:
         if cpu is not None and not taskset:
             os.sched_setaffinity(self.pid, {cpu})
         self.lines: dict[str, str] = {}
+        self.stop_s: float | None = None
+        """How long ``stop`` took (SIGTERM to exit)."""
 
     def read_announcement(self, keys: Sequence[str], timeout: float) -> dict[str, str]:
         """Read ``KEY=value`` lines from stdout until every key in ``keys`` was seen (bounded)."""
@@ -174,6 +176,7 @@ class ServerProcess:
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after a bound. Returns the exit status (None if it could not be reaped)."""
+        started = time.monotonic()
         try:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
@@ -185,6 +188,7 @@ class ServerProcess:
                         self.proc.wait(timeout=SERVER_STOP_TIMEOUT)
             return self.proc.returncode
         finally:
+            self.stop_s = time.monotonic() - started
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
             self._stderr.close()
@@ -778,6 +782,7 @@ def _served_run(args: argparse.Namespace, name: str, argv: list[str], keys: Sequ
     finally:
         status = server.stop()
     figures["server"]["exit_status"] = status
+    figures["server"]["stop_s"] = round(server.stop_s or 0.0, 3)
     tail = server.stderr_tail()
     if tail:
         figures["server_stderr"] = tail

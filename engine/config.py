@@ -189,7 +189,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if kind is tuple:
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(item).strip() for item in items if str(item).strip())
-    raise ConfigError(f"setting {name!r} must be a {kind.__name__}, got {value!r}")
+    raise ConfigError(f"setting {name!r} must be {_TYPE_WORDS.get(kind, kind.__name__)}, got {value!r}")
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "a list"}
 
 
 def environment() -> Mapping[str, str]:
