@@ -11,7 +11,7 @@ from engine import Config, RoomContext, RoomError, RoomLogic
 from engine.testing import TestKeys, test_config
 from protocol.client import RequestError
 from protocol.errors import ErrorCode
-from protocol.frames import MessageEvent, Phase, StateEvent
+from protocol.frames import MessageEvent, Phase, RoomClosed, StateEvent
 
 
 async def test_state_is_compare_and_set_with_versions(roost_connect) -> None:
@@ -97,3 +97,45 @@ class TestRoomLogic:
             with pytest.raises(RequestError) as info:
                 await banned.join(room=snap.room)
             assert info.value.code == "forbidden"
+
+
+class Clock(RoomLogic):
+    """Counts ticks at 4 Hz and publishes the count every second; stops at 3 s."""
+
+    tick_rate = 4.0
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.disposed = False
+
+    def on_tick(self, room: RoomContext, dt: float) -> None:
+        self.ticks += 1
+        assert dt == pytest.approx(0.25)
+        if self.ticks % 4 == 0:
+            room.set_state({"seconds": self.ticks // 4}, reason="tick")
+        if self.ticks == 12:
+            room.close("time is up")
+
+    def on_dispose(self, room: RoomContext) -> None:
+        self.disposed = True
+
+
+class TestTicks:
+    @pytest.fixture
+    def roost_config(self, roost_keys: TestKeys) -> Config:
+        return test_config(roost_keys, logics={"clock": Clock})
+
+    async def test_logic_ticks_at_its_rate_from_the_room_timer(self, autojump_clock, roost_connect) -> None:
+        ann = await roost_connect("ann", memory=True)
+        start = trio.current_time()
+        snap = await ann.create(logic="clock")
+        seconds = [(await ann.next_event(StateEvent)).state["seconds"] for _ in range(3)]
+        assert seconds == [1, 2, 3]
+        closed = await ann.next_event()
+        while not isinstance(closed, RoomClosed):
+            closed = await ann.next_event()
+        assert closed.message == "time is up"
+        assert trio.current_time() - start == pytest.approx(3.0)
+        with pytest.raises(RequestError) as info:
+            await ann.join(room=snap.room)
+        assert info.value.code == "not_found"
