@@ -109,6 +109,9 @@ class Connection(Peer):
         self.close_reason = ""
         self._message = bytearray()
         self._head = bytearray()
+        self._reader_scope = trio.CancelScope()
+        self._reader_done = False
+        self._watchdog_wakeup = trio.Event()
         self._query_token: str | None = None
         now = trio.current_time()
         self._auth_deadline = now + config.auth_timeout
@@ -139,9 +142,11 @@ class Connection(Peer):
         self.close_code, self.close_reason = int(code), reason
         if self.ws is None or self.ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             self.phase = Phase.DONE  # no WebSocket yet: nothing to say, just drop TCP
+            self._reader_scope.cancel()
             return
         self.phase = Phase.CLOSING
         self._close_deadline = trio.current_time() + self.config.close_timeout
+        self._rearm_watchdog()
         self.outbox.push_final(self.ws.send(CloseConnection(code=int(code), reason=reason[:120])))
         log.info("closing %s user=%s code=%d reason=%s", self.remote, self.user or "-", int(code), reason)
 
@@ -160,11 +165,15 @@ class Connection(Peer):
         try:
             async with trio.open_nursery(strict_exception_groups=True) as nursery:
                 nursery.start_soon(self.outbox.run_writer)
-                try:
-                    await self._read_loop()
-                except Exception:
-                    log.exception("connection %s failed", self.remote)
-                    self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                nursery.start_soon(self._watchdog)
+                with self._reader_scope:
+                    try:
+                        await self._read_loop()
+                    except Exception:
+                        log.exception("connection %s failed", self.remote)
+                        self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                self._reader_done = True
+                self._rearm_watchdog()
                 self._end_sessions()
                 # Let the writer flush what is queued (the Close frame at least), within a bound.
                 self.outbox.finish()
@@ -182,13 +191,31 @@ class Connection(Peer):
             return self._close_deadline
         return min(self._last_heard + self._heartbeat * self.config.heartbeat_factor, self._token_deadline)
 
+    def _rearm_watchdog(self) -> None:
+        self._watchdog_wakeup.set()
+
+    async def _watchdog(self) -> None:
+        """The connection's one timer: auth deadline, heartbeat expiry, token expiry, close deadline.
+
+        Lazy: the reader only records when it last heard from the peer (no timer work per frame); when
+        the armed deadline passes, the watchdog recomputes it and sleeps again unless it has really
+        expired. ``close()`` wakes it because it moves the deadline earlier.
+        """
+        while not self._reader_done:
+            with trio.move_on_at(self._deadline()):
+                await self._watchdog_wakeup.wait()
+                self._watchdog_wakeup = trio.Event()
+                continue
+            if self._reader_done or trio.current_time() < self._deadline():
+                continue
+            self._on_deadline()
+            if self.phase is Phase.DONE:
+                self._reader_scope.cancel()
+                return
+
     async def _read_loop(self) -> None:
         while self.phase is not Phase.DONE and not self.outbox.broken:
-            with trio.move_on_at(self._deadline()) as scope:
-                data = await self.transport.receive_some()
-            if scope.cancelled_caught:
-                self._on_deadline()
-                continue
+            data = await self.transport.receive_some()
             if not data:
                 return
             self._last_heard = trio.current_time()

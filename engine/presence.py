@@ -70,9 +70,10 @@ class MemberEntry:
         return (self.name, self.status, self.live_sessions, self.typing_until is not None, self.data)
 
     def to_record(self) -> dict[str, Any]:
-        """Durable form: what survives a restart (sessions come back dropped, with their grace)."""
+        """Durable form: what survives a restart. Sessions are not kept: after a restart every member
+        has none (it shows ``offline``) until one of its sessions resumes or joins, within the grace."""
         return {"user": self.user, "name": self.name, "joined": self.joined, "last_seen": self.last_seen,
-                "data": self.data, "sids": sorted(self.sessions)}
+                "data": self.data}
 
 
 class Presence:
@@ -191,8 +192,6 @@ class Presence:
                 data=record.get("data"),
                 grace_until=now + grace,
             )
-            for sid in record.get("sids", []):
-                entry.sessions[sid] = SessionEntry(sid, live=False)
             self.members[entry.user] = entry
             self._join_counter = max(self._join_counter, entry.joined)
 

@@ -238,8 +238,12 @@ class RoomActor:
         receive = self.runtime.receive_channel
         while not self.runtime.closed:
             batch: list[Command] = []
-            with trio.move_on_at(self._next_deadline()):
+            deadline = self._next_deadline()
+            if deadline == math.inf:  # no timer armed: no cancel scope needed (the common case)
                 batch.append(await receive.receive())
+            else:
+                with trio.move_on_at(deadline):
+                    batch.append(await receive.receive())
             while len(batch) < _TURN_MAX:
                 try:
                     batch.append(receive.receive_nowait())
@@ -348,21 +352,25 @@ class RoomActor:
     def now_ms(self) -> int:
         return int(self.config.wall_clock() * 1000)
 
-    def emit(self, event_type: type[RoomEvent], **fields: Any) -> None:
-        """Broadcast a room event: next seq, encoded and framed once, kept for resume."""
+    def emit(self, event_type: type[RoomEvent], *, validate: bool = True, **fields: Any) -> None:
+        """Broadcast a room event: next seq, encoded and framed once, kept for resume.
+
+        ``validate=False`` only for events made of values the room already validated (chat,
+        presence, receipts); anything an application or room logic supplied is checked.
+        """
         state = self.state
         state.seq += 1
         state.touch("counters")
         frame = event_type(room=state.room_id, epoch=state.epoch, seq=state.seq, ts=self.now_ms(), **fields)
-        data = ws_frame(encode(frame, SERVER_LIMITS))
+        data = ws_frame(encode(frame, SERVER_LIMITS, validate=validate))
         self._entries.append((None, data))
         self._replay.append((state.seq, data))
 
-    def _send(self, peer: Peer, frame: ServerFrame) -> None:
-        self._entries.append((peer, ws_frame(encode(frame, SERVER_LIMITS))))
+    def _send(self, peer: Peer, frame: ServerFrame, *, validate: bool = True) -> None:
+        self._entries.append((peer, ws_frame(encode(frame, SERVER_LIMITS, validate=validate))))
 
-    def _ok(self, peer: Peer, request_id: int, result: Any = None) -> None:
-        self._send(peer, Ok(id=request_id, result=result))
+    def _ok(self, peer: Peer, request_id: int, result: Any = None, *, validate: bool = True) -> None:
+        self._send(peer, Ok(id=request_id, result=result), validate=validate and result is not None)
 
     def _error(self, peer: Peer, request_id: int | None, error: RoomError) -> None:
         self._send(peer, ErrorReply(id=request_id, code=error.code.value, message=error.message[:512],
@@ -434,6 +442,7 @@ class RoomActor:
         presence = self.state.presence
         self.emit(
             PresenceDiff,
+            validate=False,
             join=tuple(presence.members[u].view() for u in join),
             update=tuple(presence.members[u].view() for u in update if u in presence.members),
             leave=tuple(leave),
@@ -467,9 +476,10 @@ class RoomActor:
                                            meta=frame.meta, ts=wall)
             if not dup:
                 state.touch_chat(message.n)
-                state.touch("read")
-                self.emit(ChatEvent, msg=message)
-            self._ok(peer, frame.id, dump_record(ChatAck(id=message.id, n=message.n, ts=message.ts, dup=dup)))
+                state.touch_read(peer.user)
+                self.emit(ChatEvent, msg=message, validate=False)
+            ack = ChatAck(id=message.id, n=message.n, ts=message.ts, dup=dup)
+            self._ok(peer, frame.id, dump_record(ack, validate=False), validate=False)
         elif isinstance(frame, Leave):
             self._remove_member(peer.user, consented=True)
             self._ok(peer, frame.id)
@@ -479,7 +489,7 @@ class RoomActor:
         elif isinstance(frame, PresenceSet):
             if state.presence.update(peer.user, peer.sid, frame.data, frame.status, wall):
                 self._diff(update=[peer.user])
-                state.touch("members")
+                state.touch_member(peer.user)
             self._ok(peer, frame.id)
         elif isinstance(frame, Typing):
             if state.presence.set_typing(peer.user, frame.on, now, self.config.typing_timeout):
@@ -490,12 +500,12 @@ class RoomActor:
         elif isinstance(frame, ChatEdit):
             message = state.chat.edit(user=peer.user, msg_id=frame.msg, text=frame.text, ts=wall)
             state.touch_chat(message.n)
-            self.emit(ChatEdited, msg=message)
+            self.emit(ChatEdited, msg=message, validate=False)
             self._ok(peer, frame.id)
         elif isinstance(frame, ChatDelete):
             message = state.chat.delete(user=peer.user, msg_id=frame.msg, is_host=state.host == peer.user, ts=wall)
             state.touch_chat(message.n)
-            self.emit(ChatDeleted, msg=message.id, n=message.n, by=peer.user)
+            self.emit(ChatDeleted, msg=message.id, n=message.n, by=peer.user, validate=False)
             self._ok(peer, frame.id)
         elif isinstance(frame, History):
             messages, before = state.chat.page(frame.before, frame.limit or self.config.page_default)
@@ -503,8 +513,8 @@ class RoomActor:
         elif isinstance(frame, Read):
             moved = state.chat.mark_read(peer.user, frame.n)
             if moved is not None:
-                state.touch("read")
-                self.emit(ReadReceipt, user=peer.user, n=moved)
+                state.touch_read(peer.user)
+                self.emit(ReadReceipt, user=peer.user, n=moved, validate=False)
             self._ok(peer, frame.id)
         elif isinstance(frame, StateSet):
             self._host_only(peer, "change the game state")
@@ -531,7 +541,7 @@ class RoomActor:
                 raise RoomError(ErrorCode.NOT_FOUND, "no such member")
             if frame.user != state.host:
                 state.host = frame.user
-                state.touch("members")
+                state.touch("host")
                 self.emit(HostChanged, user=frame.user)
             self._ok(peer, frame.id)
         else:  # pragma: no cover - the gateway routes only room frames here
@@ -551,7 +561,6 @@ class RoomActor:
                 self._attach(peer)
                 if presence.attach(peer.user, peer.sid, peer.name, wall):
                     self._diff(update=[peer.user])
-                state.touch("members")
         else:
             if len(presence) >= state.options.max_members:
                 raise RoomError(ErrorCode.ROOM_FULL, "the room is full")
@@ -560,11 +569,12 @@ class RoomActor:
                 self.logic.on_join(self.context, peer.user, peer.name)
             self._attach(peer)
             presence.add(peer.user, peer.name, peer.sid, wall)
-            state.touch("members")
+            state.touch_member(peer.user)
             self._info_dirty = True
             self._diff(join=[peer.user])
             if state.host is None:
                 state.host = peer.user
+                state.touch("host")
                 self.emit(HostChanged, user=peer.user)
         self._ok(peer, request_id, dump_record(self._snapshot(peer.user)))
 
@@ -592,19 +602,19 @@ class RoomActor:
         self._attach(peer)
         if state.presence.attach(peer.user, peer.sid, peer.name, self.now_ms()):
             self._diff(update=[peer.user])
-        state.touch("members")
 
     def _remove_member(self, user: str, *, consented: bool) -> None:
         state = self.state
         if state.presence.remove(user) is None:
             return
-        state.touch("members")
+        state.touch_member(user)
         self._info_dirty = True
         self._diff(leave=[user])
         for peer in [p for p in self.runtime.peers.values() if p.user == user]:
             self._detach(peer)
         if state.host == user:
             state.host = state.next_host(user)
+            state.touch("host")
             self.emit(HostChanged, user=state.host)
         if self.logic is not None:
             self.logic.on_leave(self.context, user, consented=consented)

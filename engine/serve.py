@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -81,6 +82,11 @@ async def _serve(prepared: Prepared) -> None:
     engine = Engine(prepared.config)
     async with trio.open_nursery(strict_exception_groups=True) as nursery:
         host, port = await nursery.start(engine.serve)
+        # Everything allocated so far (modules, config, keys) lives forever: move it out of the
+        # collector's reach, so full collections stay short (measured: one 23-50 ms gen-2 pause per
+        # minute under load without this, which set the p99 of small rooms).
+        gc.collect()
+        gc.freeze()
         print(f"ROOST_URL=ws://{host}:{port}/", flush=True)
         if prepared.dev_token is not None:
             print(f"ROOST_TOKEN={prepared.dev_token}", flush=True)

@@ -23,6 +23,8 @@ from .store import Write
 __all__ = ["RoomOptions", "RoomState"]
 
 _CHAT_PREFIX = "chat:"
+_MEMBER_PREFIX = "member:"
+_READ_PREFIX = "read:"
 
 
 def _pack(value: Any) -> bytes:
@@ -65,22 +67,32 @@ class RoomState:
         self.game: Any = None
         self.presence = Presence()
         self.chat = ChatLog(history_limit)
-        self._dirty: set[str] = {"meta", "members", "game", "counters", "read"}
+        self._dirty: set[str] = {"meta", "host", "game", "counters"}
         self._dirty_chat: set[int] = set()
+        self._dirty_members: set[str] = set()
+        self._dirty_reads: set[str] = set()
 
     # -- dirty tracking -----------------------------------------------------------------------
 
     def touch(self, *sections: str) -> None:
-        """Mark sections (``meta``, ``members``, ``game``, ``counters``, ``read``) as changed."""
+        """Mark sections (``meta``, ``host``, ``game``, ``counters``) as changed."""
         self._dirty.update(sections)
 
     def touch_chat(self, n: int) -> None:
         """Mark chat message ``n`` as new or changed."""
         self._dirty_chat.add(n)
 
+    def touch_member(self, user: str) -> None:
+        """Mark a member's durable record (name, join order, custom data) as new, changed or gone."""
+        self._dirty_members.add(user)
+
+    def touch_read(self, user: str) -> None:
+        """Mark a user's read cursor as moved."""
+        self._dirty_reads.add(user)
+
     @property
     def dirty(self) -> bool:
-        return bool(self._dirty or self._dirty_chat)
+        return bool(self._dirty or self._dirty_chat or self._dirty_members or self._dirty_reads)
 
     def take_writes(self) -> list[Write]:
         """The store writes for everything changed since the last call."""
@@ -92,8 +104,15 @@ class RoomState:
             message = self.chat.get(n)
             if message is not None:
                 writes.append(Write(room, chat_key(n), _pack(dump_record(message))))
+        for user in sorted(self._dirty_members):
+            entry = self.presence.get(user)
+            writes.append(Write(room, _MEMBER_PREFIX + user, None if entry is None else _pack(entry.to_record())))
+        for user in sorted(self._dirty_reads):
+            writes.append(Write(room, _READ_PREFIX + user, _pack(self.chat.read.get(user, 0))))
         self._dirty.clear()
         self._dirty_chat.clear()
+        self._dirty_members.clear()
+        self._dirty_reads.clear()
         return writes
 
     def _section(self, name: str) -> Any:
@@ -101,13 +120,11 @@ class RoomState:
             o = self.options
             return {"room": self.room_id, "code": self.code, "created": self.created, "public": o.public,
                     "max": o.max_members, "meta": o.meta, "logic": o.logic, "inactive": o.inactive.value}
-        if name == "members":
-            return {"host": self.host, "members": [e.to_record() for e in self.presence.in_join_order()]}
+        if name == "host":
+            return self.host
         if name == "game":
             return {"phase": self.phase.value, "version": self.version, "state": self.game}
-        if name == "counters":
-            return {"epoch": self.epoch, "seq": self.seq, "chat_n": self.chat.last_n}
-        return dict(self.chat.read)  # "read"
+        return {"epoch": self.epoch, "seq": self.seq, "chat_n": self.chat.last_n}  # "counters"
 
     @classmethod
     def restore(cls, records: dict[str, bytes], *, now: float, grace: float, history_limit: int) -> RoomState:
@@ -123,15 +140,15 @@ class RoomState:
         )
         state = cls(room_id=meta["room"], code=meta["code"], options=options, created=meta["created"],
                     history_limit=history_limit)
-        members = _unpack(records["members"]) if "members" in records else {"host": None, "members": []}
-        state.host = members["host"]
-        state.presence.restore(members["members"], now, grace)
+        state.host = _unpack(records["host"]) if "host" in records else None
+        members = [_unpack(v) for k, v in records.items() if k.startswith(_MEMBER_PREFIX)]
+        state.presence.restore(members, now, grace)
         if "game" in records:
             game = _unpack(records["game"])
             state.phase, state.version, state.game = Phase(game["phase"]), game["version"], game["state"]
         counters = _unpack(records["counters"]) if "counters" in records else {"epoch": 1, "seq": 0, "chat_n": 0}
         state.epoch, state.seq = counters["epoch"], counters["seq"]
-        read = _unpack(records["read"]) if "read" in records else {}
+        read = {k[len(_READ_PREFIX) :]: _unpack(v) for k, v in records.items() if k.startswith(_READ_PREFIX)}
         messages = [load_record(ChatMessage, _unpack(records[k])) for k in sorted(records) if k.startswith(_CHAT_PREFIX)]
         state.chat.restore(messages, read, counters["chat_n"])
         state._dirty.clear()

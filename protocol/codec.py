@@ -93,8 +93,12 @@ def decode(data: bytes, sender: Sender, limits: Limits | None = None) -> Frame:
     return frame
 
 
-def encode(frame: Frame, limits: Limits | None = None) -> bytes:
+def encode(frame: Frame, limits: Limits | None = None, *, validate: bool = True) -> bytes:
     """Encode one frame, checking it against the same rules ``decode`` applies.
+
+    ``validate=False`` skips the field checks (not the size limit) for frames built only from values
+    this process has already validated, such as a chat event made of a decoded ``chat_send``: it
+    roughly halves the cost of encoding a broadcast. Never use it for values an application supplied.
 
     Raises:
         LocalProtocolError: the frame is invalid or too large; a bug in the caller.
@@ -104,10 +108,13 @@ def encode(frame: Frame, limits: Limits | None = None) -> bytes:
         raise LocalProtocolError(ErrorCode.UNKNOWN_TYPE, f"{type(frame).__name__} is not a frame type")
     limits = limits or _DEFAULT_LIMITS[sender]
     out: dict[str, Any] = {"t": frame.TYPE}
-    try:
-        frame.dump_into(out, limits)
-    except FieldProblem as problem:
-        raise LocalProtocolError(problem.code, f"{frame.TYPE}.{problem.message}") from None
+    if validate:
+        try:
+            frame.dump_into(out, limits)
+        except FieldProblem as problem:
+            raise LocalProtocolError(problem.code, f"{frame.TYPE}.{problem.message}") from None
+    else:
+        frame.plain_into(out)
     data: bytes = msgpack.packb(out, use_bin_type=True)
     if len(data) > limits.max_frame_bytes:
         raise LocalProtocolError(
@@ -131,12 +138,14 @@ def load_record(record_type: type[R], value: Any, limits: Limits = SERVER_LIMITS
     return record
 
 
-def dump_record(record: WireRecord, limits: Limits = SERVER_LIMITS) -> dict[str, Any]:
-    """Turn a record into the msgpack-ready map to put in an ``ok`` result.
+def dump_record(record: WireRecord, limits: Limits = SERVER_LIMITS, *, validate: bool = True) -> dict[str, Any]:
+    """Turn a record into the msgpack-ready map to put in an ``ok`` result (``validate`` as in encode).
 
     Raises:
         LocalProtocolError: the record is invalid.
     """
+    if not validate:
+        return record.plain_fields()
     try:
         return record.dump_fields(limits)
     except FieldProblem as problem:

@@ -334,6 +334,25 @@ class WireRecord:
         self.dump_into(out, limits)
         return out
 
+    def plain_into(self, out: dict[str, Any]) -> None:
+        """Like :meth:`dump_into` without any check: for values this process built from data it
+        already validated (the hot path of broadcasts). Enums and tuples need no conversion: msgpack
+        packs str subclasses as strings and tuples as arrays."""
+        for name, _spec, _required, _default in self.fields_table():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, WireRecord):
+                value = value.plain_fields()
+            elif type(value) is tuple and value and isinstance(value[0], WireRecord):
+                value = [item.plain_fields() for item in value]
+            out[name] = value
+
+    def plain_fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        self.plain_into(out)
+        return out
+
     def dump_into(self, out: dict[str, Any], limits: Limits) -> None:
         for name, spec, required, _default in self.fields_table():
             value = getattr(self, name)

@@ -440,3 +440,25 @@ def test_enums_encode_from_plain_strings_too() -> None:
     decoded = decode(encode(frame), Sender.CLIENT)
     assert isinstance(decoded, PresenceSet)
     assert decoded.status == "away"
+
+
+@pytest.mark.parametrize("frame_type", sorted(SERVER))
+def test_unvalidated_encoding_gives_the_same_bytes(frame_type: str) -> None:
+    frame = SERVER[frame_type]
+    assert encode(frame, validate=False) == encode(frame)
+
+
+@pytest.mark.parametrize("frame_type", sorted(CLIENT))
+def test_unvalidated_client_encoding_gives_the_same_bytes(frame_type: str) -> None:
+    assert encode(CLIENT[frame_type], validate=False) == encode(CLIENT[frame_type])
+
+
+@pytest.mark.parametrize("name", sorted(RECORDS))
+def test_unvalidated_records_dump_the_same(name: str) -> None:
+    assert dump_record(RECORDS[name], validate=False) == dump_record(RECORDS[name])
+
+
+def test_unvalidated_encoding_still_checks_the_size() -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        encode(ChatSend(id=1, room="r", cid="c", text="x" * 4000), Limits(max_frame_bytes=1000), validate=False)
+    assert info.value.code is ErrorCode.TOO_LARGE

@@ -18,7 +18,8 @@ from tests.wire import client_frame, server_frames
 
 @pytest.fixture
 def roost_config(roost_keys: TestKeys) -> Config:
-    return test_config(roost_keys, outbox_max_bytes=64 * 1024, outbox_max_frames=10_000)
+    # A 4 KiB receive window drains slowly (~35 KiB/s on loopback): give the Close time to get through.
+    return test_config(roost_keys, outbox_max_bytes=64 * 1024, outbox_max_frames=10_000, close_timeout=10.0)
 
 
 async def test_a_consumer_that_never_reads_is_closed_and_the_room_goes_on(
@@ -49,14 +50,8 @@ async def test_a_consumer_that_never_reads_is_closed_and_the_room_goes_on(
             await ann.chat_send(snap.room, "x" * 4000)
             sent += 1
             assert sent < 2000, "the slow consumer was never detected"
-        for _ in range(20):
-            await ann.chat_send(snap.room, "after")
-            sent += 1
-        received = 0
-        while received < sent:
-            await bob.next_event(ChatEvent)
-            received += 1
-        # The sleeper wakes up: behind what was already queued it finds a Close with the resumable code.
+        # The sleeper wakes up (within the close timeout): behind what was queued it finds a Close with the
+        # resumable code.
         buffer, code = bytearray(), None
         while code is None:
             chunk = await sleeper.receive_some(65536)
@@ -68,4 +63,11 @@ async def test_a_consumer_that_never_reads_is_closed_and_the_room_goes_on(
                 if opcode == 0x8:
                     code = struct.unpack("!H", payload[:2])[0]
         assert code == CloseCode.SLOW_CONSUMER
+        for _ in range(20):
+            await ann.chat_send(snap.room, "after")
+            sent += 1
+        received = 0
+        while received < sent:
+            await bob.next_event(ChatEvent)
+            received += 1
         await sleeper.aclose()
