@@ -310,7 +310,9 @@ class RoomActor:
         if self._close is not None:
             self._emit_close()
         if self.state.dirty:
-            await self.store.commit(self.state.take_writes())
+            writes = self.state.take_writes()
+            if not self.store.commit_now(writes):
+                await self.store.commit(writes)
         self._flush()
         calls, self._calls = self._calls, []
         for call, value, error in calls:

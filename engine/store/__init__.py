@@ -40,6 +40,14 @@ class Store(abc.ABC):
     async def commit(self, batch: Sequence[Write]) -> None:
         """Apply all writes atomically; return once they are durable."""
 
+    def commit_now(self, batch: Sequence[Write]) -> bool:
+        """Apply ``batch`` at once if this store can do so without waiting (it is then as durable as
+        this store makes anything); return False to make the caller ``await commit(batch)``.
+
+        Room actors commit once per turn; for an in-memory store this spares a scheduler pass per turn.
+        """
+        return False
+
     @abc.abstractmethod
     async def load_room(self, room: str) -> dict[str, bytes]:
         """Every key of one room (empty if the room is unknown)."""

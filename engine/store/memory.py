@@ -22,6 +22,10 @@ class MemoryStore(Store):
         self._writes = 0
 
     async def commit(self, batch: Sequence[Write]) -> None:
+        self.commit_now(batch)
+        await trio.lowlevel.checkpoint()
+
+    def commit_now(self, batch: Sequence[Write]) -> bool:
         for write in batch:
             space = self._global if write.room is None else self._rooms.setdefault(write.room, {})
             if write.value is None:
@@ -33,7 +37,7 @@ class MemoryStore(Store):
                 del self._rooms[room]
         self._commits += 1
         self._writes += len(batch)
-        await trio.lowlevel.checkpoint()
+        return True
 
     async def load_room(self, room: str) -> dict[str, bytes]:
         await trio.lowlevel.checkpoint()
