@@ -37,21 +37,13 @@ from wsproto.utilities import RemoteProtocolError
 from protocol.codec import encode
 from protocol.frames import PROTOCOL_VERSION, ChatEvent, ChatMessage, ErrorReply, Ok, Pong, ServerFrame, Welcome
 
-__all__ = ["MAX_BACKLOG", "Relay", "main", "ws_frame"]
+from engine.outbox import ws_frame  # the same server framing as the engine: pure, and not what is compared
+
+__all__ = ["MAX_BACKLOG", "Relay", "main"]
 
 MAX_BACKLOG = 4 * 1024 * 1024
 """Bytes a member may have waiting before it is dropped."""
 _RECV_SIZE = 65536
-
-
-def ws_frame(payload: bytes) -> bytes:
-    """One unmasked binary WebSocket frame (FIN set): server framing, the same bytes for every member."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x82, size)) + payload
-    if size < 65536:
-        return bytes((0x82, 126)) + size.to_bytes(2, "big") + payload
-    return bytes((0x82, 127)) + size.to_bytes(8, "big") + payload
 
 
 def _now_ms() -> int:

@@ -177,17 +177,8 @@ class Outbox:
             return False
         self.pushes += 1
         if not self._backlog:
-            try:
-                sent = self._transport.try_send(data)
-            except OSError:
-                self.broken = True
-                self._wakeup.set()
-                return False
-            self.bytes_sent += sent
-            if sent == len(data):
-                return True
-            self._queue(memoryview(data)[sent:] if sent else data)
-            return True
+            self._write_now(data)
+            return not self.broken
         self._queue(data)
         if len(self._backlog) > self._max_frames or self._backlog_bytes > self._max_bytes:
             self._on_overflow()
@@ -198,19 +189,23 @@ class Outbox:
         if self._closing or self.broken:
             return
         self._closing = True
+        self._wakeup.set()  # the writer returns once flushed
         if not self._backlog:
-            try:
-                sent = self._transport.try_send(data)
-            except OSError:
-                self.broken = True
-                self._wakeup.set()
-                return
-            self.bytes_sent += sent
-            if sent == len(data):
-                self._wakeup.set()
-                return
-            data = memoryview(data)[sent:] if sent else data
-        self._queue(data)
+            self._write_now(data)
+        else:
+            self._queue(data)
+
+    def _write_now(self, data: bytes) -> None:
+        """Write directly; whatever the kernel does not take goes to the backlog for the writer."""
+        try:
+            sent = self._transport.try_send(data)
+        except OSError:
+            self.broken = True
+            self._wakeup.set()
+            return
+        self.bytes_sent += sent
+        if sent < len(data):
+            self._queue(memoryview(data)[sent:] if sent else data)
 
     def finish(self) -> None:
         """Accept nothing more; the writer returns once the backlog is flushed."""

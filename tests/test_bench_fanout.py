@@ -15,17 +15,7 @@ import pytest
 from bench import fanout as fanout_bench
 from bench.__main__ import BENCHES, build_parser
 
-KEYS = (
-    "offered",
-    "received",
-    "deliveries_per_s",
-    "p50_ms",
-    "p99_ms",
-    "server_cpu_us_per_delivery",
-    "server_cpu_util",
-    "loadgen_cpu_util",
-    "errors",
-)
+KEYS = fanout_bench.METRICS
 
 
 def _args(*argv: str) -> argparse.Namespace:
