@@ -9,6 +9,8 @@ server frame by frame.
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import functools
 import random
@@ -209,10 +211,8 @@ class SocketServer(FakeServer):
 
     async def _handler(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
-        try:
+        with contextlib.suppress(ConnectionClosed):
             await self.serve_ws(ws, None)
-        except ConnectionClosed:
-            pass
 
 
 class MemoryServer(FakeServer):
@@ -231,10 +231,8 @@ class MemoryServer(FakeServer):
         async with trio.open_nursery() as nursery:
             request = await trio_websocket.wrap_server_stream(nursery, stream)
             ws = await request.accept()
-            try:
+            with contextlib.suppress(ConnectionClosed):
                 await self.serve_ws(ws, stream)
-            except ConnectionClosed:
-                pass
             nursery.cancel_scope.cancel()
 
 

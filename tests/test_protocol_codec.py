@@ -428,7 +428,7 @@ def test_encode_refuses_frames_over_the_size_limit() -> None:
 def test_encode_refuses_non_frame_classes() -> None:
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class Impostor(ChatSend):
-        pass
+        """A subclass the codec's table does not know."""
 
     with pytest.raises(LocalProtocolError) as info:
         encode(Impostor(id=1, room="r", cid="c", text="x"))
