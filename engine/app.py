@@ -21,6 +21,7 @@ from .operations import Operations
 from .revocations import Revocations
 from .room import RoomRuntime
 from .router import Router
+from .state import RoomState
 from .store import Store
 from .store.memory import MemoryStore
 from .supervisor import Supervisor
@@ -85,26 +86,47 @@ class Engine:
         return self._router
 
     async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled. ``task_status.started`` gets the bound ``(host, port)``."""
+        """Run until cancelled. ``task_status.started`` gets the bound ``(host, port)``.
+
+        Rooms in the store come back before the listener accepts anything: a client that reconnects
+        right after a restart finds its room (and resyncs: the event replay buffer is in memory).
+        """
         config = self.config
-        await self.revocations.load()
         listener = _listen(config.host, config.port)
         try:
-            async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
-                self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone)
-                self._router = Router(config, self._supervisor)
-                self._operations = Operations(self._router, self.revocations)
-                admin = Admin(config.service_key, self._operations, self.statistics)
-                self._gateway = Gateway(config, self._router, self.revocations, admin)
-                async with trio.open_nursery(strict_exception_groups=True) as gateway_nursery:
-                    await gateway_nursery.start(self._gateway.run, listener)
-                    host, port = listener.getsockname()[:2]
-                    self.address = (host, port)
-                    log.info("roost serving on ws://%s:%d/", host, port)
-                    task_status.started((host, port))
+            async with trio.open_nursery(strict_exception_groups=True) as store_nursery:
+                await store_nursery.start(self.store.run)
+                await self.revocations.load()
+                async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
+                    self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone)
+                    self._router = Router(config, self._supervisor)
+                    await self._restore_rooms()
+                    self._operations = Operations(self._router, self.revocations)
+                    admin = Admin(config.service_key, self._operations, self.statistics)
+                    self._gateway = Gateway(config, self._router, self.revocations, admin)
+                    async with trio.open_nursery(strict_exception_groups=True) as gateway_nursery:
+                        await gateway_nursery.start(self._gateway.run, listener)
+                        host, port = listener.getsockname()[:2]
+                        self.address = (host, port)
+                        log.info("roost serving on ws://%s:%d/", host, port)
+                        task_status.started((host, port))
         finally:
             listener.close()
             self.address = None
+
+    async def _restore_rooms(self) -> None:
+        assert self._router is not None
+        records = await self.store.load_all_rooms()
+        now = trio.current_time()
+        for room_id, room_records in records.items():
+            if "meta" not in room_records:
+                log.warning("room %s has stored keys but no meta: skipped", room_id)
+                continue
+            state = RoomState.recover(room_records, now=now, grace=self.config.reconnect_grace,
+                                      history_limit=self.config.history_limit)
+            await self._router.restore(state)
+        if records:
+            log.info("restored %d rooms", len(self._router.rooms))
 
     def _room_gone(self, runtime: RoomRuntime) -> None:
         if self._router is not None:

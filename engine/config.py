@@ -82,6 +82,8 @@ class Config:
     history_limit: int = 10_000
     """Chat messages kept per room; older ones are dropped."""
     page_default: int = 50
+    room_ttl: float = 3600.0
+    """A room without members for this long is disposed, with every stored key (the reaper)."""
     restart_intensity: int = 3
     restart_period: float = 5.0
     logics: Mapping[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
@@ -107,6 +109,7 @@ class Config:
             "history_limit",
             "page_default",
             "restart_period",
+            "room_ttl",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -264,6 +264,7 @@ class RoomActor:
         for entry in presence.members.values():
             if entry.grace_until is not None:
                 self._arm(entry.grace_until, "grace", entry.user)
+        self._check_empty()
         reason = self.runtime.resync_reason
         if reason is None:
             return
@@ -341,6 +342,8 @@ class RoomActor:
             if kind == "typing":
                 if presence.typing_due(user, now):
                     self._diff(update=[user])
+            elif kind == "reap":
+                self._reap()
             elif presence.grace_due(user, now):
                 self._remove_member(user, consented=False)
         if self._tick_at is not None and self._tick_at <= now and self.logic is not None:
@@ -572,6 +575,7 @@ class RoomActor:
             self._attach(peer)
             presence.add(peer.user, peer.name, peer.sid, wall)
             state.touch_member(peer.user)
+            self._check_empty()
             self._info_dirty = True
             self._diff(join=[peer.user])
             if state.host is None:
@@ -620,6 +624,31 @@ class RoomActor:
             self.emit(HostChanged, user=state.host)
         if self.logic is not None:
             self.logic.on_leave(self.context, user, consented=consented)
+        self._check_empty()
+
+    def _check_empty(self) -> None:
+        """Start the reaper's clock when the room has no member (and stop it when one joins)."""
+        state = self.state
+        if len(state.presence):
+            if state.empty_since is not None:
+                state.empty_since = None
+                state.touch("counters")
+            return
+        if state.empty_since is None:
+            state.empty_since = self.config.wall_clock()
+            state.touch("counters")
+        remaining = state.empty_since + self.config.room_ttl - self.config.wall_clock()
+        self._arm(trio.current_time() + max(remaining, 0.0), "reap", "")
+
+    def _reap(self) -> None:
+        state = self.state
+        if len(state.presence) or state.empty_since is None:
+            return
+        if self.config.wall_clock() < state.empty_since + self.config.room_ttl:
+            self._check_empty()  # re-arm: the wall clock and the timer clock drifted apart
+            return
+        log.info("room %s expired after %.0f s without members", state.room_id, self.config.room_ttl)
+        self.close_room("expired", "the room was empty for too long")
 
     def _on_disconnect(self, peer: Peer, now: float) -> None:
         if self.runtime.peers.get(peer.sid) is not peer:

@@ -69,6 +69,18 @@ class Router:
             raise
         return runtime
 
+    async def restore(self, state: RoomState) -> RoomRuntime:
+        """Bring back a room from the store (restart recovery); its actor resyncs whoever resumes."""
+        runtime = RoomRuntime(state.room_id, state.code, self._config.room_inbox_size)
+        self.rooms[state.room_id] = runtime
+        self._codes[state.code] = state.room_id
+        try:
+            await self._supervisor.start(runtime, state, created=False)
+        except BaseException:
+            self.forget(runtime)
+            raise
+        return runtime
+
     async def get_or_create(self, code: str, options: RoomOptions) -> RoomRuntime:
         """The room with ``code``, created with ``options`` if none exists. Exactly once per code."""
         code = normalize_code(code)

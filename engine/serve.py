@@ -22,6 +22,7 @@ from protocol.tokens import Keyring, new_claims, sign
 
 from .app import Engine
 from .config import Config, ConfigError
+from .store.lmdb import LmdbStore
 from .keys import KeyFileError, public_path_for, read_private_key, read_public_key, write_key_pair
 
 __all__ = ["Prepared", "ServeError", "prepare", "run"]
@@ -79,7 +80,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
 
 async def _serve(prepared: Prepared) -> None:
-    engine = Engine(prepared.config)
+    engine = Engine(prepared.config, store=LmdbStore(Path(prepared.config.data_dir) / "db"))
     async with trio.open_nursery(strict_exception_groups=True) as nursery:
         host, port = await nursery.start(engine.serve)
         # Everything allocated so far (modules, config, keys) lives forever: move it out of the

@@ -65,6 +65,9 @@ class RoomState:
         self.phase = Phase.LOBBY
         self.version = 0
         self.game: Any = None
+        self.empty_since: float | None = None
+        """Wall-clock time (Unix s) since which the room has had no member; the reaper's deadline
+        is ``empty_since + room_ttl``, absolute so it survives a restart."""
         self.presence = Presence()
         self.chat = ChatLog(history_limit)
         self._dirty: set[str] = {"meta", "host", "game", "counters"}
@@ -124,7 +127,8 @@ class RoomState:
             return self.host
         if name == "game":
             return {"phase": self.phase.value, "version": self.version, "state": self.game}
-        return {"epoch": self.epoch, "seq": self.seq, "chat_n": self.chat.last_n}  # "counters"
+        return {"epoch": self.epoch, "seq": self.seq, "chat_n": self.chat.last_n,  # "counters"
+                "empty_since": self.empty_since}
 
     @classmethod
     def restore(cls, records: dict[str, bytes], *, now: float, grace: float, history_limit: int) -> RoomState:
@@ -148,10 +152,21 @@ class RoomState:
             state.phase, state.version, state.game = Phase(game["phase"]), game["version"], game["state"]
         counters = _unpack(records["counters"]) if "counters" in records else {"epoch": 1, "seq": 0, "chat_n": 0}
         state.epoch, state.seq = counters["epoch"], counters["seq"]
+        state.empty_since = counters.get("empty_since")
         read = {k[len(_READ_PREFIX) :]: _unpack(v) for k, v in records.items() if k.startswith(_READ_PREFIX)}
         messages = [load_record(ChatMessage, _unpack(records[k])) for k in sorted(records) if k.startswith(_CHAT_PREFIX)]
         state.chat.restore(messages, read, counters["chat_n"])
         state._dirty.clear()
+        return state
+
+    @classmethod
+    def recover(cls, records: dict[str, bytes], *, now: float, grace: float, history_limit: int) -> RoomState:
+        """Restore after a crash or restart, in a new epoch: everything committed is back, but the
+        event replay buffer (in memory) is not, so clients that resume get a full resync."""
+        state = cls.restore(records, now=now, grace=grace, history_limit=history_limit)
+        state.epoch += 1
+        state.seq = 0
+        state.touch("counters")
         return state
 
     # -- views ----------------------------------------------------------------------------------

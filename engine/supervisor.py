@@ -94,14 +94,10 @@ class Supervisor:
 
     async def _reload(self, runtime: RoomRuntime) -> RoomState:
         records = await self._store.load_room(runtime.room_id)
-        state = RoomState.restore(records, now=trio.current_time(), grace=self._config.reconnect_grace,
-                                  history_limit=self._config.history_limit)
         # Events after the last commit were never sent (output waits for the commit), but the replay
-        # buffer died with the actor: a new epoch tells resuming clients to resync.
-        state.epoch += 1
-        state.seq = 0
-        state.touch("counters")
-        return state
+        # buffer died with the actor: recover() starts a new epoch, which tells clients to resync.
+        return RoomState.recover(records, now=trio.current_time(), grace=self._config.reconnect_grace,
+                                 history_limit=self._config.history_limit)
 
     def _answer_crashed_turn(self, runtime: RoomRuntime) -> None:
         batch, runtime.crashed_batch = runtime.crashed_batch, []

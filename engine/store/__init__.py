@@ -12,6 +12,8 @@ import abc
 import dataclasses
 from collections.abc import Sequence
 
+import trio
+
 __all__ = ["Store", "StoreStatistics", "Write"]
 
 
@@ -30,11 +32,22 @@ class StoreStatistics:
 
     commits: int
     writes: int
-    rooms: int
+    rooms: int | None
+    """Rooms with stored keys, when the store knows it without a scan."""
 
 
 class Store(abc.ABC):
     """What the engine needs from a store."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the store's background work (a writer) until cancelled; the engine starts it first
+        and stops it last. A store with no background work just waits."""
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def load_all_rooms(self) -> dict[str, dict[str, bytes]]:
+        """Every room's records (restart recovery). Stores override this with one pass."""
+        return {room: await self.load_room(room) for room in await self.room_ids()}
 
     @abc.abstractmethod
     async def commit(self, batch: Sequence[Write]) -> None:

@@ -47,6 +47,10 @@ class MemoryStore(Store):
         await trio.lowlevel.checkpoint()
         return dict(self._global)
 
+    async def load_all_rooms(self) -> dict[str, dict[str, bytes]]:
+        await trio.lowlevel.checkpoint()
+        return {room: dict(records) for room, records in self._rooms.items()}
+
     async def room_ids(self) -> list[str]:
         await trio.lowlevel.checkpoint()
         return sorted(self._rooms)

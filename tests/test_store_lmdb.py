@@ -1,0 +1,80 @@
+"""The LMDB store: group commit, reads, disposal, and a full map that grows instead of failing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from engine.store import Write
+from engine.store.lmdb import LmdbStore
+
+
+@pytest.fixture
+async def store(nursery: trio.Nursery, tmp_path: Path) -> LmdbStore:
+    store = LmdbStore(tmp_path / "db")
+    await nursery.start(store.run)
+    return store
+
+
+async def test_commit_then_read_back(store: LmdbStore) -> None:
+    await store.commit([Write("r1", "meta", b"m"), Write("r1", "chat:1", b"c1"), Write("r2", "meta", b"x"),
+                        Write(None, "rev:jti:a", b"1")])
+    assert await store.load_room("r1") == {"meta": b"m", "chat:1": b"c1"}
+    assert await store.room_ids() == ["r1", "r2"]
+    assert await store.load_global() == {"rev:jti:a": b"1"}
+    assert await store.load_all_rooms() == {"r1": {"meta": b"m", "chat:1": b"c1"}, "r2": {"meta": b"x"}}
+    await store.commit([Write("r1", "chat:1", None), Write(None, "rev:jti:a", None)])
+    assert await store.load_room("r1") == {"meta": b"m"}
+    assert await store.load_global() == {}
+    assert await store.load_room("nope") == {}
+
+
+async def test_a_room_id_that_prefixes_another_stays_separate(store: LmdbStore) -> None:
+    await store.commit([Write("r1", "meta", b"a"), Write("r10", "meta", b"b")])
+    assert await store.load_room("r1") == {"meta": b"a"}
+    await store.dispose_room("r1")
+    assert await store.room_ids() == ["r10"]
+    assert sorted(store.keys()) == [("r10", "meta")]
+
+
+async def test_concurrent_commits_share_transactions(store: LmdbStore) -> None:
+    async def commit(i: int) -> None:
+        await store.commit([Write(f"r{i}", "meta", b"x" * 100)])
+
+    async with trio.open_nursery() as nursery:
+        for i in range(200):
+            nursery.start_soon(commit, i)
+    assert len(await store.room_ids()) == 200
+    assert store.statistics().commits == 200
+    assert store.groups < 50  # group commit: far fewer fsyncs than commits
+
+
+async def test_a_full_map_grows_and_nothing_is_lost(nursery: trio.Nursery, tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "small", map_size=256 * 1024)
+    await nursery.start(store.run)
+    for i in range(40):
+        await store.commit([Write("big", f"k{i}", bytes([i]) * 20_000)])
+    assert store.map_growths >= 1
+    records = await store.load_room("big")
+    assert len(records) == 40 and all(records[f"k{i}"] == bytes([i]) * 20_000 for i in range(40))
+
+
+async def test_data_survives_reopening(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        first = LmdbStore(tmp_path / "db")
+        await nursery.start(first.run)
+        await first.commit([Write("r1", "meta", b"kept")])
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        second = LmdbStore(tmp_path / "db")
+        await nursery.start(second.run)
+        assert await second.load_room("r1") == {"meta": b"kept"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_commit_needs_a_running_store(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="not running"):
+        await LmdbStore(tmp_path / "db").commit([Write("r", "k", b"v")])
+    await LmdbStore(tmp_path / "db").commit([])  # an empty batch is a no-op
