@@ -78,3 +78,16 @@ async def test_commit_needs_a_running_store(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not running"):
         await LmdbStore(tmp_path / "db").commit([Write("r", "k", b"v")])
     await LmdbStore(tmp_path / "db").commit([])  # an empty batch is a no-op
+
+
+async def test_without_group_commit_each_commit_is_its_own_transaction(nursery: trio.Nursery, tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db", group_commit=False)
+    await nursery.start(store.run)
+
+    async def commit(i: int) -> None:
+        await store.commit([Write(f"r{i}", "meta", b"x")])
+
+    async with trio.open_nursery() as inner:
+        for i in range(20):
+            inner.start_soon(commit, i)
+    assert store.groups == 20 and len(await store.room_ids()) == 20
