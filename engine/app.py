@@ -122,8 +122,8 @@ class Engine:
             if "meta" not in room_records:
                 log.warning("room %s has stored keys but no meta: skipped", room_id)
                 continue
-            state = RoomState.recover(room_records, now=now, grace=self.config.reconnect_grace,
-                                      history_limit=self.config.history_limit)
+            state = RoomState.restore(room_records, now=now, grace=self.config.reconnect_grace,
+                                      history_limit=self.config.history_limit, replay_limit=self.config.replay_events)
             await self._router.restore(state)
         if records:
             log.info("restored %d rooms", len(self._router.rooms))

@@ -219,7 +219,6 @@ class RoomActor:
         self.context = _Context(self)
         self._timers: list[tuple[float, int, str, str]] = []
         self._timer_seq = 0
-        self._replay: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=config.replay_events)
         # per-turn output, in order: (target peer or None for a broadcast, framed bytes)
         self._entries: list[tuple[Peer | None, bytes]] = []
         self._changes: dict[Peer, list[tuple[int, bool]]] = {}
@@ -369,7 +368,7 @@ class RoomActor:
         frame = event_type(room=state.room_id, epoch=state.epoch, seq=state.seq, ts=self.now_ms(), **fields)
         data = ws_frame(encode(frame, SERVER_LIMITS, validate=validate))
         self._entries.append((None, data))
-        self._replay.append((state.seq, data))
+        state.record_event(state.seq, data)
 
     def _send(self, peer: Peer, frame: ServerFrame, *, validate: bool = True) -> None:
         self._entries.append((peer, ws_frame(encode(frame, SERVER_LIMITS, validate=validate))))
@@ -597,9 +596,9 @@ class RoomActor:
             raise RoomError(ErrorCode.NOT_MEMBER, "not a member of this room any more")
         self._check_room_count(peer)
         missed = state.seq - frame.seq
-        held = self._replay[0][0] if self._replay else state.seq + 1
+        held = state.replay[0][0] if state.replay else state.seq + 1
         if frame.epoch == state.epoch and 0 <= missed and frame.seq + 1 >= held:
-            replay = [data for seq, data in self._replay if seq > frame.seq]
+            replay = [data for seq, data in state.replay if seq > frame.seq]
             self._ok(peer, frame.id, dump_record(ResumeResult(replayed=len(replay))))
             self._entries.extend((peer, data) for data in replay)
         else:

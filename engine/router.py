@@ -58,7 +58,8 @@ class Router:
                 code = new_code()  # pragma: no cover - 40 bits: a collision needs ~10^6 live rooms
         room_id = new_room_id()
         state = RoomState(room_id=room_id, code=code, options=options,
-                          created=int(self._config.wall_clock() * 1000), history_limit=self._config.history_limit)
+                          created=int(self._config.wall_clock() * 1000), history_limit=self._config.history_limit,
+                          replay_limit=self._config.replay_events)
         runtime = RoomRuntime(room_id, code, self._config.room_inbox_size)
         self.rooms[room_id] = runtime
         self._codes[code] = room_id

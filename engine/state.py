@@ -8,6 +8,7 @@ writes only what it changed: a chat message is one small put, not a snapshot of 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = ["RoomOptions", "RoomState"]
 _CHAT_PREFIX = "chat:"
 _MEMBER_PREFIX = "member:"
 _READ_PREFIX = "read:"
+_EVENT_PREFIX = "ev:"
 
 
 def _pack(value: Any) -> bytes:
@@ -38,6 +40,11 @@ def _unpack(data: bytes) -> Any:
 def chat_key(n: int) -> str:
     """Store key of chat message ``n`` (fixed width so keys sort in message order)."""
     return f"{_CHAT_PREFIX}{n:016x}"
+
+
+def event_key(seq: int) -> str:
+    """Store key of the framed room event ``seq`` (kept for resume)."""
+    return f"{_EVENT_PREFIX}{seq:016x}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,7 +61,9 @@ class RoomOptions:
 class RoomState:
     """One room's state. Attributes are public for the actor; mutations mark their section dirty."""
 
-    def __init__(self, *, room_id: str, code: str, options: RoomOptions, created: int, history_limit: int) -> None:
+    def __init__(
+        self, *, room_id: str, code: str, options: RoomOptions, created: int, history_limit: int, replay_limit: int
+    ) -> None:
         self.room_id = room_id
         self.code = code
         self.options = options
@@ -70,7 +79,11 @@ class RoomState:
         is ``empty_since + room_ttl``, absolute so it survives a restart."""
         self.presence = Presence()
         self.chat = ChatLog(history_limit)
+        self.replay: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=replay_limit)
+        """The last events as sent (framed bytes), by seq: what a resuming client is replayed. It is
+        stored with the turn that emitted it, so resume works across crashes and restarts."""
         self._dirty: set[str] = {"meta", "host", "game", "counters"}
+        self._new_events: list[tuple[int, bytes]] = []
         self._dirty_chat: set[int] = set()
         self._dirty_members: set[str] = set()
         self._dirty_reads: set[str] = set()
@@ -93,9 +106,14 @@ class RoomState:
         """Mark a user's read cursor as moved."""
         self._dirty_reads.add(user)
 
+    def record_event(self, seq: int, data: bytes) -> None:
+        """Keep an emitted event for resume (in memory now, in the store with this turn)."""
+        self.replay.append((seq, data))
+        self._new_events.append((seq, data))
+
     @property
     def dirty(self) -> bool:
-        return bool(self._dirty or self._dirty_chat or self._dirty_members or self._dirty_reads)
+        return bool(self._dirty or self._dirty_chat or self._dirty_members or self._dirty_reads or self._new_events)
 
     def take_writes(self) -> list[Write]:
         """The store writes for everything changed since the last call."""
@@ -112,6 +130,12 @@ class RoomState:
             writes.append(Write(room, _MEMBER_PREFIX + user, None if entry is None else _pack(entry.to_record())))
         for user in sorted(self._dirty_reads):
             writes.append(Write(room, _READ_PREFIX + user, _pack(self.chat.read.get(user, 0))))
+        limit = self.replay.maxlen or 0
+        for seq, data in self._new_events:
+            writes.append(Write(room, event_key(seq), data))
+            if seq > limit:
+                writes.append(Write(room, event_key(seq - limit), None))  # fell out of the buffer
+        self._new_events.clear()
         self._dirty.clear()
         self._dirty_chat.clear()
         self._dirty_members.clear()
@@ -131,7 +155,9 @@ class RoomState:
                 "empty_since": self.empty_since}
 
     @classmethod
-    def restore(cls, records: dict[str, bytes], *, now: float, grace: float, history_limit: int) -> RoomState:
+    def restore(
+        cls, records: dict[str, bytes], *, now: float, grace: float, history_limit: int, replay_limit: int
+    ) -> RoomState:
         """Rebuild from the store. Every session comes back dropped, with a fresh grace period.
 
         Raises:
@@ -143,7 +169,7 @@ class RoomState:
             inactive=InactivePolicy(meta["inactive"]),
         )
         state = cls(room_id=meta["room"], code=meta["code"], options=options, created=meta["created"],
-                    history_limit=history_limit)
+                    history_limit=history_limit, replay_limit=replay_limit)
         state.host = _unpack(records["host"]) if "host" in records else None
         members = [_unpack(v) for k, v in records.items() if k.startswith(_MEMBER_PREFIX)]
         state.presence.restore(members, now, grace)
@@ -156,17 +182,9 @@ class RoomState:
         read = {k[len(_READ_PREFIX) :]: _unpack(v) for k, v in records.items() if k.startswith(_READ_PREFIX)}
         messages = [load_record(ChatMessage, _unpack(records[k])) for k in sorted(records) if k.startswith(_CHAT_PREFIX)]
         state.chat.restore(messages, read, counters["chat_n"])
+        events = sorted((int(k[len(_EVENT_PREFIX) :], 16), v) for k, v in records.items() if k.startswith(_EVENT_PREFIX))
+        state.replay.extend((seq, data) for seq, data in events if seq <= state.seq)
         state._dirty.clear()
-        return state
-
-    @classmethod
-    def recover(cls, records: dict[str, bytes], *, now: float, grace: float, history_limit: int) -> RoomState:
-        """Restore after a crash or restart, in a new epoch: everything committed is back, but the
-        event replay buffer (in memory) is not, so clients that resume get a full resync."""
-        state = cls.restore(records, now=now, grace=grace, history_limit=history_limit)
-        state.epoch += 1
-        state.seq = 0
-        state.touch("counters")
         return state
 
     # -- views ----------------------------------------------------------------------------------

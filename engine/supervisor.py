@@ -94,10 +94,11 @@ class Supervisor:
 
     async def _reload(self, runtime: RoomRuntime) -> RoomState:
         records = await self._store.load_room(runtime.room_id)
-        # Events after the last commit were never sent (output waits for the commit), but the replay
-        # buffer died with the actor: recover() starts a new epoch, which tells clients to resync.
-        return RoomState.recover(records, now=trio.current_time(), grace=self._config.reconnect_grace,
-                                 history_limit=self._config.history_limit)
+        # Back to the last commit: events of the turn that crashed were never committed nor sent (output
+        # waits for the commit), and the replay buffer is stored, so the epoch stays and resume works.
+        config = self._config
+        return RoomState.restore(records, now=trio.current_time(), grace=config.reconnect_grace,
+                                 history_limit=config.history_limit, replay_limit=config.replay_events)
 
     def _answer_crashed_turn(self, runtime: RoomRuntime) -> None:
         batch, runtime.crashed_batch = runtime.crashed_batch, []

@@ -12,7 +12,9 @@ from engine.state import RoomOptions
 from engine.store.lmdb import LmdbStore
 from engine.testing import TestKeys, connect_client, test_config
 from protocol.client import RequestError
-from protocol.frames import PresenceStatus
+from protocol.codec import load_record
+from protocol.frames import Ok, PresenceStatus, Resume, ResumeResult
+from tests.wire import raw_peer
 
 
 async def test_rooms_chat_and_members_come_back_after_a_restart(tmp_path: Path, roost_keys: TestKeys) -> None:
@@ -36,7 +38,7 @@ async def test_rooms_chat_and_members_come_back_after_a_restart(tmp_path: Path, 
             back = await engine.ops.snapshot(room.room)
             assert (back.code, back.host, back.public, back.meta) == (room.code, "ann", True, {"mode": "duel"})
             assert (back.version, back.state, back.chat_n) == (version, {"score": [1, 0]}, 3)
-            assert back.epoch == room.epoch + 1  # a new epoch: clients resync instead of replaying
+            assert back.epoch == room.epoch  # events are stored: the epoch goes on
             assert {m.user: m.status for m in back.members} == {"ann": PresenceStatus.OFFLINE,
                                                                 "bob": PresenceStatus.OFFLINE}
             bob = await connect_client(nursery, engine.url, roost_keys.token("bob"), reconnect=False)
@@ -117,3 +119,30 @@ class TestRestoredEmptyRooms:
         assert engine.router.get(room.room_id) is not None
         await trio.sleep(2)  # 60 + 41 > 100: gone, though this process only saw 41 s of it
         assert engine.router.get(room.room_id) is None
+
+
+async def test_a_client_resumes_exactly_after_a_restart(tmp_path: Path, roost_keys: TestKeys) -> None:
+    config = test_config(roost_keys)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
+            await nursery.start(engine.serve)
+            ann = await connect_client(nursery, engine.url, roost_keys.token("ann"), reconnect=False)
+            room = await ann.create()
+            seen = (await ann.chat_send(room.room, "seen by bob"), await engine.ops.snapshot(room.room))[1].seq
+            for i in range(3):
+                await ann.chat_send(room.room, f"missed {i}")
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
+            await nursery.start(engine.serve)
+            peer = await raw_peer(nursery, engine.url)
+            await peer.hello(roost_keys.token("ann"))
+            await peer.send(Resume(id=1, room=room.room, epoch=room.epoch, seq=seen))
+            result = load_record(ResumeResult, (await peer.recv_until(Ok)).result)
+            assert (result.replayed, result.resync) == (3, False)
+            replayed = [await peer.recv() for _ in range(3)]
+            assert [e.msg.text for e in replayed] == ["missed 0", "missed 1", "missed 2"]
+            assert [e.seq for e in replayed] == [seen + 1, seen + 2, seen + 3]
+            nursery.cancel_scope.cancel()
