@@ -14,6 +14,8 @@ from typing import Any
 
 import trio
 
+from protocol.errors import CloseCode
+
 from .admin import Admin
 from .config import Config
 from .gateway import Gateway
@@ -57,6 +59,20 @@ class Engine:
         self._operations: Operations | None = None
         self._supervisor: Supervisor | None = None
         self.address: tuple[str, int] | None = None
+        self._shutdown = trio.Event()
+
+    def request_shutdown(self) -> None:
+        """Stop gracefully: ``serve`` closes clients with 1001 "resume", lets rooms commit, and returns.
+
+        Cancelling ``serve`` instead stops at once (nothing acknowledged is lost either way: replies
+        wait for their commit).
+        """
+        self._shutdown.set()
+
+    @property
+    def shutdown_requested(self) -> bool:
+        """Whether ``request_shutdown`` was called."""
+        return self._shutdown.is_set()
 
     @property
     def url(self) -> str:
@@ -110,6 +126,20 @@ class Engine:
                         self.address = (host, port)
                         log.info("roost serving on ws://%s:%d/", host, port)
                         task_status.started((host, port))
+                        await self._shutdown.wait()
+                        # Graceful shutdown, outside in: stop accepting, close every client with
+                        # "going away" and a resume hint (the gateway returns once they are gone)...
+                        log.info("shutting down: closing %d connections", len(self._gateway.connections))
+                        self._gateway.stop_accepting()
+                        self._gateway.close_all(CloseCode.GOING_AWAY, "resume")
+                        gateway_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
+                    # ...then let every room finish its turn: its last writes are committed...
+                    for runtime in list(self._router.rooms.values()):
+                        runtime.stop()
+                    rooms_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
+                # ...and stop the store last (its writer has nothing left to write).
+                store_nursery.cancel_scope.cancel()
+            log.info("stopped")
         finally:
             listener.close()
             self.address = None

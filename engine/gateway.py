@@ -50,6 +50,7 @@ class Gateway:
         self.pending_handshakes = 0
         self.stats: collections.Counter[str] = collections.Counter()
         self._nursery: trio.Nursery | None = None
+        self._accepting = trio.CancelScope()
         revocations.listeners.append(self._sweep_revoked)
 
     async def run(self, listener: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -57,19 +58,28 @@ class Gateway:
         async with trio.open_nursery(strict_exception_groups=True) as nursery:
             self._nursery = nursery
             task_status.started()
-            while True:
-                await trio.lowlevel.wait_readable(listener)
-                try:
-                    sock, address = listener.accept()
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    if exc.errno not in _ACCEPT_RETRY_ERRNOS:
-                        raise
-                    log.error("accept failed (%s): retrying in 100 ms", errno.errorcode.get(exc.errno, exc.errno))
-                    await trio.sleep(0.1)
-                    continue
-                nursery.start_soon(self.serve_transport, SocketTransport(sock), f"{address[0]}:{address[1]}")
+            with self._accepting:
+                await self._accept_loop(listener, nursery)
+            # Not accepting any more (shutdown): the nursery ends once every connection has closed.
+
+    def stop_accepting(self) -> None:
+        """Stop taking new connections (the first step of a graceful shutdown)."""
+        self._accepting.cancel()
+
+    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            try:
+                sock, address = listener.accept()
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RETRY_ERRNOS:
+                    raise
+                log.error("accept failed (%s): retrying in 100 ms", errno.errorcode.get(exc.errno, exc.errno))
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(self.serve_transport, SocketTransport(sock), f"{address[0]}:{address[1]}")
 
     def open_memory_connection(self) -> trio.abc.Stream:
         """Serve one connection over an in-memory stream; returns the client's end (test kit, embedding)."""

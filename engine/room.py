@@ -143,9 +143,17 @@ class RoomRuntime:
         self.info: Any = None
         """The lobby entry (RoomInfo), refreshed after each turn that changed it."""
         self.closed = False
+        self.stopping = False
+        """Set by a graceful shutdown: the actor finishes its turn (committed) and returns."""
         self.resync_reason: str | None = None
         """Set by the supervisor before a restart: the new actor sends every session a ``sync``."""
         self.crashed_batch: list[Command] = []
+
+    def stop(self) -> None:
+        """Ask the actor to return after its current turn (graceful shutdown; the room is kept)."""
+        self.stopping = True
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.send_channel.send_nowait(None)
 
     def notify_disconnect(self, peer: Peer) -> None:
         """Called by a connection as it ends; never blocks, never lost."""
@@ -235,7 +243,7 @@ class RoomActor:
         self._start()
         await self.finish_turn()
         receive = self.runtime.receive_channel
-        while not self.runtime.closed:
+        while not self.runtime.closed and not self.runtime.stopping:
             batch: list[Command] = []
             deadline = self._next_deadline()
             if deadline == math.inf:  # no timer armed: no cancel scope needed (the common case)

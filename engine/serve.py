@@ -7,6 +7,7 @@ stop the engine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -29,6 +30,7 @@ __all__ = ["Prepared", "ServeError", "prepare", "run"]
 
 DEV_KEY_NAME = "dev-key.jwk"
 DEV_TOKEN_TTL = 24 * 3600
+SESSION_KEY_NAME = "session.key"
 
 
 class ServeError(Exception):
@@ -76,13 +78,38 @@ def prepare(args: argparse.Namespace) -> Prepared:
         raise ServeError(str(exc)) from None
     if not len(keyring):
         raise ServeError("no public keys configured: pass --key FILE (or key_files in the config), or use --dev")
-    return Prepared(config=config.replace(keyring=keyring), dev_key=dev_key, dev_token=dev_token)
+    try:
+        secret = _session_secret(Path(config.data_dir) / SESSION_KEY_NAME)
+    except OSError as exc:
+        raise ServeError(f"cannot keep the session key in {config.data_dir}: {exc.strerror}") from None
+    return Prepared(config=config.replace(keyring=keyring, session_secret=secret), dev_key=dev_key, dev_token=dev_token)
+
+
+def _session_secret(path: Path) -> bytes:
+    """The session-token MAC key, kept in the data directory so sessions survive a restart."""
+    with contextlib.suppress(FileNotFoundError):
+        secret = path.read_bytes()
+        if len(secret) == 32:
+            return secret
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret)
+    return secret
+
+
+async def _serve_until_stopped(
+    engine: Engine, scope: trio.CancelScope, *, task_status: trio.TaskStatus[tuple[str, int]]
+) -> None:
+    await engine.serve(task_status=task_status)
+    scope.cancel()  # a graceful shutdown finished: stop waiting for signals
 
 
 async def _serve(prepared: Prepared) -> None:
     engine = Engine(prepared.config, store=LmdbStore(Path(prepared.config.data_dir) / "db"))
     async with trio.open_nursery(strict_exception_groups=True) as nursery:
-        host, port = await nursery.start(engine.serve)
+        host, port = await nursery.start(_serve_until_stopped, engine, nursery.cancel_scope)
         # Everything allocated so far (modules, config, keys) lives forever: move it out of the
         # collector's reach, so full collections stay short (measured: one 23-50 ms gen-2 pause per
         # minute under load without this, which set the p99 of small rooms).
@@ -92,11 +119,16 @@ async def _serve(prepared: Prepared) -> None:
         if prepared.dev_token is not None:
             print(f"ROOST_TOKEN={prepared.dev_token}", flush=True)
             print(f"ROOST_DEV_KEY={prepared.dev_key}", flush=True)
+        logger = logging.getLogger("roost")
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                logging.getLogger("roost").info("received %s: stopping", signal.Signals(signum).name)
-                break
-        nursery.cancel_scope.cancel()
+                name = signal.Signals(signum).name
+                if not engine.shutdown_requested:
+                    logger.info("received %s: shutting down (again to stop at once)", name)
+                    engine.request_shutdown()
+                else:
+                    logger.warning("received %s again: stopping now", name)
+                    nursery.cancel_scope.cancel()
 
 
 def run(prepared: Prepared, *, log_level: str = "info") -> int:

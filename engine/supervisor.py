@@ -74,7 +74,8 @@ class Supervisor:
                 except Exception:
                     log.exception("room %s crashed", runtime.room_id)
                 else:
-                    await self._store.dispose_room(runtime.room_id)
+                    if not runtime.stopping:  # closed for good (not a shutdown): its keys go too
+                        await self._store.dispose_room(runtime.room_id)
                     return
                 self.restarts += 1
                 self._answer_crashed_turn(runtime)

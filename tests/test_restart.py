@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -145,4 +146,50 @@ async def test_a_client_resumes_exactly_after_a_restart(tmp_path: Path, roost_ke
             replayed = [await peer.recv() for _ in range(3)]
             assert [e.msg.text for e in replayed] == ["missed 0", "missed 1", "missed 2"]
             assert [e.seq for e in replayed] == [seen + 1, seen + 2, seen + 3]
+            nursery.cancel_scope.cancel()
+
+
+async def test_graceful_shutdown_closes_clients_with_a_resume_hint_and_loses_nothing(
+    tmp_path: Path, roost_keys: TestKeys
+) -> None:
+    config = test_config(roost_keys)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
+            await nursery.start(engine.serve)
+            ann = await connect_client(nursery, engine.url, roost_keys.token("ann"), reconnect=False)
+            room = await ann.create()
+            acked = [await ann.chat_send(room.room, f"m{i}") for i in range(5)]
+            engine.request_shutdown()
+            closed = await ann.wait_closed()
+            assert (closed.code, closed.reason) == (1001, "resume")
+            while engine.address is not None:  # serve returns by itself
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
+            await nursery.start(engine.serve)
+            ann = await connect_client(nursery, engine.url, roost_keys.token("ann"), reconnect=False)
+            snap = await ann.join(room=room.room)
+            assert snap.chat_n == 5 and snap.host == "ann"
+            history = await ann.history(room.room)
+            assert [m.id for m in history.messages] == [a.id for a in acked]
+            nursery.cancel_scope.cancel()
+
+
+async def test_revocations_survive_a_restart(tmp_path: Path, roost_keys: TestKeys) -> None:
+    config = test_config(roost_keys)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
+            await nursery.start(engine.serve)
+            await engine.ops.revoke_user("eve", int(time.time()) + 3600)
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
+            await nursery.start(engine.serve)
+            peer = await raw_peer(nursery, engine.url)
+            await peer.send({"t": "hello", "v": 1, "token": roost_keys.token("eve", now=time.time() - 5)})
+            assert await peer.closed_code() == 4501
             nursery.cancel_scope.cancel()
