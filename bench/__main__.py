@@ -11,8 +11,10 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
+from . import durable as durable_bench
 from . import fanout as fanout_bench
 from . import protocol as protocol_bench
+from . import restart as restart_bench
 
 __all__ = ["BENCHES", "BenchModule", "build_parser", "main"]
 
@@ -28,6 +30,8 @@ class BenchModule(Protocol):
 BENCHES: dict[str, BenchModule] = {
     "protocol": protocol_bench,
     "fanout": fanout_bench,
+    "durable": durable_bench,
+    "restart": restart_bench,
 }
 """Subcommand name -> benchmark module."""
 

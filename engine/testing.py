@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import trio
 
-from protocol.client import Client, open_client
+from protocol.client import Client, start_client
 from protocol.tokens import Keyring, generate_key, new_claims, sign
 
 from .app import Engine
@@ -105,24 +105,8 @@ async def roost_engine(nursery: trio.Nursery, roost_config: Config) -> Engine:
     return await start_engine(nursery, roost_config)
 
 
-async def connect_client(
-    nursery: trio.Nursery, url: str, token: str, *, stream: Any = None, **options: Any
-) -> Client:
-    """Open a client that lives in a task of ``nursery`` (closed when the nursery is cancelled).
-
-    A client holds a nursery of its own, which must be entered and left by the same task: running it
-    in its own task lets a test (or an app) hand the client around freely.
-    """
-
-    options.setdefault("disconnect_timeout", 0.25)  # at teardown the engine is often gone already
-
-    async def run(task_status: trio.TaskStatus[Client]) -> None:
-        async with open_client(url, token, stream=stream, **options) as client:
-            task_status.started(client)
-            await trio.sleep_forever()
-
-    client: Client = await nursery.start(run)
-    return client
+connect_client = start_client
+"""Open a client in a task of a nursery: :func:`protocol.client.start_client`, re-exported here."""
 
 
 @pytest.fixture
@@ -134,7 +118,7 @@ async def roost_connect(nursery: trio.Nursery, roost_engine: Engine, roost_keys:
 
     async def connect(sub: str, *, memory: bool = False, token: str | None = None, **options: Any) -> Client:
         token = token if token is not None else roost_keys.token(sub)
-        return await connect_client(nursery, roost_engine.url, token, stream=memory_stream if memory else None,
-                                    **options)
+        return await start_client(nursery, roost_engine.url, token, stream=memory_stream if memory else None,
+                                  **options)
 
     return connect

@@ -111,6 +111,7 @@ __all__ = [
     "StreamFactory",
     "TokenSource",
     "open_client",
+    "start_client",
 ]
 
 log = logging.getLogger(__name__)
@@ -1213,3 +1214,22 @@ async def open_client(
                         await client.aclose()
     if handshake_error is not None:
         raise handshake_error
+
+
+async def start_client(nursery: trio.Nursery, url: str, token: str | TokenSource, **options: Any) -> Client:
+    """Open a client that lives in a task of ``nursery`` and return it once it is welcomed.
+
+    A client holds a nursery of its own, which must be entered and left by one task; running it in a
+    task of its own lets a test or an app hand the client around freely. It closes when ``nursery``
+    is cancelled. ``options`` are those of :func:`open_client`; ``disconnect_timeout`` defaults to
+    0.25 s here, as the other end is often gone already when such a nursery is cancelled.
+    """
+    options.setdefault("disconnect_timeout", 0.25)
+
+    async def run(task_status: trio.TaskStatus[Client]) -> None:
+        async with open_client(url, token, **options) as client:
+            task_status.started(client)
+            await trio.sleep_forever()
+
+    client: Client = await nursery.start(run)
+    return client
