@@ -343,6 +343,7 @@ class Connection(Peer):
         except RemoteProtocolError as error:
             self._bad_frame(error)
             return
+        assert isinstance(frame, ClientFrame)  # decode(..., Sender.CLIENT) returns client frames only
         if not self._take_token(frame):
             return
         try:
@@ -472,10 +473,10 @@ class Connection(Peer):
             await self._to_room(gateway.router.find(frame.room, frame.code), frame)
         else:
             room_id = getattr(frame, "room", None)
-            runtime = gateway.router.get(room_id) if room_id is not None else None
-            if runtime is None:
+            target = gateway.router.get(room_id) if room_id is not None else None
+            if target is None:
                 raise RoomError(ErrorCode.NOT_FOUND, "no such room")
-            await self._to_room(runtime, frame)
+            await self._to_room(target, frame)
 
     async def _to_room(self, runtime: RoomRuntime, frame: ClientFrame) -> None:
         """Hand a request to its room; wait only when the room's inbox is full (backpressure).

@@ -373,7 +373,8 @@ class RoomActor:
         state = self.state
         state.seq += 1
         state.touch("counters")
-        frame = event_type(room=state.room_id, epoch=state.epoch, seq=state.seq, ts=self.now_ms(), **fields)
+        make: Any = event_type  # every RoomEvent declares room, epoch, seq and ts (frames.py)
+        frame = make(room=state.room_id, epoch=state.epoch, seq=state.seq, ts=self.now_ms(), **fields)
         data = ws_frame(encode(frame, SERVER_LIMITS, validate=validate))
         self._entries.append((None, data))
         state.record_event(state.seq, data)

@@ -324,9 +324,9 @@ class WireRecord:
             except FieldProblem as problem:
                 raise FieldProblem(problem.code, f"{name}: {problem.message}") from None
         record = cls(**kwargs)
-        problem = record.check()
-        if problem is not None:
-            raise FieldProblem(ErrorCode.BAD_FIELD, problem)
+        rule = record.check()
+        if rule is not None:
+            raise FieldProblem(ErrorCode.BAD_FIELD, rule)
         return record
 
     def dump_fields(self, limits: Limits) -> dict[str, Any]:
@@ -364,6 +364,6 @@ class WireRecord:
                 out[name] = spec.dump(value, limits)
             except FieldProblem as problem:
                 raise FieldProblem(problem.code, f"{name}: {problem.message}") from None
-        problem = self.check()
-        if problem is not None:
-            raise FieldProblem(ErrorCode.BAD_FIELD, problem)
+        rule = self.check()
+        if rule is not None:
+            raise FieldProblem(ErrorCode.BAD_FIELD, rule)

@@ -170,18 +170,19 @@ def _json_bytes(value: Mapping[str, Any]) -> bytes:
 
 
 def _claim(obj: Mapping[str, Any], key: str, kind: type, *, required: bool = True, max_len: int = 128) -> Any:
-    value = obj.get(key)
+    value: Any = obj.get(key)
     if value is None:
         if required:
             raise TokenMalformed(f"claim {key!r} is missing")
         return None
     if type(value) is not kind:
         raise TokenMalformed(f"claim {key!r} has the wrong type")
-    if kind is str and len(value) > max_len:
+    checked: Any = value
+    if kind is str and len(checked) > max_len:
         raise TokenMalformed(f"claim {key!r} is too long")
-    if kind is int and not 0 <= value <= 2**53 - 1:
+    if kind is int and not 0 <= checked <= 2**53 - 1:
         raise TokenMalformed(f"claim {key!r} is out of range")
-    return value
+    return checked
 
 
 def _split(token: object, parts: int) -> list[str]:
