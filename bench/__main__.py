@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
+from . import crash as crash_bench
 from . import durable as durable_bench
 from . import fanout as fanout_bench
 from . import protocol as protocol_bench
@@ -32,6 +33,7 @@ BENCHES: dict[str, BenchModule] = {
     "fanout": fanout_bench,
     "durable": durable_bench,
     "restart": restart_bench,
+    "crash": crash_bench,
 }
 """Subcommand name -> benchmark module."""
 

@@ -179,15 +179,22 @@ def serve_main(argv: Sequence[str]) -> int:
     async def serve() -> None:  # as engine.serve._serve, with our store
         engine = Engine(prepared.config, store=store)
         async with trio.open_nursery(strict_exception_groups=True) as nursery:
-            host, port = await nursery.start(engine.serve)
+
+            async def serve_until_stopped(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+                await engine.serve(task_status=task_status)
+                nursery.cancel_scope.cancel()  # the graceful shutdown finished
+
+            host, port = await nursery.start(serve_until_stopped)
             gc.collect()
             gc.freeze()
             print(f"ROOST_URL=ws://{host}:{port}/", flush=True)
             print(f"BENCH_STORE={args.store}", flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _signum in signals:
-                    break
-            nursery.cancel_scope.cancel()
+                async for _signum in signals:  # the first signal: graceful; a second one: at once
+                    if not engine.shutdown_requested:
+                        engine.request_shutdown()
+                    else:
+                        nursery.cancel_scope.cancel()
 
     try:
         trio.run(serve)
