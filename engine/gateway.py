@@ -15,6 +15,7 @@ import socket
 from typing import TYPE_CHECKING
 
 import trio
+import trio.testing
 
 from protocol.errors import CloseCode
 from protocol.tokens import SessionSigner

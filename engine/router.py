@@ -70,16 +70,14 @@ class Router:
             raise
         return runtime
 
-    async def restore(self, state: RoomState) -> RoomRuntime:
-        """Bring back a room from the store (restart recovery); its actor resyncs whoever resumes."""
+    def restore(self, state: RoomState) -> RoomRuntime:
+        """Bring back a room from the store (restart recovery); its actor starts soon after."""
         runtime = RoomRuntime(state.room_id, state.code, self._config.room_inbox_size)
+        runtime.info = state.info()
+        runtime.public = state.options.public
         self.rooms[state.room_id] = runtime
         self._codes[state.code] = state.room_id
-        try:
-            await self._supervisor.start(runtime, state, created=False)
-        except BaseException:
-            self.forget(runtime)
-            raise
+        self._supervisor.start_soon(runtime, state)
         return runtime
 
     async def get_or_create(self, code: str, options: RoomOptions) -> RoomRuntime:

@@ -58,8 +58,18 @@ class Supervisor:
         """Start supervising a room; returns once its actor is ready to take commands."""
         await self._nursery.start(self._supervise, runtime, state, created)
 
+    def start_soon(self, runtime: RoomRuntime, state: RoomState) -> None:
+        """Start supervising a restored room without waiting for it: requests wait in its inbox
+        until the actor runs (restart recovery starts thousands of rooms; one scheduler round trip
+        each would dominate)."""
+        self._nursery.start_soon(self._supervise, runtime, state, False)
+
     async def _supervise(
-        self, runtime: RoomRuntime, state: RoomState, created: bool, task_status: trio.TaskStatus[None]
+        self,
+        runtime: RoomRuntime,
+        state: RoomState,
+        created: bool,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         config = self._config
         failures: collections.deque[float] = collections.deque()
