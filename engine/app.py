@@ -165,6 +165,9 @@ class Engine:
                 if len(self._router.rooms) % 500 == 0:
                     await trio.lowlevel.checkpoint()  # a long restore must not freeze an embedding app
         finally:
+            # The restored rooms are long-lived: freeze them (move them out of the collector's
+            # generations), or the first full collection after re-enabling walks them all (~1 s).
+            gc.freeze()
             if collecting:
                 gc.enable()
         if records:

@@ -234,7 +234,7 @@ class RoomActor:
         self._calls: list[tuple[Call, Any, BaseException | None]] = []
         self._close: tuple[str, str] | None = None
         self._tick_at: float | None = None
-        self._info_dirty = True
+        self._info_dirty = runtime.info is None
 
     # -- the loop ---------------------------------------------------------------------------------
 

@@ -170,8 +170,21 @@ class RoomState:
         )
         state = cls(room_id=meta["room"], code=meta["code"], options=options, created=meta["created"],
                     history_limit=history_limit, replay_limit=replay_limit)
+        # One pass over the records, by kind (keys of one kind sort in their natural order).
+        members: list[dict[str, Any]] = []
+        read: dict[str, int] = {}
+        messages: list[tuple[str, bytes]] = []
+        events: list[tuple[str, bytes]] = []
+        for key, value in records.items():
+            if key.startswith(_CHAT_PREFIX):
+                messages.append((key, value))
+            elif key.startswith(_EVENT_PREFIX):
+                events.append((key, value))
+            elif key.startswith(_MEMBER_PREFIX):
+                members.append(_unpack(value))
+            elif key.startswith(_READ_PREFIX):
+                read[key[len(_READ_PREFIX) :]] = _unpack(value)
         state.host = _unpack(records["host"]) if "host" in records else None
-        members = [_unpack(v) for k, v in records.items() if k.startswith(_MEMBER_PREFIX)]
         state.presence.restore(members, now, grace)
         if "game" in records:
             game = _unpack(records["game"])
@@ -179,13 +192,15 @@ class RoomState:
         counters = _unpack(records["counters"]) if "counters" in records else {"epoch": 1, "seq": 0, "chat_n": 0}
         state.epoch, state.seq = counters["epoch"], counters["seq"]
         state.empty_since = counters.get("empty_since")
-        read = {k[len(_READ_PREFIX) :]: _unpack(v) for k, v in records.items() if k.startswith(_READ_PREFIX)}
         # Stored messages were validated when they were written: rebuild them without re-checking
         # (a third of the cost of a restart otherwise).
-        messages = [ChatMessage(**_unpack(records[k])) for k in sorted(records) if k.startswith(_CHAT_PREFIX)]
-        state.chat.restore(messages, read, counters["chat_n"])
-        events = sorted((int(k[len(_EVENT_PREFIX) :], 16), v) for k, v in records.items() if k.startswith(_EVENT_PREFIX))
-        state.replay.extend((seq, data) for seq, data in events if seq <= state.seq)
+        messages.sort()
+        state.chat.restore([ChatMessage(**_unpack(value)) for _key, value in messages], read, counters["chat_n"])
+        events.sort()
+        state.replay.extend(
+            (seq, data) for seq, data in ((int(key[len(_EVENT_PREFIX) :], 16), value) for key, value in events)
+            if seq <= state.seq
+        )
         state._dirty.clear()
         return state
 
