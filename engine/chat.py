@@ -22,7 +22,7 @@ __all__ = ["ChatLog"]
 class ChatLog:
     """Messages of one room, oldest first, with per-user read cursors."""
 
-    __slots__ = ("_by_cid", "_limit", "last_n", "messages", "read")
+    __slots__ = ("_by_cid", "_limit", "last_n", "messages", "read", "trimmed")
 
     def __init__(self, limit: int) -> None:
         self.messages: collections.deque[ChatMessage] = collections.deque()
@@ -30,6 +30,8 @@ class ChatLog:
         self.read: dict[str, int] = {}
         self.last_n = 0
         self._limit = limit
+        self.trimmed: list[int] = []
+        """Numbers of messages dropped past the limit since the last ``take_trimmed`` (to delete)."""
 
     def get(self, n: int) -> ChatMessage | None:
         if not self.messages:
@@ -66,6 +68,7 @@ class ChatLog:
             self._by_cid[(message.user, message.cid)] = message.n
         while len(self.messages) > self._limit:
             old = self.messages.popleft()
+            self.trimmed.append(old.n)
             if old.cid is not None:
                 self._by_cid.pop((old.user, old.cid), None)
 
@@ -125,6 +128,11 @@ class ChatLog:
             if message.user != user and not message.deleted:
                 count += 1
         return count
+
+    def take_trimmed(self) -> list[int]:
+        """The messages dropped past the limit since the last call."""
+        trimmed, self.trimmed = self.trimmed, []
+        return trimmed
 
     def restore(self, messages: list[ChatMessage], read: dict[str, int], last_n: int) -> None:
         """Reload from durable records (oldest first)."""

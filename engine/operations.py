@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 import trio
 
 from protocol.errors import ErrorCode
+from protocol.codec import SERVER_LIMITS
 from protocol.frames import LobbyPage, RoomSnapshot
+from protocol.schema import FieldProblem, Opaque
 
 from .errors import RoomError
 from .revocations import Revocations
@@ -48,6 +50,10 @@ class Operations:
         """Broadcast a ``message`` event (no sender) to the room's members."""
         if not isinstance(kind, str) or not 1 <= len(kind) <= 64:
             raise RoomError(ErrorCode.BAD_FIELD, "kind must be a string of 1 to 64 characters")
+        try:
+            Opaque().load(body, SERVER_LIMITS)  # what the room would refuse to encode: refuse it here
+        except FieldProblem as problem:
+            raise RoomError(problem.code, f"body: {problem.message}") from None
         await self._call(room_id, lambda actor: actor.publish(kind, body))
 
     async def kick(self, room_id: str, user: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from protocol.codec import SERVER_LIMITS, dump_record, encode
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.frames import (
     ChatAck,
     ChatDelete,
@@ -149,6 +149,20 @@ class RoomRuntime:
         """Set by the supervisor before a restart: the new actor sends every session a ``sync``."""
         self.crashed_batch: list[Command] = []
 
+    def refuse_queued(self, error: RoomError) -> None:
+        """Take no more commands and answer every queued one with ``error`` (closing, shutdown)."""
+        self.send_channel.close()
+        while True:
+            try:
+                command = self.receive_channel.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            if isinstance(command, Call):
+                command.resolve(None, error)
+            elif isinstance(command, Request):
+                reply = ErrorReply(id=getattr(command.frame, "id", None), code=error.code.value, message=error.message)
+                command.peer.push(ws_frame(encode(reply, SERVER_LIMITS)))
+
     def stop(self) -> None:
         """Ask the actor to return after its current turn (graceful shutdown; the room is kept)."""
         self.stopping = True
@@ -234,6 +248,7 @@ class RoomActor:
         self._calls: list[tuple[Call, Any, BaseException | None]] = []
         self._close: tuple[str, str] | None = None
         self._tick_at: float | None = None
+        self._reap_at: float | None = None
         self._info_dirty = runtime.info is None
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -260,6 +275,8 @@ class RoomActor:
             self._turn(batch)
             await self.finish_turn()
             self.runtime.crashed_batch = []
+        if self.runtime.stopping and not self.runtime.closed:
+            self.runtime.refuse_queued(RoomError(ErrorCode.INVALID_STATE, "the server is shutting down"))
 
     def _start(self) -> None:
         now = trio.current_time()
@@ -277,12 +294,15 @@ class RoomActor:
             return
         self.runtime.resync_reason = None
         self.state.touch("counters")
-        for peer in list(self.runtime.peers.values()):
-            if peer.user in presence:  # still a member as of the last commit: live again, resynced
+        peers = list(self.runtime.peers.values())
+        for peer in peers:
+            if peer.user in presence:  # still a member as of the last commit: live again
                 presence.attach(peer.user, peer.sid, peer.name, self.now_ms())
-                self._sync_to(peer, reason)
             else:  # its join was in the turn that crashed, and was answered "internal"
                 self._detach(peer)
+        for peer in peers:  # every snapshot sees every re-attached session online
+            if self.runtime.peers.get(peer.sid) is peer:
+                self._sync_to(peer, reason)
 
     def _turn(self, batch: list[Command]) -> None:
         now = trio.current_time()
@@ -305,6 +325,10 @@ class RoomActor:
                 self._handle(command.peer, command.frame, now)
             except RoomError as error:
                 self._error(command.peer, getattr(command.frame, "id", None), error)
+            except LocalProtocolError as error:  # a reply over the server frame limit (a page, a snapshot)
+                code = ErrorCode.TOO_LARGE if error.code is ErrorCode.TOO_LARGE else ErrorCode.INTERNAL
+                self._error(command.peer, getattr(command.frame, "id", None),
+                            RoomError(code, "the reply would exceed the frame limit; ask for a smaller page"))
 
     def _refuse_closed(self, command: Command) -> None:
         error = RoomError(ErrorCode.NOT_FOUND, "the room is closed")
@@ -350,6 +374,7 @@ class RoomActor:
                 if presence.typing_due(user, now):
                     self._diff(update=[user])
             elif kind == "reap":
+                self._reap_at = None
                 self._reap()
             elif presence.grace_due(user, now):
                 self._remove_member(user, consented=False)
@@ -371,11 +396,11 @@ class RoomActor:
         presence, receipts); anything an application or room logic supplied is checked.
         """
         state = self.state
+        make: Any = event_type  # every RoomEvent declares room, epoch, seq and ts (frames.py)
+        frame = make(room=state.room_id, epoch=state.epoch, seq=state.seq + 1, ts=self.now_ms(), **fields)
+        data = ws_frame(encode(frame, SERVER_LIMITS, validate=validate))  # may raise: no seq is used up then
         state.seq += 1
         state.touch("counters")
-        make: Any = event_type  # every RoomEvent declares room, epoch, seq and ts (frames.py)
-        frame = make(room=state.room_id, epoch=state.epoch, seq=state.seq, ts=self.now_ms(), **fields)
-        data = ws_frame(encode(frame, SERVER_LIMITS, validate=validate))
         self._entries.append((None, data))
         state.record_event(state.seq, data)
 
@@ -604,6 +629,8 @@ class RoomActor:
         if peer.user not in state.presence:
             raise RoomError(ErrorCode.NOT_MEMBER, "not a member of this room any more")
         self._check_room_count(peer)
+        if self.runtime.peers.get(peer.sid) is peer:
+            self._detach(peer)  # already attached: this turn's earlier events must not reach it twice
         missed = state.seq - frame.seq
         held = state.replay[0][0] if state.replay else state.seq + 1
         if frame.epoch == state.epoch and 0 <= missed and frame.seq + 1 >= held:
@@ -646,7 +673,10 @@ class RoomActor:
             state.empty_since = self.config.wall_clock()
             state.touch("counters")
         remaining = state.empty_since + self.config.room_ttl - self.config.wall_clock()
-        self._arm(trio.current_time() + max(remaining, 0.0), "reap", "")
+        deadline = trio.current_time() + max(remaining, 0.0)
+        if self._reap_at is None or deadline < self._reap_at:  # one reap timer at a time
+            self._reap_at = deadline
+            self._arm(deadline, "reap", "")
 
     def _reap(self) -> None:
         state = self.state
@@ -722,20 +752,24 @@ class RoomActor:
         if self.logic is not None:
             self.logic.on_dispose(self.context)
         self.emit(RoomClosed, code=code, message=message[:512])
+        self.state.closing = True  # this turn's commit deletes the room's meta: a restart will not bring it back
         for peer in list(self.runtime.peers.values()):
             self._detach(peer)
 
     def _dispose(self) -> None:
         """Stop taking commands; answer the ones still queued."""
         self.runtime.closed = True
-        self.runtime.send_channel.close()
-        while True:
-            try:
-                command = self.runtime.receive_channel.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            self._refuse_closed(command)
-        self._flush()
-        calls, self._calls = self._calls, []
-        for call, value, error in calls:
-            call.resolve(value, error)
+        self.runtime.refuse_queued(RoomError(ErrorCode.NOT_FOUND, "the room is closed"))
+
+    def rollback_attachments(self) -> None:
+        """After a crashed turn: undo its attaches and detaches (they outlive the actor, the turn did not)."""
+        peers = self.runtime.peers
+        for peer, attached in self._initial.items():
+            if attached:
+                peers[peer.sid] = peer
+                peer.rooms.add(self.state.room_id)
+            elif peers.get(peer.sid) is peer:
+                del peers[peer.sid]
+                peer.rooms.discard(self.state.room_id)
+        self._initial.clear()
+        self._changes.clear()

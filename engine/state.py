@@ -84,6 +84,9 @@ class RoomState:
         stored with the turn that emitted it, so resume works across crashes and restarts."""
         self._dirty: set[str] = {"meta", "host", "game", "counters"}
         self._new_events: list[tuple[int, bytes]] = []
+        self.closing = False
+        """Set in the turn that closes the room: that turn's commit deletes ``meta`` (the room is gone
+        even if the process dies before every other key is disposed of)."""
         self._dirty_chat: set[int] = set()
         self._dirty_members: set[str] = set()
         self._dirty_reads: set[str] = set()
@@ -113,7 +116,8 @@ class RoomState:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._dirty or self._dirty_chat or self._dirty_members or self._dirty_reads or self._new_events)
+        return bool(self._dirty or self._dirty_chat or self._dirty_members or self._dirty_reads or self._new_events
+                    or self.closing or self.chat.trimmed)
 
     def take_writes(self) -> list[Write]:
         """The store writes for everything changed since the last call."""
@@ -136,6 +140,10 @@ class RoomState:
             if seq > limit:
                 writes.append(Write(room, event_key(seq - limit), None))  # fell out of the buffer
         self._new_events.clear()
+        for n in self.chat.take_trimmed():
+            writes.append(Write(room, chat_key(n), None))
+        if self.closing:
+            writes.append(Write(room, "meta", None))
         self._dirty.clear()
         self._dirty_chat.clear()
         self._dirty_members.clear()

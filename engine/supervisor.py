@@ -71,37 +71,58 @@ class Supervisor:
         created: bool,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        config = self._config
-        failures: collections.deque[float] = collections.deque()
         task_status.started()
         try:
-            while True:
-                actor = RoomActor(runtime, state, self._store, config, self.make_logic(state.options.logic),
-                                  created=created)
-                created = False
-                try:
-                    await actor.run()
-                except Exception:
-                    log.exception("room %s crashed", runtime.room_id)
-                else:
-                    if not runtime.stopping:  # closed for good (not a shutdown): its keys go too
-                        await self._store.dispose_room(runtime.room_id)
-                    return
-                self.restarts += 1
-                self._answer_crashed_turn(runtime)
-                now = trio.current_time()
-                failures.append(now)
-                while failures and failures[0] < now - config.restart_period:
-                    failures.popleft()
-                state = await self._reload(runtime)
-                if len(failures) > config.restart_intensity:
-                    log.error("room %s crashed %d times in %.1fs: closing it", runtime.room_id, len(failures),
-                              config.restart_period)
-                    await self._close_after_crashes(runtime, state)
-                    return
-                runtime.resync_reason = "restarted"
+            await self._supervise_loop(runtime, state, created)
+        except Exception:
+            # Recovery itself failed (the store cannot be read, the logic is gone from the config...):
+            # this room closes; the engine and every other room go on.
+            log.exception("room %s could not be recovered: closing it", runtime.room_id)
+            self._abandon(runtime)
         finally:
             self._on_gone(runtime)
+
+    async def _supervise_loop(self, runtime: RoomRuntime, state: RoomState, created: bool) -> None:
+        config = self._config
+        failures: collections.deque[float] = collections.deque()
+        while True:
+            actor = RoomActor(runtime, state, self._store, config, self.make_logic(state.options.logic),
+                              created=created)
+            created = False
+            try:
+                await actor.run()
+            except Exception:
+                log.exception("room %s crashed", runtime.room_id)
+            else:
+                if runtime.closed:  # closed for good (not a shutdown): every key goes too
+                    await self._store.dispose_room(runtime.room_id)
+                return
+            self.restarts += 1
+            actor.rollback_attachments()
+            self._answer_crashed_turn(runtime)
+            now = trio.current_time()
+            failures.append(now)
+            while failures and failures[0] < now - config.restart_period:
+                failures.popleft()
+            state = await self._reload(runtime)
+            if len(failures) > config.restart_intensity:
+                log.error("room %s crashed %d times in %.1fs: closing it", runtime.room_id, len(failures),
+                          config.restart_period)
+                await self._close_after_crashes(runtime, state)
+                return
+            runtime.resync_reason = "restarted"
+
+    def _abandon(self, runtime: RoomRuntime) -> None:
+        """Last resort: refuse everything queued and let the attached sessions know the room is gone."""
+        self._answer_crashed_turn(runtime)
+        runtime.closed = True
+        runtime.refuse_queued(RoomError(ErrorCode.INTERNAL, "the room failed and was closed"))
+        notice = ws_frame(encode(ErrorReply(code=ErrorCode.INTERNAL.value, message=f"room {runtime.room_id} closed"),
+                                 SERVER_LIMITS))
+        for peer in list(runtime.peers.values()):
+            peer.rooms.discard(runtime.room_id)
+            peer.push(notice)
+        runtime.peers.clear()
 
     async def _reload(self, runtime: RoomRuntime) -> RoomState:
         records = await self._store.load_room(runtime.room_id)

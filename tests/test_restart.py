@@ -193,3 +193,16 @@ async def test_revocations_survive_a_restart(tmp_path: Path, roost_keys: TestKey
             await peer.send({"t": "hello", "v": 1, "token": roost_keys.token("eve", now=time.time() - 5)})
             assert await peer.closed_code() == 4501
             nursery.cancel_scope.cancel()
+
+
+async def test_messages_past_the_history_limit_leave_the_store(roost_keys: TestKeys, nursery) -> None:
+    store = MemoryStore()
+    engine = Engine(test_config(roost_keys, history_limit=3), store=store)
+    await nursery.start(engine.serve)
+    with trio.fail_after(10):
+        ann = await connect_client(nursery, engine.url, roost_keys.token("ann"))
+        room = await ann.create()
+        for i in range(5):
+            await ann.chat_send(room.room, str(i))
+        chat_keys = sorted(k for k in await store.load_room(room.room) if k.startswith("chat:"))
+        assert chat_keys == [f"chat:{n:016x}" for n in (3, 4, 5)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,30 @@ async def test_without_group_commit_each_commit_is_its_own_transaction(nursery: 
         for i in range(20):
             inner.start_soon(commit, i)
     assert store.groups == 20 and len(await store.room_ids()) == 20
+
+
+async def test_the_environment_outlives_every_worker_thread(tmp_path: Path, monkeypatch) -> None:
+    """Cancelling the store while a read runs in a thread must not close LMDB under that thread."""
+    store = LmdbStore(tmp_path / "db")
+    errors: list[str] = []
+    original = store._load_room_sync
+
+    def slow(room: str) -> dict[str, bytes]:
+        time.sleep(0.3)
+        try:
+            return original(room)
+        except BaseException as error:
+            errors.append(repr(error))
+            raise
+
+    monkeypatch.setattr(store, "_load_room_sync", slow)
+
+    async def reader() -> None:
+        await store.load_room("r1")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        nursery.start_soon(reader)
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert errors == []

@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 import trio
 
-from engine import Config, RoomContext, RoomLogic
+from engine import Config, RoomContext, RoomError, RoomLogic
+from engine.room import Call
+from engine.state import RoomOptions
 from engine.testing import TestKeys, test_config
 from protocol.client import RequestError
-from protocol.frames import ChatEvent, RoomClosed, Sync
+from protocol.frames import ChatEvent, MessageEvent, PresenceStatus, RoomClosed, Sync
 
 
 class Fragile(RoomLogic):
@@ -63,3 +65,85 @@ async def test_too_many_crashes_close_the_room(roost_connect, roost_engine) -> N
             await ann.join(room=snap.room)
         assert info.value.code == "not_found"
         assert await roost_engine.store.load_room(snap.room) == {}
+
+
+class BadCreate(RoomLogic):
+    def on_create(self, room: RoomContext) -> None:
+        raise ZeroDivisionError("bug in on_create")
+
+
+class BadLeave(RoomLogic):
+    def on_leave(self, room: RoomContext, user: str, *, consented: bool) -> None:
+        raise ZeroDivisionError("bug in on_leave")
+
+
+class TestRecoveryFailures:
+    @pytest.fixture
+    def roost_config(self, roost_keys: TestKeys) -> Config:
+        return test_config(roost_keys, logics={"badcreate": BadCreate, "badleave": BadLeave, "fragile": Fragile},
+                           restart_intensity=3, restart_period=60.0)
+
+    async def test_a_room_that_cannot_even_be_recovered_closes_alone(self, roost_connect, roost_engine) -> None:
+        """on_create raises before the first commit: nothing to restart from. The room goes, the engine stays."""
+        with trio.fail_after(10):
+            ann, bob = await roost_connect("ann"), await roost_connect("bob")
+            calm = await bob.create()
+            with pytest.raises(RequestError) as info:
+                await ann.create(logic="badcreate")
+            assert info.value.code in {"internal", "not_found"}
+            assert (await bob.chat_send(calm.room, "still fine")).n == 1
+            assert len(roost_engine.router.rooms) == 1
+
+    async def test_a_crash_in_a_leave_turn_keeps_the_member_attached(self, roost_connect, roost_engine) -> None:
+        with trio.fail_after(10):
+            ann, bob = await roost_connect("ann"), await roost_connect("bob")
+            snap = await ann.create(logic="badleave")
+            await bob.join(room=snap.room)
+            with pytest.raises(RequestError) as info:
+                await bob.leave(snap.room)
+            assert info.value.code == "internal"  # it did not take effect...
+            await bob.next_event(Sync)  # ...so bob is still in, resynced with everyone
+            await roost_engine.ops.publish(snap.room, "hello", 1)
+            assert (await bob.next_event(MessageEvent)).kind == "hello"
+
+    async def test_resync_snapshots_show_every_reattached_member_online(self, roost_connect) -> None:
+        with trio.fail_after(10):
+            ann, bob = await roost_connect("ann"), await roost_connect("bob")
+            snap = await ann.create(logic="fragile")
+            await bob.join(room=snap.room)
+            with pytest.raises(RequestError):
+                await bob.send(snap.room, "boom")
+            for client in (ann, bob):
+                synced = await client.next_event(Sync)
+                assert {m.user: m.status for m in synced.snapshot.members} == {
+                    "ann": PresenceStatus.ONLINE, "bob": PresenceStatus.ONLINE}
+
+
+async def test_a_reply_too_large_for_a_frame_is_refused_not_a_crash(roost_connect, roost_engine) -> None:
+    with trio.fail_after(20):
+        ann = await roost_connect("ann")
+        snap = await ann.create()
+        for i in range(20):
+            await ann.chat_send(snap.room, f"m{i}", meta={"x": "a" * 60_000})
+        with pytest.raises(RequestError) as info:
+            await ann.history(snap.room, limit=20)
+        assert info.value.code == "too_large"
+        assert len((await ann.history(snap.room, limit=5)).messages) == 5
+        assert roost_engine.statistics()["restarts"] == 0
+
+
+async def test_a_stopped_room_answers_everything_queued(roost_engine) -> None:
+    runtime = await roost_engine.router.create(RoomOptions())
+    calls = [Call(lambda actor, i=i: actor.publish("k", i)) for i in range(200)]
+    for call in calls:
+        runtime.send_channel.send_nowait(call)
+    runtime.stop()
+    with trio.fail_after(5):
+        outcomes = []
+        for call in calls:
+            try:
+                await call.wait()
+                outcomes.append("done")
+            except RoomError as error:
+                outcomes.append(error.code.value)
+    assert set(outcomes) <= {"done", "invalid_state"} and "invalid_state" in outcomes

@@ -18,9 +18,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import trio
@@ -28,6 +28,8 @@ import trio
 from . import Store, StoreStatistics, Write
 
 __all__ = ["LmdbStore"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("roost.store")
 
@@ -67,6 +69,9 @@ class LmdbStore(Store):
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(4)
         self._running = False
+        self._threads = 0
+        self._threads_done = trio.Event()
+        self._inflight: list[_Pending] = []
         self._commits = 0
         self._writes = 0
         self._groups = 0
@@ -95,13 +100,31 @@ class LmdbStore(Store):
             await self._writer()
         finally:
             self._running = False
-            for pending in self._queue:  # never leave a committer waiting forever
+            for pending in self._inflight + self._queue:  # never leave a committer waiting forever
                 pending.error = RuntimeError("the store stopped before this batch was written")
                 pending.done.set()
             self._queue.clear()
+            # Closing the environment while a worker thread is inside a transaction "may crash the
+            # interpreter" (py-lmdb): wait for every thread first (they finish; none is abandoned).
+            with trio.move_on_after(10, shield=True):
+                while self._threads:
+                    await self._threads_done.wait()
             env, self._env = self._env, None
-            if env is not None:
+            if env is not None and not self._threads:
                 env.close()
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter) -> T:
+        """Run ``fn`` in a worker thread, counted so the environment outlives every thread using it."""
+        if self._env is None:
+            raise RuntimeError("the store is not running")
+        self._threads += 1
+        self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+        finally:
+            self._threads -= 1
+            if not self._threads:
+                self._threads_done.set()
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -130,12 +153,14 @@ class LmdbStore(Store):
                     self._wakeup.set()
             if not group:
                 continue
+            self._inflight = group
             try:
                 await self._write_group(group)
             except Exception as exc:  # a failed group fails its committers, not the store
                 log.exception("store commit failed")
                 for pending in group:
                     pending.error = exc
+            self._inflight = []
             for pending in group:
                 pending.done.set()
 
@@ -144,10 +169,10 @@ class LmdbStore(Store):
         while True:
             try:
                 # Not abandon_on_cancel: a cancelled commit still waits for its thread to finish.
-                await trio.to_thread.run_sync(self._write_sync, writes, limiter=self._write_limiter)
+                await self._in_thread(self._write_sync, writes, limiter=self._write_limiter)
                 break
             except lmdb.MapFullError:
-                await trio.to_thread.run_sync(self._grow, limiter=self._write_limiter)
+                await self._in_thread(self._grow, limiter=self._write_limiter)
         self._commits += len(group)
         self._writes += len(writes)
         self._groups += 1
@@ -187,7 +212,7 @@ class LmdbStore(Store):
         log.warning("store map grown to %d MiB", self._map_size >> 20)
 
     async def dispose_room(self, room: str) -> None:
-        await trio.to_thread.run_sync(self._dispose_sync, room, limiter=self._write_limiter)
+        await self._in_thread(self._dispose_sync, room, limiter=self._write_limiter)
         self._commits += 1
 
     def _dispose_sync(self, room: str) -> None:
@@ -203,7 +228,7 @@ class LmdbStore(Store):
     # -- reads ------------------------------------------------------------------------------------
 
     async def load_room(self, room: str) -> dict[str, bytes]:
-        return await trio.to_thread.run_sync(self._load_room_sync, room, limiter=self._read_limiter)
+        return await self._in_thread(self._load_room_sync, room, limiter=self._read_limiter)
 
     def _load_room_sync(self, room: str) -> dict[str, bytes]:
         assert self._env is not None
@@ -220,7 +245,7 @@ class LmdbStore(Store):
 
     async def load_all_rooms(self) -> dict[str, dict[str, bytes]]:
         """Every room's records in one pass (restart recovery)."""
-        return await trio.to_thread.run_sync(self._load_all_sync, limiter=self._read_limiter)
+        return await self._in_thread(self._load_all_sync, limiter=self._read_limiter)
 
     def _load_all_sync(self) -> dict[str, dict[str, bytes]]:
         assert self._env is not None
@@ -232,7 +257,7 @@ class LmdbStore(Store):
         return rooms
 
     async def load_global(self) -> dict[str, bytes]:
-        return await trio.to_thread.run_sync(self._load_global_sync, limiter=self._read_limiter)
+        return await self._in_thread(self._load_global_sync, limiter=self._read_limiter)
 
     def _load_global_sync(self) -> dict[str, bytes]:
         assert self._env is not None
@@ -240,7 +265,7 @@ class LmdbStore(Store):
             return {bytes(k).decode(): bytes(v) for k, v in txn.cursor()}
 
     async def room_ids(self) -> list[str]:
-        return await trio.to_thread.run_sync(self._room_ids_sync, limiter=self._read_limiter)
+        return await self._in_thread(self._room_ids_sync, limiter=self._read_limiter)
 
     def _room_ids_sync(self) -> list[str]:
         assert self._env is not None
