@@ -11,7 +11,7 @@ import trio
 from engine import Engine, MemoryStore
 from engine.state import RoomOptions
 from engine.store.lmdb import LmdbStore
-from engine.testing import TestKeys, connect_client, test_config
+from engine.testing import TestKeys, connect_client, start_engine, test_config
 from protocol.client import RequestError
 from protocol.codec import load_record
 from protocol.frames import Ok, PresenceStatus, Resume, ResumeResult
@@ -22,8 +22,7 @@ async def test_rooms_chat_and_members_come_back_after_a_restart(tmp_path: Path, 
     config = test_config(roost_keys)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
-            await nursery.start(engine.serve)
+            engine = await start_engine(nursery, config, store=LmdbStore(tmp_path / "db"))
             ann = await connect_client(nursery, engine.url, roost_keys.token("ann"), reconnect=False)
             bob = await connect_client(nursery, engine.url, roost_keys.token("bob"), reconnect=False)
             room = await ann.create(public=True, meta={"mode": "duel"})
@@ -34,8 +33,7 @@ async def test_rooms_chat_and_members_come_back_after_a_restart(tmp_path: Path, 
             nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
-            await nursery.start(engine.serve)
+            engine = await start_engine(nursery, config, store=LmdbStore(tmp_path / "db"))
             back = await engine.ops.snapshot(room.room)
             assert (back.code, back.host, back.public, back.meta) == (room.code, "ann", True, {"mode": "duel"})
             assert (back.version, back.state, back.chat_n) == (version, {"score": [1, 0]}, 3)
@@ -126,8 +124,7 @@ async def test_a_client_resumes_exactly_after_a_restart(tmp_path: Path, roost_ke
     config = test_config(roost_keys)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
-            await nursery.start(engine.serve)
+            engine = await start_engine(nursery, config, store=LmdbStore(tmp_path / "db"))
             ann = await connect_client(nursery, engine.url, roost_keys.token("ann"), reconnect=False)
             room = await ann.create()
             seen = (await ann.chat_send(room.room, "seen by bob"), await engine.ops.snapshot(room.room))[1].seq
@@ -136,8 +133,7 @@ async def test_a_client_resumes_exactly_after_a_restart(tmp_path: Path, roost_ke
             nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
-            await nursery.start(engine.serve)
+            engine = await start_engine(nursery, config, store=LmdbStore(tmp_path / "db"))
             peer = await raw_peer(nursery, engine.url)
             await peer.hello(roost_keys.token("ann"))
             await peer.send(Resume(id=1, room=room.room, epoch=room.epoch, seq=seen))
@@ -155,8 +151,7 @@ async def test_graceful_shutdown_closes_clients_with_a_resume_hint_and_loses_not
     config = test_config(roost_keys)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
-            await nursery.start(engine.serve)
+            engine = await start_engine(nursery, config, store=LmdbStore(tmp_path / "db"))
             ann = await connect_client(nursery, engine.url, roost_keys.token("ann"), reconnect=False)
             room = await ann.create()
             acked = [await ann.chat_send(room.room, f"m{i}") for i in range(5)]
@@ -168,8 +163,7 @@ async def test_graceful_shutdown_closes_clients_with_a_resume_hint_and_loses_not
             nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
-            await nursery.start(engine.serve)
+            engine = await start_engine(nursery, config, store=LmdbStore(tmp_path / "db"))
             ann = await connect_client(nursery, engine.url, roost_keys.token("ann"), reconnect=False)
             snap = await ann.join(room=room.room)
             assert snap.chat_n == 5 and snap.host == "ann"
@@ -182,13 +176,11 @@ async def test_revocations_survive_a_restart(tmp_path: Path, roost_keys: TestKey
     config = test_config(roost_keys)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
-            await nursery.start(engine.serve)
+            engine = await start_engine(nursery, config, store=LmdbStore(tmp_path / "db"))
             await engine.ops.revoke_user("eve", int(time.time()) + 3600)
             nursery.cancel_scope.cancel()
         async with trio.open_nursery() as nursery:
-            engine = Engine(config, store=LmdbStore(tmp_path / "db"))
-            await nursery.start(engine.serve)
+            engine = await start_engine(nursery, config, store=LmdbStore(tmp_path / "db"))
             peer = await raw_peer(nursery, engine.url)
             await peer.send({"t": "hello", "v": 1, "token": roost_keys.token("eve", now=time.time() - 5)})
             assert await peer.closed_code() == 4501
