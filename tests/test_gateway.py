@@ -14,9 +14,10 @@ from engine import Config, Engine
 from engine.connection import Connection
 from engine.testing import TestKeys, start_engine, test_config
 from protocol.errors import CloseCode
-from protocol.frames import ErrorReply, History, Ok, Ping, Pong, Refresh
+from protocol import encode
+from protocol.frames import ErrorReply, Hello, History, Ok, Ping, Pong, Refresh
 from protocol.tokens import generate_key, new_claims, sign, verify
-from tests.wire import raw_peer
+from tests.wire import client_frame, raw_peer
 
 BASE = 1_800_000_000.0
 
@@ -354,3 +355,30 @@ async def test_engine_survives_a_listener_full_of_connections(nursery, roost_key
         for i, peer in enumerate(peers):
             await peer.hello(roost_keys.token(f"u{i}"))
         assert engine.statistics()["sessions"] == 20
+
+
+async def test_an_endless_http_head_is_refused_with_431(roost_engine: Engine) -> None:
+    def endless() -> bytes:
+        with socket.create_connection(("127.0.0.1", roost_engine.address[1]), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 20_000 + b"\r\n")
+            return sock.recv(4096)
+
+    with trio.fail_after(10):
+        assert (await trio.to_thread.run_sync(endless)).startswith(b"HTTP/1.1 431")
+
+
+async def test_frames_sent_right_behind_the_upgrade_are_kept(roost_engine: Engine, roost_keys: TestKeys) -> None:
+    """RFC 6455 says wait for the 101; some clients do not. Their first frames must not vanish."""
+
+    def eager() -> bytes:
+        with socket.create_connection(("127.0.0.1", roost_engine.address[1]), timeout=5) as sock:
+            sock.sendall(UPGRADE + client_frame(encode(Hello(v=1, token=roost_keys.token("ann")))))
+            data = b""
+            while b"welcome" not in data:
+                chunk = sock.recv(4096)
+                assert chunk, data
+                data += chunk
+            return data
+
+    with trio.fail_after(10):
+        assert b"welcome" in await trio.to_thread.run_sync(eager)

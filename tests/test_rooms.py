@@ -205,3 +205,19 @@ async def test_engine_reports_its_address(nursery: trio.Nursery, roost_keys: Tes
     engine = Engine(test_config(roost_keys))
     host, port = await nursery.start(engine.serve)
     assert engine.url == f"ws://{host}:{port}/" and port > 0
+
+
+async def test_two_devices_of_one_user_are_one_member(roost_connect) -> None:
+    with trio.fail_after(10):
+        ann, phone, laptop = await roost_connect("ann"), await roost_connect("bob"), await roost_connect("bob")
+        snap = await ann.create()
+        await phone.join(room=snap.room)
+        await laptop.join(room=snap.room)
+        page = await ann.members(snap.room)
+        bob = next(m for m in page.members if m.user == "bob")
+        assert (bob.sessions, bob.status, len(page.members)) == (2, PresenceStatus.ONLINE, 2)
+        await phone.aclose()
+        diff = await ann.next_event(PresenceDiff)
+        while not any(m.user == "bob" and m.sessions == 1 for m in diff.update):
+            diff = await ann.next_event(PresenceDiff)
+        assert next(m for m in diff.update if m.user == "bob").status is PresenceStatus.ONLINE
