@@ -149,6 +149,15 @@ class RoomRuntime:
         """Set by the supervisor before a restart: the new actor sends every session a ``sync``."""
         self.crashed_batch: list[Command] = []
 
+    @staticmethod
+    def refuse(command: Command, error: RoomError) -> None:
+        """Answer one command with ``error``, outside any turn (its room could not handle it)."""
+        if isinstance(command, Call):
+            command.resolve(None, error)
+        elif isinstance(command, Request):
+            reply = ErrorReply(id=getattr(command.frame, "id", None), code=error.code.value, message=error.message)
+            command.peer.push(ws_frame(encode(reply, SERVER_LIMITS)))
+
     def refuse_queued(self, error: RoomError) -> None:
         """Take no more commands and answer every queued one with ``error`` (closing, shutdown)."""
         self.send_channel.close()
@@ -157,11 +166,7 @@ class RoomRuntime:
                 command = self.receive_channel.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
-            if isinstance(command, Call):
-                command.resolve(None, error)
-            elif isinstance(command, Request):
-                reply = ErrorReply(id=getattr(command.frame, "id", None), code=error.code.value, message=error.message)
-                command.peer.push(ws_frame(encode(reply, SERVER_LIMITS)))
+            self.refuse(command, error)
 
     def stop(self) -> None:
         """Ask the actor to return after its current turn (graceful shutdown; the room is kept)."""

@@ -23,7 +23,7 @@ from .config import Config
 from .errors import RoomError
 from .logic import RoomLogic
 from .outbox import ws_frame
-from .room import Call, Request, RoomActor, RoomRuntime
+from .room import RoomActor, RoomRuntime
 from .state import RoomState
 from .store import Store
 
@@ -136,11 +136,7 @@ class Supervisor:
         batch, runtime.crashed_batch = runtime.crashed_batch, []
         error = RoomError(ErrorCode.INTERNAL, "the room failed while handling this request; it did not take effect")
         for command in batch:
-            if isinstance(command, Call):
-                command.resolve(None, error)
-            elif isinstance(command, Request):
-                reply = ErrorReply(id=getattr(command.frame, "id", None), code=error.code.value, message=error.message)
-                command.peer.push(ws_frame(encode(reply, SERVER_LIMITS)))
+            runtime.refuse(command, error)
 
     async def _close_after_crashes(self, runtime: RoomRuntime, state: RoomState) -> None:
         actor = RoomActor(runtime, state, self._store, self._config, None)

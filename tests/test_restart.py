@@ -82,8 +82,7 @@ async def test_the_reaper_disposes_of_a_room_empty_for_its_ttl(autojump_clock, n
 
 async def test_a_reaped_room_leaves_no_key_in_lmdb(tmp_path: Path, roost_keys: TestKeys, nursery) -> None:
     store = LmdbStore(tmp_path / "db")
-    engine = Engine(test_config(roost_keys, room_ttl=0.2), store=store)
-    await nursery.start(engine.serve)
+    engine = await start_engine(nursery, test_config(roost_keys, room_ttl=0.2), store=store)
     with trio.fail_after(10):
         ann = await connect_client(nursery, engine.url, roost_keys.token("ann"))
         room = await ann.create()
@@ -189,8 +188,7 @@ async def test_revocations_survive_a_restart(tmp_path: Path, roost_keys: TestKey
 
 async def test_messages_past_the_history_limit_leave_the_store(roost_keys: TestKeys, nursery) -> None:
     store = MemoryStore()
-    engine = Engine(test_config(roost_keys, history_limit=3), store=store)
-    await nursery.start(engine.serve)
+    engine = await start_engine(nursery, test_config(roost_keys, history_limit=3), store=store)
     with trio.fail_after(10):
         ann = await connect_client(nursery, engine.url, roost_keys.token("ann"))
         room = await ann.create()
