@@ -80,7 +80,6 @@ __all__ = ["Call", "Disconnected", "Request", "RoomActor", "RoomRuntime"]
 
 log = logging.getLogger("roost.room")
 
-_JOINS = (Join, JoinOrCreate, Create)
 _TURN_MAX = 128
 """Commands taken into one turn at most (bounds the latency a turn adds to the first of them)."""
 
@@ -502,93 +501,117 @@ class RoomActor:
             raise RoomError(ErrorCode.FORBIDDEN, f"only the host may {action}")
 
     def _handle(self, peer: Peer, frame: ClientFrame, now: float) -> None:
-        if isinstance(frame, _JOINS):
-            self._join(peer, frame.id)
-            return
-        if isinstance(frame, Resume):
-            self._resume(peer, frame)
-            return
-        self._member(peer)
-        state = self.state
-        wall = self.now_ms()
-        if isinstance(frame, ChatSend):
-            if state.presence.members[peer.user].typing_until is not None:
-                state.presence.set_typing(peer.user, False, now, 0)
-                self._diff(update=[peer.user])
-            message, dup = state.chat.send(user=peer.user, name=peer.name, cid=frame.cid, text=frame.text,
-                                           meta=frame.meta, ts=wall)
-            if not dup:
-                state.touch_chat(message.n)
-                state.touch_read(peer.user)
-                self.emit(ChatEvent, msg=message, validate=False)
-            ack = ChatAck(id=message.id, n=message.n, ts=message.ts, dup=dup)
-            self._ok(peer, frame.id, dump_record(ack, validate=False), validate=False)
-        elif isinstance(frame, Leave):
-            self._remove_member(peer.user, consented=True)
-            self._ok(peer, frame.id)
-        elif isinstance(frame, Members):
-            members, cursor = state.presence.page(frame.cursor, frame.limit or self.config.page_default)
-            self._ok(peer, frame.id, dump_record(MembersPage(members=tuple(members), next=cursor)))
-        elif isinstance(frame, PresenceSet):
-            if state.presence.update(peer.user, peer.sid, frame.data, frame.status, wall):
-                self._diff(update=[peer.user])
-                state.touch_member(peer.user)
-            self._ok(peer, frame.id)
-        elif isinstance(frame, Typing):
-            if state.presence.set_typing(peer.user, frame.on, now, self.config.typing_timeout):
-                self._diff(update=[peer.user])
-            if frame.on:
-                self._arm(now + self.config.typing_timeout, "typing", peer.user)
-            self._ok(peer, frame.id)
-        elif isinstance(frame, ChatEdit):
-            message = state.chat.edit(user=peer.user, msg_id=frame.msg, text=frame.text, ts=wall)
-            state.touch_chat(message.n)
-            self.emit(ChatEdited, msg=message, validate=False)
-            self._ok(peer, frame.id)
-        elif isinstance(frame, ChatDelete):
-            message = state.chat.delete(user=peer.user, msg_id=frame.msg, is_host=state.host == peer.user, ts=wall)
-            state.touch_chat(message.n)
-            self.emit(ChatDeleted, msg=message.id, n=message.n, by=peer.user, validate=False)
-            self._ok(peer, frame.id)
-        elif isinstance(frame, History):
-            messages, before = state.chat.page(frame.before, frame.limit or self.config.page_default)
-            self._ok(peer, frame.id, dump_record(HistoryPage(messages=tuple(messages), next=before)))
-        elif isinstance(frame, Read):
-            moved = state.chat.mark_read(peer.user, frame.n)
-            if moved is not None:
-                state.touch_read(peer.user)
-                self.emit(ReadReceipt, user=peer.user, n=moved, validate=False)
-            self._ok(peer, frame.id)
-        elif isinstance(frame, StateSet):
-            self._host_only(peer, "change the game state")
-            if frame.version != state.version:
-                raise RoomError(ErrorCode.CONFLICT, f"version is {state.version}, not {frame.version}")
-            version = self.change_state(frame.state, frame.phase, reason=None, keep_state=frame.state is None)
-            self._ok(peer, frame.id, {"version": version})
-        elif isinstance(frame, Send):
-            if self.logic is not None:
-                result = self.logic.on_message(self.context, peer.user, frame.kind, frame.body)
-                self._ok(peer, frame.id, result)
-            else:
-                self.emit(MessageEvent, kind=frame.kind, body=frame.body, sender=peer.user)
-                self._ok(peer, frame.id)
-        elif isinstance(frame, Kick):
-            self._host_only(peer, "kick members")
-            if frame.user not in state.presence:
-                raise RoomError(ErrorCode.NOT_FOUND, "no such member")
-            self._remove_member(frame.user, consented=False)
-            self._ok(peer, frame.id)
-        elif isinstance(frame, HostSet):
-            self._host_only(peer, "hand hosting over")
-            if frame.user not in state.presence:
-                raise RoomError(ErrorCode.NOT_FOUND, "no such member")
-            if frame.user != state.host:
-                state.host = frame.user
-                state.touch("host")
-                self.emit(HostChanged, user=frame.user)
-            self._ok(peer, frame.id)
-        else:  # pragma: no cover - the gateway routes only room frames here
+        """Run one request through its handler in :data:`_HANDLERS` (one small rule per frame type).
+
+        Joins and resumes are the only requests a non-member may make; every other handler runs
+        after the membership check, so no handler can forget it.
+        """
+        handler = _HANDLERS.get(type(frame))
+        if handler is None:  # pragma: no cover - the gateway routes only room frames here
             raise RoomError(ErrorCode.UNSUPPORTED, f"{frame.TYPE} is not a room request")
+        if type(frame) not in _OPEN_TO_NON_MEMBERS:
+            self._member(peer)
+        handler(self, peer, frame, now)
+
+    def _on_join(self, peer: Peer, frame: Join | JoinOrCreate | Create, now: float) -> None:
+        self._join(peer, frame.id)
+
+    def _on_resume(self, peer: Peer, frame: Resume, now: float) -> None:
+        self._resume(peer, frame)
+
+    def _on_chat_send(self, peer: Peer, frame: ChatSend, now: float) -> None:
+        state = self.state
+        if state.presence.members[peer.user].typing_until is not None:
+            state.presence.set_typing(peer.user, False, now, 0)
+            self._diff(update=[peer.user])
+        message, dup = state.chat.send(user=peer.user, name=peer.name, cid=frame.cid, text=frame.text,
+                                       meta=frame.meta, ts=self.now_ms())
+        if not dup:
+            state.touch_chat(message.n)
+            state.touch_read(peer.user)
+            self.emit(ChatEvent, msg=message, validate=False)
+        ack = ChatAck(id=message.id, n=message.n, ts=message.ts, dup=dup)
+        self._ok(peer, frame.id, dump_record(ack, validate=False), validate=False)
+
+    def _on_leave(self, peer: Peer, frame: Leave, now: float) -> None:
+        self._remove_member(peer.user, consented=True)
+        self._ok(peer, frame.id)
+
+    def _on_members(self, peer: Peer, frame: Members, now: float) -> None:
+        members, cursor = self.state.presence.page(frame.cursor, frame.limit or self.config.page_default)
+        self._ok(peer, frame.id, dump_record(MembersPage(members=tuple(members), next=cursor)))
+
+    def _on_presence_set(self, peer: Peer, frame: PresenceSet, now: float) -> None:
+        state = self.state
+        if state.presence.update(peer.user, peer.sid, frame.data, frame.status, self.now_ms()):
+            self._diff(update=[peer.user])
+            state.touch_member(peer.user)
+        self._ok(peer, frame.id)
+
+    def _on_typing(self, peer: Peer, frame: Typing, now: float) -> None:
+        if self.state.presence.set_typing(peer.user, frame.on, now, self.config.typing_timeout):
+            self._diff(update=[peer.user])
+        if frame.on:
+            self._arm(now + self.config.typing_timeout, "typing", peer.user)
+        self._ok(peer, frame.id)
+
+    def _on_chat_edit(self, peer: Peer, frame: ChatEdit, now: float) -> None:
+        message = self.state.chat.edit(user=peer.user, msg_id=frame.msg, text=frame.text, ts=self.now_ms())
+        self.state.touch_chat(message.n)
+        self.emit(ChatEdited, msg=message, validate=False)
+        self._ok(peer, frame.id)
+
+    def _on_chat_delete(self, peer: Peer, frame: ChatDelete, now: float) -> None:
+        state = self.state
+        message = state.chat.delete(user=peer.user, msg_id=frame.msg, is_host=state.host == peer.user,
+                                    ts=self.now_ms())
+        state.touch_chat(message.n)
+        self.emit(ChatDeleted, msg=message.id, n=message.n, by=peer.user, validate=False)
+        self._ok(peer, frame.id)
+
+    def _on_history(self, peer: Peer, frame: History, now: float) -> None:
+        messages, before = self.state.chat.page(frame.before, frame.limit or self.config.page_default)
+        self._ok(peer, frame.id, dump_record(HistoryPage(messages=tuple(messages), next=before)))
+
+    def _on_read(self, peer: Peer, frame: Read, now: float) -> None:
+        moved = self.state.chat.mark_read(peer.user, frame.n)
+        if moved is not None:
+            self.state.touch_read(peer.user)
+            self.emit(ReadReceipt, user=peer.user, n=moved, validate=False)
+        self._ok(peer, frame.id)
+
+    def _on_state_set(self, peer: Peer, frame: StateSet, now: float) -> None:
+        self._host_only(peer, "change the game state")
+        if frame.version != self.state.version:
+            raise RoomError(ErrorCode.CONFLICT, f"version is {self.state.version}, not {frame.version}")
+        version = self.change_state(frame.state, frame.phase, reason=None, keep_state=frame.state is None)
+        self._ok(peer, frame.id, {"version": version})
+
+    def _on_send(self, peer: Peer, frame: Send, now: float) -> None:
+        if self.logic is not None:
+            result = self.logic.on_message(self.context, peer.user, frame.kind, frame.body)
+            self._ok(peer, frame.id, result)
+        else:
+            self.emit(MessageEvent, kind=frame.kind, body=frame.body, sender=peer.user)
+            self._ok(peer, frame.id)
+
+    def _on_kick(self, peer: Peer, frame: Kick, now: float) -> None:
+        self._host_only(peer, "kick members")
+        if frame.user not in self.state.presence:
+            raise RoomError(ErrorCode.NOT_FOUND, "no such member")
+        self._remove_member(frame.user, consented=False)
+        self._ok(peer, frame.id)
+
+    def _on_host_set(self, peer: Peer, frame: HostSet, now: float) -> None:
+        state = self.state
+        self._host_only(peer, "hand hosting over")
+        if frame.user not in state.presence:
+            raise RoomError(ErrorCode.NOT_FOUND, "no such member")
+        if frame.user != state.host:
+            state.host = frame.user
+            state.touch("host")
+            self.emit(HostChanged, user=frame.user)
+        self._ok(peer, frame.id)
 
     def _join(self, peer: Peer, request_id: int) -> None:
         if not peer.alive:
@@ -778,3 +801,30 @@ class RoomActor:
                 peer.rooms.discard(self.state.room_id)
         self._initial.clear()
         self._changes.clear()
+
+
+_Handler = Callable[[RoomActor, Peer, Any, float], None]
+
+_HANDLERS: dict[type[ClientFrame], _Handler] = {
+    Create: RoomActor._on_join,
+    Join: RoomActor._on_join,
+    JoinOrCreate: RoomActor._on_join,
+    Resume: RoomActor._on_resume,
+    ChatSend: RoomActor._on_chat_send,
+    ChatEdit: RoomActor._on_chat_edit,
+    ChatDelete: RoomActor._on_chat_delete,
+    History: RoomActor._on_history,
+    Read: RoomActor._on_read,
+    Leave: RoomActor._on_leave,
+    Members: RoomActor._on_members,
+    PresenceSet: RoomActor._on_presence_set,
+    Typing: RoomActor._on_typing,
+    StateSet: RoomActor._on_state_set,
+    Send: RoomActor._on_send,
+    Kick: RoomActor._on_kick,
+    HostSet: RoomActor._on_host_set,
+}
+"""Every room request, by frame type: the room's rules read as a table (as h11's state machine is)."""
+
+_OPEN_TO_NON_MEMBERS = frozenset({Create, Join, JoinOrCreate, Resume})
+"""Requests a session may send before it is a member; every other handler runs after ``_member``."""
