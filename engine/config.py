@@ -84,6 +84,13 @@ class Config:
     page_default: int = 50
     room_ttl: float = 3600.0
     """A room without members for this long is disposed, with every stored key (the reaper)."""
+    solo_room_ttl: float = 10.0
+    """The reaper's delay instead of ``room_ttl`` for a room that never had two members at once (one
+    created and left alone): without it, create + leave in a loop keeps a room alive per request for
+    an hour. Capped by ``room_ttl``."""
+    kick_cooldown: float = 60.0
+    """After a kick, how long the kicked user's ``join`` of that room is refused (``forbidden`` with
+    ``retry_ms``); 0 lets it rejoin at once. Kept in memory: a server restart forgets it."""
     restart_intensity: int = 3
     restart_period: float = 5.0
     logics: Mapping[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
@@ -110,12 +117,15 @@ class Config:
             "page_default",
             "restart_period",
             "room_ttl",
+            "solo_room_ttl",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if not self.heartbeat_min_ms <= self.heartbeat_default_ms <= self.heartbeat_max_ms:
             raise ConfigError("heartbeat_default_ms must lie between heartbeat_min_ms and heartbeat_max_ms")
+        if self.kick_cooldown < 0:
+            raise ConfigError("kick_cooldown must not be negative")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port must be 0..65535")
         if self.page_default > 100:

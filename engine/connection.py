@@ -419,6 +419,9 @@ class Connection(Peer):
         self._set_token_deadline(claims, now)
         gateway.register(self)
         self.phase = Phase.OPEN
+        # The watchdog sleeps until the auth deadline it armed before the hello; the heartbeat
+        # deadline (2.5 × hb, as little as 2.5 s) can be earlier: wake it to re-arm.
+        self._rearm_watchdog()
         session_exp = int(claims.exp + config.token_leeway + config.reconnect_grace)
         self.send_frame(Welcome(
             v=PROTOCOL_VERSION, sid=sid, session=gateway.signer.mint(SessionClaims(sub=claims.sub, sid=sid, exp=session_exp)),
@@ -494,6 +497,15 @@ class Connection(Peer):
             raise RoomError(ErrorCode.NOT_FOUND, "the room is closed") from None
 
     def _refresh(self, frame: Refresh) -> None:
+        """Extend the connection's lifetime with a fresh token of the same ``sub``, ``room``, ``role``, ``name``.
+
+        A refresh only moves ``exp`` (and the ``jti`` revocation is checked against). It never changes
+        what the connection may do: applying a new ``room`` scope would mean detaching the session
+        from rooms it already sits in while its requests to them wait in their inboxes, and a new
+        ``role`` would change a member's rights in the middle of a game. A client that needs other
+        claims reconnects with the new token (and its session token: §5.3), where ``join`` and
+        ``resume`` check them. Refused changes answer ``forbidden``; the old token keeps its old ``exp``.
+        """
         now = self.config.wall_clock()
         try:
             claims = verify(frame.token, self.config.keyring, now, leeway=self.config.token_leeway)
@@ -501,10 +513,15 @@ class Connection(Peer):
             raise RoomError(error.code, f"token {error.reason}") from None
         if claims.sub != self.user:
             raise RoomError(ErrorCode.FORBIDDEN, "the new token is for another user")
+        current = self.claims
+        assert current is not None  # refresh is only read once the connection is OPEN
+        if (claims.room, claims.role, claims.name) != (current.room, current.role, current.name):
+            raise RoomError(ErrorCode.FORBIDDEN, "refresh cannot change the room, role or name claims; reconnect")
         if self.gateway.revocations.is_revoked(claims):
             raise RoomError(ErrorCode.UNAUTHORIZED, "token revoked")
         self.claims = claims
         self._set_token_deadline(claims, now)
+        self._rearm_watchdog()  # the new exp may be earlier than the old one
         self.send_frame(Ok(id=frame.id, result={"exp": claims.exp}))
 
     def _end_sessions(self) -> None:

@@ -617,8 +617,7 @@ class RoomActor:
         if not peer.alive:
             raise RoomError(ErrorCode.INVALID_STATE, "the connection is closing")
         state = self.state
-        if peer.room_scope is not None and peer.room_scope not in (state.room_id, state.code):
-            raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to another room")
+        self._check_scope(peer)
         wall = self.now_ms()
         presence = state.presence
         if peer.user in presence:
@@ -645,6 +644,13 @@ class RoomActor:
                 self.emit(HostChanged, user=peer.user)
         self._ok(peer, request_id, dump_record(self._snapshot(peer.user)))
 
+    def _check_scope(self, peer: Peer) -> None:
+        """A token's ``room`` claim admits that room only, on ``join`` and on ``resume`` alike: a
+        session token taken over with a scoped user token must not bring the session's other rooms."""
+        state = self.state
+        if peer.room_scope is not None and peer.room_scope not in (state.room_id, state.code):
+            raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to another room")
+
     def _check_room_count(self, peer: Peer) -> None:
         limit = self.config.max_rooms_per_connection
         if self.state.room_id not in peer.rooms and len(peer.rooms) >= limit:
@@ -656,6 +662,7 @@ class RoomActor:
         state = self.state
         if peer.user not in state.presence:
             raise RoomError(ErrorCode.NOT_MEMBER, "not a member of this room any more")
+        self._check_scope(peer)
         self._check_room_count(peer)
         if self.runtime.peers.get(peer.sid) is peer:
             self._detach(peer)  # already attached: this turn's earlier events must not reach it twice
