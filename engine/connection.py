@@ -102,6 +102,7 @@ class Connection(Peer):
         self.user = ""
         self.name = ""
         self.room_scope: str | None = None
+        self.role: str | None = None
         self.claims: Claims | None = None
         self.rooms: set[str] = set()
         self.registered = False
@@ -131,6 +132,11 @@ class Connection(Peer):
     @property
     def alive(self) -> bool:
         return self.phase is Phase.OPEN
+
+    @property
+    def last_heard_ms(self) -> int:
+        # _last_heard is on the Trio clock (set per receive, no syscall); map it onto the wall clock.
+        return int((self.config.wall_clock() - (trio.current_time() - self._last_heard)) * 1000)
 
     def push(self, data: bytes) -> None:
         self.outbox.push(data)
@@ -218,7 +224,8 @@ class Connection(Peer):
             data = await self.transport.receive_some()
             if not data:
                 return
-            self._last_heard = trio.current_time()
+            if self.phase is not Phase.CLOSING:  # the answer to our Close is not activity (last_seen)
+                self._last_heard = trio.current_time()
             if self.ws is None:
                 if not self._on_handshake_bytes(data):
                     return
@@ -413,7 +420,8 @@ class Connection(Peer):
         if gateway.live_sessions(claims.sub, except_sid=sid) >= config.max_sessions_per_user:
             self.close(CloseCode.TOO_MANY_SESSIONS, "too many sessions")
             return
-        self.claims, self.sid, self.user, self.name, self.room_scope = claims, sid, claims.sub, claims.name, claims.room
+        self.claims, self.sid, self.user, self.name = claims, sid, claims.sub, claims.name
+        self.room_scope, self.role = claims.room, claims.role
         hb_ms = min(max(hello.hb or config.heartbeat_default_ms, config.heartbeat_min_ms), config.heartbeat_max_ms)
         self._heartbeat = hb_ms / 1000
         self._set_token_deadline(claims, now)

@@ -52,6 +52,16 @@ class RoomContext(abc.ABC):
         """Current members, longest-present first."""
 
     @abc.abstractmethod
+    def role(self, user: str) -> str | None:
+        """The ``role`` claim of ``user``'s token (None without one, or for a non-member).
+
+        For a member it is the role of its most recently joined or resumed session (a user's
+        sessions normally carry one token kind); inside ``on_join`` it is the joiner's. A
+        connection's role never changes (``refresh`` refuses another role), so logic may rely on it
+        for the whole turn and for every later request of that session.
+        """
+
+    @abc.abstractmethod
     def set_state(self, state: Any = None, *, phase: Phase | None = None, reason: str | None = None) -> int:
         """Replace the game state (and/or phase); bumps the version, broadcasts ``state``. Returns the version."""
 
@@ -74,7 +84,7 @@ class RoomLogic:
         """The room was just created (not called on a restart)."""
 
     def on_join(self, room: RoomContext, user: str, name: str) -> None:
-        """A new member is about to be seated; raise RoomError to refuse."""
+        """A new member is about to be seated; raise RoomError to refuse. ``room.role(user)`` is its role claim."""
 
     def on_leave(self, room: RoomContext, user: str, *, consented: bool) -> None:
         """A member left (``consented``) or its reconnect grace ran out."""

@@ -24,6 +24,9 @@ class Peer(abc.ABC):
     """The token's display name."""
     room_scope: str | None
     """The token's ``room`` claim: the only room (id or code) this session may enter."""
+    role: str | None
+    """The token's ``role`` claim, for room logic (``RoomContext.role``). Fixed for the connection:
+    ``refresh`` refuses a token with another role."""
     rooms: set[str]
     """Ids of the rooms this session is attached to (maintained by the rooms)."""
 
@@ -31,6 +34,11 @@ class Peer(abc.ABC):
     @abc.abstractmethod
     def alive(self) -> bool:
         """False once the connection is closing: rooms must not attach it any more."""
+
+    @property
+    @abc.abstractmethod
+    def last_heard_ms(self) -> int:
+        """Wall time (ms) this session's connection last received bytes (any frame, pings included)."""
 
     @abc.abstractmethod
     def push(self, data: bytes) -> None:

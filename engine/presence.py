@@ -35,7 +35,13 @@ class MemberEntry:
     joined: int
     """Join order (a room-wide counter), used for host hand-over and stable listing."""
     last_seen: int
+    """Wall time (ms) the member was last heard from: moved by every request the room handles for it
+    (in memory, no write of its own), by joins and resumes, and at a drop to the time the dropped
+    connection last received anything. It is stored with the member's record whenever that record is
+    written anyway (join, presence change, drop): a crash may lose the moves since the last write."""
     data: Any = None
+    role: str | None = None
+    """The ``role`` claim of the member's most recently joined or resumed session (for room logic)."""
     typing_until: float | None = None
     grace_until: float | None = None
     sessions: dict[str, SessionEntry] = dataclasses.field(default_factory=dict)
@@ -73,7 +79,7 @@ class MemberEntry:
         """Durable form: what survives a restart. Sessions are not kept: after a restart every member
         has none (it shows ``offline``) until one of its sessions resumes or joins, within the grace."""
         return {"user": self.user, "name": self.name, "joined": self.joined, "last_seen": self.last_seen,
-                "data": self.data}
+                "data": self.data, "role": self.role}
 
 
 class Presence:
@@ -94,15 +100,15 @@ class Presence:
     def get(self, user: str) -> MemberEntry | None:
         return self.members.get(user)
 
-    def add(self, user: str, name: str, sid: str, wall_ms: int) -> MemberEntry:
+    def add(self, user: str, name: str, sid: str, wall_ms: int, role: str | None = None) -> MemberEntry:
         """Seat a new member with one live session."""
         self._join_counter += 1
-        entry = MemberEntry(user=user, name=name, joined=self._join_counter, last_seen=wall_ms)
+        entry = MemberEntry(user=user, name=name, joined=self._join_counter, last_seen=wall_ms, role=role)
         entry.sessions[sid] = SessionEntry(sid)
         self.members[user] = entry
         return entry
 
-    def attach(self, user: str, sid: str, name: str, wall_ms: int) -> bool:
+    def attach(self, user: str, sid: str, name: str, wall_ms: int, role: str | None = None) -> bool:
         """A (new or returning) session of an existing member goes live. Returns True if the entry changed."""
         entry = self.members[user]
         before = entry.signature()
@@ -113,13 +119,15 @@ class Presence:
             session.live = True
         entry.grace_until = None
         entry.name = name or entry.name
-        entry.last_seen = wall_ms
+        entry.role = role
+        entry.last_seen = max(entry.last_seen, wall_ms)
         return entry.signature() != before
 
     def drop(self, user: str, sid: str, now: float, grace: float, wall_ms: int) -> bool:
         """A session's connection went away. Starts the grace period when it was the last one.
 
-        Returns True if the member's public entry changed.
+        ``wall_ms`` is when the connection was last heard from, not the drop time: a heartbeat expiry
+        comes 2.5 heartbeats after the member's last frame. Returns True if the public entry changed.
         """
         entry = self.members.get(user)
         session = entry.sessions.get(sid) if entry is not None else None
@@ -127,7 +135,7 @@ class Presence:
             return False
         before = entry.signature()
         session.live = False
-        entry.last_seen = wall_ms
+        entry.last_seen = max(entry.last_seen, wall_ms)
         if entry.live_sessions == 0:
             entry.grace_until = now + grace
             entry.typing_until = None
@@ -145,8 +153,15 @@ class Presence:
             entry.data = data
         if status is not None and sid in entry.sessions:
             entry.sessions[sid].status = status
-        entry.last_seen = wall_ms
+        entry.last_seen = max(entry.last_seen, wall_ms)
         return entry.signature() != before
+
+    def seen(self, user: str, wall_ms: int) -> None:
+        """The member was heard from (a request of one of its sessions). In memory only: no diff
+        (``last_seen`` is not part of the signature) and no write of its own."""
+        entry = self.members.get(user)
+        if entry is not None and wall_ms > entry.last_seen:
+            entry.last_seen = wall_ms
 
     def set_typing(self, user: str, on: bool, now: float, timeout: float) -> bool:
         """Start (or extend) or stop the typing indicator. Returns True if it flipped."""
@@ -190,6 +205,7 @@ class Presence:
                 joined=record["joined"],
                 last_seen=record["last_seen"],
                 data=record.get("data"),
+                role=record.get("role"),
                 grace_until=now + grace,
             )
             self.members[entry.user] = entry

@@ -213,6 +213,13 @@ class _Context(RoomContext):
     def members(self) -> list[Member]:
         return [e.view() for e in self._actor.state.presence.in_join_order()]
 
+    def role(self, user: str) -> str | None:
+        joining = self._actor.joining
+        if joining is not None and joining.user == user:
+            return joining.role
+        entry = self._actor.state.presence.get(user)
+        return entry.role if entry is not None else None
+
     def set_state(self, state: Any = None, *, phase: Phase | None = None, reason: str | None = None) -> int:
         return self._actor.change_state(state, phase, reason=reason, keep_state=False)
 
@@ -254,6 +261,8 @@ class RoomActor:
         self._tick_at: float | None = None
         self._reap_at: float | None = None
         self._info_dirty = runtime.info is None
+        self.joining: Peer | None = None
+        """The session whose join ``on_join`` is deciding (``RoomContext.role`` reads its role)."""
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -301,7 +310,7 @@ class RoomActor:
         peers = list(self.runtime.peers.values())
         for peer in peers:
             if peer.user in presence:  # still a member as of the last commit: live again
-                presence.attach(peer.user, peer.sid, peer.name, self.now_ms())
+                presence.attach(peer.user, peer.sid, peer.name, self.now_ms(), peer.role)
             else:  # its join was in the turn that crashed, and was answered "internal"
                 self._detach(peer)
         for peer in peers:  # every snapshot sees every re-attached session online
@@ -511,6 +520,7 @@ class RoomActor:
             raise RoomError(ErrorCode.UNSUPPORTED, f"{frame.TYPE} is not a room request")
         if type(frame) not in _OPEN_TO_NON_MEMBERS:
             self._member(peer)
+            self.state.presence.seen(peer.user, self.now_ms())
         handler(self, peer, frame, now)
 
     def _on_join(self, peer: Peer, frame: Join | JoinOrCreate | Create, now: float) -> None:
@@ -624,16 +634,20 @@ class RoomActor:
             if self.runtime.peers.get(peer.sid) is not peer:
                 self._check_room_count(peer)
                 self._attach(peer)
-                if presence.attach(peer.user, peer.sid, peer.name, wall):
+                if presence.attach(peer.user, peer.sid, peer.name, wall, peer.role):
                     self._diff(update=[peer.user])
         else:
             if len(presence) >= state.options.max_members:
                 raise RoomError(ErrorCode.ROOM_FULL, "the room is full")
             self._check_room_count(peer)
             if self.logic is not None:
-                self.logic.on_join(self.context, peer.user, peer.name)
+                self.joining = peer
+                try:
+                    self.logic.on_join(self.context, peer.user, peer.name)
+                finally:
+                    self.joining = None
             self._attach(peer)
-            presence.add(peer.user, peer.name, peer.sid, wall)
+            presence.add(peer.user, peer.name, peer.sid, wall, peer.role)
             state.touch_member(peer.user)
             self._check_empty()
             self._info_dirty = True
@@ -676,7 +690,7 @@ class RoomActor:
             self._ok(peer, frame.id, dump_record(ResumeResult(replayed=0, resync=True)))
             self._sync_to(peer, "resume")
         self._attach(peer)
-        if state.presence.attach(peer.user, peer.sid, peer.name, self.now_ms()):
+        if state.presence.attach(peer.user, peer.sid, peer.name, self.now_ms(), peer.role):
             self._diff(update=[peer.user])
 
     def _remove_member(self, user: str, *, consented: bool) -> None:
@@ -728,8 +742,9 @@ class RoomActor:
             return
         self._detach(peer)
         presence = self.state.presence
-        if not presence.drop(peer.user, peer.sid, now, self.config.reconnect_grace, self.now_ms()):
+        if not presence.drop(peer.user, peer.sid, now, self.config.reconnect_grace, peer.last_heard_ms):
             return
+        self.state.touch_member(peer.user)  # the drop is when last_seen is stored (not per request)
         self._diff(update=[peer.user])
         entry = presence.members[peer.user]
         if entry.grace_until is not None:
