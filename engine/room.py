@@ -147,6 +147,21 @@ class RoomRuntime:
         self.resync_reason: str | None = None
         """Set by the supervisor before a restart: the new actor sends every session a ``sync``."""
         self.crashed_batch: list[Command] = []
+        self._barred: dict[str, float] = {}
+        """Kicked users by the end of their rejoin cool-down (Trio clock)."""
+
+    def bar(self, user: str, until: float) -> None:
+        """Refuse ``user``'s joins until ``until`` (a kick's cool-down). Expired entries go here, so
+        the table holds at most the users kicked within one cool-down."""
+        now = trio.current_time()
+        for expired in [u for u, end in self._barred.items() if end <= now]:
+            del self._barred[expired]
+        if until > now:
+            self._barred[user] = until
+
+    def barred_for(self, user: str, now: float) -> float:
+        """Seconds left of ``user``'s cool-down (0 when it may join)."""
+        return max(self._barred.get(user, now) - now, 0.0)
 
     @staticmethod
     def refuse(command: Command, error: RoomError) -> None:
@@ -489,7 +504,8 @@ class RoomActor:
     def _snapshot(self, user: str | None) -> RoomSnapshot:
         return self.state.snapshot(user, self.config.page_default)
 
-    def _diff(self, join: Sequence[str] = (), update: Sequence[str] = (), leave: Sequence[str] = ()) -> None:
+    def _diff(self, join: Sequence[str] = (), update: Sequence[str] = (), leave: Sequence[str] = (),
+              reason: str | None = None) -> None:
         presence = self.state.presence
         self.emit(
             PresenceDiff,
@@ -497,6 +513,7 @@ class RoomActor:
             join=tuple(presence.members[u].view() for u in join),
             update=tuple(presence.members[u].view() for u in update if u in presence.members),
             leave=tuple(leave),
+            reason=reason,
         )
 
     # -- requests ---------------------------------------------------------------------------------
@@ -607,9 +624,7 @@ class RoomActor:
 
     def _on_kick(self, peer: Peer, frame: Kick, now: float) -> None:
         self._host_only(peer, "kick members")
-        if frame.user not in self.state.presence:
-            raise RoomError(ErrorCode.NOT_FOUND, "no such member")
-        self._remove_member(frame.user, consented=False)
+        self.kick(frame.user)
         self._ok(peer, frame.id)
 
     def _on_host_set(self, peer: Peer, frame: HostSet, now: float) -> None:
@@ -637,6 +652,10 @@ class RoomActor:
                 if presence.attach(peer.user, peer.sid, peer.name, wall, peer.role):
                     self._diff(update=[peer.user])
         else:
+            barred = self.runtime.barred_for(peer.user, trio.current_time())
+            if barred > 0:
+                raise RoomError(ErrorCode.FORBIDDEN, "kicked from this room; retry later",
+                                retry_ms=math.ceil(barred * 1000))
             if len(presence) >= state.options.max_members:
                 raise RoomError(ErrorCode.ROOM_FULL, "the room is full")
             self._check_room_count(peer)
@@ -693,13 +712,13 @@ class RoomActor:
         if state.presence.attach(peer.user, peer.sid, peer.name, self.now_ms(), peer.role):
             self._diff(update=[peer.user])
 
-    def _remove_member(self, user: str, *, consented: bool) -> None:
+    def _remove_member(self, user: str, *, consented: bool, reason: str | None = None) -> None:
         state = self.state
         if state.presence.remove(user) is None:
             return
         state.touch_member(user)
         self._info_dirty = True
-        self._diff(leave=[user])
+        self._diff(leave=[user], reason=reason)
         for peer in [p for p in self.runtime.peers.values() if p.user == user]:
             self._detach(peer)
         if state.host == user:
@@ -782,10 +801,19 @@ class RoomActor:
         self.emit(MessageEvent, kind=kind, body=body)
 
     def kick(self, user: str) -> None:
-        """Remove a member (operator action)."""
+        """Remove a member from this room (the host's ``kick``, ``ops.kick`` and admin ``kick``).
+
+        What a kick means: the member leaves the room (everyone, the kicked user's own sessions
+        included, gets a ``presence`` diff with ``leave: [user]`` and ``reason: "kicked"``, the last
+        event those sessions get from the room); its sessions are detached but their connections stay
+        open (they may be in other rooms: a kick is about one room, so no close code is sent); and
+        its ``join`` of this room is refused for ``kick_cooldown`` (``forbidden`` with ``retry_ms``).
+        The cool-down lives on the runtime, so it survives an actor restart but not a server restart.
+        """
         if user not in self.state.presence:
             raise RoomError(ErrorCode.NOT_FOUND, "no such member")
-        self._remove_member(user, consented=False)
+        self.runtime.bar(user, trio.current_time() + self.config.kick_cooldown)
+        self._remove_member(user, consented=False, reason="kicked")
 
     def read_snapshot(self) -> RoomSnapshot:
         """The room as an operator sees it."""

@@ -127,7 +127,8 @@ class CloseCode(enum.IntEnum):
     SUPERSEDED = 4504
     """A newer connection resumed this session; this one is closed so they do not fight."""
     KICKED = 4505
-    """An operator or room host removed this connection."""
+    """Reserved, not sent by this server: a kick removes a member from one room (a ``presence``
+    leave with ``reason: "kicked"``) and leaves its connection open for its other rooms."""
     TOO_MANY_SESSIONS = 4506
     """The user already has the maximum number of live sessions."""
 

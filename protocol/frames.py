@@ -648,7 +648,12 @@ class Pong(ServerFrame):
 
 @_frame
 class PresenceDiff(RoomEvent):
-    """Presence changes: members that joined, whose entry changed, and that left."""
+    """Presence changes: members that joined, whose entry changed, and that left.
+
+    ``reason`` says why the members in ``leave`` left when they did not leave themselves or time out:
+    ``kicked`` (removed by the host or an operator). A kicked user's sessions receive this diff as
+    their last event of the room.
+    """
 
     TYPE: ClassVar[str] = "presence"
     room: str = spec_field(ROOM_ID)
@@ -658,6 +663,7 @@ class PresenceDiff(RoomEvent):
     join: tuple[Member, ...] = spec_field(ListOf(Record(Member), MAX_DIFF), default=())
     update: tuple[Member, ...] = spec_field(ListOf(Record(Member), MAX_DIFF), default=())
     leave: tuple[str, ...] = spec_field(ListOf(USER_ID, MAX_DIFF), default=())
+    reason: str | None = spec_field(KIND, default=None)
 
 
 @_frame
