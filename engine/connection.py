@@ -439,12 +439,19 @@ class Connection(Peer):
         ))
 
     def _session_for(self, session_token: str | None, claims: Claims, now: float) -> tuple[str, bool]:
+        """The session to run: the one ``session_token`` names if its memberships survived, else a new one.
+
+        A valid session token alone is not enough for ``resumed: true``: the token outlives the
+        session's grace (it lives until the user token's ``exp`` + leeway + grace), and saying
+        "resumed" after the grace removed every membership sends the client into ``resume``
+        requests that all answer ``not_member``.
+        """
         if session_token is not None:
             try:
                 session = self.gateway.signer.check(session_token, now)
             except TokenError:
                 session = None
-            if session is not None and session.sub == claims.sub:
+            if session is not None and session.sub == claims.sub and self.gateway.session_kept(session.sid):
                 return session.sid, True
         return "s" + secrets.token_urlsafe(12), False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import math
 import logging
 import socket
 from typing import TYPE_CHECKING
@@ -49,6 +50,10 @@ class Gateway:
         self.by_sid: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = collections.defaultdict(set)
         self.pending_handshakes = 0
+        self._dropped: collections.OrderedDict[str, float] = collections.OrderedDict()
+        """Sessions whose connection ended, by sid, with when (Trio clock), oldest first; kept for one
+        reconnect grace: what ``session_kept`` needs to answer ``welcome.resumed`` truthfully."""
+        self._started = -math.inf
         self.stats: collections.Counter[str] = collections.Counter()
         self._nursery: trio.Nursery | None = None
         self._accepting = trio.CancelScope()
@@ -58,6 +63,7 @@ class Gateway:
         """Accept on ``listener`` (bound, listening, non-blocking) until cancelled."""
         async with trio.open_nursery(strict_exception_groups=True) as nursery:
             self._nursery = nursery
+            self._started = trio.current_time()
             task_status.started()
             with self._accepting:
                 await self._accept_loop(listener, nursery)
@@ -118,14 +124,34 @@ class Gateway:
         self.stats["sessions_opened"] += 1
 
     def unregister(self, connection: Connection) -> None:
-        """A session's connection ended."""
+        """A session's connection ended: its memberships now live on only for the reconnect grace."""
         if self.by_sid.get(connection.sid) is connection:
             del self.by_sid[connection.sid]
+            now = trio.current_time()
+            self._dropped[connection.sid] = now
+            self._dropped.move_to_end(connection.sid)
+            horizon = now - self.config.reconnect_grace
+            while self._dropped and next(iter(self._dropped.values())) <= horizon:
+                self._dropped.popitem(last=False)
         sessions = self.by_user.get(connection.user)
         if sessions is not None:
             sessions.discard(connection)
             if not sessions:
                 del self.by_user[connection.user]
+
+    def session_kept(self, sid: str) -> bool:
+        """Whether session ``sid`` still has the memberships it had: its connection is still open, or
+        it ended less than one reconnect grace ago (each room keeps a dropped member that long).
+
+        A sid this process never saw was a session of an earlier process: a restart restarts every
+        member's grace (§5.3), so it counts as dropped at the start. Conservative: a member kept by
+        another session of the same user beyond this session's grace reads as not kept (``join``
+        then reattaches it).
+        """
+        if sid in self.by_sid:
+            return True
+        dropped = self._dropped.get(sid, self._started)
+        return trio.current_time() < dropped + self.config.reconnect_grace
 
     def live_sessions(self, user: str, *, except_sid: str) -> int:
         """How many live sessions ``user`` has, not counting ``except_sid`` (which is being taken over)."""
