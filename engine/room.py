@@ -668,6 +668,9 @@ class RoomActor:
             self._attach(peer)
             presence.add(peer.user, peer.name, peer.sid, wall, peer.role)
             state.touch_member(peer.user)
+            if len(presence) >= 2 and not state.shared:
+                state.shared = True
+                state.touch("counters")
             self._check_empty()
             self._info_dirty = True
             self._diff(join=[peer.user])
@@ -740,20 +743,25 @@ class RoomActor:
         if state.empty_since is None:
             state.empty_since = self.config.wall_clock()
             state.touch("counters")
-        remaining = state.empty_since + self.config.room_ttl - self.config.wall_clock()
+        remaining = state.empty_since + self._ttl() - self.config.wall_clock()
         deadline = trio.current_time() + max(remaining, 0.0)
         if self._reap_at is None or deadline < self._reap_at:  # one reap timer at a time
             self._reap_at = deadline
             self._arm(deadline, "reap", "")
 
+    def _ttl(self) -> float:
+        """How long the room may stay empty: ``room_ttl``, or ``solo_room_ttl`` if it was never shared."""
+        config = self.config
+        return config.room_ttl if self.state.shared else min(config.solo_room_ttl, config.room_ttl)
+
     def _reap(self) -> None:
         state = self.state
         if len(state.presence) or state.empty_since is None:
             return
-        if self.config.wall_clock() < state.empty_since + self.config.room_ttl:
+        if self.config.wall_clock() < state.empty_since + self._ttl():
             self._check_empty()  # re-arm: the wall clock and the timer clock drifted apart
             return
-        log.info("room %s expired after %.0f s without members", state.room_id, self.config.room_ttl)
+        log.info("room %s expired after %.0f s without members", state.room_id, self._ttl())
         self.close_room("expired", "the room was empty for too long")
 
     def _on_disconnect(self, peer: Peer, now: float) -> None:

@@ -77,6 +77,10 @@ class RoomState:
         self.empty_since: float | None = None
         """Wall-clock time (Unix s) since which the room has had no member; the reaper's deadline
         is ``empty_since + room_ttl``, absolute so it survives a restart."""
+        self.shared = False
+        """Whether the room ever had two members at once. One that never did (created and left
+        alone) is reaped after ``solo_room_ttl`` instead of ``room_ttl``: create + leave in a loop
+        must not keep a room per request alive for an hour. Stored with the counters."""
         self.presence = Presence()
         self.chat = ChatLog(history_limit)
         self.replay: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=replay_limit)
@@ -160,7 +164,7 @@ class RoomState:
         if name == "game":
             return {"phase": self.phase.value, "version": self.version, "state": self.game}
         return {"epoch": self.epoch, "seq": self.seq, "chat_n": self.chat.last_n,  # "counters"
-                "empty_since": self.empty_since}
+                "empty_since": self.empty_since, "shared": self.shared}
 
     @classmethod
     def restore(
@@ -200,6 +204,7 @@ class RoomState:
         counters = _unpack(records["counters"]) if "counters" in records else {"epoch": 1, "seq": 0, "chat_n": 0}
         state.epoch, state.seq = counters["epoch"], counters["seq"]
         state.empty_since = counters.get("empty_since")
+        state.shared = counters.get("shared", True)  # rooms stored before the flag existed keep room_ttl
         # Stored messages were validated when they were written: rebuild them without re-checking
         # (a third of the cost of a restart otherwise).
         messages.sort()

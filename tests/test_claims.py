@@ -18,7 +18,8 @@ import trio.testing
 from engine import Config
 from engine.errors import RoomError
 from engine.logic import RoomContext, RoomLogic
-from engine.testing import SERVICE_KEY, TestKeys, test_config
+from engine.store.memory import MemoryStore
+from engine.testing import SERVICE_KEY, TestKeys, start_engine, test_config
 from protocol.errors import CloseCode, ErrorCode
 from protocol.frames import (
     ChatSend,
@@ -289,3 +290,24 @@ async def test_rooms_created_and_left_alone_are_reaped_after_the_short_ttl(
     assert set(roost_engine.router.rooms) == {shared}  # the one that had two members keeps room_ttl
     await trio.sleep(3600)
     assert not roost_engine.router.rooms
+
+
+async def test_a_room_that_was_shared_keeps_room_ttl_across_a_restart(
+    autojump_clock, roost_keys: TestKeys, roost_config: Config, nursery: trio.Nursery
+) -> None:
+    store = MemoryStore()
+    async with trio.open_nursery() as first:
+        engine = await start_engine(first, roost_config, store=store)
+        ann, _ = await peer(engine, roost_keys, first, "ann", hb=300_000)
+        bob, _ = await peer(engine, roost_keys, first, "bob", hb=300_000)
+        await ann.send(JoinOrCreate(id=1, code="SHARED"))
+        shared = (await reply(ann, 1)).result["room"]
+        await bob.send(Join(id=1, room=shared))
+        await reply(bob, 1)
+        for who in (ann, bob):
+            await who.send(Leave(id=2, room=shared))
+            await reply(who, 2)
+        first.cancel_scope.cancel()
+    engine = await start_engine(nursery, roost_config, store=store)
+    await trio.sleep(60)
+    assert set(engine.router.rooms) == {shared}
