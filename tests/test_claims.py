@@ -311,3 +311,39 @@ async def test_a_room_that_was_shared_keeps_room_ttl_across_a_restart(
     engine = await start_engine(nursery, roost_config, store=store)
     await trio.sleep(60)
     assert set(engine.router.rooms) == {shared}
+
+
+async def test_across_a_restart_resumed_follows_the_fresh_grace_and_last_seen_is_the_stored_one(
+    autojump_clock, roost_keys: TestKeys, roost_config: Config, nursery: trio.Nursery
+) -> None:
+    store, config = MemoryStore(), roost_config.replace(session_secret=b"k" * 32)
+    async with trio.open_nursery() as first:
+        engine = await start_engine(first, config, store=store)
+        ann, ann_welcome = await peer(engine, roost_keys, first, "ann", hb=300_000)
+        await ann.send(JoinOrCreate(id=1, code="KEPT"))
+        room = (await reply(ann, 1)).result["room"]
+        bob, bob_welcome = await peer(engine, roost_keys, first, "bob", hb=300_000)
+        await bob.send(Join(id=1, room=room))
+        await reply(bob, 1)
+        await trio.sleep(5)
+        await bob.send(ChatSend(id=2, room=room, cid="c", text="bye"))
+        await reply(bob, 2)
+        await trio.sleep(5)
+        closed = trio.current_time()
+        await bob.ws.aclose()  # bob is last heard from with his Close; the drop stores it
+        while not (await ann.recv_until(PresenceDiff)).update:
+            pass
+        await trio.sleep(5)
+        first.cancel_scope.cancel()
+    await trio.sleep(100)  # down for longer than the grace: members get a fresh one from the restart
+    engine = await start_engine(nursery, config, store=store)
+    restarted = trio.current_time()
+    snapshot = await engine.ops.snapshot(room)
+    bob_entry = next(m for m in snapshot.members if m.user == "bob")
+    assert bob_entry.last_seen == pytest.approx((BASE + closed) * 1000, abs=2)
+    await trio.sleep(29)
+    _, back = await peer(engine, roost_keys, nursery, "bob", session=bob_welcome.session)
+    assert back.resumed and back.sid == bob_welcome.sid
+    await trio.sleep(restarted + 30.5 - trio.current_time())  # the grace from the restart is over
+    _, late = await peer(engine, roost_keys, nursery, "ann", session=ann_welcome.session)
+    assert not late.resumed and late.sid != ann_welcome.sid
