@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import collections
 import errno
-import math
 import logging
+import math
 import socket
 from typing import TYPE_CHECKING
 

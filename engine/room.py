@@ -820,8 +820,9 @@ class RoomActor:
         """
         if user not in self.state.presence:
             raise RoomError(ErrorCode.NOT_FOUND, "no such member")
-        self.runtime.bar(user, trio.current_time() + self.config.kick_cooldown)
         self._remove_member(user, consented=False, reason="kicked")
+        # After the removal: a logic hook that refuses (or crashes) the kick leaves no cool-down.
+        self.runtime.bar(user, trio.current_time() + self.config.kick_cooldown)
 
     def read_snapshot(self) -> RoomSnapshot:
         """The room as an operator sees it."""

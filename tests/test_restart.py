@@ -56,7 +56,8 @@ def mock_wall() -> float:
 async def test_the_reaper_disposes_of_a_room_empty_for_its_ttl(autojump_clock, nursery: trio.Nursery) -> None:
     keys = TestKeys(clock=mock_wall)
     store = MemoryStore()
-    engine = Engine(test_config(keys, wall_clock=mock_wall, room_ttl=600.0, solo_room_ttl=600.0, reconnect_grace=30.0), store=store)
+    config = test_config(keys, wall_clock=mock_wall, room_ttl=600.0, solo_room_ttl=600.0, reconnect_grace=30.0)
+    engine = Engine(config, store=store)
     await nursery.start(engine.serve)
 
     async def memory() -> trio.abc.Stream:
