@@ -2,7 +2,9 @@
 
 Codes are 8 characters of Crockford's base32 alphabet (no I, L, O, U: nothing to misread when a
 player reads a code aloud), 40 bits from a CSPRNG. Any code is compared in normal form: upper case,
-with I and L read as 1 and O as 0, so "k7m2-qx9p" typed by hand still matches.
+with I and L read as 1 and O as 0, so "k7m2qx9p" typed by hand still matches. Client-chosen codes
+(``join_or_create``) are normalised the same way and share the namespace ("x-O" is "X-0"); other
+characters, hyphens included, are kept as they are.
 """
 
 from __future__ import annotations

@@ -29,9 +29,20 @@ from .router import Router
 if TYPE_CHECKING:
     from .admin import Admin
 
-__all__ = ["Gateway"]
+__all__ = ["COUNTERS", "Gateway"]
 
 log = logging.getLogger("roost.gateway")
+
+COUNTERS = (
+    "connections_accepted",
+    "sessions_opened",
+    "auth_failures",
+    "auth_timeouts",
+    "handshakes_refused",
+    "rate_limited",
+    "slow_consumers",
+)
+"""The gateway's event counters (admin ``stats``, PROTOCOL.md §10); a new counter is added here."""
 
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -49,7 +60,9 @@ class Gateway:
         self.by_sid: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = collections.defaultdict(set)
         self.pending_handshakes = 0
-        self.stats: collections.Counter[str] = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter(dict.fromkeys(COUNTERS, 0))
+        """Event counters for admin ``stats``: every name of COUNTERS is there from the start (0), so a
+        monitor sees the same keys before and after the first event (PROTOCOL.md §10)."""
         self._nursery: trio.Nursery | None = None
         self._accepting = trio.CancelScope()
         revocations.listeners.append(self._sweep_revoked)
