@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 
-__all__ = ["ALPHABET", "CODE_LENGTH", "new_code", "new_room_id", "normalize_code"]
+__all__ = ["ALPHABET", "CODE_LENGTH", "in_scope", "new_code", "new_room_id", "normalize_code"]
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_LENGTH = 8
@@ -31,3 +31,13 @@ def new_room_id() -> str:
 def normalize_code(code: str) -> str:
     """The normal form codes are stored and compared in."""
     return code.upper().translate(_READ_AS)
+
+
+def in_scope(scope: str, room_id: str, code: str) -> bool:
+    """Whether a token's ``room`` claim names this room: its id as is, or its code in any spelling.
+
+    The trap: comparing the claim to the stored (normal form) code as is refuses a token scoped to
+    "table-o" from the room its own ``join_or_create("table-o")`` made (code "TAB1E-0"). Ids are not
+    normalised (they are case-sensitive).
+    """
+    return scope == room_id or normalize_code(scope) == code

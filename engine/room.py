@@ -68,6 +68,7 @@ from protocol.frames import (
     Typing,
 )
 
+from .codes import in_scope
 from .config import Config
 from .errors import RoomError
 from .logic import RoomContext, RoomLogic
@@ -594,7 +595,7 @@ class RoomActor:
         if not peer.alive:
             raise RoomError(ErrorCode.INVALID_STATE, "the connection is closing")
         state = self.state
-        if peer.room_scope is not None and peer.room_scope not in (state.room_id, state.code):
+        if peer.room_scope is not None and not in_scope(peer.room_scope, state.room_id, state.code):
             raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to another room")
         wall = self.now_ms()
         presence = state.presence

@@ -175,6 +175,28 @@ async def test_generated_codes_are_drawn_until_free(roost_connect, monkeypatch) 
         assert generated.code == "AAAAAAAA" and generated.room != chosen.room
 
 
+async def test_a_room_claim_names_a_code_in_any_spelling(roost_connect, roost_keys: TestKeys) -> None:
+    """§4/§9.1: the token's ``room`` claim is compared like codes are (normal form), or as a room id."""
+    with trio.fail_after(10):
+        ann = await roost_connect("ann", token=roost_keys.token("ann", room="table-o"))
+        snap = await ann.join_or_create("Table-O")
+        assert snap.code == "TAB1E-0"  # L is read as 1, O as 0
+        bob = await roost_connect("bob", token=roost_keys.token("bob", room=snap.room))
+        assert (await bob.join_or_create("tab1e-o")).room == snap.room
+
+
+async def test_a_scoped_join_or_create_of_another_code_creates_nothing(
+    roost_connect, roost_keys: TestKeys, roost_engine: Engine
+) -> None:
+    """§4: refused ``forbidden`` before a room exists, so a scoped token cannot leave empty rooms behind."""
+    with trio.fail_after(10):
+        ann = await roost_connect("ann", token=roost_keys.token("ann", room="mine"))
+        with pytest.raises(RequestError) as info:
+            await ann.join_or_create("elsewhere")
+        assert info.value.code == "forbidden"
+        assert roost_engine.router.by_code("elsewhere") is None and not roost_engine.router.rooms
+
+
 # -- §5: positions of snapshots, syncs and replays -------------------------------------------------
 
 
