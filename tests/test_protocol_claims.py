@@ -19,10 +19,10 @@ from engine import router as router_module
 from engine.revocations import Revocations
 from engine.store.memory import MemoryStore
 from engine.testing import SERVICE_KEY, TestKeys, test_config
-from protocol import Sender, decode
+from protocol import Sender, decode, encode
 from protocol.client import RequestError
 from protocol.codec import load_record
-from protocol.errors import CloseCode, ErrorCode, RemoteProtocolError
+from protocol.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.frames import (
     ChatEvent,
     ChatSend,
@@ -35,10 +35,22 @@ from protocol.frames import (
     ResumeResult,
     RoomEvent,
     RoomSnapshot,
+    Send,
     Sync,
 )
 from protocol.tokens import Claims, generate_key, kid_for
 from tests.wire import RawPeer, raw_peer
+
+# -- §2: ext values and repeated keys (the decode side is in test_protocol_codec.py) ----------------
+
+
+@pytest.mark.parametrize("value", [msgpack.Timestamp(1), {1, 2}, object()])
+def test_values_the_decoder_cannot_produce_are_refused_when_encoding(value: Any) -> None:
+    """The decoder refuses every ext value, so an application's Timestamp (or set) never goes out either."""
+    with pytest.raises(LocalProtocolError) as info:
+        encode(Send(id=1, room="r", kind="k", body={"when": value}))
+    assert info.value.code is ErrorCode.BAD_FIELD
+
 
 # -- §3: hello -----------------------------------------------------------------------------------
 
