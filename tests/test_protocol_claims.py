@@ -90,7 +90,9 @@ async def _bad(peer: RawPeer) -> ErrorReply:
     return reply
 
 
-async def test_the_eleventh_bad_frame_in_a_minute_closes(autojump_clock, roost_engine: Engine, roost_keys, nursery) -> None:
+async def test_the_eleventh_bad_frame_in_a_minute_closes(
+    autojump_clock, roost_engine: Engine, roost_keys, nursery
+) -> None:
     """§3.1: ten undecodable frames within 60 s are answered and tolerated; the 11th is answered, then 4502."""
     peer = await raw_peer(nursery, stream=roost_engine.connect_memory())
     await peer.hello(roost_keys.token("ann"), hb=300_000)
@@ -112,7 +114,9 @@ class TestPingsAreRequests:
     def roost_config(self, roost_keys: TestKeys) -> Config:
         return test_config(roost_keys, rate=5.0, burst=5)
 
-    async def test_pings_count_toward_the_rate_limit(self, autojump_clock, roost_engine: Engine, roost_keys, nursery) -> None:
+    async def test_pings_count_toward_the_rate_limit(
+        self, autojump_clock, roost_engine: Engine, roost_keys, nursery
+    ) -> None:
         """§3.1/§3.4: a ping takes a token like any request; over the rate it gets rate_limited (no id)."""
         peer = await raw_peer(nursery, stream=roost_engine.connect_memory())
         await peer.hello(roost_keys.token("ann"), hb=300_000)

@@ -134,7 +134,8 @@ def test_nil_in_an_optional_field_means_absent() -> None:
         (pack({"t": "send", "id": 1, "room": "r", "kind": "k", "body": {1: 2}}), "integer map key"),
         # Timestamps are ext type -1: one answer wherever they stand (the unpacker does not hand
         # them to ext_hook, so each place used to answer its own way, or not at all).
-        (pack({"t": "send", "id": 1, "room": "r", "kind": "k", "body": {"when": msgpack.Timestamp(1)}}), "timestamp in opaque"),
+        (pack({"t": "send", "id": 1, "room": "r", "kind": "k", "body": {"when": msgpack.Timestamp(1)}}),
+         "timestamp in opaque"),
         (pack({"t": "ping", "later": msgpack.Timestamp(1)}), "timestamp in an ignored key"),
         (pack({"t": "read", "id": 1, "room": "r", "n": msgpack.Timestamp(1)}), "timestamp in an int field"),
         (pack(msgpack.Timestamp(1)), "timestamp as the frame"),
