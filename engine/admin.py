@@ -13,7 +13,9 @@ from typing import Any
 
 from protocol.codec import dump_record
 from protocol.errors import ErrorCode
-from protocol.frames import AdminOp, AdminRequest
+from protocol.codec import CLIENT_LIMITS
+from protocol.frames import CURSOR, PAGE_LIMIT, AdminOp, AdminRequest
+from protocol.schema import FieldProblem, Spec
 
 from .errors import RoomError
 from .operations import Operations
@@ -30,6 +32,18 @@ def _arg(args: dict[str, Any], name: str, kind: type, *, required: bool = True) 
     if type(value) is not kind:
         raise RoomError(ErrorCode.BAD_FIELD, f"args.{name} must be a {kind.__name__}")
     return value
+
+
+def _page_arg(args: dict[str, Any], name: str, spec: Spec) -> Any:
+    """An optional page argument checked by the spec of the ``lobby`` field of the same name, so the
+    admin listing refuses what ``lobby`` refuses (``limit`` 101 is ``bad_field``, not clamped)."""
+    value = args.get(name)
+    if value is None:
+        return None
+    try:
+        return spec.load(value, CLIENT_LIMITS)
+    except FieldProblem as problem:
+        raise RoomError(problem.code, f"args.{name}: {problem.message}") from None
 
 
 class Admin:
@@ -49,8 +63,8 @@ class Admin:
         args = request.args or {}
         ops, op = self._ops, request.op
         if op is AdminOp.ROOMS:
-            limit = _arg(args, "limit", int, required=False) or 50
-            return dump_record(ops.rooms(_arg(args, "cursor", str, required=False), limit))
+            limit = _page_arg(args, "limit", PAGE_LIMIT) or 50
+            return dump_record(ops.rooms(_page_arg(args, "cursor", CURSOR), limit))
         if op is AdminOp.STATS:
             return self._stats()
         if op is AdminOp.REVOKE:

@@ -55,6 +55,7 @@ from protocol.frames import (
 )
 from protocol.tokens import Claims, SessionClaims, TokenError, verify
 
+from .codes import normalize_code
 from .errors import RoomError
 from .outbox import Outbox, Transport, ws_frame
 from .peer import Peer
@@ -484,6 +485,13 @@ class Connection(Peer):
             )
             if isinstance(frame, Create):
                 runtime = await gateway.router.create(options)
+            elif self.room_scope is not None and normalize_code(self.room_scope) != normalize_code(frame.code):
+                # A new room could never be in scope (its id is fresh): join an existing one or
+                # refuse, never create a room the token may not enter (it would stay, empty).
+                existing = gateway.router.by_code(frame.code)
+                if existing is None or existing.closed:
+                    raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to another room")
+                runtime = existing
             else:
                 runtime = await gateway.router.get_or_create(frame.code, options)
             await self._to_room(runtime, frame)

@@ -30,9 +30,20 @@ from .router import Router
 if TYPE_CHECKING:
     from .admin import Admin
 
-__all__ = ["Gateway"]
+__all__ = ["COUNTERS", "Gateway"]
 
 log = logging.getLogger("roost.gateway")
+
+COUNTERS = (
+    "connections_accepted",
+    "sessions_opened",
+    "auth_failures",
+    "auth_timeouts",
+    "handshakes_refused",
+    "rate_limited",
+    "slow_consumers",
+)
+"""The gateway's event counters (admin ``stats``, PROTOCOL.md §10); a new counter is added here."""
 
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -54,7 +65,9 @@ class Gateway:
         """Sessions whose connection ended, by sid, with when (Trio clock), oldest first; kept for one
         reconnect grace: what ``session_kept`` needs to answer ``welcome.resumed`` truthfully."""
         self._started = -math.inf
-        self.stats: collections.Counter[str] = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter(dict.fromkeys(COUNTERS, 0))
+        """Event counters for admin ``stats``: every name of COUNTERS is there from the start (0), so a
+        monitor sees the same keys before and after the first event (PROTOCOL.md §10)."""
         self._nursery: trio.Nursery | None = None
         self._accepting = trio.CancelScope()
         revocations.listeners.append(self._sweep_revoked)

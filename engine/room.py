@@ -68,6 +68,7 @@ from protocol.frames import (
     Typing,
 )
 
+from .codes import in_scope
 from .config import Config
 from .errors import RoomError
 from .logic import RoomContext, RoomLogic
@@ -684,7 +685,7 @@ class RoomActor:
         """A token's ``room`` claim admits that room only, on ``join`` and on ``resume`` alike: a
         session token taken over with a scoped user token must not bring the session's other rooms."""
         state = self.state
-        if peer.room_scope is not None and peer.room_scope not in (state.room_id, state.code):
+        if peer.room_scope is not None and not in_scope(peer.room_scope, state.room_id, state.code):
             raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to another room")
 
     def _check_room_count(self, peer: Peer) -> None:

@@ -53,9 +53,11 @@ class Router:
         """Create and start a room. With ``code``, the caller has reserved it (see get_or_create)."""
         self._supervisor.make_logic(options.logic)  # refuse unknown logic names before anything exists
         if code is None:
+            # One namespace for generated and client-chosen codes (both in normal form): draw again
+            # until free, so a generated code never names a live room or one being created.
             code = new_code()
             while code in self._codes or code in self._creating:
-                code = new_code()  # pragma: no cover - 40 bits: a collision needs ~10^6 live rooms
+                code = new_code()
         room_id = new_room_id()
         state = RoomState(room_id=room_id, code=code, options=options,
                           created=int(self._config.wall_clock() * 1000), history_limit=self._config.history_limit,

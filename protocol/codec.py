@@ -46,8 +46,25 @@ _DEFAULT_LIMITS = {Sender.CLIENT: CLIENT_LIMITS, Sender.SERVER: SERVER_LIMITS}
 R = TypeVar("R", bound=WireRecord)
 
 
+class _Refused(ValueError):
+    """Raised from inside the unpacker by our hooks; its text is ours, so it may reach the peer."""
+
+
 def _refuse_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"ext type {code} is not allowed")
+    raise _Refused(f"ext type {code} is not allowed")
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Build a map, refusing a key given twice.
+
+    msgpack would keep the last value silently, and a proxy or client library that keeps the first
+    would then read another frame than the server does (request smuggling). ``strict_map_key`` does
+    not check this; the unpacker hands a pairs hook every map, so one length comparison does.
+    """
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        raise _Refused("duplicate map key")
+    return mapping
 
 
 def decode(data: bytes, sender: Sender, limits: Limits | None = None) -> Frame:
@@ -70,8 +87,16 @@ def decode(data: bytes, sender: Sender, limits: Limits | None = None) -> Frame:
             data,
             raw=False,
             strict_map_key=True,
+            object_pairs_hook=_unique_keys,
+            # Timestamps (ext -1) never reach ext_hook: the unpacker turns them into Timestamp
+            # objects, which would then be refused by whichever check met them first (or ignored in
+            # an unknown key). A zero ext length limit makes every ext with a body, timestamps
+            # included, fail right here as ``malformed``; ext_hook catches the empty ones.
+            max_ext_len=0,
             ext_hook=_refuse_ext,
         )
+    except _Refused as exc:
+        raise RemoteProtocolError(ErrorCode.MALFORMED, f"not a valid frame: {exc}") from None
     except Exception as exc:  # msgpack's C unpacker raises several types; all mean "malformed"
         raise RemoteProtocolError(ErrorCode.MALFORMED, f"not a msgpack value: {type(exc).__name__}") from None
     if type(raw) is not dict:

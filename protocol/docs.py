@@ -7,8 +7,11 @@ with ``python -m protocol.docs PROTOCOL.md``.
 
 from __future__ import annotations
 
+import enum
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .frames import (
     CLIENT_FRAMES,
@@ -43,11 +46,24 @@ RECORDS: tuple[type[WireRecord], ...] = (
 )
 
 
+def _wire_value(default: Any) -> str:
+    """A default as it goes on the wire, in JSON notation (``false``, ``[]``, ``"none"``, ``0``).
+
+    Not ``repr``: a client author reads the protocol, not Python (``False``, ``()`` and
+    ``<InactivePolicy.NONE: 'none'>`` mean nothing in JavaScript).
+    """
+    if isinstance(default, enum.Enum):
+        default = default.value
+    elif type(default) is tuple:
+        default = list(default)
+    return json.dumps(default, ensure_ascii=False)
+
+
 def _table(title: str, record: type[WireRecord]) -> list[str]:
     doc = (record.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
     lines = [f"#### {title}", "", doc, "", "| field | type | required | default |", "|---|---|---|---|"]
     for name, spec, required, default in record.fields_table():
-        shown = "" if required or default is None else f"`{default!r}`".replace("|", "\\|")
+        shown = "" if required or default is None else f"`{_wire_value(default)}`".replace("|", "\\|")
         kind = spec.describe().replace("|", "\\|")
         lines.append(f"| `{name}` | {kind} | {'yes' if required else 'no'} | {shown} |")
     if not record.fields_table():

@@ -137,7 +137,7 @@ class AdminOp(enum.StrEnum):
     PUBLISH = "publish"
     """Broadcast a ``message`` event into a room as the server: args ``room``, ``kind``, ``body``."""
     STATS = "stats"
-    """Engine counters: connections, rooms, deliveries."""
+    """Engine counters (a map of integers): connections, sessions, rooms, event counts (PROTOCOL.md §10)."""
 
 
 # -- shared field specs ------------------------------------------------------------------------
@@ -598,7 +598,7 @@ class Welcome(ServerFrame):
 
     ``session`` is the token to present in a later ``hello`` to take this session over; ``sid`` is
     its id. ``exp`` is the user token's expiry (unix s): refresh before it. ``limits`` tells the
-    client the server's limits (``frame``, ``rate``, ``burst``, ``rooms``...).
+    client the server's limits: ``frame``, ``burst``, ``rooms``, ``chat`` (ints) and ``rate`` (a float).
     """
 
     TYPE: ClassVar[str] = "welcome"

@@ -59,6 +59,9 @@ class Limits:
             raise ValueError("limits must be positive (max_frame_bytes >= 64)")
 
 
+_DEFAULTS = Limits()
+
+
 class FieldProblem(Exception):  # noqa: N818 - internal signal, not an error users see
     """A value broke a spec. Carries the error code and a path-free message."""
 
@@ -152,7 +155,8 @@ class Str(Spec):
         return value
 
     def describe(self) -> str:
-        text = f"str {self.min_len}..{self.max_len}"
+        # A limit set by configuration shows its default: a number, not the setting's name.
+        text = f"str {self.min_len}..{self._max(_DEFAULTS)}"
         return text if self.pattern is None else f"{text} matching {self.pattern}"
 
 

@@ -226,7 +226,11 @@ class Keyring:
 
 
 def kid_for(key: VerifyKey) -> str:
-    """A short stable key id derived from the public key (12 base64url characters)."""
+    """A short stable key id: base64url of BLAKE2b with ``digest_size=9`` over the raw public key.
+
+    12 characters. Not the first 9 bytes of BLAKE2b-512: the digest size is a BLAKE2 parameter, so
+    the two differ in every byte (PROTOCOL.md §9.1 says which one).
+    """
     return _b64encode(hashlib.blake2b(bytes(key), digest_size=9).digest())
 
 

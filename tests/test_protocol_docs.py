@@ -48,3 +48,20 @@ def test_docs_command_rewrites_a_file(tmp_path: Path) -> None:
     assert "stale" not in text
     assert text.startswith("intro\n") and text.endswith(f"{docs.END}\noutro\n")
     assert docs.main([]) == 2
+
+
+def test_tables_show_defaults_as_protocol_values_and_limits_as_numbers() -> None:
+    """A client author reads msgpack/JSON values, not Python reprs or the server's setting names."""
+    tables = docs.frame_tables()
+    for row in [
+        "| `public` | bool | no | `false` |",
+        '| `inactive` | one of none\\|reset\\|end | no | `"none"` |',
+        "| `join` | array (max 1000) of Member | no | `[]` |",
+        '| `message` | str 0..512 | no | `""` |',
+        "| `sessions` | int 0..1000 | no | `0` |",
+        "| `text` | str 1..4096 | yes |  |",
+        "| `text` | str 0..4096 | yes |  |",
+    ]:
+        assert row in tables, row
+    for python_only in ["`False`", "`True`", "`()`", "`''`", "<InactivePolicy", "max_chat_chars"]:
+        assert python_only not in tables, python_only
