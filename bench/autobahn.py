@@ -10,8 +10,9 @@ this echoes every message back as it came (text as text, binary as binary).
 
 It then writes a fuzzingclient spec into a temporary directory, runs ``wstest -m fuzzingclient``,
 reads the JSON report and prints one line per section (how many cases ended with which behaviour,
-for the data exchanged and for the close), then every case that is not OK or INFORMATIONAL in both.
-Exit status 1 if there is any (NON-STRICT counts as failing: it means a violation was detected late).
+for the data exchanged and for the close), then every case that is not OK or INFORMATIONAL in both,
+and a final JSON line. Exit status 1 if there is any (NON-STRICT counts as failing: it means a
+violation was detected late), 2 if the suite could not run.
 
 Autobahn|Testsuite runs on Python 2.7 only. ``--install`` (or a missing ``--wstest``) builds it into
 ``.autobahn/`` at the top of the checkout: a virtualenv made by ``virtualenv<20.22`` (the last line
@@ -216,8 +217,10 @@ def summarise(report: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m bench autobahn``."""
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="case patterns (default: 1-7 and 10)")
-    parser.add_argument("--wstest", default=None, help="wstest to run (default: .autobahn/bin/wstest, built if missing)")
-    parser.add_argument("--install", action="store_true", help="only build .autobahn/ (Python 2.7 virtualenv), then exit")
+    parser.add_argument("--wstest", default=None,
+                        help="wstest to run (default: .autobahn/bin/wstest, built if missing)")
+    parser.add_argument("--install", action="store_true",
+                        help="only build .autobahn/ (the Python 2.7 virtualenv), then exit")
     parser.add_argument("--keep", default=None, help="write the spec and the HTML/JSON reports here, and keep them")
 
 
@@ -244,5 +247,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(report)} cases, {len(report) - len(failing)} OK or INFORMATIONAL in both behaviour and close")
     if failing:
         print("failing:\n" + "\n".join(failing))
-        return 1
-    return 0
+    outcomes = collections.Counter(f"{e['behavior']}/{e['behaviorClose']}" for e in report.values())
+    print(json.dumps({"bench": "autobahn", "cases": len(report), "failing": len(failing), "outcomes": outcomes}))
+    return 1 if failing else 0

@@ -1,4 +1,4 @@
-"""One client connection: WebSocket (wsproto, sans-IO), the auth handshake, limits, request routing.
+"""One client connection: Roost on the WebSocket layer (engine/websocket.py): auth, limits, routing.
 
 Each connection runs two tasks in its own nursery: this reader, and the outbox writer (which only works
 when the socket pushed back). The reader owns every per-connection deadline (auth, heartbeat, token
