@@ -165,7 +165,12 @@ class WebSocket:
     # -- receiving --------------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> Iterator[bytes | str]:
-        """Process ``data`` from the peer; yield each message it completes."""
+        """Process ``data`` from the peer; yield each message it completes.
+
+        A generator, and lazy on purpose: the frames behind a message are processed only after the
+        caller has handled it (its replies go out before a later pong or Close). The trap: nothing
+        at all happens until it is iterated, so always iterate it to the end (or until CLOSED).
+        """
         if self.state is WsState.HANDSHAKE:
             data = self._on_handshake_bytes(data)
             if self.state is not WsState.OPEN or not data:

@@ -153,3 +153,17 @@ async def test_a_server_close_answered_by_the_peer_ends_tcp_at_once(roost_engine
         await stream.send_all(client_frame(close_payload(4502), opcode=CLOSE))
         with trio.fail_after(roost_engine.config.close_timeout / 2):
             await frames_until_eof(stream, buffer)
+
+
+async def test_the_close_arrives_although_the_peer_keeps_sending(roost_engine: Engine) -> None:
+    """Closing a socket with unread input sends RST, not FIN, and an RST can destroy the Close in the
+    peer's receive buffer (on some stacks, or when it overtakes a retransmission). The server
+    half-closes and discards instead: the peer reads the Close and end of stream, and its writes
+    after the violation never meet a reset."""
+    stream, buffer = await upgraded(roost_engine)
+    async with stream, trio.open_nursery() as nursery:
+        # A violation, then far more than one read of garbage; BrokenResourceError would fail the test.
+        nursery.start_soon(stream.send_all, b"\x83\x80\x00\x00\x00\x00" + b"\x00" * 512 * 1024)
+        with trio.fail_after(roost_engine.config.close_timeout / 2):
+            frames = await frames_until_eof(stream, buffer)
+    assert close_of(frames) == (CloseCode.PROTOCOL_ERROR, "protocol error")
