@@ -16,7 +16,7 @@ from engine import Engine
 from engine.testing import TestKeys
 from protocol import encode
 from protocol.errors import CloseCode
-from protocol.frames import Hello
+from protocol.frames import Hello, Ping
 from tests.wire import client_frame, server_frames
 
 UPGRADE = (
@@ -167,3 +167,32 @@ async def test_the_close_arrives_although_the_peer_keeps_sending(roost_engine: E
         with trio.fail_after(roost_engine.config.close_timeout / 2):
             frames = await frames_until_eof(stream, buffer)
     assert close_of(frames) == (CloseCode.PROTOCOL_ERROR, "protocol error")
+
+
+ENGINE_REASONS = {
+    "bad first frame", "first frame must be hello", "protocol version 1 only", "missing token",
+    "token", "malformed", "unknown_key", "bad_signature", "expired", "not_yet_valid", "revoked",
+}
+"""The reasons of the engine's own refusals at ``hello`` (constants in engine/connection.py)."""
+
+
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [
+        (b"\xc1", CloseCode.BAD_FRAME),  # not msgpack
+        (encode(Ping()), CloseCode.BAD_FRAME),
+        (encode(Hello(v=2, token="x")), CloseCode.UNSUPPORTED_VERSION),
+        (encode(Hello(v=1)), CloseCode.BAD_TOKEN),
+        (encode(Hello(v=1, token="not.a.token")), CloseCode.BAD_TOKEN),
+    ],
+    ids=["undecodable", "not hello", "version", "no token", "bad token"],
+)
+async def test_refusals_at_hello_carry_fixed_ascii_reasons(roost_engine: Engine, first: bytes, expected: int) -> None:
+    stream, buffer = await upgraded(roost_engine)
+    async with stream:
+        await stream.send_all(client_frame(first))
+        while not server_frames(bytearray(buffer)):
+            buffer += await stream.receive_some(65536)
+    code, reason = close_of(server_frames(buffer))
+    assert code == expected
+    assert reason in ENGINE_REASONS
