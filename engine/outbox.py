@@ -61,13 +61,13 @@ class Transport(abc.ABC):
         """Half-close: the peer reads end of stream after everything written so far (default: no-op)."""
 
     async def linger_close(self, timeout: float, max_bytes: int) -> None:
-        """Close so that what was written (a Close frame) reaches the peer: half-close, discard, close.
+        """End the stream so that what was written (a Close frame) reaches the peer: half-close, discard.
 
         The trap: closing a socket that still has unread bytes from the peer makes the kernel send RST
         instead of FIN, and an RST can destroy the peer's unread receive buffer, our Close frame in it.
         So: FIN first, then read and discard until the peer closes too (a client answers our Close and
-        closes at once), for at most ``timeout`` seconds and ``max_bytes`` bytes, then close.
-        Call it once everything is flushed; the caller still calls :meth:`aclose` (idempotent).
+        closes at once), for at most ``timeout`` seconds and ``max_bytes`` bytes. Call it once
+        everything is flushed; then :meth:`aclose`.
         """
         try:
             await self.send_eof()
