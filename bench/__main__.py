@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
+from . import autobahn as autobahn_bench
 from . import crash as crash_bench
 from . import durable as durable_bench
 from . import fanout as fanout_bench
@@ -34,6 +35,7 @@ BENCHES: dict[str, BenchModule] = {
     "durable": durable_bench,
     "restart": restart_bench,
     "crash": crash_bench,
+    "autobahn": autobahn_bench,
 }
 """Subcommand name -> benchmark module."""
 

@@ -1,4 +1,4 @@
-"""One client connection: WebSocket (wsproto, sans-IO), the auth handshake, limits, request routing.
+"""One client connection: Roost on the WebSocket layer (engine/websocket.py): auth, limits, routing.
 
 Each connection runs two tasks in its own nursery: this reader, and the outbox writer (which only works
 when the socket pushed back). The reader owns every per-connection deadline (auth, heartbeat, token
@@ -19,20 +19,8 @@ import urllib.parse
 from typing import TYPE_CHECKING
 
 import trio
-from wsproto import ConnectionType
-from wsproto.connection import Connection as WsConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    TextMessage,
-)
+from wsproto.events import RejectConnection
 from wsproto.events import Request as HandshakeRequest
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from protocol.codec import SERVER_LIMITS, Sender, decode, dump_record, encode
 from protocol.errors import CloseCode, ErrorCode, RemoteProtocolError
@@ -47,11 +35,13 @@ from protocol.frames import (
     JoinOrCreate,
     Lobby,
     Ok,
-    Ping as PingFrame,
     Pong,
     Refresh,
     ServerFrame,
     Welcome,
+)
+from protocol.frames import (
+    Ping as PingFrame,
 )
 from protocol.tokens import Claims, SessionClaims, TokenError, verify
 
@@ -61,6 +51,7 @@ from .outbox import Outbox, Transport, ws_frame
 from .peer import Peer
 from .room import Request, RoomRuntime
 from .state import RoomOptions
+from .websocket import WebSocket, WsState
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -70,7 +61,10 @@ __all__ = ["Connection"]
 log = logging.getLogger("roost.connection")
 
 _BAD_FRAME_WINDOW = 60.0
-_MAX_REQUEST_HEAD = 16 * 1024
+_LINGER_SECONDS = 1.0
+"""After the closing handshake (or a failure), how long TCP waits for the peer's FIN (§7.1.1)."""
+_LINGER_BYTES = 1024 * 1024
+"""... and how many bytes it discards meanwhile (a peer in the middle of a large frame)."""
 
 
 class Phase(enum.Enum):
@@ -90,14 +84,12 @@ class Connection(Peer):
         self.config = config
         self.remote = remote
         self.transport = transport
-        self.handshake = H11Handshake(ConnectionType.SERVER)
-        self.ws: WsConnection | None = None
-        """The WebSocket connection once the upgrade is accepted (wsproto's low-level API: unlike
-        WSConnection, it hands over bytes that arrived right behind the HTTP request at once)."""
         self.outbox = Outbox(
             transport, max_frames=config.outbox_max_frames, max_bytes=config.outbox_max_bytes,
             on_overflow=self._slow_consumer,
         )
+        self.websocket = WebSocket(self.outbox, max_message_bytes=config.max_frame_bytes, accept=self._accept)
+        """The WebSocket layer (upgrade, pings, limits, closing handshake); this class speaks Roost on it."""
         self.phase = Phase.HANDSHAKE
         self.sid = ""
         self.user = ""
@@ -109,8 +101,6 @@ class Connection(Peer):
         self.registered = False
         self.close_code: int | None = None
         self.close_reason = ""
-        self._message = bytearray()
-        self._head = bytearray()
         self._reader_scope = trio.CancelScope()
         self._reader_done = False
         self._watchdog_wakeup = trio.Event()
@@ -147,15 +137,24 @@ class Connection(Peer):
         if self.phase in (Phase.CLOSING, Phase.DONE):
             return
         self.close_code, self.close_reason = int(code), reason
-        if self.ws is None or self.ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+        if not self.websocket.close(int(code), reason):
             self.phase = Phase.DONE  # no WebSocket yet: nothing to say, just drop TCP
             self._reader_scope.cancel()
             return
         self.phase = Phase.CLOSING
         self._close_deadline = trio.current_time() + self.config.close_timeout
         self._rearm_watchdog()
-        self.outbox.push_final(self.ws.send(CloseConnection(code=int(code), reason=reason[:120])))
         log.info("closing %s user=%s code=%d reason=%s", self.remote, self.user or "-", int(code), reason)
+
+    def _websocket_closed(self) -> None:
+        """The WebSocket layer ended the connection itself: failed it, or answered the peer's Close."""
+        websocket = self.websocket
+        if self.phase is not Phase.CLOSING and websocket.close_code is not None:
+            self.close_code, self.close_reason = websocket.close_code, websocket.close_reason
+            if websocket.peer_code is None:
+                log.info("failing %s user=%s code=%d reason=%s", self.remote, self.user or "-",
+                         websocket.close_code, websocket.close_reason)
+        self.phase = Phase.DONE
 
     def _slow_consumer(self) -> None:
         self.gateway.stats["slow_consumers"] += 1
@@ -185,6 +184,9 @@ class Connection(Peer):
                 # Let the writer flush what is queued (the Close frame at least), within a bound.
                 self.outbox.finish()
                 nursery.cancel_scope.deadline = min(self._close_deadline, trio.current_time() + self.config.close_timeout)
+            if self.websocket.state is WsState.CLOSED and self.outbox.idle and not self.outbox.broken:
+                # Our last bytes (a Close, an HTTP refusal) are flushed: make sure they arrive.
+                await self.transport.linger_close(_LINGER_SECONDS, _LINGER_BYTES)
         finally:
             self.phase = Phase.DONE
             self._end_sessions()
@@ -221,58 +223,22 @@ class Connection(Peer):
                 return
 
     async def _read_loop(self) -> None:
+        websocket = self.websocket
         while self.phase is not Phase.DONE and not self.outbox.broken:
             data = await self.transport.receive_some()
             if not data:
                 return
             if self.phase is not Phase.CLOSING:  # the answer to our Close is not activity (last_seen)
                 self._last_heard = trio.current_time()
-            if self.ws is None:
-                if not self._on_handshake_bytes(data):
-                    return
-                if self.ws is None:
-                    continue
-            else:
-                self.ws.receive_data(data)
-            for event in self.ws.events():
-                await self._on_ws_event(event, self.ws)
+            for message in websocket.receive(data):
+                if isinstance(message, str):
+                    websocket.fail(CloseCode.UNSUPPORTED_DATA, "binary frames only")
+                else:
+                    await self._on_frame(message)
                 if self.phase is Phase.DONE:
                     return
-
-    def _on_handshake_bytes(self, data: bytes) -> bool:
-        """Feed the HTTP upgrade request to wsproto; False when the connection must end.
-
-        Only the request itself goes to the handshake: bytes behind it (a client that sends frames
-        without waiting for the 101, which RFC 6455 §4.1 forbids but happens) are handed to the
-        WebSocket connection once accepted, instead of being lost inside the HTTP parser.
-        """
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > _MAX_REQUEST_HEAD:
-                self.outbox.push_final(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
-                self.phase = Phase.DONE
-                return False
-            return True
-        request, rest = bytes(self._head[: end + 4]), bytes(self._head[end + 4 :])
-        self._head.clear()
-        try:
-            self.handshake.receive_data(request)
-            for event in self.handshake.events():
-                if isinstance(event, HandshakeRequest):
-                    self._accept(event)
-        except WsRemoteProtocolError as exc:
-            # Not a WebSocket handshake at all: answer with wsproto's HTTP rejection, drop TCP.
-            if exc.event_hint is not None:
-                self.outbox.push_final(self.handshake.send(exc.event_hint))
-            self.phase = Phase.DONE
-            return False
-        if self.ws is None:
-            self.phase = Phase.DONE  # rejected (503) or not an upgrade at all
-            return False
-        if rest:
-            self.ws.receive_data(rest)
-        return True
+            if websocket.state is WsState.CLOSED:
+                self._websocket_closed()
 
     def _on_deadline(self) -> None:
         now = trio.current_time()
@@ -286,48 +252,16 @@ class Connection(Peer):
         else:
             self.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
 
-    async def _on_ws_event(self, event: object, ws: WsConnection) -> None:
-        if isinstance(event, BytesMessage):
-            self._message += event.data
-            if len(self._message) > self.config.max_frame_bytes:
-                self._message.clear()
-                self.close(CloseCode.MESSAGE_TOO_BIG, "frame too large")
-            elif event.message_finished:
-                data = bytes(self._message)
-                self._message.clear()
-                await self._on_frame(data)
-        elif isinstance(event, TextMessage):
-            self.close(CloseCode.UNSUPPORTED_DATA, "binary frames only")
-        elif isinstance(event, Ping):
-            self.outbox.push(ws.send(event.response()))
-        elif isinstance(event, CloseConnection):
-            if ws.state is ConnectionState.REMOTE_CLOSING:  # the peer closes first
-                self.close_code = self.close_code or event.code
-                self.outbox.push_final(ws.send(event.response()))
-                self.phase = Phase.DONE
-            elif ws.state is ConnectionState.CLOSED:  # the peer answered our close
-                self.phase = Phase.DONE
-            else:  # wsproto found a framing violation: tell the peer with the code it chose
-                try:
-                    code = CloseCode(event.code)
-                except ValueError:  # pragma: no cover - wsproto only reports codes we list
-                    code = CloseCode.PROTOCOL_ERROR
-                self.close(code, event.reason or "protocol error")
-
-    def _accept(self, request: HandshakeRequest) -> None:
+    def _accept(self, request: HandshakeRequest) -> RejectConnection | None:
+        """The upgrade hook: refuse (503) over the pending-handshake cap, else note a query token."""
         if self.gateway.pending_handshakes > self.config.max_pending_handshakes:
             self.gateway.stats["handshakes_refused"] += 1
-            self.outbox.push_final(
-                self.handshake.send(RejectConnection(status_code=503, headers=[(b"retry-after", b"1")]))
-            )
-            self.phase = Phase.DONE
-            return
+            return RejectConnection(status_code=503, headers=[(b"retry-after", b"1")])
         query = urllib.parse.urlsplit(request.target).query
         tokens = urllib.parse.parse_qs(query).get("token")
         self._query_token = tokens[0] if tokens else None
-        self.outbox.push(self.handshake.send(AcceptConnection()))
-        self.ws = self.handshake.connection
         self.phase = Phase.AWAIT_HELLO
+        return None
 
     # -- frames -----------------------------------------------------------------------------------
 

@@ -57,6 +57,29 @@ class Transport(abc.ABC):
     async def aclose(self) -> None:
         """Close the transport (idempotent)."""
 
+    async def send_eof(self) -> None:  # noqa: B027 - a default, not abstract: fakes need not half-close
+        """Half-close: the peer reads end of stream after everything written so far (default: no-op)."""
+
+    async def linger_close(self, timeout: float, max_bytes: int) -> None:
+        """End the stream so that what was written (a Close frame) reaches the peer: half-close, discard.
+
+        The trap: closing a socket that still has unread bytes from the peer makes the kernel send RST
+        instead of FIN, and an RST can destroy the peer's unread receive buffer, our Close frame in it.
+        So: FIN first, then read and discard until the peer closes too (a client answers our Close and
+        closes at once), for at most ``timeout`` seconds and ``max_bytes`` bytes. Call it once
+        everything is flushed; then :meth:`aclose`.
+        """
+        try:
+            await self.send_eof()
+        except OSError:
+            return
+        with trio.move_on_after(timeout):
+            while max_bytes > 0:
+                data = await self.receive_some()
+                if not data:
+                    break
+                max_bytes -= len(data)
+
 
 class SocketTransport(Transport):
     """A TCP socket: reads through Trio's ``SocketStream``, writes directly on the stdlib socket.
@@ -101,6 +124,9 @@ class SocketTransport(Transport):
     async def aclose(self) -> None:
         await self._stream.aclose()
 
+    async def send_eof(self) -> None:
+        self._sock.shutdown(socket.SHUT_WR)
+
 
 class StreamTransport(Transport):
     """Any Trio stream (memory streams in tests). It cannot write without awaiting, so every write
@@ -129,6 +155,13 @@ class StreamTransport(Transport):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    async def send_eof(self) -> None:
+        try:
+            if isinstance(self._stream, trio.abc.HalfCloseableStream):
+                await self._stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise OSError("stream closed") from exc
 
 
 class Outbox:

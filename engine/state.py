@@ -204,7 +204,7 @@ class RoomState:
         counters = _unpack(records["counters"]) if "counters" in records else {"epoch": 1, "seq": 0, "chat_n": 0}
         state.epoch, state.seq = counters["epoch"], counters["seq"]
         state.empty_since = counters.get("empty_since")
-        state.shared = counters.get("shared", True)  # rooms stored before the flag existed keep room_ttl
+        state.shared = bool(counters.get("shared", True))  # rooms stored before the flag existed keep room_ttl
         # Stored messages were validated when they were written: rebuild them without re-checking
         # (a third of the cost of a restart otherwise).
         messages.sort()
