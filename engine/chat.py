@@ -11,6 +11,7 @@ import collections
 import dataclasses
 from typing import Any
 
+from protocol.codec import PAGE_BYTES, fit_page
 from protocol.errors import ErrorCode
 from protocol.frames import ChatMessage
 
@@ -97,17 +98,22 @@ class ChatLog:
         self._replace(tombstone)
         return tombstone
 
-    def page(self, before: int | None, limit: int) -> tuple[list[ChatMessage], int | None]:
-        """Up to ``limit`` messages with ``n < before`` (newest first chosen), returned oldest first."""
+    def page(self, before: int | None, limit: int, budget: int = PAGE_BYTES) -> tuple[list[ChatMessage], int | None]:
+        """Up to ``limit`` messages with ``n < before`` (newest first chosen), returned oldest first.
+
+        The page also stops at ``budget`` encoded bytes (texts and ``meta`` are the members' own); the
+        cursor is then the oldest message on the page, so nothing is skipped.
+        """
         if not self.messages:
             return [], None
         first = self.messages[0].n
         end = self.last_n + 1 if before is None else min(before, self.last_n + 1)
-        start = max(first, end - limit)
         if end <= first:
             return [], None
-        chunk = [self.messages[n - first] for n in range(start, end)]
-        return chunk, (start if start > first else None)
+        newest_first = (self.messages[n - first] for n in range(end - 1, first - 1, -1))
+        chunk, more = fit_page(newest_first, limit, budget=budget)
+        chunk.reverse()
+        return chunk, (chunk[0].n if more else None)
 
     def mark_read(self, user: str, n: int) -> int | None:
         """Move ``user``'s cursor forward to ``n`` (capped at the newest). Returns the new cursor, or

@@ -424,7 +424,9 @@ class Connection(Peer):
             v=PROTOCOL_VERSION, sid=sid, session=gateway.signer.mint(SessionClaims(sub=claims.sub, sid=sid, exp=session_exp)),
             user=claims.sub, name=claims.name, hb=hb_ms, exp=claims.exp, time=int(now * 1000), resumed=resumed,
             limits={"frame": config.max_frame_bytes, "rate": config.rate, "burst": config.burst,
-                    "rooms": config.max_rooms_per_connection, "chat": config.max_chat_chars},
+                    "rooms": config.max_rooms_per_connection, "chat": config.max_chat_chars,
+                    "meta": config.max_meta_bytes, "data": config.max_presence_bytes,
+                    "chat_meta": config.max_chat_meta_bytes, "state": config.max_state_bytes},
         ))
 
     def _session_for(self, session_token: str | None, claims: Claims, now: float) -> tuple[str, bool]:
