@@ -15,10 +15,12 @@ import pytest
 import trio
 
 from engine import Config, RoomContext, RoomLogic
+from engine.config import ConfigError
 from engine.testing import SERVICE_KEY, TestKeys, test_config
 from protocol.client import Client, RequestError
 from protocol.codec import SERVER_LIMITS, dump_record, encode
 from protocol.frames import ErrorReply, MessageEvent, Ok, Send, StateEvent
+from protocol.schema import Limits
 from tests.wire import raw_peer
 
 KIB = 1024
@@ -45,6 +47,26 @@ def test_the_documented_defaults_are_the_configured_ones() -> None:
     config = Config()
     assert (config.max_meta_bytes, config.max_presence_bytes, config.max_chat_meta_bytes) == (META_BYTES,) * 3
     assert config.max_state_bytes == STATE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("max_meta_bytes", 32 * KIB + 1), ("max_presence_bytes", 32 * KIB + 1), ("max_chat_meta_bytes", 32 * KIB + 1),
+     ("max_state_bytes", STATE_BYTES + 1), ("max_presence_bytes", 0)],
+)
+def test_byte_limits_cannot_exceed_what_every_client_accepts(name: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config(**{name: value})
+    if value:
+        assert Config(**{name: value - 1}).limits == Limits(**{name: value - 1})
+
+
+async def test_welcome_announces_the_byte_limits(roost_connect) -> None:
+    with trio.fail_after(10):
+        ann = await roost_connect("ann")
+        limits = ann.welcome.limits or {}
+        assert (limits["meta"], limits["data"], limits["chat_meta"], limits["state"]) == (
+            META_BYTES, META_BYTES, META_BYTES, STATE_BYTES)
 
 
 async def _twenty_rooms_with_the_largest_meta(roost_connect) -> set[str]:
