@@ -11,7 +11,7 @@ import collections
 import dataclasses
 from typing import Any
 
-from protocol.codec import PAGE_BYTES, fit_page
+from protocol.codec import PAGE_BYTES, fit_page, record_size
 from protocol.errors import ErrorCode
 from protocol.frames import ChatMessage
 
@@ -111,7 +111,7 @@ class ChatLog:
         if end <= first:
             return [], None
         newest_first = (self.messages[n - first] for n in range(end - 1, first - 1, -1))
-        chunk, more = fit_page(newest_first, limit, budget=budget)
+        chunk, more = fit_page(newest_first, limit, record_size, budget)
         chunk.reverse()
         return chunk, (chunk[0].n if more else None)
 

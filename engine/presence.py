@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from protocol.codec import PAGE_BYTES, fit_page
+from protocol.codec import PAGE_BYTES, fit_page, record_size
 from protocol.frames import Member, PresenceStatus, Status
 
 __all__ = ["MemberEntry", "Presence", "SessionEntry"]
@@ -184,7 +184,7 @@ class Presence:
         ranked = sorted(self.members.values(), key=_list_key)
         if after is not None:
             ranked = [e for e in ranked if _cursor_of(e) > after]
-        chunk, more = fit_page((e.view() for e in ranked), limit)
+        chunk, more = fit_page((e.view() for e in ranked), limit, record_size, budget)
         return chunk, (_cursor_of(chunk[-1]) if more else None)
 
     def restore(self, records: list[dict[str, Any]], now: float, grace: float) -> None:

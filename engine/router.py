@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import trio
 
-from protocol.codec import fit_page
+from protocol.codec import fit_page, record_size
 from protocol.errors import ErrorCode
 from protocol.frames import LobbyPage, RoomInfo
 
@@ -122,5 +122,5 @@ class Router:
         if cursor is not None:
             ids = [room_id for room_id in ids if room_id > cursor]
         infos: list[RoomInfo]
-        infos, more = fit_page((self.rooms[room_id].info for room_id in ids), limit)
+        infos, more = fit_page((self.rooms[room_id].info for room_id in ids), limit, record_size)
         return LobbyPage(rooms=tuple(infos), next=infos[-1].room if more else None)

@@ -145,9 +145,7 @@ def record_size(record: WireRecord) -> int:
     return len(msgpack.packb(record.plain_fields(), use_bin_type=True))
 
 
-def fit_page(
-    items: Iterable[T], limit: int, size: Callable[[T], int] = record_size, budget: int = PAGE_BYTES  # type: ignore[assignment]
-) -> tuple[list[T], bool]:
+def fit_page(items: Iterable[T], limit: int, size: Callable[[T], int], budget: int = PAGE_BYTES) -> tuple[list[T], bool]:
     """The leading ``items`` that make one page: at most ``limit`` of them, whose ``size`` adds up to
     at most ``budget``; and whether any item was left out (the page then gets a ``next`` cursor).
 

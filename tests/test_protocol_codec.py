@@ -540,4 +540,6 @@ def test_pages_are_cut_by_count_and_by_size() -> None:
     assert fit_page(sizes, 10, size=lambda n: n, budget=60) == ([10, 20, 30], True)
     assert fit_page(sizes, 10, size=lambda n: n, budget=5) == ([10], True)  # the first item always
     assert fit_page([], 10, size=lambda n: n) == ([], False)
+    member = Member(user="u", name="U", status=PresenceStatus.ONLINE, last_seen=1)
+    assert record_size(member) == len(pack(dump_record(member)))
     assert PAGE_BYTES <= SERVER_LIMITS.max_frame_bytes // 4
