@@ -35,7 +35,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from protocol.codec import SERVER_LIMITS, Sender, decode, dump_record, encode
-from protocol.errors import CloseCode, ErrorCode, RemoteProtocolError
+from protocol.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.frames import (
     PROTOCOL_VERSION,
     AdminRequest,
@@ -351,6 +351,14 @@ class Connection(Peer):
         except RoomError as error:
             self.send_frame(ErrorReply(id=getattr(frame, "id", None), code=error.code.value,
                                        message=error.message[:512], retry_ms=error.retry_ms))
+        except LocalProtocolError as error:
+            # A reply this server cannot encode (a page or record over the server limits) is its own
+            # fault, not the caller's: refuse this one request in band, as rooms do, and keep the
+            # connection (before, it closed with 1011 and logged a traceback).
+            log.warning("cannot reply to %s from %s: %s", frame.TYPE, self.remote, error)
+            code = ErrorCode.TOO_LARGE if error.code is ErrorCode.TOO_LARGE else ErrorCode.INTERNAL
+            self.send_frame(ErrorReply(id=getattr(frame, "id", None), code=code.value,
+                                       message="the reply cannot be sent within the server's limits"))
 
     def _bad_frame(self, error: RemoteProtocolError) -> None:
         if error.close_code is not None:  # pragma: no cover - size is checked before decode

@@ -16,6 +16,7 @@ import trio
 
 from engine import Config, RoomContext, RoomLogic
 from engine.config import ConfigError
+from engine.state import RoomOptions
 from engine.testing import SERVICE_KEY, TestKeys, test_config
 from protocol.client import Client, RequestError
 from protocol.codec import SERVER_LIMITS, dump_record, encode
@@ -265,3 +266,16 @@ class TestLogicState:
 
 def encode_send(room: str, body: bytes) -> bytes:
     return encode(Send(id=1, room=room, kind="big", body=body), SERVER_LIMITS)
+
+
+async def test_a_reply_the_server_cannot_encode_is_refused_in_band(roost_engine, roost_connect, caplog) -> None:
+    """A lobby entry over the server's limits (an embedding app's room, made in-process without the
+    wire's checks) is the server's bug: the caller gets an error, not a 1011 close and a traceback."""
+    with trio.fail_after(10):
+        await roost_engine.router.create(RoomOptions(public=True, meta=opaque(SERVER_LIMITS.max_meta_bytes + 1)))
+        carol = await roost_connect("carol")
+        with pytest.raises(RequestError) as info:
+            await carol.lobby()
+        assert info.value.code == "too_large"
+        assert carol.connected and (await carol.lobby(limit=1, cursor="z")).rooms == ()
+        assert not [r for r in caplog.records if r.exc_info]
