@@ -23,11 +23,14 @@ __all__ = ["ChatLog"]
 class ChatLog:
     """Messages of one room, oldest first, with per-user read cursors."""
 
-    __slots__ = ("_by_cid", "_limit", "last_n", "messages", "read", "trimmed")
+    __slots__ = ("_by_cid", "_limit", "_sizes", "last_n", "messages", "read", "trimmed")
 
     def __init__(self, limit: int) -> None:
         self.messages: collections.deque[ChatMessage] = collections.deque()
         self._by_cid: dict[tuple[str, str], int] = {}
+        self._sizes: dict[int, int] = {}
+        """Encoded size of message ``n``, measured when a page first needs it (a message changes only
+        by edit or delete, which forget it): paging the same history again measures nothing."""
         self.read: dict[str, int] = {}
         self.last_n = 0
         self._limit = limit
@@ -70,10 +73,12 @@ class ChatLog:
         while len(self.messages) > self._limit:
             old = self.messages.popleft()
             self.trimmed.append(old.n)
+            self._sizes.pop(old.n, None)
             if old.cid is not None:
                 self._by_cid.pop((old.user, old.cid), None)
 
     def _replace(self, message: ChatMessage) -> None:
+        self._sizes.pop(message.n, None)
         self.messages[message.n - self.messages[0].n] = message
 
     def edit(self, *, user: str, msg_id: str, text: str, ts: int) -> ChatMessage:
@@ -111,9 +116,15 @@ class ChatLog:
         if end <= first:
             return [], None
         newest_first = (self.messages[n - first] for n in range(end - 1, first - 1, -1))
-        chunk, more = fit_page(newest_first, limit, record_size, budget)
+        chunk, more = fit_page(newest_first, limit, self._size, budget)
         chunk.reverse()
         return chunk, (chunk[0].n if more else None)
+
+    def _size(self, message: ChatMessage) -> int:
+        size = self._sizes.get(message.n)
+        if size is None:
+            size = self._sizes[message.n] = record_size(message)
+        return size
 
     def mark_read(self, user: str, n: int) -> int | None:
         """Move ``user``'s cursor forward to ``n`` (capped at the newest). Returns the new cursor, or
