@@ -11,6 +11,7 @@ import collections
 import dataclasses
 from typing import Any
 
+from protocol.codec import PAGE_BYTES, fit_page, record_size
 from protocol.errors import ErrorCode
 from protocol.frames import ChatMessage
 
@@ -22,11 +23,14 @@ __all__ = ["ChatLog"]
 class ChatLog:
     """Messages of one room, oldest first, with per-user read cursors."""
 
-    __slots__ = ("_by_cid", "_limit", "last_n", "messages", "read", "trimmed")
+    __slots__ = ("_by_cid", "_limit", "_sizes", "last_n", "messages", "read", "trimmed")
 
     def __init__(self, limit: int) -> None:
         self.messages: collections.deque[ChatMessage] = collections.deque()
         self._by_cid: dict[tuple[str, str], int] = {}
+        self._sizes: dict[int, int] = {}
+        """Encoded size of message ``n``, measured when a page first needs it (a message changes only
+        by edit or delete, which forget it): paging the same history again measures nothing."""
         self.read: dict[str, int] = {}
         self.last_n = 0
         self._limit = limit
@@ -69,10 +73,12 @@ class ChatLog:
         while len(self.messages) > self._limit:
             old = self.messages.popleft()
             self.trimmed.append(old.n)
+            self._sizes.pop(old.n, None)
             if old.cid is not None:
                 self._by_cid.pop((old.user, old.cid), None)
 
     def _replace(self, message: ChatMessage) -> None:
+        self._sizes.pop(message.n, None)
         self.messages[message.n - self.messages[0].n] = message
 
     def edit(self, *, user: str, msg_id: str, text: str, ts: int) -> ChatMessage:
@@ -97,17 +103,28 @@ class ChatLog:
         self._replace(tombstone)
         return tombstone
 
-    def page(self, before: int | None, limit: int) -> tuple[list[ChatMessage], int | None]:
-        """Up to ``limit`` messages with ``n < before`` (newest first chosen), returned oldest first."""
+    def page(self, before: int | None, limit: int, budget: int = PAGE_BYTES) -> tuple[list[ChatMessage], int | None]:
+        """Up to ``limit`` messages with ``n < before`` (newest first chosen), returned oldest first.
+
+        The page also stops at ``budget`` encoded bytes (texts and ``meta`` are the members' own); the
+        cursor is then the oldest message on the page, so nothing is skipped.
+        """
         if not self.messages:
             return [], None
         first = self.messages[0].n
         end = self.last_n + 1 if before is None else min(before, self.last_n + 1)
-        start = max(first, end - limit)
         if end <= first:
             return [], None
-        chunk = [self.messages[n - first] for n in range(start, end)]
-        return chunk, (start if start > first else None)
+        newest_first = (self.messages[n - first] for n in range(end - 1, first - 1, -1))
+        chunk, more = fit_page(newest_first, limit, self._size, budget)
+        chunk.reverse()
+        return chunk, (chunk[0].n if more else None)
+
+    def _size(self, message: ChatMessage) -> int:
+        size = self._sizes.get(message.n)
+        if size is None:
+            size = self._sizes[message.n] = record_size(message)
+        return size
 
     def mark_read(self, user: str, n: int) -> int | None:
         """Move ``user``'s cursor forward to ``n`` (capped at the newest). Returns the new cursor, or

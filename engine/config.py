@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from protocol.codec import SERVER_LIMITS
 from protocol.schema import Limits
 from protocol.tokens import Keyring
 
@@ -60,6 +61,15 @@ class Config:
     max_frame_bytes: int = 64 * 1024
     max_depth: int = 16
     max_chat_chars: int = 4096
+    max_meta_bytes: int = 16 * 1024
+    """Largest room ``meta`` (encoded msgpack bytes); at most 32 KiB, so a lobby entry stays small."""
+    max_presence_bytes: int = 16 * 1024
+    """Largest presence ``data`` of one member (encoded msgpack bytes); at most 32 KiB."""
+    max_chat_meta_bytes: int = 16 * 1024
+    """Largest chat message ``meta`` (encoded msgpack bytes); at most 32 KiB."""
+    max_state_bytes: int = 256 * 1024
+    """Largest game ``state`` a client may set (encoded msgpack bytes); at most 256 KiB, so a snapshot
+    (state, room meta and a page of members) always fits a server frame."""
     rate: float = 50.0
     """Sustained requests per second per connection (token bucket)."""
     burst: int = 100
@@ -104,6 +114,10 @@ class Config:
             "heartbeat_factor",
             "close_timeout",
             "max_frame_bytes",
+            "max_meta_bytes",
+            "max_presence_bytes",
+            "max_chat_meta_bytes",
+            "max_state_bytes",
             "rate",
             "burst",
             "max_rooms_per_connection",
@@ -128,6 +142,10 @@ class Config:
             raise ConfigError("kick_cooldown must not be negative")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port must be 0..65535")
+        for name in ("max_meta_bytes", "max_presence_bytes", "max_chat_meta_bytes", "max_state_bytes"):
+            cap = getattr(SERVER_LIMITS, name)  # what every client accepts from a server
+            if getattr(self, name) > cap:
+                raise ConfigError(f"{name} must be at most {cap}")
         if self.page_default > 100:
             raise ConfigError("page_default must be at most 100")
         if len(self.session_secret) < 16:
@@ -136,7 +154,9 @@ class Config:
     @property
     def limits(self) -> Limits:
         """The codec limits for frames clients send."""
-        return Limits(max_frame_bytes=self.max_frame_bytes, max_depth=self.max_depth, max_chat_chars=self.max_chat_chars)
+        return Limits(max_frame_bytes=self.max_frame_bytes, max_depth=self.max_depth, max_chat_chars=self.max_chat_chars,
+                      max_meta_bytes=self.max_meta_bytes, max_presence_bytes=self.max_presence_bytes,
+                      max_chat_meta_bytes=self.max_chat_meta_bytes, max_state_bytes=self.max_state_bytes)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed."""

@@ -23,7 +23,7 @@ from wsproto.events import RejectConnection
 from wsproto.events import Request as HandshakeRequest
 
 from protocol.codec import SERVER_LIMITS, Sender, decode, dump_record, encode
-from protocol.errors import CloseCode, ErrorCode, RemoteProtocolError
+from protocol.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.frames import (
     PROTOCOL_VERSION,
     AdminRequest,
@@ -293,6 +293,14 @@ class Connection(Peer):
         except RoomError as error:
             self.send_frame(ErrorReply(id=getattr(frame, "id", None), code=error.code.value,
                                        message=error.message[:512], retry_ms=error.retry_ms))
+        except LocalProtocolError as error:
+            # A reply this server cannot encode (a page or record over the server limits) is its own
+            # fault, not the caller's: refuse this one request in band, as rooms do, and keep the
+            # connection (before, it closed with 1011 and logged a traceback).
+            log.warning("cannot reply to %s from %s: %s", frame.TYPE, self.remote, error)
+            code = ErrorCode.TOO_LARGE if error.code is ErrorCode.TOO_LARGE else ErrorCode.INTERNAL
+            self.send_frame(ErrorReply(id=getattr(frame, "id", None), code=code.value,
+                                       message="the reply cannot be sent within the server's limits"))
 
     def _bad_frame(self, error: RemoteProtocolError) -> None:
         if error.close_code is not None:  # pragma: no cover - size is checked before decode
@@ -370,7 +378,9 @@ class Connection(Peer):
             v=PROTOCOL_VERSION, sid=sid, session=gateway.signer.mint(SessionClaims(sub=claims.sub, sid=sid, exp=session_exp)),
             user=claims.sub, name=claims.name, hb=hb_ms, exp=claims.exp, time=int(now * 1000), resumed=resumed,
             limits={"frame": config.max_frame_bytes, "rate": config.rate, "burst": config.burst,
-                    "rooms": config.max_rooms_per_connection, "chat": config.max_chat_chars},
+                    "rooms": config.max_rooms_per_connection, "chat": config.max_chat_chars,
+                    "meta": config.max_meta_bytes, "data": config.max_presence_bytes,
+                    "chat_meta": config.max_chat_meta_bytes, "state": config.max_state_bytes},
         ))
 
     def _session_for(self, session_token: str | None, claims: Claims, now: float) -> tuple[str, bool]:

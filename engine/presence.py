@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+from protocol.codec import PAGE_BYTES, fit_page, record_size
 from protocol.frames import Member, PresenceStatus, Status
 
 __all__ = ["MemberEntry", "Presence", "SessionEntry"]
@@ -187,14 +188,19 @@ class Presence:
         """Members from the longest-present (dicts keep insertion order, and joins only append)."""
         return iter(list(self.members.values()))
 
-    def page(self, after: str | None, limit: int) -> tuple[list[Member], str | None]:
-        """Members ordered online first, then away, then offline, each by user id; cursor = last key."""
+    def page(self, after: str | None, limit: int, budget: int = PAGE_BYTES) -> tuple[list[Member], str | None]:
+        """Members ordered online first, then away, then offline, each by user id; cursor = last key.
+
+        At most ``limit`` members whose encoded entries add up to at most ``budget`` bytes: presence
+        ``data`` is the members' own, and a count alone would let them make the page (or a joiner's
+        snapshot) too large to send. Only the members on the page (and one more) are viewed and
+        measured.
+        """
         ranked = sorted(self.members.values(), key=_list_key)
         if after is not None:
             ranked = [e for e in ranked if _cursor_of(e) > after]
-        chunk = ranked[:limit]
-        more = len(ranked) > limit
-        return [e.view() for e in chunk], (_cursor_of(chunk[-1]) if more and chunk else None)
+        chunk, more = fit_page((e.view() for e in ranked), limit, record_size, budget)
+        return chunk, (_cursor_of(chunk[-1]) if more else None)
 
     def restore(self, records: list[dict[str, Any]], now: float, grace: float) -> None:
         """Bring members back from their durable records: every session dropped, grace restarted."""
@@ -215,7 +221,7 @@ class Presence:
 _STATUS_RANK = {PresenceStatus.ONLINE: "0", PresenceStatus.AWAY: "1", PresenceStatus.OFFLINE: "2"}
 
 
-def _cursor_of(entry: MemberEntry) -> str:
+def _cursor_of(entry: MemberEntry | Member) -> str:
     return _STATUS_RANK[entry.status] + entry.user
 
 

@@ -423,11 +423,21 @@ class RoomActor:
 
         ``validate=False`` only for events made of values the room already validated (chat,
         presence, receipts); anything an application or room logic supplied is checked.
+
+        Raises:
+            RoomError: ``too_large`` when the event would not fit a server frame (a ``send`` body at
+                the client frame limit plus the event's envelope): the sender is refused, and as the
+                encoding comes first no seq is used up and nothing was sent.
         """
         state = self.state
         make: Any = event_type  # every RoomEvent declares room, epoch, seq and ts (frames.py)
         frame = make(room=state.room_id, epoch=state.epoch, seq=state.seq + 1, ts=self.now_ms(), **fields)
-        data = ws_frame(encode(frame, SERVER_LIMITS, validate=validate))  # may raise: no seq is used up then
+        try:
+            data = ws_frame(encode(frame, SERVER_LIMITS, validate=validate))
+        except LocalProtocolError as error:
+            if error.code is not ErrorCode.TOO_LARGE:
+                raise
+            raise RoomError(ErrorCode.TOO_LARGE, f"the {frame.TYPE} event would exceed the frame limit") from None
         state.seq += 1
         state.touch("counters")
         self._entries.append((None, data))
@@ -791,16 +801,22 @@ class RoomActor:
             self.logic.on_inactive(self.context, user, applied)
 
     def change_state(self, game: Any, phase: Phase | None, *, reason: str | None, keep_state: bool) -> int:
-        """Replace the game state and/or phase; version + 1; broadcast. Used by hosts and logic."""
+        """Replace the game state and/or phase; version + 1; broadcast. Used by hosts and logic.
+
+        The event is built first and the state changed only once it is: a refused event (a state
+        over ``max_state_bytes``, ``too_large``) must leave the version as it was, or the host's next
+        compare-and-set would fail against a version no member ever saw.
+        """
         state = self.state
-        if not keep_state:
-            state.game = game
-        if phase is not None and phase is not state.phase:
+        game = state.game if keep_state else game
+        phase = state.phase if phase is None else phase
+        self.emit(StateEvent, version=state.version + 1, phase=phase, state=game, reason=reason)
+        if phase is not state.phase:
             state.phase = phase
             self._info_dirty = True
+        state.game = game
         state.version += 1
         state.touch("game")
-        self.emit(StateEvent, version=state.version, phase=state.phase, state=state.game, reason=reason)
         return state.version
 
     # -- in-process operations (run inside a turn through Call) ------------------------------------

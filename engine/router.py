@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import trio
 
+from protocol.codec import fit_page, record_size
 from protocol.errors import ErrorCode
 from protocol.frames import LobbyPage, RoomInfo
 
@@ -109,7 +110,12 @@ class Router:
             del self._codes[runtime.code]
 
     def lobby(self, cursor: str | None, limit: int, *, include_private: bool = False) -> LobbyPage:
-        """A page of rooms ordered by id; private rooms only for operators."""
+        """A page of rooms ordered by id; private rooms only for operators.
+
+        Cut by encoded size as well as by ``limit``: each entry carries its room's ``meta``, chosen by
+        whoever created the room, so a count alone lets a few rooms make every lobby page too large
+        to send (which closed the caller with 1011). Only the entries on the page are measured.
+        """
         ids = sorted(
             room_id
             for room_id, runtime in self.rooms.items()
@@ -117,6 +123,6 @@ class Router:
         )
         if cursor is not None:
             ids = [room_id for room_id in ids if room_id > cursor]
-        chunk = ids[:limit]
-        infos: list[RoomInfo] = [self.rooms[room_id].info for room_id in chunk]
-        return LobbyPage(rooms=tuple(infos), next=chunk[-1] if len(ids) > limit else None)
+        infos: list[RoomInfo]
+        infos, more = fit_page((self.rooms[room_id].info for room_id in ids), limit, record_size)
+        return LobbyPage(rooms=tuple(infos), next=infos[-1].room if more else None)

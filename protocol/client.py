@@ -357,21 +357,26 @@ _RESULT_RECORDS: dict[type[ClientFrame], type[WireRecord]] = {
 _ADMIN_RECORDS: dict[AdminOp, type[WireRecord]] = {AdminOp.ROOMS: LobbyPage, AdminOp.ROOM: RoomSnapshot}
 
 
+_WELCOME_LIMITS = {
+    "frame": "max_frame_bytes",
+    "chat": "max_chat_chars",
+    "meta": "max_meta_bytes",
+    "data": "max_presence_bytes",
+    "chat_meta": "max_chat_meta_bytes",
+    "state": "max_state_bytes",
+}
+"""``welcome.limits`` keys the client applies to what it sends, and the Limits attribute of each."""
+
+
 def _limits_from_welcome(limits: Mapping[str, Any] | None) -> Limits:
     """Encode with the server's announced limits, so a server configured for longer chat messages
-    is not refused locally. Values that make no sense are ignored (the server checks anyway)."""
-    defaults = Limits()
-    if not limits:
-        return defaults
-    frame = limits.get("frame")
-    chat = limits.get("chat")
+    (or larger meta, presence data, game state) is not refused locally. Values that make no sense
+    are ignored (the server checks anyway)."""
+    values = {attr: limits[key] for key, attr in _WELCOME_LIMITS.items() if type((limits or {}).get(key)) is int}
     try:
-        return Limits(
-            max_frame_bytes=frame if type(frame) is int else defaults.max_frame_bytes,
-            max_chat_chars=chat if type(chat) is int else defaults.max_chat_chars,
-        )
+        return Limits(**values)
     except ValueError:
-        return defaults
+        return Limits()
 
 
 class _EventStream:

@@ -9,6 +9,7 @@ before any parsing.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import msgpack
@@ -19,18 +20,31 @@ from .schema import FieldProblem, Limits, WireRecord
 
 __all__ = [
     "CLIENT_LIMITS",
+    "PAGE_BYTES",
     "SERVER_LIMITS",
     "Sender",
     "decode",
     "dump_record",
     "encode",
+    "fit_page",
     "load_record",
+    "record_size",
 ]
 
 CLIENT_LIMITS = Limits()
-"""Default limits for frames sent by clients: 64 KiB frames, depth 16, 4,096-character chat."""
-SERVER_LIMITS = Limits(max_frame_bytes=1024 * 1024)
-"""Default limits for frames sent by the server (pages of history and members are larger)."""
+"""Default limits for frames sent by clients: 64 KiB frames, depth 16, 4,096-character chat, 16 KiB
+room meta, presence data and chat meta, 256 KiB game state."""
+SERVER_LIMITS = Limits(
+    max_frame_bytes=1024 * 1024, max_meta_bytes=32 * 1024, max_presence_bytes=32 * 1024,
+    max_chat_meta_bytes=32 * 1024,
+)
+"""Limits for frames sent by the server: 1 MiB frames, and the byte limits at the most a server may be
+configured with (32 KiB each), so a client accepts whatever a server within them sends. At these
+values the largest record (a chat message: 16 KiB of text and 32 KiB of meta) is under 1/8 of a frame."""
+PAGE_BYTES = SERVER_LIMITS.max_frame_bytes // 4
+"""The encoded bytes the items of one page (``lobby``, ``members``, ``history``, admin ``rooms``, the
+members of a snapshot) may take up together. A quarter of a server frame: a snapshot adds at most
+its room meta and game state (32 KiB + 256 KiB) to it and stays well under the frame limit."""
 
 
 class Sender(enum.Enum):
@@ -146,6 +160,35 @@ def encode(frame: Frame, limits: Limits | None = None, *, validate: bool = True)
             ErrorCode.TOO_LARGE, f"{frame.TYPE} frame of {len(data)} bytes exceeds {limits.max_frame_bytes}"
         )
     return data
+
+
+T = TypeVar("T")
+
+
+def record_size(record: WireRecord) -> int:
+    """The encoded size of one record as it sits in a page (its own msgpack map, packed once)."""
+    return len(msgpack.packb(record.plain_fields(), use_bin_type=True))
+
+
+def fit_page(items: Iterable[T], limit: int, size: Callable[[T], int], budget: int = PAGE_BYTES) -> tuple[list[T], bool]:
+    """The leading ``items`` that make one page: at most ``limit`` of them, whose ``size`` adds up to
+    at most ``budget``; and whether any item was left out (the page then gets a ``next`` cursor).
+
+    Each item is measured once, and only the items looked at (the page and one more), so a long list
+    costs no more than its page. The first item is always taken: the byte limits on what members put
+    in records keep any one record far smaller than a page, and a page of none would never advance.
+    """
+    chosen: list[T] = []
+    total = 0
+    for item in items:
+        if len(chosen) >= limit:
+            return chosen, True
+        cost = size(item)
+        if chosen and total + cost > budget:
+            return chosen, True
+        chosen.append(item)
+        total += cost
+    return chosen, False
 
 
 def load_record(record_type: type[R], value: Any, limits: Limits = SERVER_LIMITS) -> R:

@@ -43,7 +43,9 @@ class ErrorCode(enum.StrEnum):
     TOO_DEEP = "too_deep"
     """An opaque value (custom data, game state) nests deeper than the limit."""
     TOO_LARGE = "too_large"
-    """The whole frame is larger than the maximum frame size."""
+    """The whole frame is larger than the maximum frame size, a byte-limited value (room meta, presence
+    data, chat meta, game state) is larger than its limit, or the event a request would cause could
+    not be sent in one frame."""
 
     # -- the request is well-formed but cannot be served --
     UNAUTHORIZED = "unauthorized"

@@ -160,6 +160,10 @@ KIND = Str(1, 64)
 CHAT_TEXT = Str(1, "max_chat_chars")
 OPAQUE = Opaque()
 OPAQUE_MAP = Opaque(map_only=True)
+ROOM_META = Opaque(map_only=True, max_bytes="max_meta_bytes")
+PRESENCE_DATA = Opaque(max_bytes="max_presence_bytes")
+CHAT_META = Opaque(map_only=True, max_bytes="max_chat_meta_bytes")
+GAME_STATE = Opaque(max_bytes="max_state_bytes")
 MAX_MEMBERS = Int(1, 100_000)
 MEMBER_PAGE = 100
 MAX_DIFF = 1000
@@ -217,7 +221,7 @@ class Member(WireRecord):
     last_seen: int = spec_field(TIME_MS)
     sessions: int = spec_field(Int(0, 1000), default=0)
     typing: bool = spec_field(Bool(), default=False)
-    data: Any = spec_field(OPAQUE, default=None)
+    data: Any = spec_field(PRESENCE_DATA, default=None)
 
 
 @_frame
@@ -233,7 +237,7 @@ class ChatMessage(WireRecord):
     cid: str | None = spec_field(CLIENT_OP_ID, default=None)
     edited: int | None = spec_field(TIME_MS, default=None)
     deleted: bool = spec_field(Bool(), default=False)
-    meta: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
+    meta: dict[str, Any] | None = spec_field(CHAT_META, default=None)
 
 
 @_frame
@@ -247,7 +251,7 @@ class RoomInfo(WireRecord):
     phase: Phase = spec_field(Enum(Phase))
     public: bool = spec_field(Bool())
     created: int = spec_field(TIME_MS)
-    meta: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
+    meta: dict[str, Any] | None = spec_field(ROOM_META, default=None)
 
 
 @_frame
@@ -269,7 +273,7 @@ class RoomSnapshot(WireRecord):
     host: str | None = spec_field(USER_ID, default=None)
     phase: Phase = spec_field(Enum(Phase))
     version: int = spec_field(COUNT)
-    state: Any = spec_field(OPAQUE, default=None)
+    state: Any = spec_field(GAME_STATE, default=None)
     members: tuple[Member, ...] = spec_field(ListOf(Record(Member), MEMBER_PAGE), default=())
     members_next: str | None = spec_field(CURSOR, default=None)
     member_count: int = spec_field(COUNT, default=0)
@@ -279,7 +283,7 @@ class RoomSnapshot(WireRecord):
     logic: str | None = spec_field(KIND, default=None)
     inactive: InactivePolicy = spec_field(Enum(InactivePolicy), default=InactivePolicy.NONE)
     created: int = spec_field(TIME_MS)
-    meta: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
+    meta: dict[str, Any] | None = spec_field(ROOM_META, default=None)
 
 
 @_frame
@@ -370,7 +374,7 @@ class Create(ClientFrame):
     max: int | None = spec_field(MAX_MEMBERS, default=None)
     logic: str | None = spec_field(KIND, default=None)
     inactive: InactivePolicy = spec_field(Enum(InactivePolicy), default=InactivePolicy.NONE)
-    meta: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
+    meta: dict[str, Any] | None = spec_field(ROOM_META, default=None)
 
 
 @_frame
@@ -402,7 +406,7 @@ class JoinOrCreate(ClientFrame):
     max: int | None = spec_field(MAX_MEMBERS, default=None)
     logic: str | None = spec_field(KIND, default=None)
     inactive: InactivePolicy = spec_field(Enum(InactivePolicy), default=InactivePolicy.NONE)
-    meta: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
+    meta: dict[str, Any] | None = spec_field(ROOM_META, default=None)
 
 
 @_frame
@@ -442,7 +446,7 @@ class PresenceSet(ClientFrame):
     TYPE: ClassVar[str] = "presence_set"
     id: int = spec_field(REQUEST_ID)
     room: str = spec_field(ROOM_ID)
-    data: Any = spec_field(OPAQUE, default=None)
+    data: Any = spec_field(PRESENCE_DATA, default=None)
     status: Status | None = spec_field(Enum(Status), default=None)
 
     def check(self) -> str | None:
@@ -470,7 +474,7 @@ class ChatSend(ClientFrame):
     room: str = spec_field(ROOM_ID)
     cid: str = spec_field(CLIENT_OP_ID)
     text: str = spec_field(CHAT_TEXT)
-    meta: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
+    meta: dict[str, Any] | None = spec_field(CHAT_META, default=None)
 
 
 @_frame
@@ -523,7 +527,7 @@ class StateSet(ClientFrame):
     id: int = spec_field(REQUEST_ID)
     room: str = spec_field(ROOM_ID)
     version: int = spec_field(COUNT)
-    state: Any = spec_field(OPAQUE, default=None)
+    state: Any = spec_field(GAME_STATE, default=None)
     phase: Phase | None = spec_field(Enum(Phase), default=None)
 
     def check(self) -> str | None:
@@ -740,7 +744,7 @@ class StateEvent(RoomEvent):
     ts: int = spec_field(TIME_MS)
     version: int = spec_field(COUNT)
     phase: Phase = spec_field(Enum(Phase))
-    state: Any = spec_field(OPAQUE, default=None)
+    state: Any = spec_field(GAME_STATE, default=None)
     reason: str | None = spec_field(KIND, default=None)
 
 

@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import msgpack
+
 from .errors import ErrorCode
 
 __all__ = [
@@ -48,14 +50,28 @@ class Limits:
         max_depth: how deep an opaque value (custom data, game state, metadata) may nest; a map
             holding a list is depth 2.
         max_chat_chars: the longest chat message text, in Unicode code points.
+        max_meta_bytes: the largest room ``meta``, in encoded msgpack bytes.
+        max_presence_bytes: the largest presence ``data`` of one member, in encoded msgpack bytes.
+        max_chat_meta_bytes: the largest chat message ``meta``, in encoded msgpack bytes.
+        max_state_bytes: the largest game ``state``, in encoded msgpack bytes.
+
+    The byte limits exist because these values are copied into every page and snapshot that lists
+    their record: a count limit alone lets 20 rooms of 62 KB ``meta`` make every lobby page too large
+    to send. Each keeps one record far below a frame; the state limit keeps a snapshot (which carries
+    the state, the room meta and a page of members) under one (PROTOCOL.md §3.4).
     """
 
     max_frame_bytes: int = 64 * 1024
     max_depth: int = 16
     max_chat_chars: int = 4096
+    max_meta_bytes: int = 16 * 1024
+    max_presence_bytes: int = 16 * 1024
+    max_chat_meta_bytes: int = 16 * 1024
+    max_state_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
-        if self.max_frame_bytes < 64 or self.max_depth < 1 or self.max_chat_chars < 1:
+        if (self.max_frame_bytes < 64 or self.max_depth < 1 or self.max_chat_chars < 1
+                or min(self.max_meta_bytes, self.max_presence_bytes, self.max_chat_meta_bytes, self.max_state_bytes) < 1):
             raise ValueError("limits must be positive (max_frame_bytes >= 64)")
 
 
@@ -193,19 +209,35 @@ class Opaque(Spec):
     are allowed; ext types (timestamps included) are refused. Nesting is capped at
     ``limits.max_depth + extra_depth`` (``extra_depth`` leaves room for the envelope of server
     replies that embed user values). With ``map_only`` the top level must be a map.
+
+    ``max_bytes`` names a :class:`Limits` attribute bounding the value's encoded msgpack size
+    (``too_large`` beyond it). The value is packed once more to measure it: msgpack's C packer costs
+    far less than the Python walk above, and an estimate could be fooled (4-byte code points).
     """
 
     map_only: bool = False
     extra_depth: int = 0
+    max_bytes: str | None = None
 
     def load(self, value: Any, limits: Limits) -> Any:
         if self.map_only and type(value) is not dict:
             raise FieldProblem(ErrorCode.BAD_FIELD, f"expected map, got {_type_name(value)}")
         _check_opaque(value, limits.max_depth + self.extra_depth)
+        if self.max_bytes is not None:
+            limit = int(getattr(limits, self.max_bytes))
+            try:
+                size = len(msgpack.packb(value, use_bin_type=True))
+            except (OverflowError, ValueError) as exc:  # an integer outside msgpack's 64-bit range
+                raise FieldProblem(ErrorCode.BAD_FIELD, f"value cannot be encoded: {exc}") from None
+            if size > limit:
+                raise FieldProblem(ErrorCode.TOO_LARGE, f"value of {size} bytes exceeds {limit}")
         return value
 
     def describe(self) -> str:
-        return "map (opaque)" if self.map_only else "any (opaque)"
+        text = "map (opaque" if self.map_only else "any (opaque"
+        if self.max_bytes is not None:
+            text += f", at most {getattr(Limits(), self.max_bytes)} bytes encoded"
+        return text + ")"
 
 
 def _check_opaque(root: Any, max_depth: int) -> None:

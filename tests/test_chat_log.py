@@ -6,6 +6,7 @@ import pytest
 
 from engine.chat import ChatLog
 from engine.errors import RoomError
+from protocol.codec import record_size
 from protocol.errors import ErrorCode
 
 
@@ -118,3 +119,21 @@ def test_restore_rebuilds_the_log() -> None:
     assert list(copy.messages) == list(log.messages)
     assert copy.unread("bob") == 1
     assert copy.send(user="ann", name="ann", cid="ann-0", text="0", meta=None, ts=1)[1] is True
+
+
+def test_pages_are_cut_by_encoded_size_and_an_edit_is_measured_again() -> None:
+    log = ChatLog(limit=100)
+    for i in range(5):
+        log.send(user="ann", name="Ann", cid=f"c{i}", text="a" * 100, meta=None, ts=1)
+    size = record_size(log.messages[0])
+    page, before = log.page(None, 10, budget=3 * size)
+    assert [m.n for m in page] == [3, 4, 5] and before == 3  # the newest that fit; next page from 3
+    page, before = log.page(before, 10, budget=3 * size)
+    assert [m.n for m in page] == [1, 2] and before is None
+    log.edit(user="ann", msg_id="m4", text="b" * 1000, ts=2)  # grows: its old size must not be reused
+    page, before = log.page(None, 10, budget=3 * size)
+    assert [m.n for m in page] == [5] and before == 5
+    log.delete(user="ann", msg_id="m4", is_host=False, ts=3)  # a tombstone is small again
+    assert [m.n for m in log.page(None, 10, budget=3 * size)[0]] == [3, 4, 5]
+    page, _ = log.page(None, 1, budget=1)
+    assert [m.n for m in page] == [5]  # one message always, whatever the budget

@@ -832,3 +832,15 @@ async def test_requests_wait_while_reconnecting_and_closing_ends_the_wait(
                 await client.aclose()  # interrupts the backoff
         assert isinstance(waiting[0], ConnectionClosedError)
         assert waiting[0].code == 1000
+
+
+def test_welcome_limits_apply_to_what_the_client_sends() -> None:
+    from protocol.client import _limits_from_welcome
+    from protocol.schema import Limits
+
+    assert _limits_from_welcome(None) == Limits()
+    announced = {"frame": 2**20, "chat": 10, "meta": 100, "data": 200, "chat_meta": 300, "state": 400, "rate": 50.0}
+    assert _limits_from_welcome(announced) == Limits(max_frame_bytes=2**20, max_chat_chars=10, max_meta_bytes=100,
+                                                     max_presence_bytes=200, max_chat_meta_bytes=300,
+                                                     max_state_bytes=400)
+    assert _limits_from_welcome({"meta": "big", "data": 0}) == Limits()  # nonsense is ignored

@@ -135,9 +135,11 @@ async def test_welcome_limits_have_the_documented_keys_and_types(roost_engine: E
         peer = await raw_peer(nursery, roost_engine.url)
         welcome = await peer.hello(roost_keys.token("ann"))
         limits = welcome.limits
-        assert limits == {"frame": 65_536, "rate": 50.0, "burst": 100, "rooms": 16, "chat": 4096}
+        assert limits == {"frame": 65_536, "rate": 50.0, "burst": 100, "rooms": 16, "chat": 4096,
+                          "meta": 16_384, "data": 16_384, "chat_meta": 16_384, "state": 262_144}
         assert {k: type(v) for k, v in limits.items()} == {
-            "frame": int, "rate": float, "burst": int, "rooms": int, "chat": int}
+            "frame": int, "rate": float, "burst": int, "rooms": int, "chat": int,
+            "meta": int, "data": int, "chat_meta": int, "state": int}
 
 
 STATS_KEYS = {

@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from protocol import CLIENT_LIMITS, SERVER_LIMITS, Limits, Sender, decode, dump_record, encode, load_record
+from protocol.codec import PAGE_BYTES, fit_page, record_size
 from protocol.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.frames import (
     CLIENT_FRAMES,
@@ -24,6 +25,7 @@ from protocol.frames import (
     PresenceDiff,
     PresenceSet,
     PresenceStatus,
+    RoomInfo,
     RoomSnapshot,
     StateSet,
 )
@@ -391,6 +393,8 @@ def test_limits_must_be_sane() -> None:
         Limits(max_frame_bytes=10)
     with pytest.raises(ValueError, match="positive"):
         Limits(max_depth=0)
+    with pytest.raises(ValueError, match="positive"):
+        Limits(max_presence_bytes=0)
 
 
 # -- records and results ---------------------------------------------------------------------------
@@ -476,3 +480,80 @@ def test_unvalidated_encoding_still_checks_the_size() -> None:
     with pytest.raises(LocalProtocolError) as info:
         encode(ChatSend(id=1, room="r", cid="c", text="x" * 4000), Limits(max_frame_bytes=1000), validate=False)
     assert info.value.code is ErrorCode.TOO_LARGE
+
+
+# -- byte limits and pages cut by size (PROTOCOL.md §3.4) ---------------------------------------
+
+
+def sized(size: int) -> dict[str, Any]:
+    """A map whose encoding is exactly ``size`` bytes (262 <= size < 65542)."""
+    value = {"x": "a" * (size - 6)}
+    assert len(pack(value)) == size
+    return value
+
+
+@pytest.mark.parametrize(
+    ("frame_type", "field", "limit"),
+    [
+        ("create", "meta", "max_meta_bytes"),
+        ("join_or_create", "meta", "max_meta_bytes"),
+        ("presence_set", "data", "max_presence_bytes"),
+        ("chat_send", "meta", "max_chat_meta_bytes"),
+        ("state_set", "state", "max_state_bytes"),
+    ],
+)
+@pytest.mark.parametrize("delta", [0, 1])
+def test_opaque_byte_limits(frame_type: str, field: str, limit: str, delta: int) -> None:
+    size = getattr(CLIENT_LIMITS, limit) + delta
+    value = next(v for v in ({"x": b"a" * (size - n)} for n in (6, 8)) if len(pack(v)) == size)  # bin 16/32
+    raw = {**wire(frame_type), field: value}
+    limits = Limits(max_frame_bytes=1024 * 1024)
+    if delta == 0:
+        assert getattr(decode(pack(raw), Sender.CLIENT, limits), field) == raw[field]
+        return
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(pack(raw), Sender.CLIENT, limits)
+    assert info.value.code is ErrorCode.TOO_LARGE and field in str(info.value)
+
+
+def test_byte_limits_are_configurable() -> None:
+    raw = {**wire("create"), "meta": sized(1000)}
+    assert decode(pack(raw), Sender.CLIENT).meta == raw["meta"]
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(pack(raw), Sender.CLIENT, Limits(max_meta_bytes=999))
+    assert info.value.code is ErrorCode.TOO_LARGE
+
+
+def test_a_value_msgpack_cannot_encode_is_refused_when_measured() -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        encode(PresenceSet(id=1, room="r1", data={"n": 2**64}))
+    assert info.value.code is ErrorCode.BAD_FIELD
+
+
+def test_the_largest_records_are_far_below_a_frame() -> None:
+    """Every field at its largest, with the byte limits at the most a server may configure: < 1/8 frame."""
+    limits = SERVER_LIMITS
+    wide = "\U0001f426"  # four bytes in UTF-8
+    common = {"user": wide * 128, "name": wide * 64}
+    member = Member(**common, status=PresenceStatus.OFFLINE, last_seen=2**53 - 1, sessions=1000, typing=True,
+                    data={"x": b"d" * (limits.max_presence_bytes - 6)})
+    message = ChatMessage(id="m" * 64, n=2**53 - 1, **common, text=wide * limits.max_chat_chars, ts=2**53 - 1,
+                          cid=wide * 64, edited=2**53 - 1, deleted=True,
+                          meta={"x": b"m" * (limits.max_chat_meta_bytes - 6)})
+    info = RoomInfo(room="r" * 64, code="C" * 32, members=2**53 - 1, max=100_000, phase=Phase.PLAYING, public=True,
+                    created=2**53 - 1, meta={"x": b"r" * (limits.max_meta_bytes - 6)})
+    for record in (member, message, info):
+        dump_record(record, limits)  # valid at these sizes
+        assert record_size(record) < limits.max_frame_bytes // 8, type(record).__name__
+
+
+def test_pages_are_cut_by_count_and_by_size() -> None:
+    sizes = [10, 20, 30, 40]
+    assert fit_page(sizes, 10, size=lambda n: n, budget=1000) == ([10, 20, 30, 40], False)
+    assert fit_page(sizes, 2, size=lambda n: n, budget=1000) == ([10, 20], True)
+    assert fit_page(sizes, 10, size=lambda n: n, budget=60) == ([10, 20, 30], True)
+    assert fit_page(sizes, 10, size=lambda n: n, budget=5) == ([10], True)  # the first item always
+    assert fit_page([], 10, size=lambda n: n) == ([], False)
+    member = Member(user="u", name="U", status=PresenceStatus.ONLINE, last_seen=1)
+    assert record_size(member) == len(pack(dump_record(member)))
+    assert PAGE_BYTES <= SERVER_LIMITS.max_frame_bytes // 4
