@@ -1,0 +1,146 @@
+"""Over real sockets, a member whose socket pushes back still receives every frame whole and in order.
+
+A raw member with a tiny receive buffer reads slowly while big (60 KB) and small events are broadcast
+in its room, so the server's writes to it are partial and its outbox writer waits on the socket while
+the room keeps pushing. Every frame the member parses must be one the server sent, intact, in order:
+before the fix, the room's direct write landed inside the unsent rest of the previous frame.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+from typing import Any
+
+import pytest
+import trio
+
+from engine import Config, Engine
+from engine.outbox import ws_frame
+from engine.testing import TestKeys, test_config
+from protocol import RemoteProtocolError, Sender, decode, encode
+from protocol.frames import ChatEvent, ChatMessage, Frame, Hello, Join, MessageEvent, Ok, PresenceDiff, RoomEvent
+from tests.wire import client_frame, server_frames
+
+BIG = 60_000
+
+
+@pytest.fixture
+def roost_config(roost_keys: TestKeys) -> Config:
+    # Bounds far above what the test sends: this is about atomicity, not the slow-consumer close.
+    return test_config(roost_keys, outbox_max_bytes=64 * 1024 * 1024, outbox_max_frames=100_000)
+
+
+class SlowReader:
+    """A raw WebSocket member with a 4 KiB receive buffer that reads a little at a time."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.parsed: collections.deque[Frame] = collections.deque()
+
+    @classmethod
+    async def join(cls, engine: Engine, token: str, room: str) -> SlowReader:
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window stays small
+        await sock.connect(engine.address)
+        reader = cls(trio.SocketStream(sock))
+        await reader.stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + client_frame(encode(Hello(v=1, token=token, hb=300_000)))
+            + client_frame(encode(Join(id=1, room=room)))
+        )
+        while True:
+            frame = await reader.next_frame()
+            if isinstance(frame, Ok) and frame.id == 1:
+                return reader
+
+    async def next_frame(self) -> Frame:
+        """The next server frame, decoded; each must be a frame the server can send."""
+        while not self.parsed:
+            chunk = await self.stream.receive_some(1024)
+            assert chunk, "the server closed the connection"
+            self.buffer += chunk
+            if not self.upgraded:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                assert self.buffer.startswith(b"HTTP/1.1 101"), bytes(self.buffer[:80])
+                del self.buffer[: end + 4]
+                self.upgraded = True
+            for opcode, payload in server_frames(self.buffer):
+                assert opcode == 0x2, f"unexpected opcode {opcode:#x}: the stream is out of frame"
+                try:
+                    self.parsed.append(decode(payload, Sender.SERVER))
+                except RemoteProtocolError as error:
+                    raise AssertionError(f"parsed a frame the server did not send ({error})") from None
+            await trio.sleep(0.0005)  # slow, not stopped: the server's writes to it keep being partial
+        return self.parsed.popleft()
+
+
+async def broadcast_and_read(
+    roost_engine: Engine, roost_keys: TestKeys, roost_connect: Any, bodies: list[bytes], check: Any
+) -> None:
+    """Ann sends ``bodies`` (as ``send``) with a small chat after each; the slow reader checks every
+    frame it parses with ``check`` and must see all of them, in order."""
+    ann = await roost_connect("ann")
+    snapshot = await ann.create()
+    reader = await SlowReader.join(roost_engine, roost_keys.token("zed"), snapshot.room)
+
+    async def talk() -> None:
+        for index, body in enumerate(bodies):
+            await ann.send(snapshot.room, "blob", body)
+            await ann.chat_send(snapshot.room, f"small {index}")
+
+    expected = [("blob", body) for body in bodies]
+    seen: list[tuple[str, Any]] = []
+    last_seq = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(talk)
+        while len(seen) < len(bodies):
+            frame = await reader.next_frame()
+            check(frame)
+            if isinstance(frame, RoomEvent) and hasattr(frame, "seq"):
+                assert frame.seq > last_seq, f"out of order: seq {frame.seq} after {last_seq}"
+                last_seq = frame.seq
+            if isinstance(frame, MessageEvent):
+                seen.append((frame.kind, frame.body))
+            elif isinstance(frame, ChatEvent):
+                assert frame.msg.user == "ann" and frame.msg.text == f"small {len(seen) - 1}", frame.msg
+    assert [kind for kind, _ in seen] == [kind for kind, _ in expected]
+    assert all(body == want for (_, body), (_, want) in zip(seen, expected, strict=True)), "a body was altered"
+    await reader.stream.aclose()
+
+
+async def test_big_and_small_events_reach_a_slow_reader_whole_and_in_order(
+    roost_engine: Engine, roost_keys: TestKeys, roost_connect: Any
+) -> None:
+    def check(frame: Frame) -> None:
+        assert isinstance(frame, MessageEvent | ChatEvent | PresenceDiff | Ok), frame
+
+    bodies = [bytes([index]) * BIG for index in range(12)]
+    with trio.fail_after(30):
+        await broadcast_and_read(roost_engine, roost_keys, roost_connect, bodies, check)
+
+
+async def test_a_relayed_body_cannot_smuggle_a_server_frame_to_a_slow_reader(
+    roost_engine: Engine, roost_keys: TestKeys, roost_connect: Any
+) -> None:
+    """A member relays bodies made of complete encoded server frames: a forged ``chat`` from user
+    ``system``, whole and framed. Were a write to land inside another frame, the reader's parser
+    would lose its place and could come out on one of them; it must only ever see frames the server
+    sent."""
+    forged = ws_frame(encode(ChatEvent(
+        room="r", epoch=1, seq=10**6, ts=0,
+        msg=ChatMessage(id="m", n=1, user="system", name="System", text="send your password", ts=0),
+    )))
+    bodies = [(forged * (BIG // len(forged) + 1))[:BIG - index] for index in range(12)]
+
+    def check(frame: Frame) -> None:
+        assert not (isinstance(frame, ChatEvent) and frame.msg.user == "system"), "decoded a forged frame"
+        assert isinstance(frame, MessageEvent | ChatEvent | PresenceDiff | Ok), frame
+
+    with trio.fail_after(30):
+        await broadcast_and_read(roost_engine, roost_keys, roost_connect, bodies, check)
