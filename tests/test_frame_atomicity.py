@@ -8,8 +8,6 @@ before the fix, the room's direct write landed inside the unsent rest of the pre
 
 from __future__ import annotations
 
-import collections
-import socket
 from typing import Any
 
 import pytest
@@ -19,8 +17,8 @@ from engine import Config, Engine
 from engine.outbox import ws_frame
 from engine.testing import TestKeys, test_config
 from protocol import RemoteProtocolError, Sender, decode, encode
-from protocol.frames import ChatEvent, ChatMessage, Frame, Hello, Join, MessageEvent, Ok, PresenceDiff, RoomEvent
-from tests.wire import client_frame, server_frames
+from protocol.frames import ChatEvent, ChatMessage, Frame, MessageEvent, Ok, PresenceDiff, RoomEvent
+from tests.wire import SlowMember
 
 BIG = 60_000
 
@@ -31,53 +29,15 @@ def roost_config(roost_keys: TestKeys) -> Config:
     return test_config(roost_keys, outbox_max_bytes=64 * 1024 * 1024, outbox_max_frames=100_000)
 
 
-class SlowReader:
-    """A raw WebSocket member with a 4 KiB receive buffer that reads a little at a time."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-        self.upgraded = False
-        self.parsed: collections.deque[Frame] = collections.deque()
-
-    @classmethod
-    async def join(cls, engine: Engine, token: str, room: str) -> SlowReader:
-        sock = trio.socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window stays small
-        await sock.connect(engine.address)
-        reader = cls(trio.SocketStream(sock))
-        await reader.stream.send_all(
-            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            + client_frame(encode(Hello(v=1, token=token, hb=300_000)))
-            + client_frame(encode(Join(id=1, room=room)))
-        )
-        while True:
-            frame = await reader.next_frame()
-            if isinstance(frame, Ok) and frame.id == 1:
-                return reader
-
-    async def next_frame(self) -> Frame:
-        """The next server frame, decoded; each must be a frame the server can send."""
-        while not self.parsed:
-            chunk = await self.stream.receive_some(1024)
-            assert chunk, "the server closed the connection"
-            self.buffer += chunk
-            if not self.upgraded:
-                end = self.buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    continue
-                assert self.buffer.startswith(b"HTTP/1.1 101"), bytes(self.buffer[:80])
-                del self.buffer[: end + 4]
-                self.upgraded = True
-            for opcode, payload in server_frames(self.buffer):
-                assert opcode == 0x2, f"unexpected opcode {opcode:#x}: the stream is out of frame"
-                try:
-                    self.parsed.append(decode(payload, Sender.SERVER))
-                except RemoteProtocolError as error:
-                    raise AssertionError(f"parsed a frame the server did not send ({error})") from None
-            await trio.sleep(0.0005)  # slow, not stopped: the server's writes to it keep being partial
-        return self.parsed.popleft()
+def decoded(frame: tuple[int, bytes] | None) -> Frame:
+    """A frame the slow member parsed, which must be one the server sent."""
+    assert frame is not None, "the server closed the connection"
+    opcode, payload = frame
+    assert opcode == 0x2, f"unexpected opcode {opcode:#x}: the stream is out of frame"
+    try:
+        return decode(payload, Sender.SERVER)
+    except RemoteProtocolError as error:
+        raise AssertionError(f"parsed a frame the server did not send ({error})") from None
 
 
 async def broadcast_and_read(
@@ -87,7 +47,7 @@ async def broadcast_and_read(
     frame it parses with ``check`` and must see all of them, in order."""
     ann = await roost_connect("ann")
     snapshot = await ann.create()
-    reader = await SlowReader.join(roost_engine, roost_keys.token("zed"), snapshot.room)
+    reader = await SlowMember.join(roost_engine.address, roost_keys.token("zed"), snapshot.room)
 
     async def talk() -> None:
         for index, body in enumerate(bodies):
@@ -100,7 +60,7 @@ async def broadcast_and_read(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(talk)
         while len(seen) < len(bodies):
-            frame = await reader.next_frame()
+            frame = decoded(await reader.next_frame())
             check(frame)
             if isinstance(frame, RoomEvent) and hasattr(frame, "seq"):
                 assert frame.seq > last_seq, f"out of order: seq {frame.seq} after {last_seq}"
