@@ -3,10 +3,14 @@
 Measured on this machine (reference/stack-limits.md §A.7–A.8): queueing every delivery to a per-member
 writer task costs 2.5× a direct non-blocking ``send()``; trio-websocket's ``send_message`` costs 4×.
 So :meth:`Outbox.push` writes straight to the socket from whichever task calls it (a room actor in the
-middle of a broadcast), and only what the kernel did not take goes to a bounded backlog that the
-connection's writer task drains, coalescing everything queued into one ``send``. A backlog over its
-bound marks a slow consumer: the connection is closed with a resumable code instead of stalling its
-rooms.
+middle of a broadcast) when nothing is unsent, and only what the kernel did not take goes to a bounded
+backlog that the connection's writer task drains, coalescing queued frames into few ``send`` calls.
+Frames are atomic on the wire: no byte is written directly while an earlier byte is unsent.
+
+A backlog over its bound marks a slow consumer: the push that overflows is refused, the frames queued
+but never begun are dropped, and the Close (4000, resumable) goes right behind the frame being sent,
+instead of the connection stalling its rooms or the Close waiting behind a megabyte the peer is not
+reading.
 """
 
 from __future__ import annotations
