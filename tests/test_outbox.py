@@ -18,7 +18,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.outbox import Outbox, Transport, ws_frame
+from engine.outbox import _COALESCE, Outbox, Transport, frame_spans, ws_frame
 
 CLOSE = b"\x88\x0d\x0f\xa0slow consumer"  # Close 4000 "slow consumer", as wsproto frames it
 
@@ -189,3 +189,46 @@ def test_an_overflow_completes_the_begun_frame_then_sends_the_close(script: Scri
         kept.append(frame)
         offset += len(frame)
     assert out == b"".join(kept) + (run.final or b"")
+
+
+def test_frame_spans_splits_whole_unmasked_frames_only() -> None:
+    frames = [ws_frame(b""), ws_frame(b"a" * 125), ws_frame(b"b" * 300), ws_frame(b"c" * 70_000)]
+    spans = frame_spans(b"".join(frames))
+    assert spans is not None and [bytes(span) for span in spans] == frames
+    assert frame_spans(b"HTTP/1.1 101 Switching Protocols\r\n\r\n") is None  # not frames: one unit
+    assert frame_spans(frames[2][:-1]) is None  # truncated
+    assert frame_spans(b"\x82\x85\x00\x00\x00\x00hello") is None  # masked: not a server frame
+
+
+class WholeWrites(FakeTransport):
+    """Takes every write whole when writable, and records its size."""
+
+    def __init__(self) -> None:
+        super().__init__(random.Random(0), stream=False)
+        self.writes: list[int] = []
+
+    def _take(self, data: bytes | memoryview) -> int:
+        if not self.writable:
+            return 0
+        self.writes.append(len(data))
+        self.out += data
+        return len(data)
+
+
+async def test_the_writer_coalesces_what_queued_while_the_socket_was_full() -> None:
+    """Frames queued while the socket pushed back leave together: one write of up to about 256 KiB."""
+    transport = WholeWrites()
+    outbox = Outbox(transport, max_frames=10_000, max_bytes=10**9, on_overflow=lambda: None)
+    transport.set_writable(False)
+    frames = [ws_frame(b"%d" % i) for i in range(10)] + [ws_frame(bytes(60_000)) for _ in range(8)]
+    for frame in frames:
+        assert outbox.push(frame)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.run_writer)
+        await trio.testing.wait_all_tasks_blocked()
+        transport.set_writable(True)
+        outbox.finish()
+    assert bytes(transport.out) == b"".join(frames)
+    first = transport.writes[0]
+    assert first >= _COALESCE > first - len(frames[-1])  # joined up to the cap, then stopped
+    assert transport.writes == [first, len(b"".join(frames)) - first]
