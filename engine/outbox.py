@@ -141,8 +141,11 @@ class SocketTransport(Transport):
             pass  # not connected any more: nothing left to deliver
         else:
             with trio.move_on_after(self.LINGER):
-                while await self.receive_some():
-                    pass
+                try:
+                    while await self.receive_some():
+                        pass
+                except trio.BusyResourceError:
+                    pass  # the connection's reader is still reading: it drains, the close wakes it
         finally:
             await self._stream.aclose()  # closes the descriptor first, even when cancelled
 

@@ -120,3 +120,24 @@ async def test_the_close_survives_bytes_the_server_never_read() -> None:
                 received += data
             await peer.aclose()  # the peer's end of stream ends the server's linger
         assert bytes(received) == b"x" * written + b"\x88\x02\x0f\xa0"
+
+
+async def test_closing_while_the_reader_waits_ends_the_read() -> None:
+    """aclose from another task than the one reading: it does not fight the reader for the socket,
+    and the waiting read returns the end of stream."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        plain = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    transport = SocketTransport(server)
+    result: list[bytes] = []
+
+    async def read() -> None:
+        result.append(await transport.receive_some())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            await transport.aclose()
+    assert result == [b""]
+    plain.close()
