@@ -32,6 +32,7 @@ class FakeTransport(Transport):
         self.out = bytearray()
         self.writable = True
         self.in_flight = b""
+        self.waited = False
         self._ready = trio.Event()
 
     def set_writable(self, writable: bool) -> None:
@@ -54,11 +55,15 @@ class FakeTransport(Transport):
         while not self.writable:
             await self._ready.wait()
         await trio.lowlevel.checkpoint()
+        self.waited = True
 
     async def send_some(self, data: bytes | memoryview) -> int:
+        if not self.waited:  # a writer that does not wait first (the interface before the fix) waits here
+            await self.wait_writable()
+        self.waited = False
         if self.stream:  # the bytes stay in flight across a checkpoint, as in a stream's send_all
             self.in_flight = bytes(data)
-            await trio.lowlevel.checkpoint()
+            await trio.sleep(self.rng.choice((0, 0, 0.001, 0.002)))
             while not self.writable:
                 await self._ready.wait()
             self.in_flight = b""
