@@ -1,7 +1,7 @@
 """The outbox over a fake transport: frames stay whole and in push order, whatever the socket does.
 
 The fake accepts a random part (0..n bytes) of every write, becomes writable and unwritable at random
-moments, and (in "stream" mode) keeps the writer's buffer in flight across a checkpoint, like a Trio
+moments, and (in "stream" mode) keeps the writer's buffer in flight for a while, like a Trio
 stream's ``send_all``. Several tasks push while the writer drains; one may push the final frame at any
 point. Each example runs in its own ``trio.run`` on a ``MockClock`` with ``autojump_threshold=0``, so
 the interleaving is the one hypothesis drew (pytest-trio makes Trio's scheduler deterministic under
@@ -61,7 +61,7 @@ class FakeTransport(Transport):
         if not self.waited:  # a writer that does not wait first (the interface before the fix) waits here
             await self.wait_writable()
         self.waited = False
-        if self.stream:  # the bytes stay in flight across a checkpoint, as in a stream's send_all
+        if self.stream:  # the bytes stay in flight for a while, as in a stream's send_all
             self.in_flight = bytes(data)
             await trio.sleep(self.rng.choice((0, 0, 0.001, 0.002)))
             while not self.writable:
