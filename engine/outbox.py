@@ -287,6 +287,8 @@ class Outbox:
         """
         if self._closing or self._overflowed or self.broken:
             return False
+        if not data:
+            return True
         self.pushes += 1
         if not self._backlog:
             self._write_now(data)
@@ -409,7 +411,7 @@ class Outbox:
                     sent = await transport.send_some(self._take())
                 finally:
                     self._in_flight = 0
-            except OSError:
+            except (OSError, trio.ClosedResourceError):  # broken, or closed under the waiting writer
                 self._break()
                 return
             self._sent(sent)

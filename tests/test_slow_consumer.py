@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from engine import Config, Engine
-from engine.outbox import SocketTransport
+from engine.outbox import Outbox, SocketTransport, ws_frame
 from engine.testing import TestKeys, connect_client, start_engine, test_config
 from protocol import Sender, decode
 from protocol.errors import CloseCode
@@ -141,3 +141,24 @@ async def test_closing_while_the_reader_waits_ends_the_read() -> None:
             await transport.aclose()
     assert result == [b""]
     plain.close()
+
+
+async def test_closing_under_a_waiting_writer_ends_it() -> None:
+    """The transport closed while the outbox writer waits for the socket: the writer ends (broken)
+    instead of failing its connection's nursery."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        plain = socket.socket()
+        plain.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        plain.connect(listener.getsockname())
+        server, _ = listener.accept()
+    transport = SocketTransport(server)
+    outbox = Outbox(transport, max_frames=100, max_bytes=10**9, on_overflow=lambda: None)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.run_writer)
+            while outbox.idle:  # until the kernel's send queue is full and the rest waits for the writer
+                assert outbox.push(ws_frame(bytes(60_000)))
+            await trio.testing.wait_all_tasks_blocked()
+            plain.close()  # a peer gone: the linger ends at once
+            await transport.aclose()
+    assert outbox.broken and outbox.backlog_bytes == 0
