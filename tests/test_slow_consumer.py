@@ -1,4 +1,8 @@
-"""A member that stops reading is closed with a resumable code; its room never waits for it."""
+"""A member that stops reading is closed with a resumable code; its room never waits for it.
+
+The Close 4000 comes right behind the frame being sent, and it reaches the member: the socket is
+closed the TCP way that keeps queued bytes (FIN, drain, close), never with an RST.
+"""
 
 from __future__ import annotations
 
