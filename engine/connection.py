@@ -157,6 +157,8 @@ class Connection(Peer):
         self.phase = Phase.DONE
 
     def _slow_consumer(self) -> None:
+        """The outbox overflowed. It has dropped the frames never begun and refuses new ones, so the
+        Close goes right behind the frame being sent (its bounds keep room for it)."""
         self.gateway.stats["slow_consumers"] += 1
         self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
 

@@ -3,22 +3,27 @@
 Measured on this machine (reference/stack-limits.md §A.7–A.8): queueing every delivery to a per-member
 writer task costs 2.5× a direct non-blocking ``send()``; trio-websocket's ``send_message`` costs 4×.
 So :meth:`Outbox.push` writes straight to the socket from whichever task calls it (a room actor in the
-middle of a broadcast), and only what the kernel did not take goes to a bounded backlog that the
-connection's writer task drains, coalescing everything queued into one ``send``. A backlog over its
-bound marks a slow consumer: the connection is closed with a resumable code instead of stalling its
-rooms.
+middle of a broadcast) when nothing is unsent, and only what the kernel did not take goes to a bounded
+backlog that the connection's writer task drains, coalescing queued frames into few ``send`` calls.
+Frames are atomic on the wire: no byte is written directly while an earlier byte is unsent.
+
+A backlog over its bound marks a slow consumer: the push that overflows is refused, the frames queued
+but never begun are dropped, and the Close (4000, resumable) goes right behind the frame being sent,
+instead of the connection stalling its rooms or the Close waiting behind a megabyte the peer is not
+reading.
 """
 
 from __future__ import annotations
 
 import abc
 import collections
+import itertools
 import socket
 from collections.abc import Callable
 
 import trio
 
-__all__ = ["Outbox", "SocketTransport", "StreamTransport", "Transport", "ws_frame"]
+__all__ = ["Outbox", "SocketTransport", "StreamTransport", "Transport", "frame_spans", "ws_frame"]
 
 
 def ws_frame(payload: bytes) -> bytes:
@@ -46,8 +51,21 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def wait_writable(self) -> None:
+        """Return once a write can make progress (or would fail: the next write raises then)."""
+
+    @abc.abstractmethod
     async def send_some(self, data: bytes | memoryview) -> int:
-        """Wait until writable, then write; return how many bytes were written."""
+        """Write a prefix of ``data`` now; return its length. Called by the writer after
+        :meth:`wait_writable`.
+
+        A socket writes without awaiting (no checkpoint: nobody else runs between the writer's choice
+        of bytes and the write). A stream may await here; the bytes are then in flight, and the outbox
+        treats them as begun.
+
+        Raises:
+            OSError: the connection is broken.
+        """
 
     @abc.abstractmethod
     async def receive_some(self) -> bytes:
@@ -88,13 +106,17 @@ class SocketTransport(Transport):
     lets a broadcast reach N sockets without N task switches.
     """
 
-    __slots__ = ("_sock", "_stream")
+    LINGER = 1.0
+    """Seconds :meth:`aclose` keeps reading after its FIN, waiting for the peer's end of stream."""
+
+    __slots__ = ("_closed", "_sock", "_stream")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        self._closed = False
 
     def try_send(self, data: bytes | memoryview) -> int:
         try:
@@ -102,9 +124,11 @@ class SocketTransport(Transport):
         except BlockingIOError:
             return 0
 
-    async def send_some(self, data: bytes | memoryview) -> int:
+    async def wait_writable(self) -> None:
         await trio.lowlevel.wait_writable(self._sock)
-        return self.try_send(data)
+
+    async def send_some(self, data: bytes | memoryview) -> int:
+        return self.try_send(data)  # no await: nothing runs between the writer's choice and the write
 
     async def receive_some(self) -> bytes:
         # Wait first, then one recv: an idle socket (the common case for a game client between
@@ -122,7 +146,31 @@ class SocketTransport(Transport):
                 return b""
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        """A lingering close: FIN behind the last byte written, read until the peer's EOF, then close.
+
+        The trap: ``close()`` on a TCP socket with unread received bytes makes the kernel answer with
+        RST and discard its own send queue. A slow reader's Close frame waits exactly there (its
+        receive window is full), and a peer that sent anything meanwhile (a ping, its own Close) would
+        lose it and see 1006. ``shutdown(SHUT_WR)`` queues the FIN behind what is written; reading (and
+        discarding) until the peer's end of stream, for at most :attr:`LINGER` seconds, keeps the
+        receive queue empty while the kernel delivers.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # not connected any more: nothing left to deliver
+        else:
+            with trio.move_on_after(self.LINGER):
+                try:
+                    while await self.receive_some():
+                        pass
+                except trio.BusyResourceError:
+                    pass  # the connection's reader is still reading: it drains, the close wakes it
+        finally:
+            await self._stream.aclose()  # closes the descriptor first, even when cancelled
 
     async def send_eof(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
@@ -139,6 +187,9 @@ class StreamTransport(Transport):
 
     def try_send(self, data: bytes | memoryview) -> int:
         return 0
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.checkpoint()
 
     async def send_some(self, data: bytes | memoryview) -> int:
         try:
@@ -164,20 +215,61 @@ class StreamTransport(Transport):
             raise OSError("stream closed") from exc
 
 
-class Outbox:
-    """All bytes bound for one connection, in order.
+_CLOSE_ROOM = 2 + 125
+"""Bytes kept free in the bounds for the final Close frame (the largest control frame)."""
 
-    ``push`` never blocks and never awaits: rooms call it mid-broadcast. Order is kept because once
-    anything is in the backlog, later pushes queue behind it.
+_COALESCE = 256 * 1024
+"""At most this much backlog is joined for one write (at least one frame): a writer that drains a big
+backlog through a slow socket must not copy all of it again for every few kilobytes the kernel takes."""
+
+
+def frame_spans(data: bytes | memoryview) -> list[memoryview] | None:
+    """Split ``data`` into its WebSocket frames (views, no copy); None unless it is exactly a run of
+    unmasked frames (an HTTP response, say, is one unit)."""
+    view = memoryview(data)
+    size, offset, spans = len(view), 0, []
+    while offset < size:
+        if offset + 2 > size or view[offset + 1] & 0x80:
+            return None
+        length, start = view[offset + 1] & 0x7F, offset + 2
+        if length == 126:
+            length, start = int.from_bytes(view[start : start + 2], "big"), start + 2
+        elif length == 127:
+            length, start = int.from_bytes(view[start : start + 8], "big"), start + 8
+        end = start + length
+        if end > size:
+            return None
+        spans.append(view[offset:end])
+        offset = end
+    return spans
+
+
+class Outbox:
+    """All bytes bound for one connection, in order, never one frame inside another.
+
+    ``push`` never blocks and never awaits: rooms call it mid-broadcast. It writes directly only when
+    nothing at all is unsent; otherwise it queues behind the backlog. The trap this class exists to
+    avoid: a writer that takes bytes out of the backlog and then awaits the socket makes the backlog
+    look empty while those bytes are still unsent, and the next direct write lands in the middle of
+    them (a slow reader then parses a frame header inside another frame's payload, which a member
+    who relays opaque bodies can craft). So bytes leave the backlog only once the transport has taken
+    them, and the writer chooses what to write only after the socket is writable.
+
+    The backlog holds one entry per WebSocket frame (a push may carry several; they are split when
+    queued, which only happens on the slow path), plus how much of the head is already sent. That is
+    what lets an overflow drop exactly the frames never begun.
     """
 
     __slots__ = (
         "_backlog",
         "_backlog_bytes",
         "_closing",
+        "_head_sent",
+        "_in_flight",
         "_max_bytes",
         "_max_frames",
         "_on_overflow",
+        "_overflowed",
         "_transport",
         "_wakeup",
         "broken",
@@ -196,9 +288,12 @@ class Outbox:
         self._transport = transport
         self._backlog: collections.deque[bytes | memoryview] = collections.deque()
         self._backlog_bytes = 0
+        self._head_sent = 0
+        self._in_flight = 0
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         self._on_overflow = on_overflow
+        self._overflowed = False
         self._wakeup = trio.Event()
         self._closing = False
         self.broken = False
@@ -207,27 +302,47 @@ class Outbox:
 
     @property
     def backlog_bytes(self) -> int:
-        """Bytes waiting for the writer task."""
+        """Bytes not yet taken by the transport."""
         return self._backlog_bytes
 
-    def push(self, data: bytes) -> bool:
-        """Queue ``data`` (whole WebSocket frames) for sending; write now if nothing is waiting.
+    @property
+    def idle(self) -> bool:
+        """Nothing is waiting to be written."""
+        return not self._backlog
 
-        Returns False when the data was dropped: the connection is closing or broken.
+    def push(self, data: bytes) -> bool:
+        """Send ``data`` (whole WebSocket frames): now if nothing is unsent, else behind the backlog.
+
+        Returns False when the data was dropped: the connection is closing or broken, or this push
+        would take the backlog over a bound. Then ``on_overflow`` is called (once): the frames
+        queued but never begun are dropped, and what remains is the frame in progress, so the Close
+        the callback is expected to send with :meth:`push_final` comes right after it.
         """
-        if self._closing or self.broken:
+        if self._closing or self._overflowed or self.broken:
             return False
+        if not data:
+            return True
         self.pushes += 1
         if not self._backlog:
             self._write_now(data)
             return not self.broken
-        self._queue(data)
-        if len(self._backlog) > self._max_frames or self._backlog_bytes > self._max_bytes:
-            self._on_overflow()
+        spans = frame_spans(data) or [memoryview(data)]
+        if (
+            len(self._backlog) + len(spans) + 1 > self._max_frames
+            or self._backlog_bytes + len(data) + _CLOSE_ROOM > self._max_bytes
+        ):
+            self._overflow()
+            return False
+        self._backlog.extend(spans)
+        self._backlog_bytes += len(data)
+        self._wakeup.set()
         return True
 
     def push_final(self, data: bytes) -> None:
-        """Queue the last frame (a Close) past the bounds; nothing is accepted after it."""
+        """Queue the last bytes (a Close frame, an HTTP refusal): nothing is accepted after them.
+
+        The bounds keep room for them, so they are never refused for size.
+        """
         if self._closing or self.broken:
             return
         self._closing = True
@@ -235,40 +350,85 @@ class Outbox:
         if not self._backlog:
             self._write_now(data)
         else:
-            self._queue(data)
-
-    def _write_now(self, data: bytes) -> None:
-        """Write directly; whatever the kernel does not take goes to the backlog for the writer."""
-        try:
-            sent = self._transport.try_send(data)
-        except OSError:
-            self.broken = True
-            self._wakeup.set()
-            return
-        self.bytes_sent += sent
-        if sent < len(data):
-            self._queue(memoryview(data)[sent:] if sent else data)
+            self._backlog.append(data)
+            self._backlog_bytes += len(data)
 
     def finish(self) -> None:
         """Accept nothing more; the writer returns once the backlog is flushed."""
         self._closing = True
         self._wakeup.set()
 
-    def _queue(self, data: bytes | memoryview) -> None:
-        self._backlog.append(data)
-        self._backlog_bytes += len(data)
+    def _write_now(self, data: bytes) -> None:
+        """Write directly; what the kernel does not take goes to the backlog, split into frames."""
+        try:
+            sent = self._transport.try_send(data)
+        except OSError:
+            self._break()
+            return
+        self.bytes_sent += sent
+        if sent == len(data):
+            return
+        spans = frame_spans(data) or [memoryview(data)]
+        skipped = 0
+        while skipped + len(spans[0]) <= sent:  # frames the kernel took whole
+            skipped += len(spans.pop(0))
+        self._backlog.extend(spans)
+        self._head_sent = sent - skipped
+        self._backlog_bytes += len(data) - sent
         self._wakeup.set()
 
-    @property
-    def idle(self) -> bool:
-        """Nothing is waiting to be written."""
-        return not self._backlog
+    def _overflow(self) -> None:
+        """Drop every queued frame never begun; keep the head if begun and what is in flight."""
+        self._overflowed = True
+        keep = max(self._in_flight, 1 if self._head_sent else 0)
+        backlog = self._backlog
+        while len(backlog) > keep:
+            self._backlog_bytes -= len(backlog.pop())
+        self._on_overflow()
+
+    def _break(self) -> None:
+        self.broken = True
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        self._head_sent = 0
+        self._wakeup.set()
+
+    def _take(self) -> bytes | memoryview:
+        """The bytes for the next write: the head's unsent rest, joined with the frames behind it."""
+        backlog = self._backlog
+        head = backlog[0]
+        if self._head_sent:
+            head = memoryview(head)[self._head_sent :]
+        if len(backlog) == 1 or len(head) >= _COALESCE:
+            self._in_flight = 1
+            return head
+        parts, size = [head], len(head)
+        for frame in itertools.islice(backlog, 1, None):
+            if size >= _COALESCE:
+                break
+            parts.append(frame)
+            size += len(frame)
+        self._in_flight = len(parts)
+        return b"".join(parts)
+
+    def _sent(self, sent: int) -> None:
+        """Account for ``sent`` bytes taken by the transport: whole frames leave the backlog."""
+        self.bytes_sent += sent
+        self._backlog_bytes -= sent
+        offset, backlog = self._head_sent + sent, self._backlog
+        while backlog and offset >= len(backlog[0]):
+            offset -= len(backlog.popleft())
+        self._head_sent = offset
 
     async def run_writer(self) -> None:
         """Drain the backlog whenever there is one, coalescing it into as few writes as possible.
 
+        It waits for writability *before* choosing the bytes, and they stay in the backlog until the
+        transport took them: while it waits, pushes see a backlog and queue behind it.
+
         Returns when the outbox is closing and fully flushed, or the transport broke.
         """
+        transport = self._transport
         while True:
             if not self._backlog:
                 if self._closing or self.broken:
@@ -276,19 +436,15 @@ class Outbox:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue
-            if len(self._backlog) == 1:
-                data = self._backlog.popleft()
-            else:
-                data = b"".join(self._backlog)
-                self._backlog.clear()
             try:
-                sent = await self._transport.send_some(data)
-            except OSError:
-                self.broken = True
-                self._backlog.clear()
-                self._backlog_bytes = 0
+                await transport.wait_writable()
+                if not self._backlog:  # an overflow dropped everything meanwhile
+                    continue
+                try:
+                    sent = await transport.send_some(self._take())
+                finally:
+                    self._in_flight = 0
+            except (OSError, trio.ClosedResourceError):  # broken, or closed under the waiting writer
+                self._break()
                 return
-            self.bytes_sent += sent
-            self._backlog_bytes -= sent
-            if sent < len(data):
-                self._backlog.appendleft(memoryview(data)[sent:])
+            self._sent(sent)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import urllib.parse
+import collections
+import socket
 from typing import Any
 
 import msgpack
@@ -10,7 +12,7 @@ import trio
 import trio_websocket
 
 from protocol import PROTOCOL_VERSION, Sender, decode, encode
-from protocol.frames import ClientFrame, Frame, Hello, Welcome
+from protocol.frames import ClientFrame, Frame, Hello, Join, Ok, Welcome
 
 
 class RawPeer:
@@ -105,3 +107,57 @@ def server_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
         frames.append((buffer[0] & 0x0F, bytes(buffer[offset : offset + size])))
         del buffer[: offset + size]
     return frames
+
+
+class SlowMember:
+    """A member over a raw TCP socket with a tiny receive buffer, read by hand a little at a time.
+
+    The small window makes the server's writes to it partial, so its outbox writer really waits on
+    the socket while rooms keep pushing.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.frames: collections.deque[tuple[int, bytes]] = collections.deque()
+
+    @classmethod
+    async def join(cls, address: tuple[str, int], token: str, room: str, *, rcvbuf: int = 4096) -> SlowMember:
+        """Connect, upgrade, authenticate and join ``room``; returns once the join is answered."""
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window stays small
+        await sock.connect(address)
+        member = cls(trio.SocketStream(sock))
+        await member.stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + client_frame(encode(Hello(v=PROTOCOL_VERSION, token=token, hb=300_000)))
+            + client_frame(encode(Join(id=1, room=room)))
+        )
+        while True:
+            frame = await member.next_frame()
+            assert frame is not None and frame[0] == 0x2, f"no answer to the join: {frame}"
+            reply = decode(frame[1], Sender.SERVER)
+            if isinstance(reply, Ok) and reply.id == 1:
+                return member
+
+    async def next_frame(self, *, chunk: int = 1024, pause: float = 0.0005) -> tuple[int, bytes] | None:
+        """The next (opcode, payload) from the server, reading ``chunk`` bytes at a time with a
+        ``pause`` after each read (slow, not stopped); None at the end of the stream."""
+        while not self.frames:
+            data = await self.stream.receive_some(chunk)
+            if not data:
+                assert not self.buffer, f"the stream ended inside a frame ({len(self.buffer)} bytes)"
+                return None
+            self.buffer += data
+            if not self.upgraded:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                assert self.buffer.startswith(b"HTTP/1.1 101"), bytes(self.buffer[:80])
+                del self.buffer[: end + 4]
+                self.upgraded = True
+            self.frames.extend(server_frames(self.buffer))
+            await trio.sleep(pause)
+        return self.frames.popleft()
