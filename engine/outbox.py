@@ -92,11 +92,14 @@ class Transport(abc.ABC):
         except OSError:
             return
         with trio.move_on_after(timeout):
-            while max_bytes > 0:
-                data = await self.receive_some()
-                if not data:
-                    break
-                max_bytes -= len(data)
+            try:
+                while max_bytes > 0:
+                    data = await self.receive_some()
+                    if not data:
+                        break
+                    max_bytes -= len(data)
+            except trio.BusyResourceError:
+                pass  # the connection's reader is still reading: it drains, the close wakes it
 
 
 class SocketTransport(Transport):
@@ -109,7 +112,7 @@ class SocketTransport(Transport):
     LINGER = 1.0
     """Seconds :meth:`aclose` keeps reading after its FIN, waiting for the peer's end of stream."""
 
-    __slots__ = ("_closed", "_sock", "_stream")
+    __slots__ = ("_closed", "_lingered", "_sock", "_stream")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -117,6 +120,7 @@ class SocketTransport(Transport):
         self._sock = sock
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self._closed = False
+        self._lingered = False
 
     def try_send(self, data: bytes | memoryview) -> int:
         try:
@@ -146,31 +150,27 @@ class SocketTransport(Transport):
                 return b""
 
     async def aclose(self) -> None:
-        """A lingering close: FIN behind the last byte written, read until the peer's EOF, then close.
+        """A lingering close (:meth:`Transport.linger_close`, once), then close the descriptor.
 
         The trap: ``close()`` on a TCP socket with unread received bytes makes the kernel answer with
         RST and discard its own send queue. A slow reader's Close frame waits exactly there (its
         receive window is full), and a peer that sent anything meanwhile (a ping, its own Close) would
-        lose it and see 1006. ``shutdown(SHUT_WR)`` queues the FIN behind what is written; reading (and
-        discarding) until the peer's end of stream, for at most :attr:`LINGER` seconds, keeps the
-        receive queue empty while the kernel delivers.
+        lose it and see 1006. So every close lingers, for at most :attr:`LINGER` seconds, unless the
+        connection already did (after its closing handshake).
         """
         if self._closed:
             return
         self._closed = True
         try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # not connected any more: nothing left to deliver
-        else:
-            with trio.move_on_after(self.LINGER):
-                try:
-                    while await self.receive_some():
-                        pass
-                except trio.BusyResourceError:
-                    pass  # the connection's reader is still reading: it drains, the close wakes it
+            await self.linger_close(self.LINGER, _LINGER_BYTES)
         finally:
             await self._stream.aclose()  # closes the descriptor first, even when cancelled
+
+    async def linger_close(self, timeout: float, max_bytes: int) -> None:
+        if self._lingered:
+            return
+        self._lingered = True
+        await super().linger_close(timeout, max_bytes)
 
     async def send_eof(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
@@ -214,6 +214,9 @@ class StreamTransport(Transport):
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise OSError("stream closed") from exc
 
+
+_LINGER_BYTES = 1 << 20
+"""At most this much is read and discarded while lingering (a peer flooding after our Close)."""
 
 _CLOSE_ROOM = 2 + 125
 """Bytes kept free in the bounds for the final Close frame (the largest control frame)."""
