@@ -28,6 +28,9 @@ class Recorder(Transport):
         self.out += data
         return len(data)
 
+    async def wait_writable(self) -> None:  # pragma: no cover - try_send takes all
+        pass
+
     async def send_some(self, data: bytes | memoryview) -> int:  # pragma: no cover - try_send takes all
         return self.try_send(data)
 
