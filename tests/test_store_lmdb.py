@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import trio
 
 from engine.store import Write
-from engine.store.lmdb import LmdbStore
+from engine.store.lmdb import LOCK_NAME, LmdbStore, StoreLocked, StoreOpenError
 
 
 @pytest.fixture
@@ -119,3 +120,50 @@ async def test_the_environment_outlives_every_worker_thread(tmp_path: Path, monk
         await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
     assert errors == []
+
+
+async def test_a_second_store_on_one_directory_is_refused_while_the_first_runs(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """One owner per directory, in one process too (flock locks are per open file, not per process)."""
+    first = LmdbStore(tmp_path / "db")
+    await nursery.start(first.run)
+    await first.commit([Write("r1", "meta", b"first")])
+    second = LmdbStore(tmp_path / "db")
+    with pytest.raises(StoreLocked) as info:
+        second.open()
+    assert info.value.pid == os.getpid() and info.value.path == tmp_path / "db"
+    assert str(info.value) == f"{tmp_path / 'db'} is in use by another Roost store (pid {os.getpid()})"
+    with pytest.raises(StoreLocked):
+        await nursery.start(second.run)
+    await first.commit([Write("r1", "chat:1", b"still mine")])  # the first is untouched
+    assert await first.load_room("r1") == {"meta": b"first", "chat:1": b"still mine"}
+
+
+async def test_a_stopped_store_releases_its_directory(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(LmdbStore(tmp_path / "db").run)
+        nursery.cancel_scope.cancel()
+    reopened = LmdbStore(tmp_path / "db")
+    reopened.open()  # no StoreLocked: the lock went with the environment
+    assert (tmp_path / "db" / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    reopened.close()
+    reopened.close()  # idempotent
+
+
+@pytest.mark.parametrize("damage", ["file", "corrupt"])
+def test_a_directory_that_is_no_store_is_one_clear_error(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "db"
+    if damage == "file":
+        path.write_text("not a directory")
+        expected = f"cannot open the store in {path}: not a directory"
+    else:
+        path.mkdir()
+        (path / "data.mdb").write_bytes(os.urandom(20_000))
+        expected = f"cannot open the store in {path}: MDB_INVALID: File is not an LMDB file"
+    with pytest.raises(StoreOpenError) as info:
+        LmdbStore(path).open()
+    assert str(info.value) == expected
+    if damage == "corrupt":  # refused without keeping the lock: a repaired directory opens at once
+        (path / "data.mdb").unlink()
+        store = LmdbStore(path)
+        store.open()
+        store.close()
