@@ -7,6 +7,7 @@ no traceback reaches the user for a mistake they can fix.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -140,6 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C before ``serve`` installed its handlers (e.g. while restoring)
         return 130
+    except BrokenPipeError:  # ``roost token | head -c0``: the reader left; nothing to tell it
+        _silence_stdout()
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail again (the trap:
+    the buffered output would raise a second BrokenPipeError at exit, printed as "Exception ignored")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

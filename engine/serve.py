@@ -165,10 +165,10 @@ async def _serve(prepared: Prepared) -> None:
         # pause per minute under load without this, which set the p99 of small rooms). No collect()
         # first: after restoring 10 k rooms it alone took 0.4 s of the start-up.
         gc.freeze()
-        print(f"ROOST_URL=ws://{host}:{port}/", flush=True)
+        lines = [f"ROOST_URL=ws://{host}:{port}/"]
         if prepared.dev_token is not None:
-            print(f"ROOST_TOKEN={prepared.dev_token}", flush=True)
-            print(f"ROOST_DEV_KEY={prepared.dev_key}", flush=True)
+            lines += [f"ROOST_TOKEN={prepared.dev_token}", f"ROOST_DEV_KEY={prepared.dev_key}"]
+        _announce(lines)
         logger = logging.getLogger("roost")
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
@@ -179,6 +179,19 @@ async def _serve(prepared: Prepared) -> None:
                 else:
                     logger.warning("received %s again: stopping now", name)
                     nursery.cancel_scope.cancel()
+
+
+def _announce(lines: list[str]) -> None:
+    """Print the lines clients need on stdout. A closed stdout (``roost serve --dev | head -1``)
+    does not stop the server: the URL is in the log on stderr too, and the key file is on disk."""
+    try:
+        for line in lines:
+            print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # else the interpreter's last flush fails again
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        logging.getLogger("roost").warning("stdout is closed: the lines for clients were not printed")
 
 
 def run(prepared: Prepared, *, log_level: str = "info") -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -14,11 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
 
 from engine.cli import build_parser, main
 from engine.keys import read_private_key
 from engine.serve import Prepared, prepare
-from protocol.tokens import Keyring, public_jwk, verify
+from protocol.client import open_client
+from protocol.tokens import Keyring, new_claims, public_jwk, sign, verify
 
 
 @pytest.fixture(autouse=True)
@@ -314,3 +317,50 @@ def test_bad_serve_flags(capsys: pytest.CaptureFixture[str], argv: list[str]) ->
 def test_the_console_script_with_no_arguments() -> None:
     result = subprocess.run([sys.executable, "-m", "engine.cli"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and result.stdout == "" and result.stderr.startswith("usage: roost ")
+
+
+# -- a reader that leaves -----------------------------------------------------------------------
+
+
+def test_a_closed_stdout_is_no_traceback(tmp_path: Path) -> None:
+    private, _ = keypair(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "token", "--key", str(private), "--sub", "u"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the token is printed (``| head -c0``)
+    assert process.wait(timeout=60) == 1
+    assert process.stderr.read() == ""
+    process.stderr.close()
+
+
+async def test_serve_keeps_serving_when_its_stdout_is_closed(tmp_path: Path) -> None:
+    """``roost serve --dev | head -1``: the URL is in the log too, and the server goes on serving."""
+    data = tmp_path / "data"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", "0", "--data", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader left before the first line
+    try:
+        with trio.fail_after(30):
+            log: list[str] = []
+            while not any("stdout is closed" in line for line in log):
+                line = await trio.to_thread.run_sync(process.stderr.readline)
+                assert line, "".join(log)
+                log.append(line)
+            url = next(line for line in log if "roost serving on " in line).split("roost serving on ")[1].strip()
+            kid, key = read_private_key(data / "dev-key.jwk")
+            token = sign(new_claims(sub="ann", name="", kid=kid, now=time.time(), ttl=60), key)
+            async with open_client(url, token, reconnect=False) as ann:
+                assert ann.user == "ann"
+            process.send_signal(signal.SIGTERM)
+            assert await trio.to_thread.run_sync(process.wait) == 0
+        assert "Traceback" not in "".join(log) + process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
