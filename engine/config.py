@@ -57,7 +57,7 @@ class Config:
     auth_timeout: float = 5.0
     """Time a new connection has to finish the WebSocket handshake and ``hello``."""
     max_pending_handshakes: int = 256
-    """Connections allowed at once between accept and ``welcome``; more are refused."""
+    """WebSocket upgrades in progress at once; more are refused with HTTP 503."""
     heartbeat_default_ms: int = 10_000
     """Heartbeat interval (``welcome.hb``) when ``hello`` asks for none."""
     heartbeat_min_ms: int = 1_000
@@ -109,7 +109,7 @@ class Config:
     room_ttl: float = 3600.0
     """A room without members for this long is disposed, with every stored key (the reaper)."""
     restart_intensity: int = 3
-    """Crashes of one room's logic tolerated within ``restart_period`` before the room closes."""
+    """Crashes of one room actor tolerated within ``restart_period`` (each restarts it); one more closes the room."""
     restart_period: float = 5.0
     """Window, in seconds, for ``restart_intensity``."""
     logics: Mapping[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
