@@ -14,7 +14,9 @@ import re
 import secrets
 import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +160,7 @@ class Config:
             if name not in SETTINGS:
                 raise ConfigError(f"unknown {describe(name)}{_did_you_mean(name, describe)}; "
                                   f"valid settings: {', '.join(SETTINGS)}")
-            changes[name] = _coerce(describe(name), value, getattr(base, name), parse_strings=parse_strings)
+            changes[name] = _coerce(describe(name), value, _KINDS[name], parse_strings=parse_strings)
             problem = _problem(name, changes[name])
             if problem is not None:
                 raise ConfigError(f"{describe(name)} {problem}")
@@ -218,7 +220,7 @@ SETTINGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if 
 
 POSITIVE = frozenset({
     "auth_timeout", "max_pending_handshakes", "heartbeat_min_ms", "heartbeat_max_ms", "heartbeat_factor",
-    "close_timeout", "max_frame_bytes", "max_depth", "max_chat_chars", "rate", "burst", "max_bad_frames",
+    "close_timeout", "max_frame_bytes", "max_depth", "max_chat_chars", "rate", "burst",
     "max_rooms_per_connection", "max_sessions_per_user", "outbox_max_frames", "outbox_max_bytes",
     "default_max_members", "room_inbox_size", "replay_events", "history_limit", "page_default",
     "restart_period", "room_ttl",
@@ -256,13 +258,12 @@ def _problem(name: str, value: Any) -> str | None:
     return None
 
 
-def _coerce(what: str, value: Any, default: Any, *, parse_strings: bool) -> Any:
-    """``value`` as the type of the field's default. A TOML value must have that type already (an
-    integer is also a number); an environment string is parsed. Nothing is converted lossily
-    (``port = 1.5`` is refused, not truncated) and no number may be NaN or infinite."""
-    kind = type(default)
+def _coerce(what: str, value: Any, kind: type, *, parse_strings: bool) -> Any:
+    """``value`` as a setting of type ``kind``. A TOML value must have that type already (an integer
+    is also a number); an environment string is parsed. Nothing is converted lossily (``port = 1.5``
+    is refused, not truncated) and no number may be NaN or infinite."""
     text = value.strip() if parse_strings and isinstance(value, str) else None
-    if default is None or kind is str:  # strings, and optional strings (service_key)
+    if kind is str:
         if isinstance(value, str):
             return value
     elif kind is bool:
@@ -296,4 +297,23 @@ def _coerce(what: str, value: Any, default: Any, *, parse_strings: bool) -> Any:
 
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-               tuple: "a list of strings", type(None): "a string"}
+               tuple: "a list of strings"}
+
+
+def _kinds() -> dict[str, type]:
+    """Each setting's value type, from its annotation (not its default: ``None`` says nothing);
+    ``X | None`` is ``X`` (such a setting is unset by leaving it out)."""
+    hints = typing.get_type_hints(Config)
+    kinds: dict[str, type] = {}
+    for name in SETTINGS:
+        hint = hints[name]
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        kind = typing.get_origin(hint) or hint
+        if kind not in _TYPE_WORDS:
+            raise TypeError(f"Config.{name}: a {hint} cannot come from a file; add it to LIBRARY_ONLY")
+        kinds[name] = kind
+    return kinds
+
+
+_KINDS = _kinds()

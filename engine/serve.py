@@ -12,7 +12,6 @@ a file, and a crash (even SIGKILL) leaves nothing that blocks the next start.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import logging
