@@ -29,6 +29,7 @@ from protocol.tokens import Keyring, new_claims, sign
 
 from .app import Engine
 from .config import Config, ConfigError
+from .store import StoreError
 from .store.lmdb import LmdbStore, StoreLocked, StoreOpenError
 from .keys import KeyFileError, public_path_for, read_private_key, read_public_key, write_key_pair
 
@@ -193,6 +194,13 @@ def _announce(lines: list[str]) -> None:
         logging.getLogger("roost").warning("stdout is closed: the lines for clients were not printed")
 
 
+def _first(group: BaseExceptionGroup) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 def run(prepared: Prepared, *, log_level: str = "info") -> int:
     """Run the engine until SIGINT/SIGTERM. Returns the exit status."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -200,12 +208,14 @@ def run(prepared: Prepared, *, log_level: str = "info") -> int:
     try:
         trio.run(_serve, prepared)
     except BaseExceptionGroup as group:
+        store_errors, rest = group.split(StoreError)
+        if store_errors is not None and rest is None:  # e.g. a damaged page met while restoring rooms
+            print(f"roost: error: {_first(store_errors)}", file=sys.stderr)
+            return 2
         bind_errors, rest = group.split(OSError)
         if bind_errors is None or rest is not None:
             raise
-        first = bind_errors.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
+        first = _first(bind_errors)
         reason = first.strerror if isinstance(first, OSError) else str(first)
         print(f"roost: error: cannot serve on {prepared.config.host}:{prepared.config.port}: {reason}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -20,8 +21,11 @@ import trio
 from engine.cli import build_parser, main
 from engine.keys import read_private_key
 from engine.serve import Prepared, prepare
+from engine.store import Write
+from engine.store.lmdb import LmdbStore
 from protocol.client import open_client
 from protocol.tokens import Keyring, new_claims, public_jwk, sign, verify
+from tests.test_store_lmdb import damage_every_page_but_the_main_root
 
 
 @pytest.fixture(autouse=True)
@@ -174,6 +178,35 @@ def test_a_corrupt_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert not (tmp_path / "session.key").exists() and not (tmp_path / "dev-key.jwk").exists()
 
 
+def serve_once(data: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", "0", "--data", str(data)],
+        capture_output=True, text=True, timeout=60, check=False, **kwargs,
+    )
+
+
+@pytest.mark.parametrize("damage", ["pages", "records"])
+async def test_a_store_that_fails_while_restoring(tmp_path: Path, damage: str) -> None:
+    """LMDB opens it, then a read fails (a damaged page) or a record does not decode: one line, and
+    no start (dropping the room would lose what was acknowledged)."""
+    data = tmp_path / "data"
+    async with trio.open_nursery() as nursery:
+        store = LmdbStore(data / "db")
+        await nursery.start(store.run)
+        for i in range(50):
+            await store.commit([Write(f"r{i}", "meta", b"\xc1" * 3000 if damage == "records" else b"x" * 3000)])
+        nursery.cancel_scope.cancel()
+    if damage == "pages":
+        damage_every_page_but_the_main_root(data / "db")
+    result = await trio.to_thread.run_sync(serve_once, data)
+    assert (result.returncode, result.stdout, "Traceback" in result.stderr) == (2, "", False), result.stderr
+    line = result.stderr.splitlines()[-1]
+    if damage == "pages":
+        assert line.startswith(f"roost: error: cannot read the store in {data / 'db'}: MDB_CORRUPTED: ")
+    else:
+        assert line.startswith("roost: error: cannot restore room r0: its stored records do not decode (")
+
+
 def _without_root_override() -> Callable[[], None] | None:
     """Root writes into a mode-0555 directory anyway: drop the capabilities that allow it (from the
     bounding set, before exec, so the child runs as root without them)."""
@@ -194,10 +227,7 @@ def test_an_unwritable_store_directory(tmp_path: Path) -> None:
     (data / "db").mkdir(parents=True)
     (data / "db").chmod(0o555)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", "0", "--data", str(data)],
-            capture_output=True, text=True, timeout=60, check=False, preexec_fn=_without_root_override(),
-        )
+        result = serve_once(data, preexec_fn=_without_root_override())
     finally:
         (data / "db").chmod(0o755)
     assert (result.returncode, result.stdout) == (2, "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import trio
 
 from engine.store import Write
-from engine.store.lmdb import LOCK_NAME, LmdbStore, StoreLocked, StoreOpenError
+from engine.store.lmdb import LOCK_NAME, LmdbStore, StoreFailed, StoreLocked, StoreOpenError
 
 
 @pytest.fixture
@@ -167,3 +168,55 @@ def test_a_directory_that_is_no_store_is_one_clear_error(tmp_path: Path, damage:
         store = LmdbStore(path)
         store.open()
         store.close()
+
+
+async def _store_with_rooms(path: Path, rooms: int = 50) -> None:
+    async with trio.open_nursery() as nursery:
+        store = LmdbStore(path)
+        await nursery.start(store.run)
+        for i in range(rooms):
+            await store.commit([Write(f"r{i}", "meta", bytes([i]) * 3000)])
+        nursery.cancel_scope.cancel()
+
+
+def damage_every_page_but_the_main_root(path: Path) -> None:
+    """Zero every page after the two meta pages except the main database's root (which names the
+    ``rooms`` database): LMDB then opens the environment and fails on the first read. Offsets are
+    those of a 64-bit LMDB meta page (page header 16 bytes; ``mm_dbs[MAIN].md_root`` at 128,
+    ``mm_last_pg`` at 136, ``mm_txnid`` at 144)."""
+    data = path / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    page = 4096
+    txnid, root, last = max(
+        (struct.unpack_from("<Q", raw, meta * page + 144)[0], *struct.unpack_from("<QQ", raw, meta * page + 128))
+        for meta in (0, 1)
+    )
+    assert txnid > 0 and root >= 2
+    for number in range(2, last + 1):
+        if number != root:
+            raw[number * page : (number + 1) * page] = bytes(page)
+    data.write_bytes(bytes(raw))
+
+
+async def test_a_damaged_page_is_a_store_error_not_an_lmdb_one(tmp_path: Path) -> None:
+    await _store_with_rooms(tmp_path / "db")
+    damage_every_page_but_the_main_root(tmp_path / "db")
+    async with trio.open_nursery() as nursery:
+        store = LmdbStore(tmp_path / "db")
+        await nursery.start(store.run)
+        with pytest.raises(StoreFailed, match=r"^cannot read the store in .*: MDB_CORRUPTED: "):
+            await store.load_all_rooms()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_truncated_data_file_is_refused_before_lmdb_maps_it(tmp_path: Path) -> None:
+    """Reading a mapped page past the end of the file is SIGBUS: the length is checked first."""
+    await _store_with_rooms(tmp_path / "db")
+    data = tmp_path / "db" / "data.mdb"
+    size = data.stat().st_size
+    os.truncate(data, 8192)
+    with pytest.raises(StoreOpenError) as info:
+        LmdbStore(tmp_path / "db").open()
+    assert str(info.value) == (
+        f"cannot open the store in {tmp_path / 'db'}: data.mdb is truncated (8192 bytes, its pages need {size})"
+    )

@@ -36,9 +36,9 @@ from typing import Any, TypeVar
 import lmdb
 import trio
 
-from . import Store, StoreStatistics, Write
+from . import Store, StoreError, StoreStatistics, Write
 
-__all__ = ["LOCK_NAME", "LmdbStore", "StoreLocked", "StoreOpenError"]
+__all__ = ["LOCK_NAME", "LmdbStore", "StoreError", "StoreFailed", "StoreLocked", "StoreOpenError"]
 
 T = TypeVar("T")
 
@@ -51,9 +51,13 @@ LOCK_NAME = "roost.lock"
 """The lock file in the store directory: ``flock``-ed by the owning process, which writes its pid in it."""
 
 
-class StoreOpenError(Exception):
-    """The store directory cannot be opened: not a directory, unwritable, not an LMDB environment.
-    The message is one line and names the directory."""
+class StoreOpenError(StoreError):
+    """The store directory cannot be opened: not a directory, unwritable, not (or no longer) an LMDB
+    environment."""
+
+
+class StoreFailed(StoreError):
+    """LMDB refused a read or a write of an open store (a damaged page, a full disk)."""
 
 
 class StoreLocked(StoreOpenError):
@@ -125,16 +129,28 @@ class LmdbStore(Store):
             env = lmdb.open(
                 str(self.path), map_size=self._map_size, max_dbs=4, sync=True, metasync=True, max_spare_txns=4
             )
+            self._check_length(env)
             self._rooms_db = env.open_db(b"rooms")
             self._global_db = env.open_db(b"global")
             info = env.info()
-        except lmdb.Error as exc:
+        except (lmdb.Error, StoreOpenError) as exc:
             if env is not None:
                 env.close()
             self._unlock()
+            if isinstance(exc, StoreOpenError):
+                raise
             raise StoreOpenError(f"cannot open the store in {self.path}: {_lmdb_reason(exc)}") from None
         self._env = env
         self._map_size = info["map_size"]
+
+    def _check_length(self, env: lmdb.Environment) -> None:
+        """Refuse a ``data.mdb`` shorter than the pages its meta page counts (a truncated copy). The
+        trap: LMDB maps the file, and touching a mapped page past its end is SIGBUS, not an error."""
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = (self.path / "data.mdb").stat().st_size
+        if size < needed:
+            raise StoreOpenError(f"cannot open the store in {self.path}: data.mdb is truncated "
+                                 f"({size} bytes, its pages need {needed})")
 
     def close(self) -> None:
         """Close the environment and release the directory (``run`` does it when it ends).
@@ -205,6 +221,11 @@ class LmdbStore(Store):
         self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+        except lmdb.MapFullError:
+            raise  # the writer grows the map and retries
+        except lmdb.Error as exc:
+            action = "read" if limiter is self._read_limiter else "write"
+            raise StoreFailed(f"cannot {action} the store in {self.path}: {_lmdb_reason(exc)}") from None
         finally:
             self._threads -= 1
             if not self._threads:
