@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from protocol.tokens import MAX_KID_CHARS, new_claims, public_jwk, sign
+from protocol.tokens import MAX_KID_CHARS, Keyring, TokenError, new_claims, public_jwk, sign, verify
 
 from .keys import KeyFileError, public_path_for, read_private_key, write_key_pair
 
@@ -79,8 +79,14 @@ def _cmd_token(args: argparse.Namespace) -> int:
         raise UsageError("--sub must be 1 to 128 characters")
     if len(args.name) > 64:
         raise UsageError("--name must be at most 64 characters")
-    claims = new_claims(sub=args.sub, name=args.name, kid=kid, now=time.time(), ttl=ttl, room=args.room, role=args.role)
-    print(sign(claims, key))
+    now = time.time()
+    claims = new_claims(sub=args.sub, name=args.name, kid=kid, now=now, ttl=ttl, room=args.room, role=args.role)
+    token = sign(claims, key)
+    try:  # the server's own parser: never print a token every server would refuse (a --room too long...)
+        verify(token, Keyring({kid: key.verify_key}), now)
+    except TokenError as exc:
+        raise UsageError(f"a server would refuse this token: {exc.message}") from None
+    print(token)
     return 0
 
 

@@ -320,6 +320,18 @@ def test_keygen_refuses_a_kid_tokens_cannot_carry(tmp_path: Path, capsys: pytest
     assert public_jwk(key.verify_key, kid)["kid"] == "k" * 64
 
 
+@pytest.mark.parametrize(("flag", "claim"), [("--room", "room"), ("--role", "role")])
+def test_token_refuses_claims_a_server_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, claim: str
+) -> None:
+    private, _ = keypair(tmp_path)
+    capsys.readouterr()
+    assert one_line_error(capsys, ["token", "--key", str(private), "--sub", "u", flag, "r" * 65]) == (
+        f"a server would refuse this token: claim {claim!r} is too long"
+    )
+    assert main(["token", "--key", str(private), "--sub", "u", flag, "r" * 64]) == 0
+
+
 # -- arguments ----------------------------------------------------------------------------------
 
 
