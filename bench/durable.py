@@ -168,13 +168,14 @@ def serve_main(argv: Sequence[str]) -> int:
 
     try:
         prepared = prepare(argparse.Namespace(config=args.config, host=args.host, port=args.port, data=args.data,
-                                              key=args.key, dev=False))
+                                              key=args.key, dev=False),
+                           store_factory=lambda path: make_store(path, args.store))
     except ServeError as exc:
         print(f"bench.durable: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = make_store(Path(prepared.config.data_dir) / "db", args.store)
+    store = prepared.store
 
     async def serve() -> None:  # as engine.serve._serve, with our store
         engine = Engine(prepared.config, store=store)

@@ -25,7 +25,7 @@ from .revocations import Revocations
 from .room import RoomRuntime
 from .router import Router
 from .state import RoomState
-from .store import Store
+from .store import Store, StoreError
 from .store.memory import MemoryStore
 from .supervisor import Supervisor
 
@@ -158,9 +158,13 @@ class Engine:
                 if "meta" not in room_records:
                     log.warning("room %s has stored keys but no meta: skipped", room_id)
                     continue
-                state = RoomState.restore(room_records, now=now, grace=self.config.reconnect_grace,
-                                          history_limit=self.config.history_limit,
-                                          replay_limit=self.config.replay_events)
+                try:
+                    state = RoomState.restore(room_records, now=now, grace=self.config.reconnect_grace,
+                                              history_limit=self.config.history_limit,
+                                              replay_limit=self.config.replay_events)
+                except Exception as exc:  # refuse to start rather than drop a room's acknowledged data
+                    raise StoreError(f"cannot restore room {room_id}: its stored records do not decode "
+                                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
                 self._router.restore(state)
                 if len(self._router.rooms) % 500 == 0:
                     await trio.lowlevel.checkpoint()  # a long restore must not freeze an embedding app

@@ -7,6 +7,7 @@ no traceback reaches the user for a mistake they can fix.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from protocol.tokens import new_claims, public_jwk, sign
+from protocol.tokens import MAX_KID_CHARS, Keyring, TokenError, new_claims, public_jwk, sign, verify
 
 from .keys import KeyFileError, public_path_for, read_private_key, write_key_pair
 
@@ -22,8 +23,8 @@ __all__ = ["main", "parse_duration"]
 
 EXIT_USAGE = 2
 
-_DURATION = re.compile(r"(\d+)([smhd]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"([0-9]+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class UsageError(Exception):
@@ -31,10 +32,13 @@ class UsageError(Exception):
 
 
 def parse_duration(text: str) -> int:
-    """Seconds in ``"90"``, ``"45s"``, ``"30m"``, ``"1h"`` or ``"7d"`` (positive, at most 366 days)."""
-    match = _DURATION.fullmatch(text.strip())
+    """Seconds in ``"45s"``, ``"30m"``, ``"1h"`` or ``"7d"`` (positive, at most 366 days).
+
+    The unit is required: a bare ``10`` could mean seconds or hours, and a token that lives 10 s when
+    10 h was meant fails far from where the mistake was made."""
+    match = _DURATION.fullmatch(text)
     if match is None:
-        raise UsageError(f"invalid duration {text!r}: use a number with s, m, h or d (e.g. 1h)")
+        raise UsageError(f"invalid duration {text!r}: use a number with s, m, h or d (e.g. 90s, 1h)")
     seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if not 0 < seconds <= 366 * 86400:
         raise UsageError(f"duration {text!r} must be between 1s and 366d")
@@ -48,6 +52,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.out)
+    if path.name.endswith(".pub.jwk"):  # the private key would be handed out as the public one
+        suggestion = path.with_name(path.name[: -len(".pub.jwk")] + ".jwk")
+        raise UsageError(f"--out names the private key file, and {path} looks public (*.pub.jwk): use e.g. {suggestion}")
+    if args.kid is not None and not 0 < len(args.kid) <= MAX_KID_CHARS:  # else no token it signs is accepted
+        raise UsageError(f"--kid must be 1 to {MAX_KID_CHARS} characters (a token's header carries it)")
     try:
         kid, verify_key = write_key_pair(path, kid=args.kid, overwrite=args.force)
     except KeyFileError as exc:
@@ -70,8 +79,14 @@ def _cmd_token(args: argparse.Namespace) -> int:
         raise UsageError("--sub must be 1 to 128 characters")
     if len(args.name) > 64:
         raise UsageError("--name must be at most 64 characters")
-    claims = new_claims(sub=args.sub, name=args.name, kid=kid, now=time.time(), ttl=ttl, room=args.room, role=args.role)
-    print(sign(claims, key))
+    now = time.time()
+    claims = new_claims(sub=args.sub, name=args.name, kid=kid, now=now, ttl=ttl, room=args.room, role=args.role)
+    token = sign(claims, key)
+    try:  # the server's own parser: never print a token every server would refuse (a --room too long...)
+        verify(token, Keyring({kid: key.verify_key}), now)
+    except TokenError as exc:
+        raise UsageError(f"a server would refuse this token: {exc.message}") from None
+    print(token)
     return 0
 
 
@@ -88,7 +103,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = _Parser(prog="roost", description="Roost realtime room engine")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     keygen = sub.add_parser("keygen", help="write a new Ed25519 signing key pair (JWK files)")
     keygen.add_argument("--out", default="roost-key.jwk", help="private key file (public key: <name>.pub.jwk)")
@@ -100,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--key", required=True, help="private key file written by 'roost keygen'")
     token.add_argument("--sub", required=True, help="user id")
     token.add_argument("--name", default="", help="display name")
-    token.add_argument("--ttl", default="1h", help="lifetime, e.g. 90s, 30m, 1h, 7d (default 1h)")
+    token.add_argument("--ttl", default="1h", help="lifetime with a unit: 90s, 30m, 1h, 7d (default 1h)")
     token.add_argument("--room", default=None, help="restrict the token to one room (id or code)")
     token.add_argument("--role", default=None, help="role claim for room logic")
     token.set_defaults(run=_cmd_token)
@@ -122,11 +137,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command is None:  # ``roost`` alone: say what it can do
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
         run: Callable[[argparse.Namespace], int] = args.run
         return run(args)
     except UsageError as exc:
         print(f"roost: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before ``serve`` installed its handlers (e.g. while restoring)
+        return 130
+    except BrokenPipeError:  # ``roost token | head -c0``: the reader left; nothing to tell it
+        _silence_stdout()
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail again (the trap:
+    the buffered output would raise a second BrokenPipeError at exit, printed as "Exception ignored")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

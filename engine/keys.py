@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol.tokens import generate_key, load_jwk, private_jwk, public_jwk
+from protocol.tokens import MAX_KID_CHARS, generate_key, load_jwk, private_jwk, public_jwk
 
 __all__ = ["KeyFileError", "public_path_for", "read_private_key", "read_public_key", "write_key_pair"]
 
@@ -45,8 +45,15 @@ def _write_new(path: Path, text: str, mode: int, *, overwrite: bool) -> None:
 def write_key_pair(private_path: Path, *, kid: str | None = None, overwrite: bool = False) -> tuple[str, VerifyKey]:
     """Generate a key pair; write the private JWK (0600) and the public JWK (0644).
 
+    Without ``overwrite``, either file existing is refused before anything is written (no half pair).
     Returns ``(kid, verify_key)``.
     """
+    if kid is not None and not 0 < len(kid) <= MAX_KID_CHARS:
+        raise ValueError(f"kid must be 1 to {MAX_KID_CHARS} characters")
+    if not overwrite:
+        for path in (private_path, public_path_for(private_path)):
+            if os.path.lexists(path):
+                raise KeyFileError(f"{path} already exists (use --force to replace it)")
     derived_kid, key = generate_key()
     kid = kid or derived_kid
     _write_new(private_path, json.dumps(private_jwk(key, kid), indent=2) + "\n", 0o600, overwrite=overwrite)
@@ -87,6 +94,12 @@ def read_private_key(path: Path) -> tuple[str, SigningKey]:
 
 
 def read_public_key(path: Path) -> tuple[str, VerifyKey]:
-    """Read a public (or private) JWK. Returns ``(kid, verify_key)``."""
-    kid, verify_key, _signing_key = _read_jwk(path)
+    """Read a public JWK. Returns ``(kid, verify_key)``.
+
+    A private JWK is refused: a server must never hold the signing key (whoever reads its files could
+    then mint any user's token), and accepting one silently hides that it was deployed."""
+    kid, verify_key, signing_key = _read_jwk(path)
+    if signing_key is not None:
+        raise KeyFileError(f"key file {path} holds a private key: a server takes public keys only "
+                           f"(give it {public_path_for(path)})")
     return kid, verify_key

@@ -2,19 +2,25 @@
 
 This is the only place that installs signal handlers (the library never does): SIGINT and SIGTERM
 stop the engine.
+
+The data directory belongs to one process: ``prepare`` opens the store (which ``flock``-s
+``DATA/db/roost.lock``, see :mod:`engine.store.lmdb`) before it writes anything else there (the dev
+key, ``session.key``), so a second ``roost serve`` on the same ``--data`` is refused before it touches
+a file, and a crash (even SIGKILL) leaves nothing that blocks the next start.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import logging
 import os
 import signal
+import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -23,7 +29,8 @@ from protocol.tokens import Keyring, new_claims, sign
 
 from .app import Engine
 from .config import Config, ConfigError
-from .store.lmdb import LmdbStore
+from .store import StoreError
+from .store.lmdb import LmdbStore, StoreLocked, StoreOpenError
 from .keys import KeyFileError, public_path_for, read_private_key, read_public_key, write_key_pair
 
 __all__ = ["Prepared", "ServeError", "prepare", "run"]
@@ -31,6 +38,7 @@ __all__ = ["Prepared", "ServeError", "prepare", "run"]
 DEV_KEY_NAME = "dev-key.jwk"
 DEV_TOKEN_TTL = 24 * 3600
 SESSION_KEY_NAME = "session.key"
+SESSION_KEY_BYTES = 32
 
 
 class ServeError(Exception):
@@ -44,15 +52,22 @@ class Prepared:
     config: Config
     dev_key: Path | None
     dev_token: str | None
+    store: LmdbStore
+    """Open, and holding the data directory's lock; ``run`` hands it to the engine."""
 
 
-def prepare(args: argparse.Namespace) -> Prepared:
-    """Build the config: defaults < TOML file < ROOST_* environment < flags; load keys."""
+def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbStore] = LmdbStore) -> Prepared:
+    """Build the config: defaults < TOML file < ROOST_* environment < flags; load keys; claim the
+    data directory by opening its store; then (and only then) write the dev key and session key.
+
+    ``store_factory`` makes the store for ``DATA/db`` (benchmarks pass their own kind)."""
     try:
         config = Config()
         if args.config:
             config = Config.from_toml(Path(args.config), base=config)
         config = Config.from_env(os.environ, base=config)
+        if args.data == "":  # "" is the current directory to every path function: refuse, do not guess
+            raise ConfigError("--data must not be empty")
         flags = {name: value for name, value in (("host", args.host), ("port", args.port), ("data_dir", args.data))
                  if value is not None}
         config = config.replace(**flags, key_files=config.key_files + tuple(args.key))
@@ -63,39 +78,74 @@ def prepare(args: argparse.Namespace) -> Prepared:
         for path in config.key_files:
             kid, key = read_public_key(Path(path))
             keyring = keyring.with_key(kid, key)
+    except KeyFileError as exc:
+        raise ServeError(str(exc)) from None
+    if not len(keyring) and not args.dev:
+        raise ServeError("no public keys configured: pass --key FILE (or key_files in the config), or use --dev")
+    data = Path(config.data_dir)
+    store = store_factory(data / "db")
+    try:
+        store.open()
+    except StoreLocked as exc:
+        holder = f"pid {exc.pid}" if exc.pid is not None else "another process"
+        raise ServeError(f"data directory {data} is in use by another roost serve ({holder})") from None
+    except StoreOpenError as exc:
+        raise ServeError(str(exc)) from None
+    try:
         dev_key: Path | None = None
         dev_token: str | None = None
         if args.dev:
-            dev_key = Path(config.data_dir) / DEV_KEY_NAME
-            if not dev_key.exists():
-                dev_key.parent.mkdir(parents=True, exist_ok=True)
-                write_key_pair(dev_key)
-            kid, signing_key = read_private_key(dev_key)
-            keyring = keyring.with_key(kid, read_public_key(public_path_for(dev_key))[1])
+            dev_key = data / DEV_KEY_NAME
+            try:
+                if not dev_key.exists():
+                    write_key_pair(dev_key)
+                kid, signing_key = read_private_key(dev_key)
+                keyring = keyring.with_key(kid, read_public_key(public_path_for(dev_key))[1])
+            except KeyFileError as exc:
+                raise ServeError(str(exc)) from None
             claims = new_claims(sub="dev", name="Developer", kid=kid, now=time.time(), ttl=DEV_TOKEN_TTL)
             dev_token = sign(claims, signing_key)
-    except (KeyFileError, OSError) as exc:
-        raise ServeError(str(exc)) from None
-    if not len(keyring):
-        raise ServeError("no public keys configured: pass --key FILE (or key_files in the config), or use --dev")
-    try:
-        secret = _session_secret(Path(config.data_dir) / SESSION_KEY_NAME)
-    except OSError as exc:
-        raise ServeError(f"cannot keep the session key in {config.data_dir}: {exc.strerror}") from None
-    return Prepared(config=config.replace(keyring=keyring, session_secret=secret), dev_key=dev_key, dev_token=dev_token)
+        secret = _session_secret(data / SESSION_KEY_NAME)
+    except BaseException:
+        store.close()  # refused: release the directory at once
+        raise
+    return Prepared(config=config.replace(keyring=keyring, session_secret=secret), dev_key=dev_key,
+                    dev_token=dev_token, store=store)
 
 
 def _session_secret(path: Path) -> bytes:
-    """The session-token MAC key, kept in the data directory so sessions survive a restart."""
-    with contextlib.suppress(FileNotFoundError):
+    """The session-token MAC key, kept in the data directory so sessions survive a restart.
+
+    An existing key of the wrong size is refused, never replaced: replacing it would silently end
+    every session and hide whatever damaged the file. An existing key that others may read is made
+    0600 again (it is a secret; that is the only sensible repair). A new key is written to a temporary
+    file, flushed and renamed into place, so a crash never leaves a short key behind.
+    """
+    try:
         secret = path.read_bytes()
-        if len(secret) == 32:
+    except FileNotFoundError:
+        secret = None
+    except OSError as exc:
+        raise ServeError(f"cannot read the session key {path}: {exc.strerror}") from None
+    try:
+        if secret is not None:
+            if len(secret) != SESSION_KEY_BYTES:
+                raise ServeError(f"session key {path} is {len(secret)} bytes, not {SESSION_KEY_BYTES}: restore it, "
+                                 "or delete it to start with a new one (which ends every session)")
+            if stat.S_IMODE(path.stat().st_mode) != 0o600:
+                os.chmod(path, 0o600)
             return secret
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = os.urandom(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(secret)
+        secret = os.urandom(SESSION_KEY_BYTES)
+        temporary = path.with_name(path.name + ".new")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)  # O_CREAT's mode is masked by umask, and a leftover file keeps its own
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise ServeError(f"cannot write the session key {path}: {exc.strerror}") from None
     return secret
 
 
@@ -107,7 +157,7 @@ async def _serve_until_stopped(
 
 
 async def _serve(prepared: Prepared) -> None:
-    engine = Engine(prepared.config, store=LmdbStore(Path(prepared.config.data_dir) / "db"))
+    engine = Engine(prepared.config, store=prepared.store)
     async with trio.open_nursery(strict_exception_groups=True) as nursery:
         host, port = await nursery.start(_serve_until_stopped, engine, nursery.cancel_scope)
         # Everything allocated so far (modules, config, keys, restored rooms) lives long: move it out
@@ -115,10 +165,10 @@ async def _serve(prepared: Prepared) -> None:
         # pause per minute under load without this, which set the p99 of small rooms). No collect()
         # first: after restoring 10 k rooms it alone took 0.4 s of the start-up.
         gc.freeze()
-        print(f"ROOST_URL=ws://{host}:{port}/", flush=True)
+        lines = [f"ROOST_URL=ws://{host}:{port}/"]
         if prepared.dev_token is not None:
-            print(f"ROOST_TOKEN={prepared.dev_token}", flush=True)
-            print(f"ROOST_DEV_KEY={prepared.dev_key}", flush=True)
+            lines += [f"ROOST_TOKEN={prepared.dev_token}", f"ROOST_DEV_KEY={prepared.dev_key}"]
+        _announce(lines)
         logger = logging.getLogger("roost")
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
@@ -131,6 +181,26 @@ async def _serve(prepared: Prepared) -> None:
                     nursery.cancel_scope.cancel()
 
 
+def _announce(lines: list[str]) -> None:
+    """Print the lines clients need on stdout. A closed stdout (``roost serve --dev | head -1``)
+    does not stop the server: the URL is in the log on stderr too, and the key file is on disk."""
+    try:
+        for line in lines:
+            print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # else the interpreter's last flush fails again
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        logging.getLogger("roost").warning("stdout is closed: the lines for clients were not printed")
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 def run(prepared: Prepared, *, log_level: str = "info") -> int:
     """Run the engine until SIGINT/SIGTERM. Returns the exit status."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -138,13 +208,17 @@ def run(prepared: Prepared, *, log_level: str = "info") -> int:
     try:
         trio.run(_serve, prepared)
     except BaseExceptionGroup as group:
+        store_errors, rest = group.split(StoreError)
+        if store_errors is not None and rest is None:  # e.g. a damaged page met while restoring rooms
+            print(f"roost: error: {_first(store_errors)}", file=sys.stderr)
+            return 2
         bind_errors, rest = group.split(OSError)
         if bind_errors is None or rest is not None:
             raise
-        first = bind_errors.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
+        first = _first(bind_errors)
         reason = first.strerror if isinstance(first, OSError) else str(first)
         print(f"roost: error: cannot serve on {prepared.config.host}:{prepared.config.port}: {reason}", file=sys.stderr)
         return 2
+    finally:
+        prepared.store.close()  # if the engine never ran it (a bind error); else already closed
     return 0

@@ -39,6 +39,7 @@ from .errors import CloseCode, ErrorCode, RemoteProtocolError
 
 __all__ = [
     "DEFAULT_LEEWAY",
+    "MAX_KID_CHARS",
     "MAX_TOKEN_CHARS",
     "BadSignature",
     "Claims",
@@ -62,6 +63,8 @@ __all__ = [
 
 MAX_TOKEN_CHARS = 4096
 """Longest token accepted (the ``hello`` frame's limit too)."""
+MAX_KID_CHARS = 64
+"""Longest ``kid`` a token header may carry; a key with a longer one could sign no acceptable token."""
 DEFAULT_LEEWAY = 30.0
 """Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``."""
 
@@ -264,6 +267,8 @@ def load_jwk(jwk: Mapping[str, Any]) -> tuple[str, VerifyKey, SigningKey | None]
     x = jwk.get("x")
     if type(kid) is not str or not kid or type(x) is not str:
         raise ValueError("JWK needs string 'kid' and 'x'")
+    if len(kid) > MAX_KID_CHARS:
+        raise ValueError(f"JWK 'kid' must be 1 to {MAX_KID_CHARS} characters (a token header carries it)")
     try:
         public = _b64decode(x, "x", TokenMalformed)
         verify_key = VerifyKey(public)
@@ -343,8 +348,8 @@ def verify(token: object, keyring: Keyring, now: float, *, leeway: float = DEFAU
     if typ is not None and typ != "JWT":
         raise TokenMalformed("header 'typ' must be JWT")
     kid = header.get("kid")
-    if type(kid) is not str or not kid or len(kid) > 64:
-        raise TokenMalformed("header 'kid' must be a string of 1 to 64 characters")
+    if type(kid) is not str or not kid or len(kid) > MAX_KID_CHARS:
+        raise TokenMalformed(f"header 'kid' must be a string of 1 to {MAX_KID_CHARS} characters")
     key = keyring.get(kid)
     if key is None:
         raise UnknownKey(f"no key with kid {kid!r}")

@@ -100,3 +100,49 @@ async def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
         for stream in (first.stdout, first.stderr):
             if stream is not None:
                 stream.close()
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+async def test_one_server_per_data_directory_and_a_killed_one_does_not_block_a_restart(tmp_path: Path) -> None:
+    """Two servers on one --data would both acknowledge chat n=2 (and a restart would lose one):
+    the second is refused, naming the directory and the holder, while the first keeps serving; the
+    kernel releases the lock of a SIGKILLed server, so the next start succeeds."""
+    data = tmp_path / "data"
+    first = start_server(tmp_path, "--dev")
+    try:
+        with trio.fail_after(30):
+            lines = await read_lines(first, 3)
+            second = await trio.to_thread.run_sync(lambda: subprocess.run(
+                [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", "0", "--data", str(data)],
+                capture_output=True, text=True, timeout=30, check=False,
+            ))
+            assert second.returncode == 2
+            assert second.stderr == (
+                f"roost: error: data directory {data} is in use by another roost serve (pid {first.pid})\n"
+            )
+            assert second.stdout == ""
+            async with open_client(lines["ROOST_URL"], lines["ROOST_TOKEN"], reconnect=False) as dev:
+                room = await dev.create()
+                await dev.chat_send(room.room, "kept")
+            first.send_signal(signal.SIGKILL)
+            await trio.to_thread.run_sync(first.wait)
+            assert (data / "db" / "roost.lock").read_text() == f"{first.pid}\n"  # stale, and harmless
+            restarted = start_server(tmp_path, "--dev")
+            try:
+                lines = await read_lines(restarted, 3)
+                async with open_client(lines["ROOST_URL"], lines["ROOST_TOKEN"], reconnect=False) as dev:
+                    snap = await dev.join(room=room.room)
+                    assert [m.text for m in (await dev.history(room.room)).messages] == ["kept"]
+                    assert snap.room == room.room
+            finally:
+                stop(restarted)
+    finally:
+        stop(first)

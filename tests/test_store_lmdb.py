@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import struct
 import time
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 import trio
 
 from engine.store import Write
-from engine.store.lmdb import LmdbStore
+from engine.store.lmdb import LOCK_NAME, LmdbStore, StoreFailed, StoreLocked, StoreOpenError
 
 
 @pytest.fixture
@@ -119,3 +121,102 @@ async def test_the_environment_outlives_every_worker_thread(tmp_path: Path, monk
         await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
     assert errors == []
+
+
+async def test_a_second_store_on_one_directory_is_refused_while_the_first_runs(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """One owner per directory, in one process too (flock locks are per open file, not per process)."""
+    first = LmdbStore(tmp_path / "db")
+    await nursery.start(first.run)
+    await first.commit([Write("r1", "meta", b"first")])
+    second = LmdbStore(tmp_path / "db")
+    with pytest.raises(StoreLocked) as info:
+        second.open()
+    assert info.value.pid == os.getpid() and info.value.path == tmp_path / "db"
+    assert str(info.value) == f"{tmp_path / 'db'} is in use by another Roost store (pid {os.getpid()})"
+    with pytest.raises(StoreLocked):
+        await nursery.start(second.run)
+    await first.commit([Write("r1", "chat:1", b"still mine")])  # the first is untouched
+    assert await first.load_room("r1") == {"meta": b"first", "chat:1": b"still mine"}
+
+
+async def test_a_stopped_store_releases_its_directory(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(LmdbStore(tmp_path / "db").run)
+        nursery.cancel_scope.cancel()
+    reopened = LmdbStore(tmp_path / "db")
+    reopened.open()  # no StoreLocked: the lock went with the environment
+    assert (tmp_path / "db" / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    reopened.close()
+    reopened.close()  # idempotent
+
+
+@pytest.mark.parametrize("damage", ["file", "corrupt"])
+def test_a_directory_that_is_no_store_is_one_clear_error(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "db"
+    if damage == "file":
+        path.write_text("not a directory")
+        expected = f"cannot open the store in {path}: not a directory"
+    else:
+        path.mkdir()
+        (path / "data.mdb").write_bytes(os.urandom(20_000))
+        expected = f"cannot open the store in {path}: MDB_INVALID: File is not an LMDB file"
+    with pytest.raises(StoreOpenError) as info:
+        LmdbStore(path).open()
+    assert str(info.value) == expected
+    if damage == "corrupt":  # refused without keeping the lock: a repaired directory opens at once
+        (path / "data.mdb").unlink()
+        store = LmdbStore(path)
+        store.open()
+        store.close()
+
+
+async def _store_with_rooms(path: Path, rooms: int = 50) -> None:
+    async with trio.open_nursery() as nursery:
+        store = LmdbStore(path)
+        await nursery.start(store.run)
+        for i in range(rooms):
+            await store.commit([Write(f"r{i}", "meta", bytes([i]) * 3000)])
+        nursery.cancel_scope.cancel()
+
+
+def damage_every_page_but_the_main_root(path: Path) -> None:
+    """Zero every page after the two meta pages except the main database's root (which names the
+    ``rooms`` database): LMDB then opens the environment and fails on the first read. Offsets are
+    those of a 64-bit LMDB meta page (page header 16 bytes; ``mm_dbs[MAIN].md_root`` at 128,
+    ``mm_last_pg`` at 136, ``mm_txnid`` at 144)."""
+    data = path / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    page = 4096
+    txnid, root, last = max(
+        (struct.unpack_from("<Q", raw, meta * page + 144)[0], *struct.unpack_from("<QQ", raw, meta * page + 128))
+        for meta in (0, 1)
+    )
+    assert txnid > 0 and root >= 2
+    for number in range(2, last + 1):
+        if number != root:
+            raw[number * page : (number + 1) * page] = bytes(page)
+    data.write_bytes(bytes(raw))
+
+
+async def test_a_damaged_page_is_a_store_error_not_an_lmdb_one(tmp_path: Path) -> None:
+    await _store_with_rooms(tmp_path / "db")
+    damage_every_page_but_the_main_root(tmp_path / "db")
+    async with trio.open_nursery() as nursery:
+        store = LmdbStore(tmp_path / "db")
+        await nursery.start(store.run)
+        with pytest.raises(StoreFailed, match=r"^cannot read the store in .*: MDB_CORRUPTED: "):
+            await store.load_all_rooms()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_truncated_data_file_is_refused_before_lmdb_maps_it(tmp_path: Path) -> None:
+    """Reading a mapped page past the end of the file is SIGBUS: the length is checked first."""
+    await _store_with_rooms(tmp_path / "db")
+    data = tmp_path / "db" / "data.mdb"
+    size = data.stat().st_size
+    os.truncate(data, 8192)
+    with pytest.raises(StoreOpenError) as info:
+        LmdbStore(tmp_path / "db").open()
+    assert str(info.value) == (
+        f"cannot open the store in {tmp_path / 'db'}: data.mdb is truncated (8192 bytes, its pages need {size})"
+    )

@@ -14,7 +14,12 @@ from collections.abc import Sequence
 
 import trio
 
-__all__ = ["Store", "StoreStatistics", "Write"]
+__all__ = ["Store", "StoreError", "StoreStatistics", "Write"]
+
+
+class StoreError(Exception):
+    """The store cannot be used: it cannot be opened, read or written, or what it holds does not
+    decode. The message is one line, meant for the operator (``roost serve`` prints it as is)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -11,11 +11,22 @@ before any worker thread; writes go through a one-thread ``CapacityLimiter``; a 
 ``run_sync`` still waits for its thread (never abandon a thread holding LMDB); the environment is
 closed only after the writer is done; a full map grows (``set_mapsize`` with no transaction open)
 and the write is retried, so nothing is dropped or corrupted.
+
+One process owns a store directory. Two writers on one LMDB would each acknowledge their own chat
+``n=2`` and a restart would lose one (and LMDB forbids opening one environment twice even in one
+process: closing either drops the other's POSIX locks). So :meth:`LmdbStore.open` first takes an
+exclusive ``flock`` on ``<dir>/roost.lock`` and holds it until the environment is closed; a second
+claimant, in this process or another, gets :class:`StoreLocked`. The trap avoided: a pid file alone
+goes stale when its owner is SIGKILLed, and a stale pid can be reused by an unrelated process. The
+kernel drops a ``flock`` with its last descriptor, however the owner died, so a restart after a
+crash just works; the pid written in the file only names the holder in the error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -25,9 +36,9 @@ from typing import Any, TypeVar
 import lmdb
 import trio
 
-from . import Store, StoreStatistics, Write
+from . import Store, StoreError, StoreStatistics, Write
 
-__all__ = ["LmdbStore"]
+__all__ = ["LOCK_NAME", "LmdbStore", "StoreError", "StoreFailed", "StoreLocked", "StoreOpenError"]
 
 T = TypeVar("T")
 
@@ -35,6 +46,28 @@ log = logging.getLogger("roost.store")
 
 _SEP = b"\x00"
 """Room ids and keys never contain NUL (room ids are [A-Za-z0-9_-]), so ``room NUL key`` sorts by room."""
+
+LOCK_NAME = "roost.lock"
+"""The lock file in the store directory: ``flock``-ed by the owning process, which writes its pid in it."""
+
+
+class StoreOpenError(StoreError):
+    """The store directory cannot be opened: not a directory, unwritable, not (or no longer) an LMDB
+    environment."""
+
+
+class StoreFailed(StoreError):
+    """LMDB refused a read or a write of an open store (a damaged page, a full disk)."""
+
+
+class StoreLocked(StoreOpenError):
+    """Another open store (another process, or another ``LmdbStore`` in this one) owns the directory."""
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid is not None else "a process that has not yet written its pid"
+        super().__init__(f"{path} is in use by another Roost store ({holder})")
+        self.path = path
+        self.pid = pid
 
 
 @dataclasses.dataclass(slots=True)
@@ -62,6 +95,7 @@ class LmdbStore(Store):
         self._map_size = map_size
         self._max_map_size = max_map_size
         self._env: lmdb.Environment | None = None
+        self._lock_fd: int | None = None
         self._rooms_db: Any = None
         self._global_db: Any = None
         self._queue: list[_Pending] = []
@@ -80,19 +114,84 @@ class LmdbStore(Store):
     # -- life cycle ----------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open the environment and its databases (done by ``run``; public for tools and tests)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        env = lmdb.open(
-            str(self.path), map_size=self._map_size, max_dbs=4, sync=True, metasync=True, max_spare_txns=4
-        )
-        self._rooms_db = env.open_db(b"rooms")
-        self._global_db = env.open_db(b"global")
+        """Claim the directory, then open the environment and its databases.
+
+        Done by ``run`` unless already done (``roost serve`` opens the store before it writes anything
+        else in the data directory, so a second server is refused before it touches a file). Raises
+        :class:`StoreLocked` if another store owns the directory, :class:`StoreOpenError` if it cannot
+        be opened; either way nothing is left open.
+        """
+        if self._env is not None:
+            return
+        self._lock()
+        env: lmdb.Environment | None = None
+        try:
+            env = lmdb.open(
+                str(self.path), map_size=self._map_size, max_dbs=4, sync=True, metasync=True, max_spare_txns=4
+            )
+            self._check_length(env)
+            self._rooms_db = env.open_db(b"rooms")
+            self._global_db = env.open_db(b"global")
+            info = env.info()
+        except (lmdb.Error, StoreOpenError) as exc:
+            if env is not None:
+                env.close()
+            self._unlock()
+            if isinstance(exc, StoreOpenError):
+                raise
+            raise StoreOpenError(f"cannot open the store in {self.path}: {_lmdb_reason(exc)}") from None
         self._env = env
-        info = env.info()
         self._map_size = info["map_size"]
 
+    def _check_length(self, env: lmdb.Environment) -> None:
+        """Refuse a ``data.mdb`` shorter than the pages its meta page counts (a truncated copy). The
+        trap: LMDB maps the file, and touching a mapped page past its end is SIGBUS, not an error."""
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = (self.path / "data.mdb").stat().st_size
+        if size < needed:
+            raise StoreOpenError(f"cannot open the store in {self.path}: data.mdb is truncated "
+                                 f"({size} bytes, its pages need {needed})")
+
+    def close(self) -> None:
+        """Close the environment and release the directory (``run`` does it when it ends).
+
+        Only for a store that is not running: closing under a worker thread may crash the interpreter,
+        so while one still runs this does nothing (the process keeps both until it exits)."""
+        if self._threads:
+            return
+        env, self._env = self._env, None
+        if env is not None:
+            env.close()
+        self._unlock()
+
+    def _lock(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            raise StoreOpenError(f"cannot open the store in {self.path}: not a directory") from None
+        except OSError as exc:
+            raise StoreOpenError(f"cannot open the store in {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # e.g. ENOLCK on some network filesystems
+                raise StoreOpenError(f"cannot lock the store in {self.path}: {exc.strerror}") from None
+            raise StoreLocked(self.path, int(holder) if holder.strip().isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # the kernel releases the flock with the descriptor; the stale pid is harmless
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the store, then run its writer until cancelled; close the environment last."""
+        """Open the store (if not yet open), then run its writer until cancelled; close the
+        environment last, and only then release the directory."""
         self.open()
         self._running = True
         try:
@@ -109,9 +208,10 @@ class LmdbStore(Store):
             with trio.move_on_after(10, shield=True):
                 while self._threads:
                     await self._threads_done.wait()
-            env, self._env = self._env, None
-            if env is not None and not self._threads:
-                env.close()
+            if not self._threads:
+                self.close()
+            else:  # a thread still holds LMDB: no new thread may use it, and the directory stays
+                self._env = None  # locked until the process exits, so no other store opens it under them
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter) -> T:
         """Run ``fn`` in a worker thread, counted so the environment outlives every thread using it."""
@@ -121,6 +221,11 @@ class LmdbStore(Store):
         self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+        except lmdb.MapFullError:
+            raise  # the writer grows the map and retries
+        except lmdb.Error as exc:
+            action = "read" if limiter is self._read_limiter else "write"
+            raise StoreFailed(f"cannot {action} the store in {self.path}: {_lmdb_reason(exc)}") from None
         finally:
             self._threads -= 1
             if not self._threads:
@@ -296,3 +401,10 @@ class LmdbStore(Store):
     def groups(self) -> int:
         """LMDB transactions written (each holds one or more commits)."""
         return self._groups
+
+
+def _lmdb_reason(exc: lmdb.Error) -> str:
+    """py-lmdb's message without the path it repeats (``"db: MDB_INVALID: File is not an LMDB file"``)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    head, sep, tail = text.partition(": ")
+    return tail if sep and tail else text
