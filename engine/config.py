@@ -99,9 +99,9 @@ class Config:
     max_sessions_per_user: int = 8
     """Live sessions (devices, tabs) one user may have at once."""
     outbox_max_frames: int = 1024
-    """Frames queued for one slow connection before it is closed."""
+    """Frames (its final Close included) one connection may have that the kernel has not taken; one more closes it as a slow consumer (4000)."""
     outbox_max_bytes: int = 1024 * 1024
-    """Bytes queued for one slow connection before it is closed."""
+    """Bytes one connection may have that the kernel has not taken (room for its Close is kept); more close it as a slow consumer (4000)."""
 
     # -- rooms --
     default_max_members: int = 64
