@@ -12,13 +12,16 @@ ones), so a delivery costs nothing it did not already cost.
 Each engine has its own ``CollectorRegistry``, never the process-wide ``REGISTRY``: two engines in one
 process (tests do it all the time) must not collide or mix their numbers.
 
-The families, their names and help texts are the table in README.md ("Metrics").
+The families, their names and help texts are :data:`FAMILIES` (README.md's table is generated from it).
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
+import pathlib
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -29,7 +32,7 @@ from prometheus_client.registry import CollectorRegistry
 if TYPE_CHECKING:
     from .app import Engine
 
-__all__ = ["COMMIT_BUCKETS", "TURN_BUCKETS", "Histogram", "Metrics", "RoomStats"]
+__all__ = ["COMMIT_BUCKETS", "FAMILIES", "TURN_BUCKETS", "Family", "Histogram", "Metrics", "RoomStats", "markdown_table"]
 
 TURN_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (seconds) of the room-turn histogram: a turn of a chat room is tens of microseconds;
@@ -90,25 +93,89 @@ class RoomStats:
         """The most commands one room found queued at the start of a turn, since start."""
 
 
-def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, documentation, value=value)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Family:
+    """One metric family: its Prometheus type, label (if any), and the question it answers."""
+
+    kind: str
+    help: str
+    label: str | None = None
 
 
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)
+FAMILIES: dict[str, Family] = {
+    # connections
+    "roost_connections_open": Family("gauge", "How many TCP connections are open now (handshaking, in session or "
+                                     "closing)?"),
+    "roost_sessions_open": Family("gauge", "How many authenticated sessions are connected now?"),
+    "roost_handshakes_pending": Family("gauge", "How many connections have not authenticated yet?"),
+    "roost_connections_accepted": Family("counter", "How many TCP connections were accepted?"),
+    "roost_connections_closed": Family("counter", "How did connections end, by the WebSocket close code sent or "
+                                       "answered (1006: TCP ended without a Close; none: never a WebSocket)?", "code"),
+    "roost_handshakes": Family("counter", "How did handshakes end: ok (welcome sent), refused (HTTP 503, too many "
+                               "pending) or failed (no session, see roost_auth_failures_total)?", "outcome"),
+    "roost_auth_failures": Family("counter", "Why were connections refused a session (a token reason word, revoked, "
+                                  "missing, timeout, bad_hello, version, too_many_sessions)?", "reason"),
+    "roost_rate_limited": Family("counter", "How many frames were refused for going over the rate?"),
+    "roost_slow_consumers": Family("counter", "How many connections were closed for not reading (4000)?"),
+    # requests
+    "roost_requests": Family("counter", "Which requests do clients send (frames after hello, by type)?", "type"),
+    "roost_request_errors": Family("counter", "Which errors do requests get (error replies, by code)?", "code"),
+    # output
+    "roost_deliveries": Family("counter", "How many pushes (replies and events, one per recipient) went to "
+                               "connections?"),
+    "roost_sent_bytes": Family("counter", "How many bytes did the server write to connections?"),
+    "roost_outbox_backlog_bytes": Family("gauge", "How many bytes wait in outboxes for slow readers now?"),
+    "roost_outbox_backlog_max_bytes": Family("gauge", "How many bytes wait for the slowest reader now?"),
+    # rooms
+    "roost_rooms_live": Family("gauge", "How many rooms are live now?"),
+    "roost_rooms_created": Family("counter", "How many rooms were created?"),
+    "roost_rooms_restored": Family("counter", "How many rooms came back from the store at start?"),
+    "roost_rooms_reaped": Family("counter", "How many rooms were closed for staying empty (reaped)?"),
+    "roost_rooms_closed": Family("counter", "Why did rooms close for good (closed, expired: reaped, internal: "
+                                 "crashed too often, failed: could not be recovered)?", "reason"),
+    "roost_rooms_crashed": Family("counter", "How many times did a room actor crash (and restart)?"),
+    "roost_resumes": Family("counter", "Did resumes replay the missed events or need a resync?", "outcome"),
+    "roost_room_inbox_depth_high_water": Family("gauge", "How many commands did one room find queued at the start "
+                                                "of a turn, at most?"),
+    "roost_room_turn_duration_seconds": Family("histogram", "How long do room turns take, from their first "
+                                               "command to the release of their replies (commit included)?"),
+    "roost_store_commit_duration_seconds": Family("histogram", "How long do room turns wait for their writes "
+                                                  "to be durable?"),
+    "roost_revocations": Family("gauge", "How many revocation entries are held?"),
+}
+"""Every family :class:`Metrics` exposes (README.md's table is generated from it). Counters count
+since the engine started serving; their samples carry Prometheus's ``_total`` suffix."""
 
 
-def _by(name: str, documentation: str, label: str, counts: Iterable[tuple[object, int]]) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=[label])
+def _family(name: str, value: float) -> Metric:
+    family = FAMILIES[name]
+    if family.kind == "counter":
+        return CounterMetricFamily(name, family.help, value=value)
+    return GaugeMetricFamily(name, family.help, value=value)
+
+
+def _by(name: str, counts: Iterable[tuple[object, int]]) -> CounterMetricFamily:
+    family = FAMILIES[name]
+    metric = CounterMetricFamily(name, family.help, labels=[family.label or ""])
     for key, count in sorted((str(key), count) for key, count in counts):
-        family.add_metric([key], count)
-    return family
+        metric.add_metric([key], count)
+    return metric
 
 
-def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
+def _histogram(name: str, histogram: Histogram) -> HistogramMetricFamily:
     bounds = [repr(float(bound)) for bound in histogram.bounds] + ["+Inf"]
-    return HistogramMetricFamily(name, documentation, buckets=list(zip(bounds, histogram.cumulative(), strict=True)),
+    return HistogramMetricFamily(name, FAMILIES[name].help,
+                                 buckets=list(zip(bounds, histogram.cumulative(), strict=True)),
                                  sum_value=histogram.sum)
+
+
+def markdown_table() -> str:
+    """The README table of :data:`FAMILIES` (``python -m engine.metrics README.md`` rewrites it)."""
+    rows = ["| metric | type | label | answers |", "|---|---|---|---|"]
+    for name, family in FAMILIES.items():
+        sample = f"{name}_total" if family.kind == "counter" else name
+        rows.append(f"| `{sample}` | {family.kind} | {f'`{family.label}`' if family.label else ''} | {family.help} |")
+    return "\n".join(rows) + "\n"
 
 
 class Metrics:
@@ -134,36 +201,22 @@ class Metrics:
         connections = list(gateway.connections) if gateway is not None else []
         auth_failures = gateway.auth_failures if gateway is not None else collections.Counter()
 
-        yield _gauge("roost_connections_open", "How many TCP connections are open now (handshaking, in session or "
-                     "closing)?", len(connections))
-        yield _gauge("roost_sessions_open", "How many authenticated sessions are connected now?",
-                     len(gateway.by_sid) if gateway is not None else 0)
-        yield _gauge("roost_handshakes_pending", "How many connections have not authenticated yet?",
-                     gateway.pending_handshakes if gateway is not None else 0)
-        yield _counter("roost_connections_accepted", "How many TCP connections were accepted since start?",
-                       stats["connections_accepted"])
-        yield _by("roost_connections_closed", "How did connections end, by WebSocket close code (1006: no Close "
-                  "frame; none: never upgraded, a plain HTTP exchange)?", "code",
-                  gateway.closes.items() if gateway is not None else ())
-        yield _by("roost_handshakes", "How did handshakes end: ok (welcome sent), refused (HTTP 503, too many "
-                  "pending) or failed (no session: see roost_auth_failures_total)?", "outcome",
-                  [("ok", stats["sessions_opened"]), ("refused", stats["handshakes_refused"]),
-                   ("failed", sum(auth_failures.values()))])
-        yield _by("roost_auth_failures", "Why were connections refused a session (token reason word, revoked, "
-                  "missing, timeout, bad_hello, version, too_many_sessions)?", "reason", auth_failures.items())
-        yield _counter("roost_rate_limited", "How many frames were refused for going over the rate?",
-                       stats["rate_limited"])
-        yield _counter("roost_slow_consumers", "How many connections were closed for not reading (4000)?",
-                       stats["slow_consumers"])
+        yield _family("roost_connections_open", len(connections))
+        yield _family("roost_sessions_open", len(gateway.by_sid) if gateway is not None else 0)
+        yield _family("roost_handshakes_pending", gateway.pending_handshakes if gateway is not None else 0)
+        yield _family("roost_connections_accepted", stats["connections_accepted"])
+        yield _by("roost_connections_closed", gateway.closes.items() if gateway is not None else ())
+        yield _by("roost_handshakes", [("ok", stats["sessions_opened"]), ("refused", stats["handshakes_refused"]),
+                                       ("failed", sum(auth_failures.values()))])
+        yield _by("roost_auth_failures", auth_failures.items())
+        yield _family("roost_rate_limited", stats["rate_limited"])
+        yield _family("roost_slow_consumers", stats["slow_consumers"])
 
-        requests = gateway.requests if gateway is not None else collections.Counter()
-        yield _by("roost_requests", "Which requests do clients send (frames after hello, by type)?", "type",
-                  requests.items())
+        yield _by("roost_requests", gateway.requests.items() if gateway is not None else ())
         errors = collections.Counter(self.rooms.errors)
         if gateway is not None:
             errors.update(gateway.errors)
-        yield _by("roost_request_errors", "Which errors do requests get (error replies, by code)?", "code",
-                  errors.items())
+        yield _by("roost_request_errors", errors.items())
 
         pushes = sent = backlog = largest = 0
         for connection in connections:
@@ -176,31 +229,35 @@ class Metrics:
         if gateway is not None:
             pushes += gateway.closed_pushes
             sent += gateway.closed_bytes_sent
-        yield _counter("roost_deliveries", "How many pushes (replies and events, one per recipient) went to "
-                       "connections?", pushes)
-        yield _counter("roost_sent_bytes", "How many bytes did the server write to connections?", sent)
-        yield _gauge("roost_outbox_backlog_bytes", "How many bytes wait in outboxes for slow readers now?", backlog)
-        yield _gauge("roost_outbox_backlog_max_bytes", "How many bytes wait for the slowest reader now?", largest)
+        yield _family("roost_deliveries", pushes)
+        yield _family("roost_sent_bytes", sent)
+        yield _family("roost_outbox_backlog_bytes", backlog)
+        yield _family("roost_outbox_backlog_max_bytes", largest)
 
-        yield _gauge("roost_rooms_live", "How many rooms are live now?", len(router.rooms) if router is not None else 0)
-        yield _counter("roost_rooms_created", "How many rooms were created since start?",
-                       supervisor.created if supervisor is not None else 0)
-        yield _counter("roost_rooms_restored", "How many rooms came back from the store at start?",
-                       supervisor.restored if supervisor is not None else 0)
         closed = supervisor.closed if supervisor is not None else collections.Counter()
-        yield _counter("roost_rooms_reaped", "How many rooms were closed for staying empty (reaped)?",
-                       closed["expired"])
-        yield _by("roost_rooms_closed", "Why did rooms close for good (closed, expired, internal: crashed too "
-                  "often, failed: could not be recovered)?", "reason", closed.items())
-        yield _counter("roost_rooms_crashed", "How many times did a room actor crash and restart?",
-                       supervisor.restarts if supervisor is not None else 0)
+        yield _family("roost_rooms_live", len(router.rooms) if router is not None else 0)
+        yield _family("roost_rooms_created", supervisor.created if supervisor is not None else 0)
+        yield _family("roost_rooms_restored", supervisor.restored if supervisor is not None else 0)
+        yield _family("roost_rooms_reaped", closed["expired"])
+        yield _by("roost_rooms_closed", closed.items())
+        yield _family("roost_rooms_crashed", supervisor.restarts if supervisor is not None else 0)
         rooms = self.rooms
-        yield _by("roost_resumes", "Did resumes replay the missed events or need a resync?", "outcome",
-                  rooms.resumes.items())
-        yield _gauge("roost_room_inbox_depth_high_water", "How many commands did one room find queued at the "
-                     "start of a turn, at most, since start?", rooms.inbox_high)
-        yield _histogram("roost_room_turn_duration_seconds", "How long do room turns take, from the first "
-                         "command to the release of the replies (commit included)?", rooms.turns)
-        yield _histogram("roost_store_commit_duration_seconds", "How long do room turns wait for their writes "
-                         "to be durable?", rooms.commits)
-        yield _gauge("roost_revocations", "How many revocation entries are held?", len(engine.revocations))
+        yield _by("roost_resumes", rooms.resumes.items())
+        yield _family("roost_room_inbox_depth_high_water", rooms.inbox_high)
+        yield _histogram("roost_room_turn_duration_seconds", rooms.turns)
+        yield _histogram("roost_store_commit_duration_seconds", rooms.commits)
+        yield _family("roost_revocations", len(engine.revocations))
+
+
+def _rewrite(path: str) -> None:
+    """Replace the table between the ``metrics:begin``/``metrics:end`` markers of ``path``."""
+    text = pathlib.Path(path).read_text(encoding="utf-8")
+    begin, end = text.index(TABLE_BEGIN) + len(TABLE_BEGIN), text.index(TABLE_END)
+    pathlib.Path(path).write_text(text[:begin] + "\n" + markdown_table() + text[end:], encoding="utf-8")
+
+
+TABLE_BEGIN = "<!-- metrics:begin (generated by python -m engine.metrics README.md; do not edit) -->"
+TABLE_END = "<!-- metrics:end -->"
+
+if __name__ == "__main__":
+    _rewrite(sys.argv[1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine import Config, Engine, RoomContext, RoomLogic
-from engine.metrics import Histogram
+from engine.metrics import FAMILIES, TABLE_BEGIN, TABLE_END, Histogram, markdown_table
 from engine.testing import SERVICE_KEY, TestKeys, connect_client, start_engine, test_config
 from protocol.client import RequestError
 from protocol.codec import load_record
@@ -228,10 +229,20 @@ async def test_two_engines_in_one_process_keep_separate_metrics(nursery: trio.Nu
     assert not {name for name in global_names if name.startswith("roost_")}
 
 
-def test_an_engine_that_is_not_serving_exposes_zeros() -> None:
+def test_an_engine_that_is_not_serving_exposes_zeros_and_every_declared_family() -> None:
+    body, _ = Engine(test_config(TestKeys())).metrics.exposition()
+    families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+    assert {name: family.type for name, family in families.items()} == {
+        name: family.kind for name, family in FAMILIES.items()}
     samples = scrape(Engine(test_config(TestKeys())))
     assert value(samples, "roost_connections_open") == 0
     assert check_histogram(samples, "roost_room_turn_duration_seconds") == 0
+
+
+def test_the_readme_table_is_generated_from_the_families() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index(TABLE_BEGIN) + len(TABLE_BEGIN):readme.index(TABLE_END)]
+    assert table.strip() == markdown_table().strip(), "run: python -m engine.metrics README.md"
 
 
 @given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), max_size=50))
