@@ -90,7 +90,8 @@ class RoomStats:
         self.resumes: collections.Counter[str] = collections.Counter(replay=0, resync=0)
         """Accepted ``resume`` requests by outcome: ``replay`` (the missed events) or ``resync``."""
         self.inbox_high = 0
-        """The most commands one room found queued at the start of a turn, since start."""
+        """The most commands one room found queued at the start of a turn, since start: the inbox's
+        high-water mark, exactly (a queue only grows between two takes, so it is deepest when taken)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -136,9 +136,9 @@ class RoomRuntime:
 
     def __init__(self, room_id: str, code: str, inbox_size: int, *, stats: RoomStats | None = None) -> None:
         self.room_id = room_id
-        self.stats = stats or RoomStats()
-        """The engine's room counters (metrics), shared by every room."""
         self.code = code
+        self.stats = stats or RoomStats()
+        """The engine's room counters (metrics), shared by every room; the actors update them."""
         self.send_channel, self.receive_channel = trio.open_memory_channel[Command](inbox_size)
         self.control: collections.deque[Disconnected] = collections.deque()
         self.peers: dict[str, Peer] = {}
@@ -381,7 +381,11 @@ class RoomActor:
             self._error(command.peer, getattr(command.frame, "id", None), error)
 
     async def finish_turn(self) -> None:
-        """Commit the turn's writes, then release its replies and events."""
+        """Commit the turn's writes, then release its replies and events.
+
+        The commit is timed here, around ``commit_now``/``commit`` (the store-commit histogram): what a
+        turn waits for, group-commit queueing included, without a hook in any store.
+        """
         if self._close is not None:
             self._emit_close()
         if self.state.dirty:
