@@ -49,12 +49,21 @@ COUNTERS = (
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
+_CLOSE_LABELS = {code: str(code) for code in (*range(1000, 1016), *(int(c) for c in CloseCode))}
+"""Close codes counted under their own label: RFC 6455's and the protocol's (PROTOCOL.md §8.2)."""
+
+
 def close_label(connection: Connection) -> str:
     """How a connection ended, for metrics: the close code it sent or answered; ``1006`` (RFC 6455's
     "closed abnormally") when its WebSocket was open and TCP ended without a Close; ``none`` when it
-    never was a WebSocket (an HTTP refusal, a plain HTTP request, a peer gone during the head)."""
+    never was a WebSocket (an HTTP refusal, a plain HTTP request, a peer gone during the head).
+
+    The trap: a peer that closes first chooses the code we answer with (any of 3000-4999), so its
+    codes are labels only when the protocol defines them; the rest count as ``other`` (a client must
+    not be able to mint a time series per code).
+    """
     if connection.close_code is not None:
-        return str(connection.close_code)
+        return _CLOSE_LABELS.get(connection.close_code, "other")
     if connection.websocket.state in (WsState.OPEN, WsState.CLOSING):
         return "1006"
     return "none"

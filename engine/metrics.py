@@ -111,7 +111,8 @@ FAMILIES: dict[str, Family] = {
     "roost_handshakes_pending": Family("gauge", "How many connections have not authenticated yet?"),
     "roost_connections_accepted": Family("counter", "How many TCP connections were accepted?"),
     "roost_connections_closed": Family("counter", "How did connections end, by the WebSocket close code sent or "
-                                       "answered (1006: TCP ended without a Close; none: never a WebSocket)?", "code"),
+                                       "answered (1006: TCP ended without a Close; none: never a WebSocket; other: a code the "
+                                       "protocol does not define, chosen by the peer)?", "code"),
     "roost_handshakes": Family("counter", "How did handshakes end: ok (welcome sent), refused (HTTP 503, too many "
                                "pending) or failed (no session, see roost_auth_failures_total)?", "outcome"),
     "roost_auth_failures": Family("counter", "Why were connections refused a session (a token reason word, revoked, "

@@ -256,3 +256,16 @@ def test_histogram_buckets_are_prometheus_le_buckets(values: list[float]) -> Non
         assert count == sum(1 for v in values if v <= bound)
     assert histogram.count == len(values) and histogram.sum == pytest.approx(sum(values))
     assert bisect.bisect_left(histogram.bounds, 0.01) == 1
+
+
+async def test_close_codes_a_peer_chooses_cannot_grow_the_label_set(roost_engine: Engine, roost_keys: TestKeys,
+                                                                     nursery: trio.Nursery) -> None:
+    """A peer may close with any code of 3000-4999 and the server answers with it: each one as its own
+    label would let clients mint 2000 series. Codes the protocol does not define count as ``other``."""
+    with trio.fail_after(10):
+        for code in (4321, 3999, int(CloseCode.NORMAL)):
+            peer = await raw_peer(nursery, roost_engine.url)
+            await peer.hello(roost_keys.token("ann"))
+            await peer.ws.aclose(code=code)
+            await until_connections(roost_engine, 0)
+    assert labelled(scrape(roost_engine), "roost_connections_closed_total", "code") == {"other": 2, "1000": 1}
