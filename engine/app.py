@@ -20,6 +20,7 @@ from protocol.errors import CloseCode
 from .admin import Admin
 from .config import Config
 from .gateway import Gateway
+from .metrics import Metrics
 from .operations import Operations
 from .revocations import Revocations
 from .room import RoomRuntime
@@ -61,6 +62,8 @@ class Engine:
         self._supervisor: Supervisor | None = None
         self.address: tuple[str, int] | None = None
         self._shutdown = trio.Event()
+        self.metrics = Metrics(self)
+        """This engine's Prometheus metrics (``metrics.exposition()`` is the body of ``GET /metrics``)."""
 
     def request_shutdown(self) -> None:
         """Stop gracefully: ``serve`` closes clients with 1001 "resume", lets rooms commit, and returns.
@@ -115,7 +118,8 @@ class Engine:
                 await store_nursery.start(self.store.run)
                 await self.revocations.load()
                 async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
-                    self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone)
+                    self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone,
+                                                  stats=self.metrics.rooms)
                     self._router = Router(config, self._supervisor)
                     await self._restore_rooms()
                     self._operations = Operations(self._router, self.revocations)

@@ -248,6 +248,7 @@ class Connection(Peer):
             self.phase = Phase.DONE
         elif self.phase in (Phase.HANDSHAKE, Phase.AWAIT_HELLO):
             self.gateway.stats["auth_timeouts"] += 1
+            self.gateway.auth_failures["timeout"] += 1
             self.close(CloseCode.AUTH_TIMEOUT, "auth timeout")
         elif now >= self._token_deadline:
             self.close(CloseCode.TOKEN_EXPIRED, "token expired")
@@ -272,9 +273,11 @@ class Connection(Peer):
             try:
                 frame = decode(data, Sender.CLIENT, self.config.limits)
             except RemoteProtocolError:
+                self.gateway.auth_failures["bad_hello"] += 1
                 self.close(CloseCode.BAD_FRAME, "bad first frame")
                 return
             if not isinstance(frame, Hello):
+                self.gateway.auth_failures["bad_hello"] += 1
                 self.close(CloseCode.BAD_FRAME, "first frame must be hello")
                 return
             self._authenticate(frame)
@@ -288,21 +291,25 @@ class Connection(Peer):
             self._bad_frame(error)
             return
         assert isinstance(frame, ClientFrame)  # decode(..., Sender.CLIENT) returns client frames only
+        self.gateway.requests[frame.TYPE] += 1
         if not self._take_token(frame):
             return
         try:
             await self._dispatch(frame)
         except RoomError as error:
-            self.send_frame(ErrorReply(id=getattr(frame, "id", None), code=error.code.value,
-                                       message=error.message[:512], retry_ms=error.retry_ms))
+            self.send_error(getattr(frame, "id", None), error.code, error.message, error.retry_ms)
         except LocalProtocolError as error:
             # A reply this server cannot encode (a page or record over the server limits) is its own
             # fault, not the caller's: refuse this one request in band, as rooms do, and keep the
             # connection (before, it closed with 1011 and logged a traceback).
             log.warning("cannot reply to %s from %s: %s", frame.TYPE, self.remote, error)
             code = ErrorCode.TOO_LARGE if error.code is ErrorCode.TOO_LARGE else ErrorCode.INTERNAL
-            self.send_frame(ErrorReply(id=getattr(frame, "id", None), code=code.value,
-                                       message="the reply cannot be sent within the server's limits"))
+            self.send_error(getattr(frame, "id", None), code, "the reply cannot be sent within the server's limits")
+
+    def send_error(self, request_id: int | None, code: ErrorCode, message: str, retry_ms: int | None = None) -> None:
+        """Answer a request with an ``error`` frame (counted by code for metrics)."""
+        self.gateway.errors[code.value] += 1
+        self.send_frame(ErrorReply(id=request_id, code=code.value, message=message[:512], retry_ms=retry_ms))
 
     def _bad_frame(self, error: RemoteProtocolError) -> None:
         if error.close_code is not None:  # pragma: no cover - size is checked before decode
@@ -312,7 +319,7 @@ class Connection(Peer):
         self._bad_frames.append(now)
         while self._bad_frames and self._bad_frames[0] < now - _BAD_FRAME_WINDOW:
             self._bad_frames.popleft()
-        self.send_frame(ErrorReply(id=error.request_id, code=error.code.value, message=error.message[:512]))
+        self.send_error(error.request_id, error.code, error.message)
         if len(self._bad_frames) > self.config.max_bad_frames:
             self.close(CloseCode.BAD_FRAME, "too many bad frames")
 
@@ -335,17 +342,18 @@ class Connection(Peer):
             self.close(CloseCode.RATE_LIMITED, "rate limited")
             return False
         retry_ms = math.ceil((1 - self._tokens) / config.rate * 1000)
-        self.send_frame(ErrorReply(id=getattr(frame, "id", None), code=ErrorCode.RATE_LIMITED.value,
-                                   message="too many requests", retry_ms=retry_ms))
+        self.send_error(getattr(frame, "id", None), ErrorCode.RATE_LIMITED, "too many requests", retry_ms)
         return False
 
     def _authenticate(self, hello: Hello) -> None:
         gateway, config = self.gateway, self.config
         if hello.v != PROTOCOL_VERSION:
+            gateway.auth_failures["version"] += 1
             self.close(CloseCode.UNSUPPORTED_VERSION, f"protocol version {PROTOCOL_VERSION} only")
             return
         token = hello.token or self._query_token
         if token is None:
+            gateway.auth_failures["missing"] += 1
             self.close(CloseCode.BAD_TOKEN, "missing token")
             return
         now = config.wall_clock()
@@ -353,16 +361,19 @@ class Connection(Peer):
             claims = verify(token, config.keyring, now, leeway=config.token_leeway)
         except TokenError as error:
             gateway.stats["auth_failures"] += 1
+            gateway.auth_failures[error.reason] += 1
             log.info("refused %s: token %s", self.remote, error.reason)
             self.close(error.close_code or CloseCode.BAD_TOKEN, error.reason)
             return
         if gateway.revocations.is_revoked(claims):
             gateway.stats["auth_failures"] += 1
+            gateway.auth_failures["revoked"] += 1
             log.info("refused %s: token revoked (jti=%s sub=%s)", self.remote, claims.jti, claims.sub)
             self.close(CloseCode.TOKEN_REVOKED, "revoked")
             return
         sid, resumed = self._session_for(hello.session, claims, now)
         if gateway.live_sessions(claims.sub, except_sid=sid) >= config.max_sessions_per_user:
+            gateway.auth_failures["too_many_sessions"] += 1
             self.close(CloseCode.TOO_MANY_SESSIONS, "too many sessions")
             return
         self.claims, self.sid, self.user, self.name = claims, sid, claims.sub, claims.name
@@ -411,7 +422,7 @@ class Connection(Peer):
         if isinstance(frame, PingFrame):
             self.send_frame(Pong(time=int(self.config.wall_clock() * 1000)))
         elif isinstance(frame, Hello):
-            self.send_frame(ErrorReply(code=ErrorCode.INVALID_STATE.value, message="already authenticated"))
+            self.send_error(None, ErrorCode.INVALID_STATE, "already authenticated")
         elif isinstance(frame, Refresh):
             self._refresh(frame)
         elif isinstance(frame, Lobby):

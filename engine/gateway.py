@@ -26,11 +26,12 @@ from .connection import Connection, Phase
 from .outbox import SocketTransport, StreamTransport, Transport
 from .revocations import Revocations
 from .router import Router
+from .websocket import WsState
 
 if TYPE_CHECKING:
     from .admin import Admin
 
-__all__ = ["COUNTERS", "Gateway"]
+__all__ = ["COUNTERS", "Gateway", "close_label"]
 
 log = logging.getLogger("roost.gateway")
 
@@ -46,6 +47,26 @@ COUNTERS = (
 """The gateway's event counters (admin ``stats``, PROTOCOL.md §10); a new counter is added here."""
 
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+_CLOSE_LABELS = {code: str(code) for code in (*range(1000, 1016), *(int(c) for c in CloseCode))}
+"""Close codes counted under their own label: RFC 6455's and the protocol's (PROTOCOL.md §8.2)."""
+
+
+def close_label(connection: Connection) -> str:
+    """How a connection ended, for metrics: the close code it sent or answered; ``1006`` (RFC 6455's
+    "closed abnormally") when its WebSocket was open and TCP ended without a Close; ``none`` when it
+    never was a WebSocket (an HTTP refusal, a plain HTTP request, a peer gone during the head).
+
+    The trap: a peer that closes first chooses the code we answer with (any of 3000-4999), so its
+    codes are labels only when the protocol defines them; the rest count as ``other`` (a client must
+    not be able to mint a time series per code).
+    """
+    if connection.close_code is not None:
+        return _CLOSE_LABELS.get(connection.close_code, "other")
+    if connection.websocket.state in (WsState.OPEN, WsState.CLOSING):
+        return "1006"
+    return "none"
 
 
 class Gateway:
@@ -68,6 +89,18 @@ class Gateway:
         self.stats: collections.Counter[str] = collections.Counter(dict.fromkeys(COUNTERS, 0))
         """Event counters for admin ``stats``: every name of COUNTERS is there from the start (0), so a
         monitor sees the same keys before and after the first event (PROTOCOL.md §10)."""
+        # Metrics (engine/metrics.py reads these at scrape time; nothing here touches prometheus_client).
+        self.closes: collections.Counter[str] = collections.Counter()
+        """Ended connections by close code (see :func:`close_label`)."""
+        self.auth_failures: collections.Counter[str] = collections.Counter()
+        """Connections refused a session, by reason word (never token text)."""
+        self.requests: collections.Counter[str] = collections.Counter()
+        """Frames after ``hello``, by frame type."""
+        self.errors: collections.Counter[str] = collections.Counter()
+        """Error replies sent by connections (not rooms), by error code."""
+        self.closed_pushes = 0
+        self.closed_bytes_sent = 0
+        """``Outbox.pushes`` and ``bytes_sent`` of the connections that ended (live ones are read live)."""
         self._nursery: trio.Nursery | None = None
         self._accepting = trio.CancelScope()
         revocations.listeners.append(self._sweep_revoked)
@@ -121,6 +154,11 @@ class Gateway:
             log.exception("connection %s crashed", remote)
         finally:
             self.connections.discard(connection)
+            # In the same step as the discard (no checkpoint between): a scrape sees the outbox's
+            # figures either live or in the totals, never both nor neither.
+            self.closed_pushes += connection.outbox.pushes
+            self.closed_bytes_sent += connection.outbox.bytes_sent
+            self.closes[close_label(connection)] += 1
             if not connection.registered:
                 self.pending_handshakes -= 1
             self.unregister(connection)

@@ -18,6 +18,7 @@ import dataclasses
 import heapq
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,6 +73,7 @@ from .codes import in_scope
 from .config import Config
 from .errors import RoomError
 from .logic import RoomContext, RoomLogic
+from .metrics import RoomStats
 from .outbox import ws_frame
 from .peer import Peer
 from .state import RoomState
@@ -132,9 +134,11 @@ class RoomRuntime:
     The supervisor keeps it across restarts, so members stay connected while the actor is rebuilt.
     """
 
-    def __init__(self, room_id: str, code: str, inbox_size: int) -> None:
+    def __init__(self, room_id: str, code: str, inbox_size: int, *, stats: RoomStats | None = None) -> None:
         self.room_id = room_id
         self.code = code
+        self.stats = stats or RoomStats()
+        """The engine's room counters (metrics), shared by every room; the actors update them."""
         self.send_channel, self.receive_channel = trio.open_memory_channel[Command](inbox_size)
         self.control: collections.deque[Disconnected] = collections.deque()
         self.peers: dict[str, Peer] = {}
@@ -164,12 +168,12 @@ class RoomRuntime:
         """Seconds left of ``user``'s cool-down (0 when it may join)."""
         return max(self._barred.get(user, now) - now, 0.0)
 
-    @staticmethod
-    def refuse(command: Command, error: RoomError) -> None:
+    def refuse(self, command: Command, error: RoomError) -> None:
         """Answer one command with ``error``, outside any turn (its room could not handle it)."""
         if isinstance(command, Call):
             command.resolve(None, error)
         elif isinstance(command, Request):
+            self.stats.errors[error.code.value] += 1
             reply = ErrorReply(id=getattr(command.frame, "id", None), code=error.code.value, message=error.message)
             command.peer.push(ws_frame(encode(reply, SERVER_LIMITS)))
 
@@ -277,6 +281,7 @@ class RoomActor:
         self._tick_at: float | None = None
         self._reap_at: float | None = None
         self._info_dirty = runtime.info is None
+        self._stats = runtime.stats
         self.joining: Peer | None = None
         """The session whose join ``on_join`` is deciding (``RoomContext.role`` reads its role)."""
 
@@ -287,6 +292,8 @@ class RoomActor:
         self._start()
         await self.finish_turn()
         receive = self.runtime.receive_channel
+        stats = self._stats
+        turns = stats.turns
         while not self.runtime.closed and not self.runtime.stopping:
             batch: list[Command] = []
             deadline = self._next_deadline()
@@ -295,15 +302,22 @@ class RoomActor:
             else:
                 with trio.move_on_at(deadline):
                     batch.append(await receive.receive())
+            started = time.perf_counter()  # a turn is timed from its first command (not the wait for it)
             while len(batch) < _TURN_MAX:
                 try:
                     batch.append(receive.receive_nowait())
                 except trio.WouldBlock:
                     break
+            depth = len(batch)
+            if depth >= _TURN_MAX:  # the rest is still queued: the inbox was deeper than one turn
+                depth += receive.statistics().current_buffer_used
+            if depth > stats.inbox_high:
+                stats.inbox_high = depth
             self.runtime.crashed_batch = batch
             self._turn(batch)
             await self.finish_turn()
             self.runtime.crashed_batch = []
+            turns.observe(time.perf_counter() - started)
         if self.runtime.stopping and not self.runtime.closed:
             self.runtime.refuse_queued(RoomError(ErrorCode.INVALID_STATE, "the server is shutting down"))
 
@@ -367,13 +381,19 @@ class RoomActor:
             self._error(command.peer, getattr(command.frame, "id", None), error)
 
     async def finish_turn(self) -> None:
-        """Commit the turn's writes, then release its replies and events."""
+        """Commit the turn's writes, then release its replies and events.
+
+        The commit is timed here, around ``commit_now``/``commit`` (the store-commit histogram): what a
+        turn waits for, group-commit queueing included, without a hook in any store.
+        """
         if self._close is not None:
             self._emit_close()
         if self.state.dirty:
             writes = self.state.take_writes()
+            started = time.perf_counter()
             if not self.store.commit_now(writes):
                 await self.store.commit(writes)
+            self._stats.commits.observe(time.perf_counter() - started)
         self._flush()
         calls, self._calls = self._calls, []
         for call, value, error in calls:
@@ -450,6 +470,7 @@ class RoomActor:
         self._send(peer, Ok(id=request_id, result=result), validate=validate and result is not None)
 
     def _error(self, peer: Peer, request_id: int | None, error: RoomError) -> None:
+        self._stats.errors[error.code.value] += 1
         self._send(peer, ErrorReply(id=request_id, code=error.code.value, message=error.message[:512],
                                     retry_ms=error.retry_ms))
 
@@ -719,9 +740,11 @@ class RoomActor:
             replay = [data for seq, data in state.replay if seq > frame.seq]
             self._ok(peer, frame.id, dump_record(ResumeResult(replayed=len(replay))))
             self._entries.extend((peer, data) for data in replay)
+            self._stats.resumes["replay"] += 1
         else:
             self._ok(peer, frame.id, dump_record(ResumeResult(replayed=0, resync=True)))
             self._sync_to(peer, "resume")
+            self._stats.resumes["resync"] += 1
         self._attach(peer)
         if state.presence.attach(peer.user, peer.sid, peer.name, self.now_ms(), peer.role):
             self._diff(update=[peer.user])
@@ -844,6 +867,11 @@ class RoomActor:
     def read_snapshot(self) -> RoomSnapshot:
         """The room as an operator sees it."""
         return self._snapshot(None)
+
+    @property
+    def close_reason(self) -> str | None:
+        """The ``room_closed`` code this actor closed (or is closing) its room with."""
+        return self._close[0] if self._close is not None else None
 
     def close_room(self, code: str, message: str) -> None:
         """Close at the end of this turn: members get ``room_closed``; the room is disposed."""

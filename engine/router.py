@@ -63,7 +63,7 @@ class Router:
         state = RoomState(room_id=room_id, code=code, options=options,
                           created=int(self._config.wall_clock() * 1000), history_limit=self._config.history_limit,
                           replay_limit=self._config.replay_events)
-        runtime = RoomRuntime(room_id, code, self._config.room_inbox_size)
+        runtime = RoomRuntime(room_id, code, self._config.room_inbox_size, stats=self._supervisor.stats)
         self.rooms[room_id] = runtime
         self._codes[code] = room_id
         try:
@@ -75,7 +75,8 @@ class Router:
 
     def restore(self, state: RoomState) -> RoomRuntime:
         """Bring back a room from the store (restart recovery); its actor starts soon after."""
-        runtime = RoomRuntime(state.room_id, state.code, self._config.room_inbox_size)
+        runtime = RoomRuntime(state.room_id, state.code, self._config.room_inbox_size,
+                              stats=self._supervisor.stats)
         runtime.info = state.info()
         runtime.public = state.options.public
         self.rooms[state.room_id] = runtime

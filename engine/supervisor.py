@@ -22,6 +22,7 @@ from protocol.frames import ErrorReply
 from .config import Config
 from .errors import RoomError
 from .logic import RoomLogic
+from .metrics import RoomStats
 from .outbox import ws_frame
 from .room import RoomActor, RoomRuntime
 from .state import RoomState
@@ -36,13 +37,22 @@ class Supervisor:
     """Starts and supervises room actors in a nursery it is given (the engine's)."""
 
     def __init__(
-        self, nursery: trio.Nursery, store: Store, config: Config, on_gone: Callable[[RoomRuntime], None]
+        self, nursery: trio.Nursery, store: Store, config: Config, on_gone: Callable[[RoomRuntime], None],
+        *, stats: RoomStats | None = None,
     ) -> None:
         self._nursery = nursery
         self._store = store
         self._config = config
         self._on_gone = on_gone
+        self.stats = stats or RoomStats()
+        """Shared by every room of this supervisor (the router hands it to each RoomRuntime)."""
         self.restarts = 0
+        """Room actor crashes (each one restarted or, past the intensity, closed)."""
+        self.created = 0
+        self.restored = 0
+        self.closed: collections.Counter[str] = collections.Counter()
+        """Rooms closed for good, by the ``room_closed`` code (``expired``: reaped; ``internal``: crashed
+        too often), and ``failed`` for a room that could not be recovered."""
 
     def make_logic(self, name: str | None) -> RoomLogic | None:
         """A fresh logic instance for a room (a restart gets a new one: the old may be corrupt)."""
@@ -56,12 +66,14 @@ class Supervisor:
 
     async def start(self, runtime: RoomRuntime, state: RoomState, *, created: bool) -> None:
         """Start supervising a room; returns once its actor is ready to take commands."""
+        self.created += 1
         await self._nursery.start(self._supervise, runtime, state, created)
 
     def start_soon(self, runtime: RoomRuntime, state: RoomState) -> None:
         """Start supervising a restored room without waiting for it: requests wait in its inbox
         until the actor runs (restart recovery starts thousands of rooms; one scheduler round trip
         each would dominate)."""
+        self.restored += 1
         self._nursery.start_soon(self._supervise, runtime, state, False)
 
     async def _supervise(
@@ -78,6 +90,7 @@ class Supervisor:
             # Recovery itself failed (the store cannot be read, the logic is gone from the config...):
             # this room closes; the engine and every other room go on.
             log.exception("room %s could not be recovered: closing it", runtime.room_id)
+            self.closed["failed"] += 1
             self._abandon(runtime)
         finally:
             self._on_gone(runtime)
@@ -95,6 +108,7 @@ class Supervisor:
                 log.exception("room %s crashed", runtime.room_id)
             else:
                 if runtime.closed:  # closed for good (not a shutdown): every key goes too
+                    self.closed[actor.close_reason or "closed"] += 1
                     await self._store.dispose_room(runtime.room_id)
                 return
             self.restarts += 1
@@ -109,6 +123,7 @@ class Supervisor:
                 log.error("room %s crashed %d times in %.1fs: closing it", runtime.room_id, len(failures),
                           config.restart_period)
                 await self._close_after_crashes(runtime, state)
+                self.closed[ErrorCode.INTERNAL.value] += 1
                 return
             runtime.resync_reason = "restarted"
 
