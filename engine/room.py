@@ -715,8 +715,8 @@ class RoomActor:
             self._detach(peer)  # already attached: this turn's earlier events must not reach it twice
         missed = state.seq - frame.seq
         held = state.replay[0][0] if state.replay else state.seq + 1
-        if frame.epoch == state.epoch and 0 <= missed and frame.seq + 1 >= held:
-            replay = [data for seq, data in state.replay if seq > frame.seq]
+        replay = [data for seq, data in state.replay if seq > frame.seq] if missed > 0 else []
+        if frame.epoch == state.epoch and 0 <= missed and frame.seq + 1 >= held and self._fits_outbox(replay):
             self._ok(peer, frame.id, dump_record(ResumeResult(replayed=len(replay))))
             self._entries.extend((peer, data) for data in replay)
         else:
@@ -725,6 +725,18 @@ class RoomActor:
         self._attach(peer)
         if state.presence.attach(peer.user, peer.sid, peer.name, self.now_ms(), peer.role):
             self._diff(update=[peer.user])
+
+    def _fits_outbox(self, replay: list[bytes]) -> bool:
+        """Whether a replay can go out as the one push it is: at most half the outbox bounds.
+
+        The trap: a replay over the bounds overflows the member's outbox with the next event anyone
+        sends (Close 4000, resumable), and the resume the client then makes asks for the same replay
+        again, for ever. A gap the outbox cannot carry is answered like one the room no longer holds:
+        ``resync`` and one ``sync`` (its snapshot is cut to fit a frame).
+        """
+        config = self.config
+        return (len(replay) <= config.outbox_max_frames // 2
+                and sum(map(len, replay)) <= config.outbox_max_bytes // 2)
 
     def _remove_member(self, user: str, *, consented: bool, reason: str | None = None) -> None:
         state = self.state
