@@ -628,7 +628,13 @@ class RoomActor:
     def _on_send(self, peer: Peer, frame: Send, now: float) -> None:
         if self.logic is not None:
             result = self.logic.on_message(self.context, peer.user, frame.kind, frame.body)
-            self._ok(peer, frame.id, result)
+            try:
+                self._ok(peer, frame.id, result)
+            except LocalProtocolError as error:
+                # The logic's bug, like a hook that raises: crash the turn so that the supervisor
+                # rolls its effects back. Refusing only the reply (as for a page) committed and sent
+                # the state change and broadcasts made for a request answered too_large/internal.
+                raise _LogicResultError(f"on_message returned a result that cannot be sent: {error}") from None
         else:
             self.emit(MessageEvent, kind=frame.kind, body=frame.body, sender=peer.user)
             self._ok(peer, frame.id)
@@ -889,6 +895,10 @@ class RoomActor:
                 peer.rooms.discard(self.state.room_id)
         self._initial.clear()
         self._changes.clear()
+
+
+class _LogicResultError(RuntimeError):
+    """Room logic returned an ``on_message`` result no ``ok`` can carry (crashes the turn)."""
 
 
 _Handler = Callable[[RoomActor, Peer, Any, float], None]
