@@ -107,6 +107,7 @@ class WebSocket:
         "_message",
         "_message_bytes",
         "_message_frames",
+        "_on_ping",
         "_text",
         "_ws",
         "close_code",
@@ -117,8 +118,11 @@ class WebSocket:
         "state",
     )
 
-    def __init__(self, outbox: Outbox, *, max_message_bytes: int, accept: Accept | None = None) -> None:
+    def __init__(self, outbox: Outbox, *, max_message_bytes: int, accept: Accept | None = None,
+                 on_ping: Callable[[], None] | None = None) -> None:
         self.outbox = outbox
+        self._on_ping = on_ping
+        """Called for each ping before its pong (the engine charges it to its rate limit)."""
         self.max_message_bytes = max_message_bytes
         self.state = WsState.HANDSHAKE
         self.close_code: int | None = None
@@ -201,6 +205,8 @@ class WebSocket:
                 return None  # we are closing: data is dropped (RFC 6455 §5.5.1)
             return self._on_data(event)
         if isinstance(event, Ping):
+            if self.state is WsState.OPEN and self._on_ping is not None:
+                self._on_ping()  # may close (rate limit): then no pong, only the Close
             if self.state is WsState.OPEN:  # after our Close, no more frames but the Close (wsproto too)
                 self.outbox.push(ws.send(event.response()))
             return None
