@@ -252,10 +252,11 @@ class WebSocket:
         """
         self._head += data
         end = self._head.find(b"\r\n\r\n")
+        if (end + 4 if end >= 0 else len(self._head)) > MAX_REQUEST_HEAD:  # whole or not: one read is 64 KiB
+            self.outbox.push_final(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
+            self.state = WsState.CLOSED
+            return b""
         if end < 0:
-            if len(self._head) > MAX_REQUEST_HEAD:
-                self.outbox.push_final(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
-                self.state = WsState.CLOSED
             return b""
         request, rest = bytes(self._head[: end + 4]), bytes(self._head[end + 4 :])
         self._head.clear()
