@@ -88,7 +88,8 @@ class Connection(Peer):
             transport, max_frames=config.outbox_max_frames, max_bytes=config.outbox_max_bytes,
             on_overflow=self._slow_consumer,
         )
-        self.websocket = WebSocket(self.outbox, max_message_bytes=config.max_frame_bytes, accept=self._accept)
+        self.websocket = WebSocket(self.outbox, max_message_bytes=config.max_frame_bytes, accept=self._accept,
+                                   on_ping=self._websocket_ping)
         """The WebSocket layer (upgrade, pings, limits, closing handshake); this class speaks Roost on it."""
         self.phase = Phase.HANDSHAKE
         self.sid = ""
@@ -323,8 +324,24 @@ class Connection(Peer):
         if len(self._bad_frames) > self.config.max_bad_frames:
             self.close(CloseCode.BAD_FRAME, "too many bad frames")
 
+    def _websocket_ping(self) -> None:
+        """A WebSocket ping takes a token like any frame: answered below the bucket, pings at line
+        rate would cost a core per client for ever. Over the rate it is still answered (RFC 6455
+        §5.5.2) without an ``error`` frame, until staying over closes the connection (4001)."""
+        if self.phase is Phase.OPEN:
+            self._spend_token()
+
     def _take_token(self, frame: ClientFrame) -> bool:
         """Token bucket: False (and an error reply) when over the rate; close if it goes on."""
+        if self._spend_token():
+            return True
+        if self.phase is Phase.OPEN:  # not closed by the bucket: say when to retry
+            retry_ms = math.ceil((1 - self._tokens) / self.config.rate * 1000)
+            self.send_error(getattr(frame, "id", None), ErrorCode.RATE_LIMITED, "too many requests", retry_ms)
+        return False
+
+    def _spend_token(self) -> bool:
+        """Take one token; False when over the rate (closes 4001 once over for ``rate_close_after``)."""
         config = self.config
         now = trio.current_time()
         self._tokens = min(float(config.burst), self._tokens + (now - self._tokens_at) * config.rate)
@@ -340,9 +357,6 @@ class Connection(Peer):
             self._over_since = now
         elif now - self._over_since > config.rate_close_after:
             self.close(CloseCode.RATE_LIMITED, "rate limited")
-            return False
-        retry_ms = math.ceil((1 - self._tokens) / config.rate * 1000)
-        self.send_error(getattr(frame, "id", None), ErrorCode.RATE_LIMITED, "too many requests", retry_ms)
         return False
 
     def _authenticate(self, hello: Hello) -> None:

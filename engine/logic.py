@@ -90,7 +90,9 @@ class RoomLogic:
         """A member left (``consented``) or its reconnect grace ran out."""
 
     def on_message(self, room: RoomContext, user: str, kind: str, body: Any) -> Any:
-        """A ``send`` request from a member. The return value is the ``ok`` result."""
+        """A ``send`` request from a member. The return value is the ``ok`` result: an opaque value
+        whose ``ok`` fits a server frame. One that does not (too large, not msgpack) is a crash like
+        any other exception: the turn is rolled back and the member answered ``internal``."""
         return None
 
     def on_inactive(self, room: RoomContext, user: str, policy_applied: bool) -> None:

@@ -228,11 +228,15 @@ backlog through a slow socket must not copy all of it again for every few kiloby
 
 def frame_spans(data: bytes | memoryview) -> list[memoryview] | None:
     """Split ``data`` into its WebSocket frames (views, no copy); None unless it is exactly a run of
-    unmasked frames (an HTTP response, say, is one unit)."""
+    unmasked frames with FIN set and no RSV bit, as the server sends them (an HTTP response, say, is
+    one unit).
+
+    The trap: ASCII never has the mask bit, so without the FIN check an HTTP response whose length
+    bytes happen to chain up to its end (about one length in eighty) was split into "frames"."""
     view = memoryview(data)
     size, offset, spans = len(view), 0, []
     while offset < size:
-        if offset + 2 > size or view[offset + 1] & 0x80:
+        if offset + 2 > size or view[offset] & 0xF0 != 0x80 or view[offset + 1] & 0x80:
             return None
         length, start = view[offset + 1] & 0x7F, offset + 2
         if length == 126:

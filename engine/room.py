@@ -649,7 +649,13 @@ class RoomActor:
     def _on_send(self, peer: Peer, frame: Send, now: float) -> None:
         if self.logic is not None:
             result = self.logic.on_message(self.context, peer.user, frame.kind, frame.body)
-            self._ok(peer, frame.id, result)
+            try:
+                self._ok(peer, frame.id, result)
+            except LocalProtocolError as error:
+                # The logic's bug, like a hook that raises: crash the turn so that the supervisor
+                # rolls its effects back. Refusing only the reply (as for a page) committed and sent
+                # the state change and broadcasts made for a request answered too_large/internal.
+                raise _LogicResultError(f"on_message returned a result that cannot be sent: {error}") from None
         else:
             self.emit(MessageEvent, kind=frame.kind, body=frame.body, sender=peer.user)
             self._ok(peer, frame.id)
@@ -736,8 +742,8 @@ class RoomActor:
             self._detach(peer)  # already attached: this turn's earlier events must not reach it twice
         missed = state.seq - frame.seq
         held = state.replay[0][0] if state.replay else state.seq + 1
-        if frame.epoch == state.epoch and 0 <= missed and frame.seq + 1 >= held:
-            replay = [data for seq, data in state.replay if seq > frame.seq]
+        replay = [data for seq, data in state.replay if seq > frame.seq] if missed > 0 else []
+        if frame.epoch == state.epoch and 0 <= missed and frame.seq + 1 >= held and self._fits_outbox(replay):
             self._ok(peer, frame.id, dump_record(ResumeResult(replayed=len(replay))))
             self._entries.extend((peer, data) for data in replay)
             self._stats.resumes["replay"] += 1
@@ -748,6 +754,18 @@ class RoomActor:
         self._attach(peer)
         if state.presence.attach(peer.user, peer.sid, peer.name, self.now_ms(), peer.role):
             self._diff(update=[peer.user])
+
+    def _fits_outbox(self, replay: list[bytes]) -> bool:
+        """Whether a replay can go out as the one push it is: at most half the outbox bounds.
+
+        The trap: a replay over the bounds overflows the member's outbox with the next event anyone
+        sends (Close 4000, resumable), and the resume the client then makes asks for the same replay
+        again, for ever. A gap the outbox cannot carry is answered like one the room no longer holds:
+        ``resync`` and one ``sync`` (its snapshot is cut to fit a frame).
+        """
+        config = self.config
+        return (len(replay) <= config.outbox_max_frames // 2
+                and sum(map(len, replay)) <= config.outbox_max_bytes // 2)
 
     def _remove_member(self, user: str, *, consented: bool, reason: str | None = None) -> None:
         state = self.state
@@ -905,6 +923,10 @@ class RoomActor:
                 peer.rooms.discard(self.state.room_id)
         self._initial.clear()
         self._changes.clear()
+
+
+class _LogicResultError(RuntimeError):
+    """Room logic returned an ``on_message`` result no ``ok`` can carry (crashes the turn)."""
 
 
 _Handler = Callable[[RoomActor, Peer, Any, float], None]

@@ -42,7 +42,7 @@ from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from .outbox import Outbox
 
-__all__ = ["FAIL_REASONS", "MAX_REQUEST_HEAD", "WebSocket", "WsState", "safe_reason"]
+__all__ = ["FAIL_REASONS", "MAX_FRAGMENTS", "MAX_REQUEST_HEAD", "WebSocket", "WsState", "safe_reason"]
 
 log = logging.getLogger("roost.websocket")
 
@@ -56,6 +56,11 @@ FAIL_REASONS: dict[int, str] = {
     1009: "message too big",
 }
 """The reason sent with each code the WebSocket layer fails a connection with (PROTOCOL.md §8.2)."""
+
+MAX_FRAGMENTS = 1024
+"""Frames one message may arrive in (1009 beyond). The byte limit alone does not bound them: an
+empty continuation frame adds nothing to it, so a peer could send 1 GB of them (6 bytes each), each
+kept and each counted as activity, without ever finishing a message."""
 
 _REASON = re.compile(r"[A-Za-z0-9 _.,:/+-]{0,64}")
 _TOO_BIG = 1009
@@ -101,6 +106,8 @@ class WebSocket:
         "_head",
         "_message",
         "_message_bytes",
+        "_message_frames",
+        "_on_ping",
         "_text",
         "_ws",
         "close_code",
@@ -111,8 +118,11 @@ class WebSocket:
         "state",
     )
 
-    def __init__(self, outbox: Outbox, *, max_message_bytes: int, accept: Accept | None = None) -> None:
+    def __init__(self, outbox: Outbox, *, max_message_bytes: int, accept: Accept | None = None,
+                 on_ping: Callable[[], None] | None = None) -> None:
         self.outbox = outbox
+        self._on_ping = on_ping
+        """Called for each ping before its pong (the engine charges it to its rate limit)."""
         self.max_message_bytes = max_message_bytes
         self.state = WsState.HANDSHAKE
         self.close_code: int | None = None
@@ -126,6 +136,7 @@ class WebSocket:
         self._head = bytearray()
         self._message: list[bytes] | list[str] = []
         self._message_bytes = 0
+        self._message_frames = 0
         self._text = False
 
     # -- sending ----------------------------------------------------------------------------------
@@ -194,6 +205,8 @@ class WebSocket:
                 return None  # we are closing: data is dropped (RFC 6455 §5.5.1)
             return self._on_data(event)
         if isinstance(event, Ping):
+            if self.state is WsState.OPEN and self._on_ping is not None:
+                self._on_ping()  # may close (rate limit): then no pong, only the Close
             if self.state is WsState.OPEN:  # after our Close, no more frames but the Close (wsproto too)
                 self.outbox.push(ws.send(event.response()))
             return None
@@ -216,14 +229,16 @@ class WebSocket:
         if not self._message:
             self._text = isinstance(event, TextMessage)
         self._message_bytes += len(chunk.encode()) if isinstance(chunk, str) else len(chunk)
-        if self._message_bytes > self.max_message_bytes:
+        self._message_frames += event.frame_finished  # wsproto also hands out parts of one frame
+        if self._message_bytes > self.max_message_bytes or self._message_frames > MAX_FRAGMENTS:
             self._message.clear()
             self.fail(_TOO_BIG)
             return None
-        self._message.append(chunk)  # type: ignore[arg-type]  # one message is all str or all bytes
+        if chunk or not self._message:
+            self._message.append(chunk)  # type: ignore[arg-type]  # one message is all str or all bytes
         if not event.message_finished:
             return None
-        parts, self._message, self._message_bytes = self._message, [], 0
+        parts, self._message, self._message_bytes, self._message_frames = self._message, [], 0, 0
         if self._text:
             return "".join(parts)  # type: ignore[arg-type]
         return parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[arg-type]
@@ -237,10 +252,11 @@ class WebSocket:
         """
         self._head += data
         end = self._head.find(b"\r\n\r\n")
+        if (end + 4 if end >= 0 else len(self._head)) > MAX_REQUEST_HEAD:  # whole or not: one read is 64 KiB
+            self.outbox.push_final(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
+            self.state = WsState.CLOSED
+            return b""
         if end < 0:
-            if len(self._head) > MAX_REQUEST_HEAD:
-                self.outbox.push_final(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
-                self.state = WsState.CLOSED
             return b""
         request, rest = bytes(self._head[: end + 4]), bytes(self._head[end + 4 :])
         self._head.clear()

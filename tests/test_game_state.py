@@ -139,3 +139,39 @@ class TestTicks:
         with pytest.raises(RequestError) as info:
             await ann.join(room=snap.room)
         assert info.value.code == "not_found"
+
+
+class BadResult(RoomLogic):
+    """Changes the state, then returns a result no frame can carry (too large, or not msgpack)."""
+
+    tick_rate = 0.0
+
+    def on_create(self, room: RoomContext) -> None:
+        room.set_state({"moves": 0})
+
+    def on_message(self, room: RoomContext, user: str, kind: str, body: Any) -> Any:
+        room.set_state({"moves": room.state["moves"] + 1})
+        room.broadcast("moved", {"by": user})
+        return b"x" * (1 << 20) if kind == "big" else {1, 2}
+
+
+class TestLogicResultThatCannotBeSent:
+    @pytest.fixture
+    def roost_config(self, roost_keys: TestKeys) -> Config:
+        return test_config(roost_keys, logics={"bad": BadResult})
+
+    @pytest.mark.parametrize("kind", ["big", "set"])
+    async def test_is_a_logic_failure_and_takes_no_effect(self, roost_connect, kind: str) -> None:
+        """§8.1: a request answered ``internal`` did not take effect. The reply used to be refused
+        alone (``too_large`` / ``internal``) while the state change and the broadcast the logic made
+        for it were committed and sent: the member was told its move failed, everyone else saw it."""
+        with trio.fail_after(10):
+            ann = await roost_connect("ann")
+            snap = await ann.create(logic="bad")
+            assert snap.version == 1
+            with pytest.raises(RequestError) as info:
+                await ann.request({"t": "send", "room": snap.room, "kind": kind})
+            assert info.value.code == "internal"
+            bob = await roost_connect("bob")
+            after = await bob.join(room=snap.room)
+            assert (after.version, after.state) == (1, {"moves": 0})

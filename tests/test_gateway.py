@@ -311,6 +311,24 @@ class TestRateLimit:
                 break
         assert await peer.closed_code() == CloseCode.RATE_LIMITED
 
+    async def test_websocket_pings_take_from_the_rate_too(
+        self, autojump_clock, roost_engine: Engine, roost_keys: TestKeys, nursery
+    ) -> None:
+        """WebSocket pings are answered by the WebSocket layer, below the token bucket: a client
+        could ping at line rate, reading its pongs, for ever (a core per client). They take a token
+        each like any frame; over the rate for ``rate_close_after`` closes 4001. Until then every
+        ping is answered (RFC 6455 §5.5.2) and no ``error`` frame is sent for them."""
+        peer = await raw_peer(nursery, stream=roost_engine.connect_memory())
+        await peer.hello(roost_keys.token("ann"), hb=300_000)
+        with trio.fail_after(10):
+            for i in range(400):  # 100/s against a 5/s budget, for more than 2 s
+                if peer.ws.closed:
+                    break
+                with trio.move_on_after(0.01):  # no pong comes after the server's Close
+                    await peer.ws.ping(i.to_bytes(2, "big"))
+                await trio.sleep(0.01)
+            assert await peer.closed_code() == CloseCode.RATE_LIMITED
+
 
 class TestTokenExpiry:
     @pytest.fixture

@@ -10,6 +10,7 @@ from engine.testing import TestKeys, test_config
 from protocol.errors import CloseCode
 from protocol.frames import ChatEvent, ChatSend, Resume, ResumeResult, Sync, Ok
 from protocol.codec import load_record
+from protocol import encode
 from tests.wire import raw_peer
 
 
@@ -86,3 +87,43 @@ async def test_resume_for_a_room_one_left_is_not_member(roost_engine, roost_keys
         assert reply.code == "not_member"
         await peer.send(ChatSend(id=2, room=snap.room, cid="c", text="x"))
         assert (await peer.recv()).code == "not_member"
+
+
+async def test_a_resume_whose_replay_exceeds_the_outbox_is_a_resync_not_a_slow_consumer_close(
+    roost_engine, roost_keys: TestKeys, roost_connect
+) -> None:
+    """The replay of a resume goes out as one push. 2.4 MB of missed events against a 1 MiB outbox:
+    the first event anyone sends next found the outbox over its bound and closed the member 4000
+    (resumable), and the resume it then makes asks for the same replay again. A gap the outbox
+    cannot carry is answered as a gap the room no longer holds: ``resync`` and one bounded ``sync``."""
+    from protocol import Sender, decode
+    from protocol.frames import MessageEvent
+    from tests.wire import SlowMember, client_frame
+
+    with trio.fail_after(30):
+        ann = await roost_connect("ann")
+        snap = await ann.create()
+        zed = await SlowMember.join(roost_engine.address, roost_keys.token("zed"), snap.room)
+        seq = snap.seq + 1  # zed's own join (its diff came before its Ok, which join() read)
+        for i in range(40):  # zed keeps up: it reads every blob before ann sends the next
+            await ann.send(snap.room, "blob", i.to_bytes(4, "big") * 15_000)
+            while not isinstance(decode((await zed.next_frame(chunk=65536, pause=0))[1], Sender.SERVER),
+                                 MessageEvent):
+                pass
+        # Now zed asks for all 40 again and reads nothing until ann's next chat is acknowledged.
+        await zed.stream.send_all(client_frame(encode(Resume(id=2, room=snap.room, epoch=snap.epoch, seq=seq))))
+        (connection,) = roost_engine.gateway.by_user["zed"]
+        while connection.requests < 2:  # join, resume: the resume is in the room's inbox before ann's chat
+            await trio.sleep(0.001)
+        await ann.chat_send(snap.room, "next")
+        frames = []
+        while True:
+            frame = await zed.next_frame(chunk=65536, pause=0)
+            assert frame is not None and frame[0] == 0x2, f"closed after {len(frames)} frames: {frame}"
+            frames.append(decode(frame[1], Sender.SERVER))
+            if isinstance(frames[-1], ChatEvent):
+                break
+        ok = next(f for f in frames if isinstance(f, Ok) and f.id == 2)
+        assert load_record(ResumeResult, ok.result).resync
+        assert any(isinstance(f, Sync) for f in frames)
+        await zed.stream.aclose()

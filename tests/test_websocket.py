@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.outbox import Outbox, Transport
-from engine.websocket import FAIL_REASONS, WebSocket, WsState, safe_reason
+from engine.websocket import FAIL_REASONS, MAX_REQUEST_HEAD, WebSocket, WsState, safe_reason
 from tests.wire import server_frames
 
 UPGRADE = (
@@ -147,3 +147,34 @@ def test_close_reasons_are_short_ascii_words() -> None:
     assert safe_reason("caf\u00e9") == ""
     assert safe_reason("x" * 65) == ""
     assert safe_reason("line\nbreak") == ""
+
+
+def test_a_flood_of_empty_continuation_frames_fails_the_connection() -> None:
+    """Empty fragments add no bytes to the size limit: 1 GB of them (6 bytes each on the wire) used to
+    be kept one list entry each, for ever, and refresh the heartbeat. A message has a fragment cap."""
+    websocket, recorder = open_socket(limit=64 * 1024)
+    list(websocket.receive(UPGRADE + frame(0x2, b"a", fin=False)))
+    chunk = frame(0x0, b"", fin=False) * 10_000  # 60 KB of wire, as one recv could bring
+    for _ in range(20):
+        assert list(websocket.receive(chunk)) == []
+        if websocket.state is WsState.CLOSED:
+            break
+    assert websocket.state is WsState.CLOSED
+    assert after_upgrade(recorder) == [(0x8, struct.pack("!H", 1009) + b"message too big")]
+
+
+def test_a_message_in_many_small_fragments_is_still_assembled() -> None:
+    websocket, _recorder = open_socket()
+    parts = [frame(0x2, b"x", fin=False)] + [frame(0x0, b"y", fin=False)] * 500 + [frame(0x0, b"z")]
+    assert list(websocket.receive(UPGRADE + b"".join(parts))) == [b"x" + b"y" * 500 + b"z"]
+
+
+def test_a_request_head_over_the_limit_is_refused_even_when_it_arrives_whole() -> None:
+    """MAX_REQUEST_HEAD held only for a head still incomplete: one that came in a single read (up to
+    64 KiB) went to the HTTP parser whatever its size."""
+    websocket, recorder = open_socket()
+    padding = b"X-Pad: " + b"a" * MAX_REQUEST_HEAD + b"\r\n"
+    head = UPGRADE[:-2] + padding + b"\r\n"
+    assert list(websocket.receive(head)) == []
+    assert websocket.state is WsState.CLOSED
+    assert bytes(recorder.out).startswith(b"HTTP/1.1 431 ")
