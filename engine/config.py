@@ -149,6 +149,13 @@ class Config:
                 raise ConfigError(f"{name} must be at most {cap}")
         if self.page_default > 100:
             raise ConfigError("page_default must be at most 100")
+        # Bounds so small that ordinary replies overflow them would close healthy members as slow
+        # consumers (a join snapshot is up to ~600 KB: below that, a member with a backlog can be
+        # closed by its own join; the default keeps a whole server frame).
+        if self.outbox_max_bytes < _MIN_OUTBOX_BYTES:
+            raise ConfigError(f"outbox_max_bytes must be at least {_MIN_OUTBOX_BYTES}")
+        if self.outbox_max_frames < _MIN_OUTBOX_FRAMES:
+            raise ConfigError(f"outbox_max_frames must be at least {_MIN_OUTBOX_FRAMES}")
         if len(self.session_secret) < 16:
             raise ConfigError("session_secret must be at least 16 bytes")
 
@@ -240,6 +247,10 @@ LIBRARY_ONLY = frozenset({"keyring", "wall_clock", "logics", "session_secret"})
 
 SETTINGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if f.name not in LIBRARY_ONLY)
 """Field names a TOML file and the environment may set, in declaration order."""
+
+_MIN_OUTBOX_FRAMES = 64
+_MIN_OUTBOX_BYTES = 64 * 1024
+"""Fewest frames an outbox may hold: a turn's replies and events for one member are several frames."""
 
 POSITIVE = frozenset({
     "auth_timeout", "max_pending_handshakes", "heartbeat_min_ms", "heartbeat_max_ms", "heartbeat_factor",

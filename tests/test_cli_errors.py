@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from engine.cli import build_parser, main
+from engine.config import Config, ConfigError
 from engine.keys import read_private_key
 from engine.serve import Prepared, prepare
 from engine.store import Write
@@ -406,3 +407,9 @@ async def test_serve_keeps_serving_when_its_stdout_is_closed(tmp_path: Path) -> 
             process.kill()
             process.wait()
         process.stderr.close()
+
+
+@pytest.mark.parametrize(("name", "value"), [("outbox_max_bytes", 65_535), ("outbox_max_frames", 63)])
+def test_outbox_bounds_too_small_for_ordinary_replies_are_refused(name: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=f"{name} must be at least"):
+        Config(**{name: value})
