@@ -69,7 +69,7 @@ def _refuse_ext(code: int, data: bytes) -> Any:
 
 
 def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    """Build a map, refusing a key given twice.
+    """Build a map, refusing a key given twice and any key that is not a string.
 
     msgpack would keep the last value silently, and a proxy or client library that keeps the first
     would then read another frame than the server does (request smuggling). ``strict_map_key`` does
@@ -78,6 +78,11 @@ def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     mapping = dict(pairs)
     if len(mapping) != len(pairs):
         raise _Refused("duplicate map key")
+    for key in mapping:
+        if type(key) is not str:
+            # ``strict_map_key`` still lets bin keys through: ``{"t": .., b"t": ..}`` reads as
+            # another frame to a peer that decodes with ``raw=True`` (the same smuggling).
+            raise _Refused("map keys must be strings")
     return mapping
 
 
