@@ -81,6 +81,8 @@ class Config:
     max_sessions_per_user: int = 8
     outbox_max_frames: int = 1024
     outbox_max_bytes: int = 1024 * 1024
+    max_http_body_bytes: int = 64 * 1024
+    """Largest body of a plain HTTP request (the service API's JSON); larger is refused with 413."""
 
     # -- rooms --
     default_max_members: int = 64
@@ -124,6 +126,7 @@ class Config:
             "max_sessions_per_user",
             "outbox_max_frames",
             "outbox_max_bytes",
+            "max_http_body_bytes",
             "default_max_members",
             "room_inbox_size",
             "replay_events",

@@ -84,6 +84,9 @@ class WsState(enum.Enum):
     """We sent a Close (:meth:`WebSocket.close`) and wait for the peer's; data is ignored meanwhile."""
     CLOSED = "closed"
     """Nothing more to read or say: flush and close TCP now."""
+    HTTP = "http"
+    """The request is plain HTTP, not an upgrade (only with ``http=True``): its bytes are in
+    :attr:`WebSocket.http_bytes` for the HTTP layer (engine/http.py); this object is done."""
 
 
 class WebSocket:
@@ -99,19 +102,22 @@ class WebSocket:
         "_accept",
         "_handshake",
         "_head",
+        "_http",
         "_message",
         "_message_bytes",
         "_text",
         "_ws",
         "close_code",
         "close_reason",
+        "http_bytes",
         "max_message_bytes",
         "outbox",
         "peer_code",
         "state",
     )
 
-    def __init__(self, outbox: Outbox, *, max_message_bytes: int, accept: Accept | None = None) -> None:
+    def __init__(self, outbox: Outbox, *, max_message_bytes: int, accept: Accept | None = None,
+                 http: bool = False) -> None:
         self.outbox = outbox
         self.max_message_bytes = max_message_bytes
         self.state = WsState.HANDSHAKE
@@ -121,6 +127,9 @@ class WebSocket:
         self.peer_code: int | None = None
         """The code of the peer's Close, if it sent one (1005: a Close without a code)."""
         self._accept = accept
+        self._http = http
+        self.http_bytes = b""
+        """With ``http=True``, a request that is no upgrade: the bytes of it and of all behind it."""
         self._handshake = H11Handshake(ConnectionType.SERVER)
         self._ws: WsConnection | None = None
         self._head = bytearray()
@@ -237,8 +246,9 @@ class WebSocket:
         """
         self._head += data
         end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > MAX_REQUEST_HEAD:
+        if end < 0 or end > MAX_REQUEST_HEAD:
+            # Over the bound whether it arrived in pieces (no end yet) or whole in one read.
+            if end >= 0 or len(self._head) > MAX_REQUEST_HEAD:
                 self.outbox.push_final(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
                 self.state = WsState.CLOSED
             return b""
@@ -250,14 +260,26 @@ class WebSocket:
                 if isinstance(event, HandshakeRequest):
                     self._on_request(event)
         except WsRemoteProtocolError as exc:
-            # Not a WebSocket handshake at all: answer with wsproto's HTTP rejection, drop TCP.
-            if exc.event_hint is not None:
-                self.outbox.push_final(self._handshake.send(exc.event_hint))
-            self.state = WsState.CLOSED
+            # Not a WebSocket handshake: the HTTP layer's, if there is one (it parses the request
+            # again: only this path pays for it, the upgrade path parses once). Else wsproto's
+            # HTTP rejection, and drop TCP.
+            if self._http:
+                self._to_http(request + rest)
+            else:
+                if exc.event_hint is not None:
+                    self.outbox.push_final(self._handshake.send(exc.event_hint))
+                self.state = WsState.CLOSED
             return b""
-        if self.state is WsState.HANDSHAKE:
-            self.state = WsState.CLOSED  # a request that is no upgrade at all
+        if self.state is WsState.HANDSHAKE:  # a request that is no upgrade at all
+            if self._http:
+                self._to_http(request + rest)
+                return b""
+            self.state = WsState.CLOSED
         return rest
+
+    def _to_http(self, data: bytes) -> None:
+        self.http_bytes = data
+        self.state = WsState.HTTP
 
     def _on_request(self, request: HandshakeRequest) -> None:
         reject = self._accept(request) if self._accept is not None else None
