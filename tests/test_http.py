@@ -426,6 +426,8 @@ async def test_chunked_bodies_are_refused_with_411(roost_engine: Engine) -> None
     with trio.fail_after(10):
         data = request("POST", "/api/stats", headers=("Transfer-Encoding: chunked",)) + b"2\r\n{}\r\n0\r\n\r\n"
         assert (await exchange(roost_engine.address, data)).status == 411
+        data = request("POST", "/api/stats", headers=("Transfer-Encoding: gzip",))
+        assert (await exchange(roost_engine.address, data)).status == 400
 
 
 class TestDeadline:
