@@ -1,7 +1,8 @@
 """The engine: one object an app starts in its own nursery, or that ``roost serve`` runs.
 
 ``await nursery.start(engine.serve)`` binds the listener, starts every part, and returns the bound
-``(host, port)`` once connections can be accepted. Nested nurseries give an orderly teardown (the
+``(host, port)`` once the rooms in the store are restored and clients are admitted (the listener
+answers from before that: ``GET /health`` says ``starting`` and upgrades get 503 meanwhile). Nested nurseries give an orderly teardown (the
 hypercorn shape): the gateway innermost, then the rooms, with the store outermost. The library never
 installs signal handlers; the CLI does.
 """

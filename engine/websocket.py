@@ -47,7 +47,7 @@ __all__ = ["FAIL_REASONS", "MAX_REQUEST_HEAD", "WebSocket", "WsState", "safe_rea
 log = logging.getLogger("roost.websocket")
 
 MAX_REQUEST_HEAD = 16 * 1024
-"""Bytes of HTTP upgrade request head accepted before answering 431."""
+"""Bytes of HTTP request head (up to its blank line) accepted; more is answered 431."""
 
 FAIL_REASONS: dict[int, str] = {
     1002: "protocol error",
@@ -245,10 +245,13 @@ class WebSocket:
         WebSocket connection once accepted, instead of being lost inside the HTTP parser.
         """
         self._head += data
-        end = self._head.find(b"\r\n\r\n")
+        # Search only the new bytes (and the 3 before them): a head sent a byte at a time must not
+        # cost a scan of the whole buffer per byte (16 KiB in 1-byte reads: 134 MB scanned).
+        end = self._head.find(b"\r\n\r\n", max(0, len(self._head) - len(data) - 3))
         if end < 0 or end > MAX_REQUEST_HEAD:
-            # Over the bound whether it arrived in pieces (no end yet) or whole in one read.
-            if end >= 0 or len(self._head) > MAX_REQUEST_HEAD:
+            # 431 exactly when the head (before its blank line) is over the bound, however it was
+            # split: whole in one read, or in pieces (then as soon as no end could still be in bounds).
+            if end >= 0 or len(self._head) > MAX_REQUEST_HEAD + 3:
                 self.outbox.push_final(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
                 self.state = WsState.CLOSED
             return b""
