@@ -2,8 +2,8 @@
 
 With no ``service_key`` configured every admin request is refused ``unsupported``; a wrong or missing
 key is ``unauthorized``. Two transports reach it, the WebSocket ``admin`` frame and HTTP under
-``/api/``; both call :meth:`Admin.call`. The operations themselves are :class:`~engine.operations.Operations`, the same the
-embedding app calls in-process.
+``/api/``; both call :meth:`Admin.call`. The operations themselves are
+:class:`~engine.operations.Operations`, the same the embedding app calls in-process.
 """
 
 from __future__ import annotations

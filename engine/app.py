@@ -2,9 +2,9 @@
 
 ``await nursery.start(engine.serve)`` binds the listener, starts every part, and returns the bound
 ``(host, port)`` once the rooms in the store are restored and clients are admitted (the listener
-answers from before that: ``GET /health`` says ``starting`` and upgrades get 503 meanwhile). Nested nurseries give an orderly teardown (the
-hypercorn shape): the gateway innermost, then the rooms, with the store outermost. The library never
-installs signal handlers; the CLI does.
+answers from before that: ``GET /health`` says ``starting`` and upgrades get 503 meanwhile). Nested
+nurseries give an orderly teardown (the hypercorn shape): the gateway innermost, then the rooms, with
+the store outermost. The library never installs signal handlers; the CLI does.
 """
 
 from __future__ import annotations

@@ -196,7 +196,8 @@ class Connection(Peer):
                 # Let the writer flush what is queued (the Close frame at least), within a bound.
                 self.outbox.finish()
                 nursery.cancel_scope.deadline = min(self._close_deadline, trio.current_time() + self.config.close_timeout)
-            if self.websocket.state in (WsState.CLOSED, WsState.HTTP) and self.outbox.idle and not self.outbox.broken:
+            finished = self.websocket.state in (WsState.CLOSED, WsState.HTTP)
+            if finished and self.outbox.idle and not self.outbox.broken:
                 # Our last bytes (a Close, an HTTP answer) are flushed: make sure they arrive.
                 await self.transport.linger_close(_LINGER_SECONDS, _LINGER_BYTES)
         finally:
@@ -277,7 +278,8 @@ class Connection(Peer):
         """The upgrade hook: refuse (503) over the pending-handshake cap or while the engine is not
         serving (restoring rooms, draining), else note a query token."""
         gateway = self.gateway
-        if gateway.pending_handshakes > self.config.max_pending_handshakes or gateway.availability is not Availability.SERVING:
+        over_cap = gateway.pending_handshakes > self.config.max_pending_handshakes
+        if over_cap or gateway.availability is not Availability.SERVING:
             gateway.stats["handshakes_refused"] += 1
             return RejectConnection(status_code=503, headers=[(b"retry-after", b"1")])
         query = urllib.parse.urlsplit(request.target).query
@@ -311,7 +313,11 @@ class Connection(Peer):
                         return
                     request = reader.receive(data)
                 self._http = None
-                response = await gateway.http.respond(request, self.remote)
+                try:
+                    response = await gateway.http.respond(request, self.remote)
+                except Exception:  # our bug: answer it as one (the WebSocket path closes with 1011)
+                    log.exception("HTTP %s %s from %s failed", request.method, request.path, self.remote)
+                    response = HttpResponse.error(500, ErrorCode.INTERNAL, "internal error")
         except HttpError as error:
             response = error.response
         self._http = None

@@ -335,7 +335,8 @@ class HttpService:
             return HttpResponse.error(400, ErrorCode.MALFORMED, "bad WebSocket handshake")
         if path == "/api" or path.startswith("/api/"):
             if not self._admin.enabled:  # fail closed: no route under /api/ exists, whatever the method
-                return HttpResponse.error(404, ErrorCode.UNSUPPORTED, "the service API is disabled (no service key configured)")
+                return HttpResponse.error(404, ErrorCode.UNSUPPORTED,
+                                          "the service API is disabled (no service key configured)")
             return await self._api(request, remote)
         if method not in _METHODS:
             return _not_allowed(_ROUTE_METHODS)

@@ -28,7 +28,7 @@ from engine.websocket import MAX_REQUEST_HEAD, WebSocket, WsState
 from protocol import encode
 from protocol.client import ConnectionClosedError, RequestError
 from protocol.errors import CloseCode, ErrorCode
-from protocol.frames import Hello, MessageEvent, Ok, PresenceDiff, RoomClosed
+from protocol.frames import AdminOp, Hello, MessageEvent, Ok, PresenceDiff, RoomClosed
 from tests.test_websocket import Recorder
 from tests.wire import client_frame, raw_peer, server_frames
 
@@ -322,8 +322,8 @@ class TestWithoutServiceKey:
     def roost_config(self, roost_keys: TestKeys) -> Config:
         return test_config(roost_keys, service_key=None)
 
-    @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
-    @pytest.mark.parametrize("path", ["/api/stats", "/api/publish", "/api/nothing", "/api", "/api/"])
+    @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+    @pytest.mark.parametrize("path", [f"/api/{op.value}" for op in AdminOp] + ["/api/nothing", "/api", "/api/"])
     async def test_every_api_path_is_404_unsupported(self, roost_engine: Engine, method: str, path: str) -> None:
         with trio.fail_after(10):
             reply = await exchange(roost_engine.address, request(method, path, b"{}"))
@@ -405,7 +405,7 @@ async def test_the_largest_page_and_snapshot_come_through(roost_connect, roost_e
 async def test_an_oversized_body_is_413_before_it_is_read(roost_engine: Engine) -> None:
     limit = roost_engine.config.max_http_body_bytes
     with trio.fail_after(10):
-        head = request("POST", "/api/publish", key=SERVICE_KEY).rstrip(b"\r\n") + f"\r\nContent-Length: {limit + 1}\r\n\r\n".encode()
+        head = request("POST", "/api/publish").rstrip(b"\r\n") + f"\r\nContent-Length: {limit + 1}\r\n\r\n".encode()
         reply = await exchange(roost_engine.address, head)  # the body is never sent
         assert (reply.status, reply.json["error"]["code"]) == (413, "too_large")
         body = b'{"room": "r", "kind": "k", "body": "' + b"a" * (limit - 40) + b'"}'
@@ -535,6 +535,20 @@ async def test_metrics_are_served_by_the_exposition_the_engine_supplies(nursery,
         assert reply.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         assert (await exchange(engine.address, request("POST", "/metrics", b""))).status == 405
         assert calls == [1]
+
+
+async def test_a_failing_handler_answers_500(nursery, roost_keys: TestKeys, caplog) -> None:
+    def exposition() -> tuple[bytes, str]:
+        raise RuntimeError("a bug in the exposition")
+
+    engine = Engine(test_config(roost_keys))
+    engine.metrics_exposition = exposition
+    await nursery.start(engine.serve)
+    with trio.fail_after(10):
+        reply = await exchange(engine.address, request("GET", "/metrics", key=None))
+        assert (reply.status, reply.json["error"]["code"]) == (500, "internal")
+        assert "a bug in the exposition" in caplog.text  # logged with its traceback
+        assert (await get(engine, "/health")).status == 200
 
 
 # -- the pieces -------------------------------------------------------------------------------------
