@@ -382,21 +382,32 @@ async def test_bytes_and_non_finite_floats_in_results_are_mapped(roost_connect, 
         assert listed["meta"]["blob"] == {"$bytes": "AP9oaQ=="}
 
 
-async def test_the_largest_page_and_snapshot_come_through(roost_connect, roost_engine: Engine) -> None:
-    """Replies built from user data at their largest: 16 KiB metas of byte strings on every room."""
-    with trio.fail_after(30):
-        ann, bob = await roost_connect("ann"), await roost_connect("bob")
-        meta = {"b": b"\xff" * (roost_engine.config.max_meta_bytes - 16)}
-        rooms = {(await client.create(meta=meta)).room for client in (ann, bob) for _ in range(10)}
-        seen, cursor = set(), None
-        while True:
-            reply = await api(roost_engine, "rooms", {"limit": 100} | ({"cursor": cursor} if cursor else {}))
-            page = reply.json["result"]
-            seen |= {r["room"] for r in page["rooms"]}
-            assert base64.b64decode(page["rooms"][0]["meta"]["b"]["$bytes"]) == meta["b"]
-            if (cursor := page.get("next")) is None:
-                break
-        assert seen == rooms and len(page["rooms"]) < 20  # cut by size, not only by count
+class TestLargestReplies:
+    @pytest.fixture
+    def roost_config(self, roost_keys: TestKeys) -> Config:
+        return test_config(roost_keys, max_frame_bytes=512 * 1024)  # a client frame can carry a 256 KiB state
+
+    async def test_the_largest_page_and_snapshot_come_through(self, roost_connect, roost_engine: Engine) -> None:
+        """Replies built from user data at their largest: 16 KiB metas of byte strings on every room,
+        and a snapshot with the largest meta and state."""
+        with trio.fail_after(30):
+            ann, bob = await roost_connect("ann"), await roost_connect("bob")
+            meta = {"b": b"\xff" * (roost_engine.config.max_meta_bytes - 16)}
+            rooms = {(await client.create(meta=meta)).room for client in (ann, bob) for _ in range(10)}
+            seen, cursor = set(), None
+            while True:
+                reply = await api(roost_engine, "rooms", {"limit": 100} | ({"cursor": cursor} if cursor else {}))
+                page = reply.json["result"]
+                seen |= {r["room"] for r in page["rooms"]}
+                assert base64.b64decode(page["rooms"][0]["meta"]["b"]["$bytes"]) == meta["b"]
+                if (cursor := page.get("next")) is None:
+                    break
+            assert seen == rooms and len(page["rooms"]) < 20  # cut by size, not only by count
+            room = (await ann.create(meta=meta)).room  # the largest snapshot: largest meta and state
+            state = b"\xfe" * (roost_engine.config.max_state_bytes - 16)
+            await ann.set_state(room, 0, state)
+            snapshot = (await api(roost_engine, "room", {"room": room})).json["result"]
+            assert base64.b64decode(snapshot["state"]["$bytes"]) == state and snapshot["meta"]["b"]["$bytes"]
 
 
 # -- hostile requests -------------------------------------------------------------------------------
