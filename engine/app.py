@@ -126,8 +126,8 @@ class Engine:
                 async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
                     self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone)
                     self._router = Router(config, self._supervisor)
-                    self._operations = Operations(self._router, self.revocations)
-                    admin = Admin(config.service_key, self._operations, self.statistics,
+                    operations = Operations(self._router, self.revocations)
+                    admin = Admin(config.service_key, operations, self.statistics,
                                   on_refused=self._service_auth_refused)
                     self._gateway = Gateway(config, self._router, self.revocations, admin,
                                             exposition=self.metrics_exposition)
@@ -137,6 +137,7 @@ class Engine:
                         self.address = (host, port)
                         log.info("roost listening on ws://%s:%d/ (restoring rooms)", host, port)
                         await self._restore_rooms()
+                        self._operations = operations  # engine.ops too: not before every room is back
                         self._gateway.serving()
                         log.info("roost serving on ws://%s:%d/", host, port)
                         task_status.started((host, port))

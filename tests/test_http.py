@@ -166,6 +166,8 @@ async def test_health_through_start_serve_and_drain(nursery, roost_keys: TestKey
         assert reply.status == 503 and reply.headers["retry-after"] == "1"
         assert reply.json["error"]["code"] == "invalid_state"
         assert engine.router.get(room) is None  # not restored yet: and no client could reach it
+        with pytest.raises(RuntimeError):
+            engine.ops  # noqa: B018 - the in-process operations wait for the restore too
 
         # Serving.
         store.release.set()
