@@ -454,7 +454,7 @@ class TestDeadline:
                 await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
                 start = trio.current_time()
                 assert await stream.receive_some(4096) == b""
-                assert trio.current_time() - start == pytest.approx(0.3, abs=0.25)
+                assert 0.2 < trio.current_time() - start < 3  # at the 0.3 s deadline (a loaded machine is late)
 
     async def test_a_slow_body_gets_408(self, roost_engine: Engine) -> None:
         with trio.fail_after(10):
