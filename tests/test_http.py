@@ -282,6 +282,8 @@ async def test_the_read_operations_answer_get_with_query_arguments(roost_connect
         assert sorted(seen) == sorted(rooms)
         assert (await get(roost_engine, f"/api/room?room={rooms[0]}")).json["result"]["room"] == rooms[0]
         assert (await get(roost_engine, "/api/stats")).json["result"]["rooms"] == 3
+        blank = (await get(roost_engine, "/api/rooms?cursor=&limit=")).json["result"]  # blank: absent
+        assert len(blank["rooms"]) == 3
         for path, code in [("/api/rooms?limit=101", "bad_field"), ("/api/rooms?limit=x", "bad_field"),
                            ("/api/rooms?limit=1&limit=2", "bad_field"), ("/api/room", "missing_field"),
                            ("/api/room?room=%ff", "malformed"), ("/api/room?room", "malformed")]:
