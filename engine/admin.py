@@ -1,26 +1,30 @@
 """The admin API over the wire: a service credential, constant-time checked, and fail-closed.
 
-With no ``service_key`` configured every admin request is refused ``unsupported``; a wrong key is
-``unauthorized``. The operations themselves are :class:`~engine.operations.Operations`, the same the
-embedding app calls in-process.
+With no ``service_key`` configured every admin request is refused ``unsupported``; a wrong or missing
+key is ``unauthorized``. Two transports reach it, the WebSocket ``admin`` frame and HTTP under
+``/api/``; both call :meth:`Admin.call`. The operations themselves are
+:class:`~engine.operations.Operations`, the same the embedding app calls in-process.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from protocol.codec import dump_record
 from protocol.errors import ErrorCode
 from protocol.codec import CLIENT_LIMITS
-from protocol.frames import CURSOR, PAGE_LIMIT, AdminOp, AdminRequest
+from protocol.frames import CURSOR, PAGE_LIMIT, AdminOp
 from protocol.schema import FieldProblem, Spec
 
 from .errors import RoomError
 from .operations import Operations
 
 __all__ = ["Admin"]
+
+log = logging.getLogger("roost.admin")
 
 
 def _arg(args: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
@@ -47,21 +51,51 @@ def _page_arg(args: dict[str, Any], name: str, spec: Spec) -> Any:
 
 
 class Admin:
-    """Checks the credential and runs one admin request."""
+    """Checks the service credential and runs one admin operation: the one implementation behind the
+    WebSocket ``admin`` frame and the HTTP service API (engine/http.py).
 
-    def __init__(self, service_key: str | None, operations: Operations, stats: Callable[[], dict[str, int]]) -> None:
+    A refused credential is counted (``on_refused``, the gateway's ``service_auth_failures``) and
+    logged with the caller's address and what was wrong, never with the credential itself.
+    """
+
+    def __init__(self, service_key: str | None, operations: Operations, stats: Callable[[], dict[str, int]],
+                 *, on_refused: Callable[[], None] | None = None) -> None:
         self._key = service_key.encode() if service_key else None
         self._ops = operations
         self._stats = stats
+        self._on_refused = on_refused
 
-    async def handle(self, request: AdminRequest) -> Any:
-        """The ``ok`` result of ``request``, or RoomError."""
+    @property
+    def enabled(self) -> bool:
+        """Whether a service key is configured (without one, every admin request is ``unsupported``)."""
+        return self._key is not None
+
+    def authorize(self, credential: str | bytes | None, remote: str = "-") -> None:
+        """Raise RoomError unless ``credential`` is the service key (``unsupported`` with none configured).
+
+        Both sides are compared as UTF-8 bytes with :func:`hmac.compare_digest`, whose time does not
+        depend on where they differ (only on their lengths).
+        """
         if self._key is None:
             raise RoomError(ErrorCode.UNSUPPORTED, "the admin API is disabled (no service key configured)")
-        if not hmac.compare_digest(request.key.encode(), self._key):
-            raise RoomError(ErrorCode.UNAUTHORIZED, "wrong service key")
-        args = request.args or {}
-        ops, op = self._ops, request.op
+        given = credential.encode() if isinstance(credential, str) else credential
+        if given is None or not hmac.compare_digest(given, self._key):
+            if self._on_refused is not None:
+                self._on_refused()
+            log.warning("refused admin request from %s: %s service key", remote,
+                        "missing" if given is None else "wrong")
+            raise RoomError(ErrorCode.UNAUTHORIZED, "missing service key" if given is None else "wrong service key")
+
+    async def call(self, op: AdminOp, args: dict[str, Any] | None, credential: str | bytes | None,
+                   *, remote: str = "-") -> Any:
+        """The result of admin operation ``op`` with ``args`` (PROTOCOL.md §10), or RoomError.
+
+        The result is plain data (records dumped to maps), the same for both transports; None when
+        the operation has none.
+        """
+        self.authorize(credential, remote)
+        args = args or {}
+        ops = self._ops
         if op is AdminOp.ROOMS:
             limit = _page_arg(args, "limit", PAGE_LIMIT) or 50
             return dump_record(ops.rooms(_page_arg(args, "cursor", CURSOR), limit))

@@ -1,9 +1,10 @@
 """The engine: one object an app starts in its own nursery, or that ``roost serve`` runs.
 
 ``await nursery.start(engine.serve)`` binds the listener, starts every part, and returns the bound
-``(host, port)`` once connections can be accepted. Nested nurseries give an orderly teardown (the
-hypercorn shape): the gateway innermost, then the rooms, with the store outermost. The library never
-installs signal handlers; the CLI does.
+``(host, port)`` once the rooms in the store are restored and clients are admitted (the listener
+answers from before that: ``GET /health`` says ``starting`` and upgrades get 503 meanwhile). Nested
+nurseries give an orderly teardown (the hypercorn shape): the gateway innermost, then the rooms, with
+the store outermost. The library never installs signal handlers; the CLI does.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from protocol.errors import CloseCode
 from .admin import Admin
 from .config import Config
 from .gateway import Gateway
+from .http import Exposition
 from .metrics import Metrics
 from .operations import Operations
 from .revocations import Revocations
@@ -63,7 +65,10 @@ class Engine:
         self.address: tuple[str, int] | None = None
         self._shutdown = trio.Event()
         self.metrics = Metrics(self)
-        """This engine's Prometheus metrics (``metrics.exposition()`` is the body of ``GET /metrics``)."""
+        """This engine's Prometheus metrics."""
+        self.metrics_exposition: Exposition | None = self.metrics.exposition
+        """What ``GET /metrics`` serves (body, content type): this engine's metrics unless replaced
+        before ``serve``; None answers 404."""
 
     def request_shutdown(self) -> None:
         """Stop gracefully: ``serve`` closes clients with 1001 "resume", lets rooms commit, and returns.
@@ -106,10 +111,15 @@ class Engine:
         return self._router
 
     async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled. ``task_status.started`` gets the bound ``(host, port)``.
+        """Run until cancelled. ``task_status.started`` gets the bound ``(host, port)`` once rooms are
+        restored and clients are admitted.
 
-        Rooms in the store come back before the listener accepts anything: a client that reconnects
-        right after a restart finds its room (and resyncs: the event replay buffer is in memory).
+        The listener accepts as soon as the store is open, before the rooms in it are restored, so that
+        an orchestrator's health check gets an answer (``GET /health``: 503 ``starting``) instead of a
+        refused connection. Until the restore is complete, WebSocket upgrades and the service API
+        answer 503 with ``Retry-After``: no client reaches a room before every room is back (a client
+        that reconnects right after a restart then finds its room and resyncs: the event replay
+        buffer is in memory). :attr:`address` is set from the moment the listener accepts.
         """
         config = self.config
         listener = _listen(config.host, config.port)
@@ -121,20 +131,28 @@ class Engine:
                     self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone,
                                                   stats=self.metrics.rooms)
                     self._router = Router(config, self._supervisor)
-                    await self._restore_rooms()
-                    self._operations = Operations(self._router, self.revocations)
-                    admin = Admin(config.service_key, self._operations, self.statistics)
-                    self._gateway = Gateway(config, self._router, self.revocations, admin)
+                    operations = Operations(self._router, self.revocations)
+                    admin = Admin(config.service_key, operations, self.statistics,
+                                  on_refused=self._service_auth_refused)
+                    self._gateway = Gateway(config, self._router, self.revocations, admin,
+                                            exposition=self.metrics_exposition)
                     async with trio.open_nursery(strict_exception_groups=True) as gateway_nursery:
                         await gateway_nursery.start(self._gateway.run, listener)
                         host, port = listener.getsockname()[:2]
                         self.address = (host, port)
+                        log.info("roost listening on ws://%s:%d/ (restoring rooms)", host, port)
+                        await self._restore_rooms()
+                        self._operations = operations  # engine.ops too: not before every room is back
+                        self._gateway.serving()
                         log.info("roost serving on ws://%s:%d/", host, port)
                         task_status.started((host, port))
                         await self._shutdown.wait()
-                        # Graceful shutdown, outside in: stop accepting, close every client with
-                        # "going away" and a resume hint (the gateway returns once they are gone)...
+                        # Graceful shutdown, outside in: close every client with "going away" and a
+                        # resume hint, still accepting (health says "draining", upgrades get 503)...
                         log.info("shutting down: closing %d connections", len(self._gateway.connections))
+                        await self._gateway.drain(CloseCode.GOING_AWAY, "resume", config.close_timeout + 1)
+                        # ...then stop accepting, drop what came in meanwhile (the gateway returns
+                        # once every connection is gone; an HTTP exchange within its deadline)...
                         self._gateway.stop_accepting()
                         self._gateway.close_all(CloseCode.GOING_AWAY, "resume")
                         gateway_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
@@ -180,6 +198,10 @@ class Engine:
                 gc.enable()
         if records:
             log.info("restored %d rooms", len(self._router.rooms))
+
+    def _service_auth_refused(self) -> None:
+        if self._gateway is not None:
+            self._gateway.stats["service_auth_failures"] += 1
 
     def _room_gone(self, runtime: RoomRuntime) -> None:
         if self._router is not None:

@@ -102,6 +102,8 @@ class Config:
     """Frames (its final Close included) one connection may have that the kernel has not taken; one more closes it as a slow consumer (4000)."""
     outbox_max_bytes: int = 1024 * 1024
     """Bytes one connection may have that the kernel has not taken (room for its Close is kept); more close it as a slow consumer (4000)."""
+    max_http_body_bytes: int = 64 * 1024
+    """Largest body of a plain HTTP request (the service API's JSON); larger is refused with 413."""
 
     # -- rooms --
     default_max_members: int = 64
@@ -258,7 +260,7 @@ POSITIVE = frozenset({
     "max_rooms_per_connection", "max_sessions_per_user", "outbox_max_frames", "outbox_max_bytes",
     "default_max_members", "room_inbox_size", "replay_events", "history_limit", "page_default",
     "restart_period", "room_ttl", "solo_room_ttl", "max_meta_bytes", "max_presence_bytes",
-    "max_chat_meta_bytes", "max_state_bytes",
+    "max_chat_meta_bytes", "max_state_bytes", "max_http_body_bytes",
 })
 """Numeric settings for which 0 makes no sense; every other number must merely not be negative."""
 

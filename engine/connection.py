@@ -47,6 +47,7 @@ from protocol.tokens import Claims, SessionClaims, TokenError, verify
 
 from .codes import normalize_code
 from .errors import RoomError
+from .http import Availability, HttpError, HttpResponse, RequestReader, render
 from .outbox import Outbox, Transport, ws_frame
 from .peer import Peer
 from .room import Request, RoomRuntime
@@ -69,6 +70,8 @@ _LINGER_BYTES = 1024 * 1024
 
 class Phase(enum.Enum):
     HANDSHAKE = "handshake"
+    HTTP = "http"
+    """A plain HTTP request (engine/http.py): one exchange within the auth deadline, then close."""
     AWAIT_HELLO = "await_hello"
     OPEN = "open"
     CLOSING = "closing"
@@ -89,7 +92,7 @@ class Connection(Peer):
             on_overflow=self._slow_consumer,
         )
         self.websocket = WebSocket(self.outbox, max_message_bytes=config.max_frame_bytes, accept=self._accept,
-                                   on_ping=self._websocket_ping)
+                                   on_ping=self._websocket_ping, http=True)
         """The WebSocket layer (upgrade, pings, limits, closing handshake); this class speaks Roost on it."""
         self.phase = Phase.HANDSHAKE
         self.sid = ""
@@ -106,6 +109,8 @@ class Connection(Peer):
         self._reader_done = False
         self._watchdog_wakeup = trio.Event()
         self._query_token: str | None = None
+        self._http: RequestReader | None = None
+        """While a plain HTTP request is being read (None once it is complete)."""
         now = trio.current_time()
         self._auth_deadline = now + config.auth_timeout
         self._close_deadline = math.inf
@@ -134,8 +139,12 @@ class Connection(Peer):
         self.outbox.push(data)
 
     def close(self, code: CloseCode, reason: str) -> None:
-        """Send a Close frame (once) and give the peer ``close_timeout`` to answer it."""
-        if self.phase in (Phase.CLOSING, Phase.DONE):
+        """Send a Close frame (once) and give the peer ``close_timeout`` to answer it.
+
+        An HTTP exchange is left to finish within its own deadline (a shutdown must not cut an
+        admin call off between its effect and its answer).
+        """
+        if self.phase in (Phase.CLOSING, Phase.DONE, Phase.HTTP):
             return
         self.close_code, self.close_reason = int(code), reason
         if not self.websocket.close(int(code), reason):
@@ -187,8 +196,9 @@ class Connection(Peer):
                 # Let the writer flush what is queued (the Close frame at least), within a bound.
                 self.outbox.finish()
                 nursery.cancel_scope.deadline = min(self._close_deadline, trio.current_time() + self.config.close_timeout)
-            if self.websocket.state is WsState.CLOSED and self.outbox.idle and not self.outbox.broken:
-                # Our last bytes (a Close, an HTTP refusal) are flushed: make sure they arrive.
+            finished = self.websocket.state in (WsState.CLOSED, WsState.HTTP)
+            if finished and self.outbox.idle and not self.outbox.broken:
+                # Our last bytes (a Close, an HTTP answer) are flushed: make sure they arrive.
                 await self.transport.linger_close(_LINGER_SECONDS, _LINGER_BYTES)
         finally:
             self.phase = Phase.DONE
@@ -197,7 +207,7 @@ class Connection(Peer):
                 await self.transport.aclose()
 
     def _deadline(self) -> float:
-        if self.phase in (Phase.HANDSHAKE, Phase.AWAIT_HELLO):
+        if self.phase in (Phase.HANDSHAKE, Phase.AWAIT_HELLO, Phase.HTTP):
             return self._auth_deadline
         if self.phase is Phase.CLOSING:
             return self._close_deadline
@@ -242,10 +252,19 @@ class Connection(Peer):
                     return
             if websocket.state is WsState.CLOSED:
                 self._websocket_closed()
+            elif websocket.state is WsState.HTTP:
+                await self._serve_http(websocket.http_bytes)
+                return
 
     def _on_deadline(self) -> None:
         now = trio.current_time()
         if self.phase is Phase.CLOSING:
+            self.phase = Phase.DONE
+        elif self.phase is Phase.HTTP:
+            if self._http is not None:  # the request is still incomplete: nothing has happened
+                self.outbox.push_final(render(HttpResponse.error(408, ErrorCode.MALFORMED, "request timeout"),
+                                              head_only=self._http.head_only))
+            # else the request is being served: an answer now could contradict its effect; just close
             self.phase = Phase.DONE
         elif self.phase in (Phase.HANDSHAKE, Phase.AWAIT_HELLO):
             self.gateway.stats["auth_timeouts"] += 1
@@ -257,15 +276,54 @@ class Connection(Peer):
             self.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
 
     def _accept(self, request: HandshakeRequest) -> RejectConnection | None:
-        """The upgrade hook: refuse (503) over the pending-handshake cap, else note a query token."""
-        if self.gateway.pending_handshakes > self.config.max_pending_handshakes:
-            self.gateway.stats["handshakes_refused"] += 1
+        """The upgrade hook: refuse (503) over the pending-handshake cap or while the engine is not
+        serving (restoring rooms, draining), else note a query token."""
+        gateway = self.gateway
+        over_cap = gateway.pending_handshakes > self.config.max_pending_handshakes
+        if over_cap or gateway.availability is not Availability.SERVING:
+            gateway.stats["handshakes_refused"] += 1
             return RejectConnection(status_code=503, headers=[(b"retry-after", b"1")])
         query = urllib.parse.urlsplit(request.target).query
         tokens = urllib.parse.parse_qs(query).get("token")
         self._query_token = tokens[0] if tokens else None
         self.phase = Phase.AWAIT_HELLO
         return None
+
+    async def _serve_http(self, data: bytes) -> None:
+        """Read, serve and answer one plain HTTP request (engine/http.py); the caller then closes.
+
+        Bounded like the upgrade: the head within MAX_REQUEST_HEAD (the WebSocket layer), one slot of
+        the pending-handshake cap, the auth deadline for the whole exchange (408 while the request is
+        incomplete), the body within ``max_http_body_bytes``.
+        """
+        gateway = self.gateway
+        self.phase = Phase.HTTP
+        reader = self._http = RequestReader(max_body=self.config.max_http_body_bytes)
+        try:
+            request = reader.receive(data)
+            if gateway.pending_handshakes > self.config.max_pending_handshakes:
+                gateway.stats["handshakes_refused"] += 1
+                response = HttpResponse.error(503, ErrorCode.RATE_LIMITED, "too many connections", ("retry-after", "1"))
+            else:
+                while request is None:
+                    if reader.interim:
+                        self.outbox.push(reader.interim)
+                        reader.interim = b""
+                    data = await self.transport.receive_some()
+                    if not data:
+                        return
+                    request = reader.receive(data)
+                self._http = None
+                try:
+                    response = await gateway.http.respond(request, self.remote)
+                except Exception:  # our bug: answer it as one (the WebSocket path closes with 1011)
+                    log.exception("HTTP %s %s from %s failed", request.method, request.path, self.remote)
+                    response = HttpResponse.error(500, ErrorCode.INTERNAL, "internal error")
+        except HttpError as error:
+            response = error.response
+        self._http = None
+        self.outbox.push_final(render(response, head_only=reader.head_only))
+        self.phase = Phase.DONE
 
     # -- frames -----------------------------------------------------------------------------------
 
@@ -443,7 +501,7 @@ class Connection(Peer):
             page = gateway.router.lobby(frame.cursor, frame.limit or self.config.page_default)
             self.send_frame(Ok(id=frame.id, result=dump_record(page)))
         elif isinstance(frame, AdminRequest):
-            result = await gateway.admin.handle(frame)
+            result = await gateway.admin.call(frame.op, frame.args, frame.key, remote=self.remote)
             self.send_frame(Ok(id=frame.id, result=result))
         elif isinstance(frame, Create | JoinOrCreate):
             if self.room_scope is not None and isinstance(frame, Create):

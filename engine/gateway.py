@@ -23,6 +23,7 @@ from protocol.tokens import SessionSigner
 
 from .config import Config
 from .connection import Connection, Phase
+from .http import Availability, Exposition, HttpService
 from .outbox import SocketTransport, StreamTransport, Transport
 from .revocations import Revocations
 from .router import Router
@@ -43,6 +44,7 @@ COUNTERS = (
     "handshakes_refused",
     "rate_limited",
     "slow_consumers",
+    "service_auth_failures",
 )
 """The gateway's event counters (admin ``stats``, PROTOCOL.md §10); a new counter is added here."""
 
@@ -72,11 +74,17 @@ def close_label(connection: Connection) -> str:
 class Gateway:
     """Accepts connections and keeps the registry of live sessions."""
 
-    def __init__(self, config: Config, router: Router, revocations: Revocations, admin: Admin) -> None:
+    def __init__(self, config: Config, router: Router, revocations: Revocations, admin: Admin,
+                 *, exposition: Exposition | None = None) -> None:
         self.config = config
         self.router = router
         self.revocations = revocations
         self.admin = admin
+        self.availability = Availability.STARTING
+        """STARTING until the engine has restored its rooms (:meth:`serving`), DRAINING from
+        :meth:`drain` on: only while SERVING are upgrades accepted and the service API answered."""
+        self.http = HttpService(admin, config.limits, lambda: self.availability, exposition)
+        """Plain HTTP requests on the same port: health, metrics, the service API."""
         self.signer = SessionSigner(config.session_secret)
         self.connections: set[Connection] = set()
         self.by_sid: dict[str, Connection] = {}
@@ -103,6 +111,8 @@ class Gateway:
         """``Outbox.pushes`` and ``bytes_sent`` of the connections that ended (live ones are read live)."""
         self._nursery: trio.Nursery | None = None
         self._accepting = trio.CancelScope()
+        self._draining: set[Connection] = set()
+        self._drained = trio.Event()
         revocations.listeners.append(self._sweep_revoked)
 
     async def run(self, listener: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -115,8 +125,26 @@ class Gateway:
                 await self._accept_loop(listener, nursery)
             # Not accepting any more (shutdown): the nursery ends once every connection has closed.
 
+    def serving(self) -> None:
+        """The engine is ready (rooms restored): accept upgrades from now on."""
+        self.availability = Availability.SERVING
+
+    async def drain(self, code: CloseCode, reason: str, timeout: float) -> None:
+        """Graceful shutdown, first step: close every connection with ``code``, wait (at most
+        ``timeout``) until they are gone, while still accepting, so that health checks see
+        ``draining`` and reconnecting clients get 503 + Retry-After instead of a refused connection.
+
+        HTTP exchanges are not waited for (each is bounded by its own deadline).
+        """
+        self.availability = Availability.DRAINING
+        self._draining = {c for c in self.connections if c.phase is not Phase.HTTP}
+        self.close_all(code, reason)
+        with trio.move_on_after(timeout):
+            if self._draining:
+                await self._drained.wait()
+
     def stop_accepting(self) -> None:
-        """Stop taking new connections (the first step of a graceful shutdown)."""
+        """Stop taking new connections (after :meth:`drain`)."""
         self._accepting.cancel()
 
     async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
@@ -162,6 +190,10 @@ class Gateway:
             if not connection.registered:
                 self.pending_handshakes -= 1
             self.unregister(connection)
+            if connection in self._draining:
+                self._draining.discard(connection)
+                if not self._draining:
+                    self._drained.set()
 
     def register(self, connection: Connection) -> None:
         """A connection authenticated: it leaves the pending count and becomes a live session."""

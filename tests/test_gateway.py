@@ -222,14 +222,16 @@ async def test_rfc6455_violations_get_a_close_frame_not_a_dropped_socket(roost_e
         assert await trio.to_thread.run_sync(bad_opcode) == CloseCode.PROTOCOL_ERROR
 
 
-async def test_plain_http_gets_a_400(roost_engine: Engine) -> None:
+async def test_plain_http_is_answered_by_the_http_layer(roost_engine: Engine) -> None:
+    """Not an upgrade: engine/http.py answers (tests/test_http.py has the rest)."""
+
     def plain_get() -> bytes:
         with socket.create_connection(("127.0.0.1", roost_engine.address[1]), timeout=5) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             return sock.recv(4096)
 
     with trio.fail_after(10):
-        assert (await trio.to_thread.run_sync(plain_get)).startswith(b"HTTP/1.1 400")
+        assert (await trio.to_thread.run_sync(plain_get)).startswith(b"HTTP/1.1 404")
 
 
 class TestSessionLimits:

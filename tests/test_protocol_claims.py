@@ -145,6 +145,7 @@ async def test_welcome_limits_have_the_documented_keys_and_types(roost_engine: E
 STATS_KEYS = {
     "connections", "sessions", "rooms", "restarts", "store_commits", "revocations", "connections_accepted",
     "sessions_opened", "auth_failures", "auth_timeouts", "handshakes_refused", "rate_limited", "slow_consumers",
+    "service_auth_failures",
 }
 
 
