@@ -8,6 +8,7 @@ embedding app calls in-process.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from .errors import RoomError
 from .operations import Operations
 
 __all__ = ["Admin"]
+
+log = logging.getLogger("roost.admin")
 
 
 def _arg(args: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
@@ -55,7 +58,19 @@ class Admin:
         self._stats = stats
 
     async def handle(self, request: AdminRequest) -> Any:
-        """The ``ok`` result of ``request``, or RoomError."""
+        """The ``ok`` result of ``request``, or RoomError. One log line per request, with its outcome
+        (``ok`` or the error code) and never the key; the args logged are strings only (an
+        unauthenticated caller chose them: engine/logs.py bounds them)."""
+        try:
+            result = await self._handle(request)
+        except Exception as error:  # RoomError; LocalProtocolError (a reply too large) has a code too
+            code = getattr(error, "code", None)
+            _log_action(request, code.value if isinstance(code, ErrorCode) else "internal")
+            raise
+        _log_action(request, "ok")
+        return result
+
+    async def _handle(self, request: AdminRequest) -> Any:
         if self._key is None:
             raise RoomError(ErrorCode.UNSUPPORTED, "the admin API is disabled (no service key configured)")
         if not hmac.compare_digest(request.key.encode(), self._key):
@@ -87,3 +102,11 @@ class Admin:
         else:  # AdminOp.PUBLISH
             await ops.publish(room, _arg(args, "kind", str), args.get("body"))
         return None
+
+
+def _log_action(request: AdminRequest, outcome: str) -> None:
+    args = request.args if isinstance(request.args, dict) else {}
+    extra = {"op": request.op.value, "outcome": outcome}
+    extra |= {name: args[name] for name in ("room", "user", "jti") if isinstance(args.get(name), str)}
+    level = logging.WARNING if outcome in ("unauthorized", "unsupported") else logging.INFO
+    log.log(level, "admin action", extra=extra)

@@ -198,7 +198,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         prepared = prepare(args)
     except ServeError as exc:
         raise UsageError(str(exc)) from None
-    return run(prepared, log_level=args.log_level)
+    return run(prepared, log_level=args.log_level, log_format=args.log_format)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--key", action="append", default=[], help="public key file (JWK) to accept tokens from; repeat")
     serve.add_argument("--data", default=None, help="data directory (default ./.roost)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text: one readable line per event, fields as key=value; json: one JSON object "
+                            "per line (ts, level, logger, msg and the fields), for log shippers")
     serve.set_defaults(run=_cmd_serve)
 
     _add_admin(sub)

@@ -33,6 +33,7 @@ from .app import Engine
 from .config import Config, ConfigError
 from .store import StoreError
 from .store.lmdb import LmdbStore, StoreLocked, StoreOpenError
+from .logs import configure as configure_logging
 from .keys import KeyFileError, public_path_for, read_private_key, read_public_key, write_key_pair
 
 __all__ = ["Prepared", "ServeError", "prepare", "run"]
@@ -235,10 +236,10 @@ def _first(group: BaseExceptionGroup) -> BaseException:
     return first
 
 
-def run(prepared: Prepared, *, log_level: str = "info") -> int:
-    """Run the engine until SIGINT/SIGTERM. Returns the exit status."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(prepared: Prepared, *, log_level: str = "info", log_format: str = "text") -> int:
+    """Run the engine until SIGINT/SIGTERM. Returns the exit status. Logs go to stderr as
+    ``log_format`` (:mod:`engine.logs`: ``text`` or ``json``)."""
+    configure_logging(log_level, log_format)
     try:
         trio.run(_serve, prepared)
     except BaseExceptionGroup as group:

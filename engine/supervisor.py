@@ -77,7 +77,8 @@ class Supervisor:
         except Exception:
             # Recovery itself failed (the store cannot be read, the logic is gone from the config...):
             # this room closes; the engine and every other room go on.
-            log.exception("room %s could not be recovered: closing it", runtime.room_id)
+            log.exception("room %s could not be recovered: closing it", runtime.room_id,
+                          extra={"room": runtime.room_id, "event": "room_abandoned"})
             self._abandon(runtime)
         finally:
             self._on_gone(runtime)
@@ -92,7 +93,7 @@ class Supervisor:
             try:
                 await actor.run()
             except Exception:
-                log.exception("room %s crashed", runtime.room_id)
+                log.exception("room %s crashed", runtime.room_id, extra={"room": runtime.room_id, "event": "room_crashed"})
             else:
                 if runtime.closed:  # closed for good (not a shutdown): every key goes too
                     await self._store.dispose_room(runtime.room_id)
@@ -107,7 +108,8 @@ class Supervisor:
             state = await self._reload(runtime)
             if len(failures) > config.restart_intensity:
                 log.error("room %s crashed %d times in %.1fs: closing it", runtime.room_id, len(failures),
-                          config.restart_period)
+                          config.restart_period, extra={"room": runtime.room_id, "event": "room_closed_after_crashes",
+                                                        "crashes": len(failures)})
                 await self._close_after_crashes(runtime, state)
                 return
             runtime.resync_reason = "restarted"
