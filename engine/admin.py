@@ -65,9 +65,9 @@ class Admin:
             result = await self._handle(request)
         except Exception as error:  # RoomError; LocalProtocolError (a reply too large) has a code too
             code = getattr(error, "code", None)
-            _log_action(request, code.value if isinstance(code, ErrorCode) else "internal")
+            _log_action(request.op, request.args, code.value if isinstance(code, ErrorCode) else "internal")
             raise
-        _log_action(request, "ok")
+        _log_action(request.op, request.args, "ok")
         return result
 
     async def _handle(self, request: AdminRequest) -> Any:
@@ -104,9 +104,11 @@ class Admin:
         return None
 
 
-def _log_action(request: AdminRequest, outcome: str) -> None:
-    args = request.args if isinstance(request.args, dict) else {}
-    extra = {"op": request.op.value, "outcome": outcome}
+def _log_action(op: AdminOp, args: Any, outcome: str, **context: str) -> None:
+    """The one line per admin request: op, outcome, the string args that name what it acted on
+    (``room``, ``user``, ``jti``), and ``context`` (e.g. ``remote``); never the key."""
+    args = args if isinstance(args, dict) else {}
+    extra: dict[str, Any] = {"op": op.value, "outcome": outcome, **context}
     extra |= {name: args[name] for name in ("room", "user", "jti") if isinstance(args.get(name), str)}
     level = logging.WARNING if outcome in ("unauthorized", "unsupported") else logging.INFO
     log.log(level, "admin action", extra=extra)

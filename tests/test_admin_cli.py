@@ -7,18 +7,27 @@ contract); the last one runs ``roost admin`` against a real ``roost serve --dev`
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import trio
 
 from engine.admin_cli import MAX_RESPONSE_BYTES, api_base
 from engine.cli import main
 
+from protocol.client import ConnectionClosedError, open_client
+from protocol.frames import MessageEvent, PresenceDiff, RoomClosed
+
 from .fake_service_api import error, fake_service_api, result
+from .test_cli_serve import read_lines, start_server, stop
 
 KEY = "k3y-that-must-never-be-printed"
 
@@ -249,8 +258,76 @@ def test_api_base() -> None:
         api_base("http://h/?token=x")
 
 
+ROOST = str(Path(sys.executable).with_name("roost"))
+"""The console script of this venv (the CLI tests run the installed command)."""
+
+
 def test_help_documents_the_exit_statuses() -> None:
-    help_text = subprocess.run([".venv/bin/roost", "admin", "--help"], capture_output=True, text=True, timeout=30,
+    help_text = subprocess.run([ROOST, "admin", "--help"], capture_output=True, text=True, timeout=30,
                                check=True).stdout
     for line in ("0  done", "1  the server refused", "2  usage", "3  the server cannot be reached", "4  authentication"):
         assert line in help_text
+
+
+async def test_roost_admin_end_to_end_against_roost_serve_dev(tmp_path: Path) -> None:
+    """The README's newcomer: ``roost serve --dev``, then ``roost admin`` with the printed lines.
+
+    Needs the HTTP service API on the WebSocket port (issue 10 items 1 and 2, branch i10-http):
+    against a server without it every command here ends with exit status 3."""
+    server = start_server(tmp_path, "--dev")
+    try:
+        with trio.fail_after(90):
+            lines = await read_lines(server, 4)
+            key = lines["ROOST_SERVICE_KEY"]
+            env = {**os.environ, "ROOST_URL": lines["ROOST_URL"], "ROOST_SERVICE_KEY": key}
+            outputs: list[str] = []
+
+            async def roost(*argv: str, **changes: str) -> tuple[int, str, str]:
+                done = await trio.to_thread.run_sync(lambda: subprocess.run(
+                    [ROOST, *argv], capture_output=True, text=True, timeout=30, env={**env, **changes}))
+                outputs.extend((done.stdout, done.stderr))
+                return done.returncode, done.stdout, done.stderr
+
+            status, out, err = await roost("admin", "stats")
+            assert (status, err) == (0, ""), err
+            assert out.startswith("COUNTER") and any(row.split() == ["sessions", "0"] for row in out.splitlines())
+            bob_token = (await roost("token", "--key", lines["ROOST_DEV_KEY"], "--sub", "bob"))[1].strip()
+            async with open_client(lines["ROOST_URL"], lines["ROOST_TOKEN"], reconnect=False) as dev, \
+                    open_client(lines["ROOST_URL"], bob_token, reconnect=False) as bob:
+                room = await dev.create(public=False)
+                await dev.create(public=True)
+                await bob.join(room=room.room)
+
+                status, out, _ = await roost("admin", "rooms", "--json")
+                assert status == 0 and room.room in {r["room"] for r in json.loads(out)["rooms"]}
+                status, out, _ = await roost("admin", "rooms", "--all", "--limit", "1")
+                assert status == 0 and len(out.splitlines()) == 3  # a header and both rooms, over two pages
+                status, out, _ = await roost("admin", "room", room.room)
+                assert status == 0 and "host       dev" in out and any(row.split()[:2] == ["bob", "online"]
+                                                                       for row in out.splitlines())
+                status, out, _ = await roost("admin", "publish", room.room, "notice", "--body", '{"text": "hi"}')
+                assert (status, out) == (0, "ok\n")
+                notice = await bob.next_event(MessageEvent)
+                assert (notice.kind, notice.body, notice.sender) == ("notice", {"text": "hi"}, None)
+                assert (await roost("admin", "kick", room.room, "bob"))[0] == 0
+                left = await dev.next_event(PresenceDiff)
+                while not left.leave:
+                    left = await dev.next_event(PresenceDiff)
+                assert left.leave == ("bob",)
+                assert (await roost("admin", "close", room.room, "--reason", "season over"))[0] == 0
+                closed = await dev.next_event(RoomClosed)
+                assert (closed.code, closed.message) == ("closed", "season over")
+                status, out, err = await roost("admin", "room", room.room)
+                assert (status, out) == (1, "") and err.startswith("roost: error: not_found: ") and err.count("\n") == 1
+                assert (await roost("admin", "revoke", "--user", "bob", "--exp", "1h"))[0] == 0
+                gone = await bob.wait_closed()
+                assert isinstance(gone, ConnectionClosedError) and gone.code == 4501
+                status, _, err = await roost("admin", "stats", ROOST_SERVICE_KEY="not-the-key")
+                assert (status, err) == (4, "roost: error: unauthorized: wrong service key\n")
+            server.send_signal(signal.SIGTERM)
+            assert await trio.to_thread.run_sync(server.wait) == 0
+            status, _, err = await roost("admin", "stats")
+            assert status == 3 and err.startswith("roost: error: cannot reach the server at http://127.0.0.1:")
+            assert all(key not in text for text in outputs)
+    finally:
+        stop(server)

@@ -146,9 +146,10 @@ async def test_admin_actions_are_logged_with_their_outcome_never_the_key(roost_c
         with pytest.raises(RequestError):
             await ops.admin("guessed-key", "close", {"room": hostile, "user": 5})
     publish, kick, missing, wrong = records.matching("admin action")
-    assert fields(publish) == {"op": "publish", "outcome": "ok", "room": room}
-    assert fields(kick) == {"op": "kick", "outcome": "ok", "room": room, "user": "ann"}
-    assert fields(missing) == {"op": "room", "outcome": "not_found", "room": "rnope"}
+    assert fields(publish).items() >= {"op": "publish", "outcome": "ok", "room": room}.items()
+    assert fields(kick).items() >= {"op": "kick", "outcome": "ok", "room": room, "user": "ann"}.items()
+    assert fields(missing).items() >= {"op": "room", "outcome": "not_found", "room": "rnope"}.items()
+    assert not {"key", "args", "body"} & set(fields(publish))
     assert (wrong.op, wrong.outcome, wrong.levelno) == ("close", "unauthorized", logging.WARNING)
     for line in (TextFormatter().format(wrong), JsonFormatter().format(wrong)):
         assert "\n" not in line and len(line) < MAX_FIELD_CHARS * 2 + 200  # one bounded line, whatever was sent
