@@ -240,7 +240,7 @@ def run(client: AdminClient, op: str, args: dict[str, Any], *, as_json: bool = F
     try:
         result = _all_rooms(client, args) if all_pages else client.call(op, args)
         if as_json:
-            print(json.dumps(result, indent=2, ensure_ascii=False), file=out)
+            print(json.dumps(result, indent=2), file=out)  # ASCII escapes: any terminal or locale takes it
         else:
             renderer: Callable[[Any], str] | None = _RENDERERS.get(op)
             if renderer is not None:

@@ -145,6 +145,7 @@ def test_each_operation_sends_its_args(capsys: pytest.CaptureFixture[str]) -> No
         ((502, b"<html>bad gateway</html>", {}), 3, None),
         ((200, b'{"rooms": []}', {}), 3, None),
         ((200, b"not json", {}), 3, None),
+        (result([1, 2]), 3, "roost: error: bad response: AttributeError while reading the result (try --json)"),
         ((404, json.dumps({"error": {"code": "not_found", "message": "x\x1b[31m\n" * 200}}).encode(), {}), 1, None),
     ],
 )
@@ -156,7 +157,7 @@ def test_outcomes_map_to_exit_statuses(capsys: pytest.CaptureFixture[str], answe
         assert "\x1b" not in err and len(err) < 400
         if line is not None:
             assert err == line + "\n"
-        if status == 3:
+        if status == 3 and line is None:
             assert "bad response from http://127.0.0.1:" in err
 
 
