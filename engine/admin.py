@@ -13,9 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from protocol.codec import dump_record
+from protocol.codec import CLIENT_LIMITS, dump_record
 from protocol.errors import ErrorCode
-from protocol.codec import CLIENT_LIMITS
 from protocol.frames import CURSOR, PAGE_LIMIT, AdminOp
 from protocol.schema import FieldProblem, Spec
 
@@ -70,31 +69,46 @@ class Admin:
         """Whether a service key is configured (without one, every admin request is ``unsupported``)."""
         return self._key is not None
 
-    def authorize(self, credential: str | bytes | None, remote: str = "-") -> None:
+    def authorize(self, credential: str | bytes | None, remote: str, op: AdminOp) -> None:
         """Raise RoomError unless ``credential`` is the service key (``unsupported`` with none configured).
 
         Both sides are compared as UTF-8 bytes with :func:`hmac.compare_digest`, whose time does not
-        depend on where they differ (only on their lengths).
+        depend on where they differ (only on their lengths). A refusal is the request's one
+        ``admin action`` line (outcome ``unauthorized`` or ``unsupported``, and whether the
+        credential was ``missing`` or ``wrong``; never the credential, never the args a caller
+        without it chose).
         """
         if self._key is None:
+            _log_action(op, None, ErrorCode.UNSUPPORTED.value, remote=remote)
             raise RoomError(ErrorCode.UNSUPPORTED, "the admin API is disabled (no service key configured)")
         given = credential.encode() if isinstance(credential, str) else credential
         if given is None or not hmac.compare_digest(given, self._key):
             if self._on_refused is not None:
                 self._on_refused()
-            log.warning("refused admin request from %s: %s service key", remote,
-                        "missing" if given is None else "wrong")
-            raise RoomError(ErrorCode.UNAUTHORIZED, "missing service key" if given is None else "wrong service key")
+            missing = given is None
+            _log_action(op, None, ErrorCode.UNAUTHORIZED.value, remote=remote,
+                        credential="missing" if missing else "wrong")
+            raise RoomError(ErrorCode.UNAUTHORIZED, "missing service key" if missing else "wrong service key")
 
     async def call(self, op: AdminOp, args: dict[str, Any] | None, credential: str | bytes | None,
                    *, remote: str = "-") -> Any:
         """The result of admin operation ``op`` with ``args`` (PROTOCOL.md §10), or RoomError.
 
         The result is plain data (records dumped to maps), the same for both transports; None when
-        the operation has none.
+        the operation has none. One log line per authorized request, with its outcome (``ok`` or the
+        error code) and never the credential; a refused credential is logged once, by ``authorize``.
         """
-        self.authorize(credential, remote)
-        args = args or {}
+        self.authorize(credential, remote, op)
+        try:
+            result = await self._run(op, args or {})
+        except Exception as error:  # RoomError; LocalProtocolError (a reply too large) has a code too
+            code = getattr(error, "code", None)
+            _log_action(op, args, code.value if isinstance(code, ErrorCode) else "internal", remote=remote)
+            raise
+        _log_action(op, args, "ok", remote=remote)
+        return result
+
+    async def _run(self, op: AdminOp, args: dict[str, Any]) -> Any:
         ops = self._ops
         if op is AdminOp.ROOMS:
             limit = _page_arg(args, "limit", PAGE_LIMIT) or 50
@@ -121,3 +135,13 @@ class Admin:
         else:  # AdminOp.PUBLISH
             await ops.publish(room, _arg(args, "kind", str), args.get("body"))
         return None
+
+
+def _log_action(op: AdminOp, args: Any, outcome: str, **context: str) -> None:
+    """The one line per admin request: op, outcome, the string args that name what it acted on
+    (``room``, ``user``, ``jti``), and ``context`` (e.g. ``remote``); never the key."""
+    args = args if isinstance(args, dict) else {}
+    extra: dict[str, Any] = {"op": op.value, "outcome": outcome, **context}
+    extra |= {name: args[name] for name in ("room", "user", "jti") if isinstance(args.get(name), str)}
+    level = logging.WARNING if outcome in ("unauthorized", "unsupported") else logging.INFO
+    log.log(level, "admin action", extra=extra)

@@ -7,13 +7,14 @@ no traceback reaches the user for a mistake they can fix.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from protocol.tokens import MAX_KID_CHARS, Keyring, TokenError, new_claims, public_jwk, sign, verify
 
@@ -90,6 +91,106 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON args of the admin operation ``args.op`` (PROTOCOL.md §10), from its flags."""
+    op = args.op
+    if op == "rooms":
+        return {name: value for name, value in (("cursor", args.cursor), ("limit", args.limit)) if value is not None}
+    if op == "revoke":
+        exp = int(args.exp) if args.exp.isdigit() else int(time.time()) + parse_duration(args.exp)
+        who = {"jti": args.jti} if args.jti is not None else {"user": args.user}
+        return {**who, "exp": exp}
+    if op == "stats":
+        return {}
+    out: dict[str, Any] = {"room": args.room}
+    if op == "close" and args.reason is not None:
+        out["reason"] = args.reason
+    elif op == "kick":
+        out["user"] = args.user
+    elif op == "publish":
+        out["kind"] = args.kind
+        if args.body is not None:
+            try:
+                out["body"] = json.loads(args.body)
+            except ValueError as exc:
+                raise UsageError(f"--body must be JSON: {exc}") from None
+    return out
+
+
+def _cmd_admin(args: argparse.Namespace) -> int:
+    from .admin_cli import AdminClient, run
+
+    if args.op is None:
+        raise UsageError("roost admin needs an operation: " + ", ".join(ADMIN_OPS) + " (see roost admin --help)")
+    url = args.url if args.url is not None else os.environ.get("ROOST_URL")
+    key = args.key if args.key is not None else os.environ.get("ROOST_SERVICE_KEY")
+    if not url:
+        raise UsageError("no server URL: pass --url or set ROOST_URL (roost serve prints it)")
+    if not key:
+        raise UsageError("no service key: set ROOST_SERVICE_KEY (roost serve --dev prints one) or pass --key")
+    if not 0 < args.timeout <= 300:
+        raise UsageError("--timeout must be between 0 and 300 seconds")
+    try:
+        client = AdminClient(url, key, timeout=args.timeout)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return run(client, args.op, _admin_args(args), as_json=args.json, all_pages=args.op == "rooms" and args.all)
+
+
+def _add_admin(sub: Any) -> None:
+    from .admin_cli import EXIT_CODES
+
+    admin = sub.add_parser(
+        "admin", help="operate a running server over its HTTP service API", epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run one service API operation (PROTOCOL.md §10) against a running server and print the "
+                    "result as a table (--json: the raw result, for scripts). The URL and the service key come "
+                    "from --url/--key or ROOST_URL/ROOST_SERVICE_KEY (prefer the variable: a flag is visible "
+                    "to other users in the process list).",
+    )
+
+    def common(parser: argparse.ArgumentParser, default: Any) -> None:
+        # On ``admin`` and on each operation, so ``roost admin stats --json`` works as well as
+        # ``roost admin --json stats``; the operation's copies default to SUPPRESS so they never
+        # overwrite a value given before the operation.
+        parser.add_argument("--url", default=default(None), help="the server: ws://... as serve prints it, or http://... (default $ROOST_URL)")
+        parser.add_argument("--key", default=default(None), help="the service key (default $ROOST_SERVICE_KEY)")
+        parser.add_argument("--json", action="store_true", default=default(False), help="print the raw result as JSON")
+        parser.add_argument("--timeout", type=float, default=default(10.0), help="seconds to wait for the server (default 10)")
+
+    common(admin, lambda value: value)
+    ops = admin.add_subparsers(dest="op", parser_class=_Parser, metavar="OPERATION")
+    parsers = {
+        "rooms": ops.add_parser("rooms", help="list every room, private ones included"),
+        "room": ops.add_parser("room", help="one room's state and members"),
+        "close": ops.add_parser("close", help="close a room (members get room_closed)"),
+        "kick": ops.add_parser("kick", help="remove a user from a room"),
+        "revoke": ops.add_parser("revoke", help="revoke one token (--jti) or every token of a user (--user)"),
+        "publish": ops.add_parser("publish", help="send a message event to a room's members"),
+        "stats": ops.add_parser("stats", help="the server's counters"),
+    }
+    for parser in parsers.values():
+        common(parser, lambda value: argparse.SUPPRESS)
+    parsers["rooms"].add_argument("--cursor", default=None, help="start after this cursor (from a previous page)")
+    parsers["rooms"].add_argument("--limit", type=int, default=None, help="rooms per page, 1 to 100 (server default 50)")
+    parsers["rooms"].add_argument("--all", action="store_true", help="follow the cursor to the last page")
+    for op in ("room", "close", "kick", "publish"):
+        parsers[op].add_argument("room", metavar="ROOM", help="room id")
+    parsers["close"].add_argument("--reason", default=None, help="message members get with room_closed")
+    parsers["kick"].add_argument("user", metavar="USER", help="user id")
+    who = parsers["revoke"].add_mutually_exclusive_group(required=True)
+    who.add_argument("--jti", default=None, help="the token's jti")
+    who.add_argument("--user", default=None, help="every token this user holds now")
+    parsers["revoke"].add_argument("--exp", required=True, metavar="UNIX_OR_DURATION",
+                                   help="keep the entry until this Unix time, or for a duration (7d)")
+    parsers["publish"].add_argument("kind", metavar="KIND", help="the message kind (1 to 64 characters)")
+    parsers["publish"].add_argument("--body", default=None, help="the message body, as JSON")
+    admin.set_defaults(run=_cmd_admin)
+
+
+ADMIN_OPS = ("rooms", "room", "close", "kick", "revoke", "publish", "stats")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeError, prepare, run
 
@@ -97,7 +198,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         prepared = prepare(args)
     except ServeError as exc:
         raise UsageError(str(exc)) from None
-    return run(prepared, log_level=args.log_level)
+    return run(prepared, log_level=args.log_level, log_format=args.log_format)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--key", action="append", default=[], help="public key file (JWK) to accept tokens from; repeat")
     serve.add_argument("--data", default=None, help="data directory (default ./.roost)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text: one readable line per event, fields as key=value; json: one JSON object "
+                            "per line (ts, level, logger, msg and the fields), for log shippers")
     serve.set_defaults(run=_cmd_serve)
+
+    _add_admin(sub)
     return parser
 
 

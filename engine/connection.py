@@ -43,7 +43,7 @@ from protocol.frames import (
 from protocol.frames import (
     Ping as PingFrame,
 )
-from protocol.tokens import Claims, SessionClaims, TokenError, verify
+from protocol.tokens import Claims, SessionClaims, TokenError, unverified_kid, verify
 
 from .codes import normalize_code
 from .errors import RoomError
@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 log = logging.getLogger("roost.connection")
+
+_CLOSE_KINDS = {int(code): code.name.lower() for code in CloseCode} | {1005: "no_status"}
+"""The ``reason`` word of the connection-closed log line, by close code."""
 
 _BAD_FRAME_WINDOW = 60.0
 _LINGER_SECONDS = 1.0
@@ -105,6 +108,8 @@ class Connection(Peer):
         self.registered = False
         self.close_code: int | None = None
         self.close_reason = ""
+        self.closed_by: str | None = None
+        """Who started the close: ``server`` or ``client`` (None: TCP ended without a Close)."""
         self._reader_scope = trio.CancelScope()
         self._reader_done = False
         self._watchdog_wakeup = trio.Event()
@@ -112,6 +117,7 @@ class Connection(Peer):
         self._http: RequestReader | None = None
         """While a plain HTTP request is being read (None once it is complete)."""
         now = trio.current_time()
+        self._started = now
         self._auth_deadline = now + config.auth_timeout
         self._close_deadline = math.inf
         self._heartbeat = config.heartbeat_default_ms / 1000
@@ -146,7 +152,7 @@ class Connection(Peer):
         """
         if self.phase in (Phase.CLOSING, Phase.DONE, Phase.HTTP):
             return
-        self.close_code, self.close_reason = int(code), reason
+        self.close_code, self.close_reason, self.closed_by = int(code), reason, "server"
         if not self.websocket.close(int(code), reason):
             self.phase = Phase.DONE  # no WebSocket yet: nothing to say, just drop TCP
             self._reader_scope.cancel()
@@ -154,15 +160,16 @@ class Connection(Peer):
         self.phase = Phase.CLOSING
         self._close_deadline = trio.current_time() + self.config.close_timeout
         self._rearm_watchdog()
-        log.info("closing %s user=%s code=%d reason=%s", self.remote, self.user or "-", int(code), reason)
+        log.debug("closing %s user=%s code=%d reason=%s", self.remote, self.user or "-", int(code), reason)
 
     def _websocket_closed(self) -> None:
         """The WebSocket layer ended the connection itself: failed it, or answered the peer's Close."""
         websocket = self.websocket
         if self.phase is not Phase.CLOSING and websocket.close_code is not None:
             self.close_code, self.close_reason = websocket.close_code, websocket.close_reason
+            self.closed_by = "server" if websocket.peer_code is None else "client"
             if websocket.peer_code is None:
-                log.info("failing %s user=%s code=%d reason=%s", self.remote, self.user or "-",
+                log.debug("failing %s user=%s code=%d reason=%s", self.remote, self.user or "-",
                          websocket.close_code, websocket.close_reason)
         self.phase = Phase.DONE
 
@@ -205,6 +212,20 @@ class Connection(Peer):
             self._end_sessions()
             with trio.move_on_after(1, shield=True):
                 await self.transport.aclose()
+            self._log_closed()
+
+    def _log_closed(self) -> None:
+        """The one line per connection (engine/logs.py formats it). ``reason`` is a stable word: the
+        close code's name (``heartbeat_timeout``, ``slow_consumer``...; ``other`` for a code of the
+        peer's own), ``no_close`` when TCP ended without a Close. A connection that never had a
+        session nor a Close (an HTTP request, a refused upgrade, a port scan) logs at debug only."""
+        code = self.close_code
+        reason = "no_close" if code is None else _CLOSE_KINDS.get(code, "other")
+        level = logging.INFO if self.sid or code is not None else logging.DEBUG
+        log.log(level, "connection closed", extra={
+            "remote": self.remote, "user": self.user or None, "sid": self.sid or None,
+            "duration": trio.current_time() - self._started, "code": code, "by": self.closed_by, "reason": reason,
+        })
 
     def _deadline(self) -> float:
         if self.phase in (Phase.HANDSHAKE, Phase.AWAIT_HELLO, Phase.HTTP):
@@ -426,6 +447,7 @@ class Connection(Peer):
         token = hello.token or self._query_token
         if token is None:
             gateway.auth_failures["missing"] += 1
+            log.info("auth failed", extra={"remote": self.remote, "reason": "missing", "kid": None})
             self.close(CloseCode.BAD_TOKEN, "missing token")
             return
         now = config.wall_clock()
@@ -434,13 +456,14 @@ class Connection(Peer):
         except TokenError as error:
             gateway.stats["auth_failures"] += 1
             gateway.auth_failures[error.reason] += 1
-            log.info("refused %s: token %s", self.remote, error.reason)
+            log.info("auth failed", extra={"remote": self.remote, "reason": error.reason, "kid": unverified_kid(token)})
             self.close(error.close_code or CloseCode.BAD_TOKEN, error.reason)
             return
         if gateway.revocations.is_revoked(claims):
             gateway.stats["auth_failures"] += 1
             gateway.auth_failures["revoked"] += 1
-            log.info("refused %s: token revoked (jti=%s sub=%s)", self.remote, claims.jti, claims.sub)
+            log.info("auth failed", extra={"remote": self.remote, "reason": "revoked", "kid": claims.kid,
+                                           "user": claims.sub, "jti": claims.jti})
             self.close(CloseCode.TOKEN_REVOKED, "revoked")
             return
         sid, resumed = self._session_for(hello.session, claims, now)

@@ -364,7 +364,7 @@ class HttpService:
         credential = _bearer(request)
         try:
             # The credential first: nothing about the body is told to a caller without it.
-            self._admin.authorize(credential, remote)
+            self._admin.authorize(credential, remote, op)
         except RoomError as error:
             return HttpResponse.error(STATUS_OF[error.code], error.code, error.message,
                                       ("www-authenticate", 'Bearer realm="roost"'))

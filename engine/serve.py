@@ -5,7 +5,7 @@ stop the engine.
 
 The data directory belongs to one process: ``prepare`` opens the store (which ``flock``-s
 ``DATA/db/roost.lock``, see :mod:`engine.store.lmdb`) before it writes anything else there (the dev
-key, ``session.key``), so a second ``roost serve`` on the same ``--data`` is refused before it touches
+key, ``session.key``, ``service.key``), so a second ``roost serve`` on the same ``--data`` is refused before it touches
 a file, and a crash (even SIGKILL) leaves nothing that blocks the next start.
 """
 
@@ -16,6 +16,8 @@ import dataclasses
 import gc
 import logging
 import os
+import re
+import secrets
 import signal
 import stat
 import sys
@@ -31,6 +33,7 @@ from .app import Engine
 from .config import Config, ConfigError
 from .store import StoreError
 from .store.lmdb import LmdbStore, StoreLocked, StoreOpenError
+from .logs import configure as configure_logging
 from .keys import KeyFileError, public_path_for, read_private_key, read_public_key, write_key_pair
 
 __all__ = ["Prepared", "ServeError", "prepare", "run"]
@@ -39,6 +42,9 @@ DEV_KEY_NAME = "dev-key.jwk"
 DEV_TOKEN_TTL = 24 * 3600
 SESSION_KEY_NAME = "session.key"
 SESSION_KEY_BYTES = 32
+SERVICE_KEY_NAME = "service.key"
+SERVICE_KEY_CHARS = 43
+_SERVICE_KEY = re.compile(rb"[A-Za-z0-9_-]{43}")
 
 
 class ServeError(Exception):
@@ -52,6 +58,9 @@ class Prepared:
     config: Config
     dev_key: Path | None
     dev_token: str | None
+    dev_service_key: str | None
+    """The service key ``--dev`` made (or kept from an earlier start), printed as ROOST_SERVICE_KEY;
+    None when one is configured (the operator has it) or without ``--dev``."""
     store: LmdbStore
     """Open, and holding the data directory's lock; ``run`` hands it to the engine."""
 
@@ -94,6 +103,7 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
     try:
         dev_key: Path | None = None
         dev_token: str | None = None
+        dev_service_key: str | None = None
         if args.dev:
             dev_key = data / DEV_KEY_NAME
             try:
@@ -105,37 +115,60 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
                 raise ServeError(str(exc)) from None
             claims = new_claims(sub="dev", name="Developer", kid=kid, now=time.time(), ttl=DEV_TOKEN_TTL)
             dev_token = sign(claims, signing_key)
+            if config.service_key is None:
+                dev_service_key = _service_key(data / SERVICE_KEY_NAME)
+                config = config.replace(service_key=dev_service_key)
         secret = _session_secret(data / SESSION_KEY_NAME)
     except BaseException:
         store.close()  # refused: release the directory at once
         raise
     return Prepared(config=config.replace(keyring=keyring, session_secret=secret), dev_key=dev_key,
-                    dev_token=dev_token, store=store)
+                    dev_token=dev_token, dev_service_key=dev_service_key, store=store)
 
 
 def _session_secret(path: Path) -> bytes:
-    """The session-token MAC key, kept in the data directory so sessions survive a restart.
+    """The session-token MAC key, kept in the data directory so sessions survive a restart."""
+    return _secret_file(path, "session key", SESSION_KEY_BYTES, lambda: os.urandom(SESSION_KEY_BYTES),
+                        consequence="which ends every session")
 
-    An existing key of the wrong size is refused, never replaced: replacing it would silently end
-    every session and hide whatever damaged the file. An existing key that others may read is made
-    0600 again (it is a secret; that is the only sensible repair). A new key is written to a temporary
-    file, flushed and renamed into place, so a crash never leaves a short key behind.
+
+def _service_key(path: Path) -> str:
+    """The admin credential ``--dev`` makes when none is configured: 256 random bits as base64url
+    (43 characters, safe unquoted in a shell line), kept so ``roost admin`` keeps working across
+    restarts of the development server."""
+    secret = _secret_file(path, "service key", SERVICE_KEY_CHARS,
+                          lambda: secrets.token_urlsafe(SESSION_KEY_BYTES).encode(), check=_SERVICE_KEY.fullmatch,
+                          consequence="roost serve --dev prints it")
+    return secret.decode("ascii")
+
+
+def _secret_file(path: Path, what: str, size: int, make: Callable[[], bytes], *, consequence: str,
+                 check: Callable[[bytes], object] = bool) -> bytes:
+    """A secret kept in the data directory: read it, or make and write it once.
+
+    An existing secret of the wrong size (or shape: ``check``) is refused, never replaced: replacing
+    it would silently break whatever relied on it (every session; every script holding the service
+    key) and hide whatever damaged the file. An existing secret that others may read is made 0600
+    again (it is a secret; that is the only sensible repair). A new one is written to a temporary
+    file, flushed and renamed into place, so a crash never leaves a short secret behind.
     """
     try:
         secret = path.read_bytes()
     except FileNotFoundError:
         secret = None
     except OSError as exc:
-        raise ServeError(f"cannot read the session key {path}: {exc.strerror}") from None
+        raise ServeError(f"cannot read the {what} {path}: {exc.strerror}") from None
     try:
         if secret is not None:
-            if len(secret) != SESSION_KEY_BYTES:
-                raise ServeError(f"session key {path} is {len(secret)} bytes, not {SESSION_KEY_BYTES}: restore it, "
-                                 "or delete it to start with a new one (which ends every session)")
+            problem = (f"is {len(secret)} bytes, not {size}" if len(secret) != size
+                       else None if check(secret) else f"is not {size} base64url characters")
+            if problem is not None:
+                raise ServeError(f"{what} {path} {problem}: restore it, or delete it to start with a new one "
+                                 f"({consequence})")
             if stat.S_IMODE(path.stat().st_mode) != 0o600:
                 os.chmod(path, 0o600)
             return secret
-        secret = os.urandom(SESSION_KEY_BYTES)
+        secret = make()
         temporary = path.with_name(path.name + ".new")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:
@@ -145,7 +178,7 @@ def _session_secret(path: Path) -> bytes:
         os.chmod(temporary, 0o600)  # O_CREAT's mode is masked by umask, and a leftover file keeps its own
         os.replace(temporary, path)
     except OSError as exc:
-        raise ServeError(f"cannot write the session key {path}: {exc.strerror}") from None
+        raise ServeError(f"cannot write the {what} {path}: {exc.strerror}") from None
     return secret
 
 
@@ -168,6 +201,8 @@ async def _serve(prepared: Prepared) -> None:
         lines = [f"ROOST_URL=ws://{host}:{port}/"]
         if prepared.dev_token is not None:
             lines += [f"ROOST_TOKEN={prepared.dev_token}", f"ROOST_DEV_KEY={prepared.dev_key}"]
+        if prepared.dev_service_key is not None:
+            lines.append(f"ROOST_SERVICE_KEY={prepared.dev_service_key}")
         _announce(lines)
         logger = logging.getLogger("roost")
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -201,10 +236,10 @@ def _first(group: BaseExceptionGroup) -> BaseException:
     return first
 
 
-def run(prepared: Prepared, *, log_level: str = "info") -> int:
-    """Run the engine until SIGINT/SIGTERM. Returns the exit status."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(prepared: Prepared, *, log_level: str = "info", log_format: str = "text") -> int:
+    """Run the engine until SIGINT/SIGTERM. Returns the exit status. Logs go to stderr as
+    ``log_format`` (:mod:`engine.logs`: ``text`` or ``json``)."""
+    configure_logging(log_level, log_format)
     try:
         trio.run(_serve, prepared)
     except BaseExceptionGroup as group:

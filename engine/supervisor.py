@@ -89,7 +89,8 @@ class Supervisor:
         except Exception:
             # Recovery itself failed (the store cannot be read, the logic is gone from the config...):
             # this room closes; the engine and every other room go on.
-            log.exception("room %s could not be recovered: closing it", runtime.room_id)
+            log.exception("room %s could not be recovered: closing it", runtime.room_id,
+                          extra={"room": runtime.room_id, "event": "room_abandoned"})
             self.closed["failed"] += 1
             self._abandon(runtime)
         finally:
@@ -105,7 +106,7 @@ class Supervisor:
             try:
                 await actor.run()
             except Exception:
-                log.exception("room %s crashed", runtime.room_id)
+                log.exception("room %s crashed", runtime.room_id, extra={"room": runtime.room_id, "event": "room_crashed"})
             else:
                 if runtime.closed:  # closed for good (not a shutdown): every key goes too
                     self.closed[actor.close_reason or "closed"] += 1
@@ -121,7 +122,8 @@ class Supervisor:
             state = await self._reload(runtime)
             if len(failures) > config.restart_intensity:
                 log.error("room %s crashed %d times in %.1fs: closing it", runtime.room_id, len(failures),
-                          config.restart_period)
+                          config.restart_period, extra={"room": runtime.room_id, "event": "room_closed_after_crashes",
+                                                        "crashes": len(failures)})
                 await self._close_after_crashes(runtime, state)
                 self.closed[ErrorCode.INTERNAL.value] += 1
                 return

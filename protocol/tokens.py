@@ -58,6 +58,7 @@ __all__ = [
     "private_jwk",
     "public_jwk",
     "sign",
+    "unverified_kid",
     "verify",
 ]
 
@@ -324,6 +325,20 @@ def sign(claims: Claims, key: SigningKey) -> str:
     signing_input = _b64encode(_json_bytes(header)) + "." + _b64encode(_json_bytes(body))
     signature = key.sign(signing_input.encode("ascii")).signature
     return signing_input + "." + _b64encode(signature)
+
+
+def unverified_kid(token: object) -> str | None:
+    """The ``kid`` a user token's header names, NOT verified, or None if there is no well-formed one.
+
+    For the log line of a refused token only (which key was it meant for: a rotation gone wrong?),
+    never for a decision: anyone can write any ``kid``. Never log the token itself.
+    """
+    try:
+        header = _json_object(_b64decode(_split(token, 3)[0], "header"), "header")
+    except TokenError:
+        return None
+    kid = header.get("kid")
+    return kid if type(kid) is str and 0 < len(kid) <= MAX_KID_CHARS else None
 
 
 def verify(token: object, keyring: Keyring, now: float, *, leeway: float = DEFAULT_LEEWAY) -> Claims:

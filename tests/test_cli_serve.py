@@ -40,9 +40,11 @@ async def test_serve_dev_prints_url_token_and_key_and_stops_on_sigterm(tmp_path:
     process = start_server(tmp_path, "--dev")
     try:
         with trio.fail_after(30):
-            lines = await read_lines(process, 3)
+            lines = await read_lines(process, 4)
+            assert list(lines) == ["ROOST_URL", "ROOST_TOKEN", "ROOST_DEV_KEY", "ROOST_SERVICE_KEY"]
             assert lines["ROOST_URL"].startswith("ws://127.0.0.1:")
             assert Path(lines["ROOST_DEV_KEY"]) == tmp_path / "data" / "dev-key.jwk"
+            assert lines["ROOST_SERVICE_KEY"] == (tmp_path / "data" / "service.key").read_text()
             async with open_client(lines["ROOST_URL"], lines["ROOST_TOKEN"], reconnect=False) as dev:
                 snap = await dev.create(public=True)
                 assert snap.host == "dev"

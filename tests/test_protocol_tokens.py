@@ -29,6 +29,7 @@ from protocol.tokens import (
     private_jwk,
     public_jwk,
     sign,
+    unverified_kid,
     verify,
 )
 
@@ -316,3 +317,22 @@ def test_session_secret_length_is_checked() -> None:
         SessionSigner(b"short")
     with pytest.raises(ValueError, match="16 to 64"):
         SessionSigner(b"x" * 65)
+
+
+@pytest.mark.parametrize(
+    ("token", "kid"),
+    [
+        (sign(claims(), KEY), KID),
+        (forge({"alg": "EdDSA", "kid": "someone-elses"}, BODY), "someone-elses"),  # unverified: for logs only
+        (forge({"alg": "EdDSA", "kid": 5}, BODY), None),
+        (forge({"alg": "EdDSA", "kid": ""}, BODY), None),
+        (forge({"alg": "EdDSA", "kid": "k" * 65}, BODY), None),
+        (forge({"alg": "EdDSA"}, BODY), None),
+        (forge(b"not json", BODY), None),
+        ("no.dots", None),
+        ("!!.b.c", None),
+        (None, None),
+    ],
+)
+def test_unverified_kid_reads_the_header_or_gives_none(token: Any, kid: str | None) -> None:
+    assert unverified_kid(token) == kid
