@@ -1,4 +1,4 @@
-"""``python -m bench <name> [options]``: one dispatcher, one module per benchmark.
+"""``python -m roost.bench <name> [options]``: one dispatcher, one module per benchmark.
 
 Each benchmark module exposes ``add_arguments(parser)`` and ``run(args) -> int``; adding a benchmark
 is one entry in :data:`BENCHES`, so every benchmark gets the same command-line shape.
@@ -42,7 +42,7 @@ BENCHES: dict[str, BenchModule] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every benchmark; a subcommand's help is its module's first docstring line."""
-    parser = argparse.ArgumentParser(prog="python -m bench", description="Roost benchmarks.")
+    parser = argparse.ArgumentParser(prog="python -m roost.bench", description="Roost benchmarks.")
     sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
     for name, module in BENCHES.items():
         doc = (getattr(module, "__doc__", None) or "").strip()

@@ -1,10 +1,10 @@
 """RFC 6455 conformance: Autobahn|Testsuite's fuzzingclient against an echo server on the engine's own WebSocket code.
 
-``python -m bench autobahn [--cases 1.* 2.* ...] [--wstest PATH] [--install]`` starts an echo server
-on 127.0.0.1 (port 0) built from the engine's pieces: :class:`engine.outbox.SocketTransport` (direct
-non-blocking writes), :class:`engine.outbox.Outbox` (backlog + writer task) and
-:class:`engine.websocket.WebSocket` (upgrade, fragment assembly, UTF-8 of text, size limit, pings,
-the closing handshake, failing on violations), and :meth:`~engine.outbox.Transport.linger_close`.
+``python -m roost.bench autobahn [--cases 1.* 2.* ...] [--wstest PATH] [--install]`` starts an echo server
+on 127.0.0.1 (port 0) built from the engine's pieces: :class:`roost.outbox.SocketTransport` (direct
+non-blocking writes), :class:`roost.outbox.Outbox` (backlog + writer task) and
+:class:`roost.websocket.WebSocket` (upgrade, fragment assembly, UTF-8 of text, size limit, pings,
+the closing handshake, failing on violations), and :meth:`~roost.outbox.Transport.linger_close`.
 It is not a separate toy: only the last step differs from the engine, which refuses text (1003) where
 this echoes every message back as it came (text as text, binary as binary).
 
@@ -37,8 +37,8 @@ from typing import Any
 
 import trio
 
-from engine.outbox import Outbox, SocketTransport
-from engine.websocket import WebSocket, WsState
+from roost.outbox import Outbox, SocketTransport
+from roost.websocket import WebSocket, WsState
 
 __all__ = ["DEFAULT_CASES", "EchoServer", "add_arguments", "autobahn_report", "ensure_wstest", "run", "summarise"]
 
@@ -215,7 +215,7 @@ def summarise(report: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m bench autobahn``."""
+    """Options of ``python -m roost.bench autobahn``."""
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="case patterns (default: 1-7 and 10)")
     parser.add_argument("--wstest", default=None,
                         help="wstest to run (default: .autobahn/bin/wstest, built if missing)")

@@ -1,6 +1,6 @@
 """Kill the engine with SIGKILL while clients chat; check that nothing acknowledged was lost.
 
-``python -m bench crash --cycles 20`` runs ``roost serve`` as a subprocess on one LMDB directory and
+``python -m roost.bench crash --cycles 20`` runs ``roost serve`` as a subprocess on one LMDB directory and
 one port, with writer clients sending chat messages as fast as acknowledgements come back. Each cycle
 kills the server with SIGKILL at a random moment and starts it again; the clients (the real Trio client)
 reconnect, resume their room and re-send what was in flight (same client op id). At the end every
@@ -25,9 +25,9 @@ from typing import Any
 
 import trio
 
-from engine.keys import read_private_key
-from protocol.client import Client, ClientError, RequestError, start_client
-from protocol.tokens import new_claims, sign
+from roost.keys import read_private_key
+from roost.client import Client, ClientError, RequestError, start_client
+from roost.protocol.tokens import new_claims, sign
 
 __all__ = ["CrashResult", "add_arguments", "crash_cycles", "run"]
 
@@ -64,7 +64,7 @@ class _Server:
     async def start(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROOST_RATE": "100000", "ROOST_BURST": "100000"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", str(self.port), "--data", str(self.data),
+            [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", str(self.port), "--data", str(self.data),
              "--log-level", "warning"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )
@@ -201,7 +201,7 @@ async def crash_cycles(data: Path, *, cycles: int, writers: int = 3, seed: int |
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m bench crash``."""
+    """Options of ``python -m roost.bench crash``."""
     parser.add_argument("--cycles", type=int, default=20, help="kill/restart cycles (default 20)")
     parser.add_argument("--writers", type=int, default=3, help="clients sending chat (default 3)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for the kill moments")

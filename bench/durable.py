@@ -1,6 +1,6 @@
 """Durable chat throughput: acknowledged messages/s with LMDB group commit, against one commit per message.
 
-``python -m bench durable --clients N --rooms R --window W --seconds D`` starts the engine (this
+``python -m roost.bench durable --clients N --rooms R --window W --seconds D`` starts the engine (this
 module's ``--serve`` entry, see below) with an LMDB store and ``sync`` on, connects N real WebSocket
 clients spread evenly over R rooms (N / R members each, every one in its own room ``bench-<r>``), and
 has every client keep W ``chat_send`` requests in flight: each ``ok`` (sent by the engine only after
@@ -38,8 +38,8 @@ Method:
 - Everything is bounded: setup by ``--setup-timeout``, each run by warm-up + seconds + drain, each
   server by SIGTERM then SIGKILL. Nothing here asserts on timings.
 
-``python -m bench.durable --serve --data DIR --key PUB.jwk [--config FILE] [--store group|turn|message]``
-is the server: ``roost serve`` (``engine.serve.prepare`` builds the config: TOML < ROOST_* environment
+``python -m roost.bench.durable --serve --data DIR --key PUB.jwk [--config FILE] [--store group|turn|message]``
+is the server: ``roost serve`` (``roost.serve.prepare`` builds the config: TOML < ROOST_* environment
 < flags) with the store chosen by ``--store``; it prints ``ROOST_URL=...`` and stops on SIGTERM/SIGINT.
 """
 
@@ -62,10 +62,10 @@ from typing import Any
 
 import msgpack
 
-from engine.keys import public_path_for, write_key_pair
-from engine.state import chat_key
-from engine.store import Write
-from engine.store.lmdb import LmdbStore
+from roost.keys import public_path_for, write_key_pair
+from roost.state import chat_key
+from roost.store import Write
+from roost.store.lmdb import LmdbStore
 
 from .fanout import (
     LoadGenerator,
@@ -148,8 +148,8 @@ def make_store(path: Path, mode: str) -> LmdbStore:
 
 
 def serve_main(argv: Sequence[str]) -> int:
-    """``python -m bench.durable --serve ...``: the engine with the chosen store, until SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m bench.durable --serve")
+    """``python -m roost.bench.durable --serve ...``: the engine with the chosen store, until SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m roost.bench.durable --serve")
     parser.add_argument("--serve", action="store_true", required=True)
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=0)
@@ -163,21 +163,21 @@ def serve_main(argv: Sequence[str]) -> int:
 
     import trio
 
-    from engine.app import Engine
-    from engine.serve import ServeError, prepare
+    from roost.app import Engine
+    from roost.serve import ServeError, prepare
 
     try:
         prepared = prepare(argparse.Namespace(config=args.config, host=args.host, port=args.port, data=args.data,
                                               key=args.key, dev=False),
                            store_factory=lambda path: make_store(path, args.store))
     except ServeError as exc:
-        print(f"bench.durable: {exc}", file=sys.stderr)
+        print(f"roost.bench.durable: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = prepared.store
 
-    async def serve() -> None:  # as engine.serve._serve, with our store
+    async def serve() -> None:  # as roost.serve._serve, with our store
         engine = Engine(prepared.config, store=store)
         async with trio.open_nursery(strict_exception_groups=True) as nursery:
 
@@ -363,7 +363,7 @@ def run_mode(args: argparse.Namespace, mode: str, *, cpu: int | None, workdir: P
     """One server with store ``mode``, the closed-loop load against it, the server stopped."""
     data = workdir / f"data-{mode}"
     stats_file = workdir / f"stats-{mode}.json"
-    argv = [sys.executable, "-m", "bench.durable", "--serve", "--port", "0", "--data", str(data),
+    argv = [sys.executable, "-m", "roost.bench.durable", "--serve", "--port", "0", "--data", str(data),
             "--key", str(public_path_for(key)), "--config", str(config), "--store", mode,
             "--stats-file", str(stats_file), "--log-level", args.log_level]
     server = ServerProcess(argv, cpu=cpu, workdir=workdir, name=f"engine-{mode}")
@@ -507,7 +507,7 @@ def _window(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m bench durable``."""
+    """Options of ``python -m roost.bench durable``."""
     parser.add_argument("--clients", type=_positive_int, default=200, help="clients, N (default 200)")
     parser.add_argument("--rooms", type=_positive_int, default=20,
                         help="rooms, R; N must be a multiple of R (default 20)")
@@ -550,5 +550,5 @@ def run(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if "--serve" in sys.argv[1:]:
         sys.exit(serve_main(sys.argv[1:]))
-    print("usage: python -m bench durable [options]  (or python -m bench.durable --serve ...)", file=sys.stderr)
+    print("usage: python -m roost.bench durable [options]  (or python -m roost.bench.durable --serve ...)", file=sys.stderr)
     sys.exit(2)

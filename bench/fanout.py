@@ -1,12 +1,12 @@
 """Chat fan-out benchmark: server CPU per delivery and latency, engine against a raw encode-once relay.
 
-``python -m bench fanout --rooms R --members P --rate M --seconds D`` starts ``roost serve --dev`` (or
+``python -m roost.bench fanout --rooms R --members P --rate M --seconds D`` starts ``roost serve --dev`` (or
 takes ``--url`` and ``--dev-key``), connects R x P real WebSocket clients, puts the P members of room r
 in the room with code ``bench-<r>``, and has **every member send M ``chat_send`` per second**, so a
 room receives P x M messages/s and delivers P x M x P ``chat`` events/s (the sender gets its own): the
 offered load is R x P x M x P deliveries/s, as in reference/stack-limits.md §A.8 ("1 room x 200
 clients x 1 msg/s" = 40 k deliveries/s; "10 x 10 clients x 10 msg/s" = 10 k deliveries/s). Then it
-does the same against ``bench.relay`` (the Trio + wsproto ceiling: one frame encoded once, a direct
+does the same against ``roost.bench.relay`` (the Trio + wsproto ceiling: one frame encoded once, a direct
 non-blocking ``send()`` per member), one run after the other, and prints a table and one JSON line.
 
 Method:
@@ -67,7 +67,7 @@ from typing import IO, Any
 
 import msgpack
 
-from protocol.frames import PROTOCOL_VERSION
+from roost.protocol.frames import PROTOCOL_VERSION
 
 __all__ = ["LoadGenerator", "RunResult", "ServerProcess", "add_arguments", "client_frame", "run", "run_load"]
 
@@ -724,8 +724,8 @@ class LoadGenerator:
 
 def mint_tokens(dev_key: Path, count: int, tag: str = "bench") -> list[str]:
     """One token per simulated member, each with its own ``sub``, signed with the dev key."""
-    from engine.keys import read_private_key
-    from protocol.tokens import new_claims, sign
+    from roost.keys import read_private_key
+    from roost.protocol.tokens import new_claims, sign
 
     kid, key = read_private_key(dev_key)
     now = time.time()
@@ -795,14 +795,14 @@ def _engine_run(args: argparse.Namespace, cpu: int | None, workdir: Path) -> dic
         figures = run_load(args.url, mint_tokens(Path(args.dev_key), members), args, server_pid=args.server_pid)
         figures["server"] = {"url": args.url, "pid": args.server_pid}
         return figures
-    argv = [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", "0", "--data",
+    argv = [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", "0", "--data",
             str(workdir / "engine-data"), "--log-level", args.log_level]
     return _served_run(args, "engine", argv, ["ROOST_URL", "ROOST_DEV_KEY"], cpu, workdir,
                        lambda lines: mint_tokens(Path(lines["ROOST_DEV_KEY"]), members))
 
 
 def _baseline_run(args: argparse.Namespace, cpu: int | None, workdir: Path) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "bench.relay", "--port", "0"]
+    argv = [sys.executable, "-m", "roost.bench.relay", "--port", "0"]
     members = args.rooms * args.members  # the relay accepts any token
     return _served_run(args, "relay", argv, ["RELAY_URL"], cpu, workdir,
                        lambda _lines: [f"relay-member-{i}" for i in range(members)])
@@ -934,7 +934,7 @@ def _rate(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m bench fanout``."""
+    """Options of ``python -m roost.bench fanout``."""
     parser.add_argument("--rooms", type=_positive_int, default=1, help="rooms, R (default 1)")
     parser.add_argument("--members", type=_positive_int, default=200, help="members per room, P (default 200)")
     parser.add_argument("--rate", type=_rate, default=1.0,

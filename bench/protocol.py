@@ -34,9 +34,9 @@ from typing import Any
 
 import msgpack
 
-from protocol.codec import Sender, decode, dump_record, encode
-from protocol.errors import ErrorCode
-from protocol.frames import (
+from roost.protocol.codec import Sender, decode, dump_record, encode
+from roost.protocol.errors import ErrorCode
+from roost.protocol.frames import (
     CLIENT_FRAMES,
     PROTOCOL_VERSION,
     SERVER_FRAMES,
@@ -86,7 +86,7 @@ from protocol.frames import (
     Typing,
     Welcome,
 )
-from protocol.tokens import (
+from roost.protocol.tokens import (
     BadSignature,
     Keyring,
     SessionClaims,
@@ -266,7 +266,7 @@ def sample_frames(fx: Fixtures) -> dict[str, Frame]:
     samples = {frame.TYPE: frame for frame in frames}
     missing = sorted((set(CLIENT_FRAMES) | set(SERVER_FRAMES)) - set(samples))
     if missing:
-        raise RuntimeError(f"bench.protocol has no sample for frame types: {', '.join(missing)}")
+        raise RuntimeError(f"roost.bench.protocol has no sample for frame types: {', '.join(missing)}")
     return samples
 
 
@@ -503,7 +503,7 @@ def _repeats(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m bench protocol``."""
+    """Options of ``python -m roost.bench protocol``."""
     parser.add_argument(
         "--seconds",
         type=_budget,

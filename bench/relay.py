@@ -1,9 +1,9 @@
 """Baseline relay: the ceiling of Trio + wsproto for a chat fan-out, the yardstick ``bench fanout`` uses.
 
-``python -m bench.relay [--host H] [--port 0]`` prints ``RELAY_URL=ws://H:PORT/`` and serves until
+``python -m roost.bench.relay [--host H] [--port 0]`` prints ``RELAY_URL=ws://H:PORT/`` and serves until
 SIGTERM/SIGINT. It is the "raw encode-once relay" of reference/stack-limits.md §A.8: one Trio task per
 connection reads with wsproto; a ``chat_send`` becomes ONE ``chat`` event, msgpack-encoded
-(``protocol.codec.encode``) and WebSocket-framed once, and the same bytes are written to every member
+(``roost.protocol.codec.encode``) and WebSocket-framed once, and the same bytes are written to every member
 of the room with a synchronous non-blocking ``sock.send()``; only a member whose kernel buffer is full
 gets a backlog and a writer task, which lives until that backlog is flushed. Then ``ok`` goes to the
 sender. Nothing is stored, checked or rate-limited.
@@ -34,10 +34,10 @@ from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Request
 from wsproto.utilities import RemoteProtocolError
 
-from protocol.codec import encode
-from protocol.frames import PROTOCOL_VERSION, ChatEvent, ChatMessage, ErrorReply, Ok, Pong, ServerFrame, Welcome
+from roost.protocol.codec import encode
+from roost.protocol.frames import PROTOCOL_VERSION, ChatEvent, ChatMessage, ErrorReply, Ok, Pong, ServerFrame, Welcome
 
-from engine.outbox import ws_frame  # the same server framing as the engine: pure, and not what is compared
+from roost.outbox import ws_frame  # the same server framing as the engine: pure, and not what is compared
 
 __all__ = ["MAX_BACKLOG", "Relay", "main"]
 
@@ -244,7 +244,7 @@ async def _main(host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m roost.bench.relay", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     args = parser.parse_args(argv)

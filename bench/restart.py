@@ -1,8 +1,8 @@
 """Restart time: from process start to every stored room serving again, against an empty data directory.
 
-``python -m bench restart --rooms N --messages M`` prepares an LMDB data directory holding N rooms,
+``python -m roost.bench restart --rooms N --messages M`` prepares an LMDB data directory holding N rooms,
 each with ``--members`` members (default 2) and M chat messages, then starts ``roost serve`` on it
-(``python -m engine.cli serve --port 0 --data DIR --key PUB``) and measures the time from just before
+(``python -m roost.cli serve --port 0 --data DIR --key PUB``) and measures the time from just before
 spawning the process until it is serving: it printed ``ROOST_URL`` (the engine prints it once the
 stored rooms are restored and the listener accepts), **and** a client connected, was welcomed, joined
 the last room restored (``join`` by id: answered by that room's actor, so the room is live) and got
@@ -56,16 +56,16 @@ import msgpack
 import trio
 import trio.testing  # noqa: F401 - Engine.connect_memory uses trio.testing.memory_stream_pair
 
-from engine.app import Engine
-from engine.codes import new_code, new_room_id
-from engine.config import Config
-from engine.keys import public_path_for, read_private_key, read_public_key, write_key_pair
-from engine.store import Write
-from engine.store.lmdb import LmdbStore
-from engine.store.memory import MemoryStore
-from protocol.client import open_client
-from protocol.frames import PROTOCOL_VERSION
-from protocol.tokens import Keyring, generate_key, new_claims, sign
+from roost.app import Engine
+from roost.codes import new_code, new_room_id
+from roost.config import Config
+from roost.keys import public_path_for, read_private_key, read_public_key, write_key_pair
+from roost.store import Write
+from roost.store.lmdb import LmdbStore
+from roost.store.memory import MemoryStore
+from roost.client import open_client
+from roost.protocol.frames import PROTOCOL_VERSION
+from roost.protocol.tokens import Keyring, generate_key, new_claims, sign
 
 from .fanout import (
     _WS_ACCEPT,
@@ -334,7 +334,7 @@ def _probe_once(url: str, token: str, room: str | None, deadline: float) -> dict
 def measure_start(data: Path, *, key: Path, config: Path, token: str, room: str | None, cpu: int | None,
                   workdir: Path, timeout: float, name: str) -> dict[str, Any]:
     """Spawn ``roost serve`` on ``data``; time until ROOST_URL, then until the probe succeeds."""
-    argv = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--data", str(data),
+    argv = [sys.executable, "-m", "roost.cli", "serve", "--port", "0", "--data", str(data),
             "--key", str(public_path_for(key)), "--config", str(config), "--log-level", "warning"]
     started = time.perf_counter()
     server = ServerProcess(argv, cpu=cpu, workdir=workdir, name=name)
@@ -574,7 +574,7 @@ def _int_between(low: int, high: int) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m bench restart``."""
+    """Options of ``python -m roost.bench restart``."""
     parser.add_argument("--rooms", type=_int_between(1, 1_000_000), default=10_000, help="rooms in the data directory, N (default 10000)")
     parser.add_argument("--messages", type=_int_between(0, 1000), default=2, help="chat messages per room, M (default 2)")
     parser.add_argument("--members", type=_int_between(1, 50), default=2, help="members per room (default 2)")

@@ -3,7 +3,7 @@
 With no ``service_key`` configured every admin request is refused ``unsupported``; a wrong or missing
 key is ``unauthorized``. Two transports reach it, the WebSocket ``admin`` frame and HTTP under
 ``/api/``; both call :meth:`Admin.call`. The operations themselves are
-:class:`~engine.operations.Operations`, the same the embedding app calls in-process.
+:class:`~roost.operations.Operations`, the same the embedding app calls in-process.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from protocol.codec import CLIENT_LIMITS, dump_record
-from protocol.errors import ErrorCode
-from protocol.frames import CURSOR, PAGE_LIMIT, AdminOp
-from protocol.schema import FieldProblem, Spec
+from roost.protocol.codec import CLIENT_LIMITS, dump_record
+from roost.protocol.errors import ErrorCode
+from roost.protocol.frames import CURSOR, PAGE_LIMIT, AdminOp
+from roost.protocol.schema import FieldProblem, Spec
 
 from .errors import RoomError
 from .operations import Operations

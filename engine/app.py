@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from protocol.errors import CloseCode
+from roost.protocol.errors import CloseCode
 
 from .admin import Admin
 from .config import Config

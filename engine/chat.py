@@ -11,9 +11,9 @@ import collections
 import dataclasses
 from typing import Any
 
-from protocol.codec import PAGE_BYTES, fit_page, record_size
-from protocol.errors import ErrorCode
-from protocol.frames import ChatMessage
+from roost.protocol.codec import PAGE_BYTES, fit_page, record_size
+from roost.protocol.errors import ErrorCode
+from roost.protocol.frames import ChatMessage
 
 from .errors import RoomError
 

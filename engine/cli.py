@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from protocol.tokens import MAX_KID_CHARS, Keyring, TokenError, new_claims, public_jwk, sign, verify
+from roost.protocol.tokens import MAX_KID_CHARS, Keyring, TokenError, new_claims, public_jwk, sign, verify
 
 from .keys import KeyFileError, public_path_for, read_private_key, write_key_pair
 

@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from protocol.codec import SERVER_LIMITS
-from protocol.schema import Limits
-from protocol.tokens import Keyring
+from roost.protocol.codec import SERVER_LIMITS
+from roost.protocol.schema import Limits
+from roost.protocol.tokens import Keyring
 
 __all__ = ["CLIENT_VARIABLES", "SETTINGS", "Config", "ConfigError", "env_name"]
 

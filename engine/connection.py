@@ -22,9 +22,9 @@ import trio
 from wsproto.events import RejectConnection
 from wsproto.events import Request as HandshakeRequest
 
-from protocol.codec import SERVER_LIMITS, Sender, decode, dump_record, encode
-from protocol.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.frames import (
+from roost.protocol.codec import SERVER_LIMITS, Sender, decode, dump_record, encode
+from roost.protocol.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
+from roost.protocol.frames import (
     PROTOCOL_VERSION,
     AdminRequest,
     ClientFrame,
@@ -40,10 +40,10 @@ from protocol.frames import (
     ServerFrame,
     Welcome,
 )
-from protocol.frames import (
+from roost.protocol.frames import (
     Ping as PingFrame,
 )
-from protocol.tokens import Claims, SessionClaims, TokenError, unverified_kid, verify
+from roost.protocol.tokens import Claims, SessionClaims, TokenError, unverified_kid, verify
 
 from .codes import normalize_code
 from .errors import RoomError

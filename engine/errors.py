@@ -7,7 +7,7 @@ codes in the same situations.
 
 from __future__ import annotations
 
-from protocol.errors import ErrorCode
+from roost.protocol.errors import ErrorCode
 
 __all__ = ["RoomError"]
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import trio
 import trio.testing
 
-from protocol.errors import CloseCode
-from protocol.tokens import SessionSigner
+from roost.protocol.errors import CloseCode
+from roost.protocol.tokens import SessionSigner
 
 from .config import Config
 from .connection import Connection, Phase

@@ -1,7 +1,7 @@
 """Plain HTTP on the WebSocket port: ``GET /health``, ``GET /metrics`` and the service API under ``/api/``.
 
-A request that is not a WebSocket upgrade is handed here by :class:`~engine.websocket.WebSocket` (its
-head already complete and within ``MAX_REQUEST_HEAD``); :class:`~engine.connection.Connection` feeds
+A request that is not a WebSocket upgrade is handed here by :class:`~roost.websocket.WebSocket` (its
+head already complete and within ``MAX_REQUEST_HEAD``); :class:`~roost.connection.Connection` feeds
 the rest of the bytes to a :class:`RequestReader`, answers with what :class:`HttpService` returns, and
 closes. The reader and the JSON rules are sans-IO; only :meth:`HttpService.respond` awaits (an admin
 operation runs in a room's turn).
@@ -11,7 +11,7 @@ spot: one request per connection (every answer says ``connection: close``; a pip
 is never read), bodies by ``Content-Length`` only (chunked is 411), the body bounded in bytes (413
 before it is read), and the whole exchange bounded by the connection's auth deadline (PROTOCOL.md §11).
 
-The service API (PROTOCOL.md §11.2) is :class:`~engine.admin.Admin`, the same object the WebSocket
+The service API (PROTOCOL.md §11.2) is :class:`~roost.admin.Admin`, the same object the WebSocket
 ``admin`` frame calls: this module only translates JSON and statuses. JSON in is checked like a
 msgpack frame (duplicate keys, NaN and Infinity are malformed, nesting is capped at ``max_depth``);
 JSON out maps what msgpack carries and JSON cannot (byte strings, non-finite floats) to one-key
@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
-from protocol.errors import ErrorCode, LocalProtocolError
-from protocol.frames import OPAQUE_MAP, AdminOp
-from protocol.schema import FieldProblem, Limits
+from roost.protocol.errors import ErrorCode, LocalProtocolError
+from roost.protocol.frames import OPAQUE_MAP, AdminOp
+from roost.protocol.schema import FieldProblem, Limits
 
 from .errors import RoomError
 from .websocket import MAX_REQUEST_HEAD

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol.tokens import MAX_KID_CHARS, generate_key, load_jwk, private_jwk, public_jwk
+from roost.protocol.tokens import MAX_KID_CHARS, generate_key, load_jwk, private_jwk, public_jwk
 
 __all__ = ["KeyFileError", "public_path_for", "read_private_key", "read_public_key", "write_key_pair"]
 

@@ -4,7 +4,7 @@ Subclass :class:`RoomLogic`, register a factory under a name in ``Config.logics`
 with that ``logic`` name run it. Every hook is synchronous and runs inside the actor's turn, so it sees
 and changes the room without races, and its changes are committed and broadcast with the turn.
 
-A hook that raises :class:`~engine.errors.RoomError` refuses the request that triggered it (the client
+A hook that raises :class:`~roost.errors.RoomError` refuses the request that triggered it (the client
 gets that error). Any other exception crashes the room actor: the supervisor restarts the room from
 its last committed state and resyncs its members, and after too many crashes closes the room.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from protocol.frames import Member, Phase
+from roost.protocol.frames import Member, Phase
 
 __all__ = ["RoomContext", "RoomLogic"]
 

@@ -2,7 +2,7 @@
 
 Each operation runs inside the room's actor turn (as a ``Call`` through the room's inbox), so it is
 ordered with the room's other requests, committed before it returns, and refused with the same
-:class:`~engine.errors.RoomError` codes a client would get.
+:class:`~roost.errors.RoomError` codes a client would get.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import trio
 
-from protocol.errors import ErrorCode
-from protocol.codec import SERVER_LIMITS
-from protocol.frames import LobbyPage, RoomSnapshot
-from protocol.schema import FieldProblem, Opaque
+from roost.protocol.errors import ErrorCode
+from roost.protocol.codec import SERVER_LIMITS
+from roost.protocol.frames import LobbyPage, RoomSnapshot
+from roost.protocol.schema import FieldProblem, Opaque
 
 from .errors import RoomError
 from .revocations import Revocations

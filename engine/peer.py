@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 
-from protocol.errors import CloseCode
+from roost.protocol.errors import CloseCode
 
 __all__ = ["Peer"]
 

@@ -12,8 +12,8 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from protocol.codec import PAGE_BYTES, fit_page, record_size
-from protocol.frames import Member, PresenceStatus, Status
+from roost.protocol.codec import PAGE_BYTES, fit_page, record_size
+from roost.protocol.frames import Member, PresenceStatus, Status
 
 __all__ = ["MemberEntry", "Presence", "SessionEntry"]
 

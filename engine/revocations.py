@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import msgpack
 
-from protocol.tokens import Claims
+from roost.protocol.tokens import Claims
 
 from .store import Store, Write
 

@@ -2,7 +2,7 @@
 
 One task per room runs :meth:`RoomActor.run`: it waits for commands on one bounded inbox (or for the
 next deadline of its one timer heap), takes everything already queued as one *turn*, applies it to
-the pure :class:`~engine.state.RoomState`, commits the turn's writes to the store, and only then
+the pure :class:`~roost.state.RoomState`, commits the turn's writes to the store, and only then
 releases the turn's replies and events (nothing is acknowledged before it is durable).
 
 Fan-out follows reference/stack-limits.md §A.8: each event is msgpack-encoded and WebSocket-framed
@@ -24,9 +24,9 @@ from typing import Any
 
 import trio
 
-from protocol.codec import SERVER_LIMITS, dump_record, encode
-from protocol.errors import ErrorCode, LocalProtocolError
-from protocol.frames import (
+from roost.protocol.codec import SERVER_LIMITS, dump_record, encode
+from roost.protocol.errors import ErrorCode, LocalProtocolError
+from roost.protocol.frames import (
     ChatAck,
     ChatDelete,
     ChatDeleted,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import trio
 
-from protocol.codec import fit_page, record_size
-from protocol.errors import ErrorCode
-from protocol.frames import LobbyPage, RoomInfo
+from roost.protocol.codec import fit_page, record_size
+from roost.protocol.errors import ErrorCode
+from roost.protocol.frames import LobbyPage, RoomInfo
 
 from .codes import new_code, new_room_id, normalize_code
 from .config import Config

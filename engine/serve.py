@@ -4,7 +4,7 @@ This is the only place that installs signal handlers (the library never does): S
 stop the engine.
 
 The data directory belongs to one process: ``prepare`` opens the store (which ``flock``-s
-``DATA/db/roost.lock``, see :mod:`engine.store.lmdb`) before it writes anything else there (the dev
+``DATA/db/roost.lock``, see :mod:`roost.store.lmdb`) before it writes anything else there (the dev
 key, ``session.key``, ``service.key``), so a second ``roost serve`` on the same ``--data`` is refused before it touches
 a file, and a crash (even SIGKILL) leaves nothing that blocks the next start.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import trio
 
-from protocol.tokens import Keyring, new_claims, sign
+from roost.protocol.tokens import Keyring, new_claims, sign
 
 from .app import Engine
 from .config import Config, ConfigError
@@ -238,7 +238,7 @@ def _first(group: BaseExceptionGroup) -> BaseException:
 
 def run(prepared: Prepared, *, log_level: str = "info", log_format: str = "text") -> int:
     """Run the engine until SIGINT/SIGTERM. Returns the exit status. Logs go to stderr as
-    ``log_format`` (:mod:`engine.logs`: ``text`` or ``json``)."""
+    ``log_format`` (:mod:`roost.logs`: ``text`` or ``json``)."""
     configure_logging(log_level, log_format)
     try:
         trio.run(_serve, prepared)

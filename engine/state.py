@@ -14,8 +14,8 @@ from typing import Any
 
 import msgpack
 
-from protocol.codec import dump_record
-from protocol.frames import ChatMessage, InactivePolicy, Phase, RoomInfo, RoomSnapshot
+from roost.protocol.codec import dump_record
+from roost.protocol.frames import ChatMessage, InactivePolicy, Phase, RoomInfo, RoomSnapshot
 
 from .chat import ChatLog
 from .presence import Presence

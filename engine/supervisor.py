@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import trio
 
-from protocol.codec import SERVER_LIMITS, encode
-from protocol.errors import ErrorCode
-from protocol.frames import ErrorReply
+from roost.protocol.codec import SERVER_LIMITS, encode
+from roost.protocol.errors import ErrorCode
+from roost.protocol.frames import ErrorReply
 
 from .config import Config
 from .errors import RoomError

@@ -1,10 +1,10 @@
 """Test kit for Roost and for apps that embed it: keys, a running engine, connected clients.
 
-Use it as a pytest plugin (``pytest_plugins = ["engine.testing"]`` in your ``conftest.py``; pytest-trio
+Use it as a pytest plugin (``pytest_plugins = ["roost.testing"]`` in your ``conftest.py``; pytest-trio
 in trio mode) to get these fixtures:
 
 - ``roost_keys``: a fresh Ed25519 key that mints tokens (``roost_keys.token("alice")``);
-- ``roost_config``: a :class:`~engine.config.Config` on 127.0.0.1, port 0, accepting those keys, with
+- ``roost_config``: a :class:`~roost.config.Config` on 127.0.0.1, port 0, accepting those keys, with
   the admin API enabled under ``SERVICE_KEY`` (override the fixture to change settings);
 - ``roost_engine``: that engine, started in the test's nursery over real sockets;
 - ``roost_connect``: ``await roost_connect("alice")`` opens a client over a real socket (closed at
@@ -32,10 +32,10 @@ from typing import Any
 import pytest
 import trio
 
-from protocol.client import Client, start_client
-from protocol.tokens import Keyring, generate_key, new_claims, sign
+from roost.protocol.tokens import Keyring, generate_key, new_claims, sign
 
 from .app import Engine
+from .client import Client, start_client
 from .config import Config
 
 __all__ = ["SERVICE_KEY", "TestKeys", "connect_client", "start_engine", "test_config"]
@@ -106,7 +106,7 @@ async def roost_engine(nursery: trio.Nursery, roost_config: Config) -> Engine:
 
 
 connect_client = start_client
-"""Open a client in a task of a nursery: :func:`protocol.client.start_client`, re-exported here."""
+"""Open a client in a task of a nursery: :func:`roost.client.start_client`, re-exported here."""
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 It owns everything RFC 6455 asks of a server and nothing of Roost: the HTTP upgrade (with a hook that
 may refuse it), fragment assembly, the message size limit (in bytes, counted while fragments arrive),
 UTF-8 of text messages (checked by wsproto as bytes arrive, so a bad byte fails at once), answering
-pings, and the closing handshake. :class:`~engine.connection.Connection` runs the engine's protocol on
-it; ``python -m bench autobahn`` runs an echo server on it that Autobahn|Testsuite checks, so the code
+pings, and the closing handshake. :class:`~roost.connection.Connection` runs the engine's protocol on
+it; ``python -m roost.bench autobahn`` runs an echo server on it that Autobahn|Testsuite checks, so the code
 the fuzzer passes is the code the engine runs.
 
 Closing (RFC 6455 §7.1.7, the trap this module exists to get right): after a protocol violation the
@@ -12,7 +12,7 @@ parser is dead (wsproto's frame generator has raised and yields nothing more), s
 peer's Close reply would only wait out a timeout. :meth:`WebSocket.fail` sends our Close and moves
 straight to ``CLOSED``; so does answering a peer's Close. Only :meth:`WebSocket.close` (we start a
 normal close) waits in ``CLOSING`` for the reply, which the caller bounds in time. ``CLOSED`` means:
-flush, half-close TCP and drop it (:meth:`engine.outbox.Transport.linger_close`).
+flush, half-close TCP and drop it (:meth:`roost.outbox.Transport.linger_close`).
 
 Close reasons are short ASCII words chosen by the server (PROTOCOL.md §8.2): never the library's
 exception text, never the peer's own reason echoed back.
@@ -95,7 +95,7 @@ class WsState(enum.Enum):
 
 
 class WebSocket:
-    """The server side of one WebSocket connection, over an :class:`~engine.outbox.Outbox`.
+    """The server side of one WebSocket connection, over an :class:`~roost.outbox.Outbox`.
 
     Feed every received chunk to :meth:`receive` and iterate it: it yields each complete message
     (``bytes`` for binary, ``str`` for text) in order, and does everything else (pongs, close replies,

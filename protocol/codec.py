@@ -1,7 +1,7 @@
 """Encode frames to bytes and decode bytes to frames, validating everything on the way in.
 
 ``decode`` is the only door from the network into Roost: for any input it either returns a valid
-frame of the expected direction or raises :class:`~protocol.errors.RemoteProtocolError` with a stable
+frame of the expected direction or raises :class:`~roost.protocol.errors.RemoteProtocolError` with a stable
 code. It never raises anything else and runs in time linear in the input, whose size is checked
 before any parsing.
 """

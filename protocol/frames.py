@@ -2,7 +2,7 @@
 
 A frame on the wire is one msgpack map. Its ``t`` key names the frame type; the other keys are the
 fields declared below, under the same names. Frames sent by clients and frames sent by the server
-have distinct type names, and :func:`protocol.codec.decode` accepts only the direction it is told to
+have distinct type names, and :func:`roost.protocol.codec.decode` accepts only the direction it is told to
 expect. Records (``Member``, ``ChatMessage``...) are maps nested inside frames or inside ``ok``
 results; they have no ``t`` key.
 
@@ -631,7 +631,7 @@ class Ok(ServerFrame):
 class ErrorReply(ServerFrame):
     """Failure reply to request ``id``, or (without ``id``) a connection-level error.
 
-    ``code`` is an :class:`~protocol.errors.ErrorCode` value; clients treat unknown codes as
+    ``code`` is an :class:`~roost.protocol.errors.ErrorCode` value; clients treat unknown codes as
     ``internal``. ``retry_ms`` accompanies ``rate_limited``.
     """
 

@@ -1,3 +1,3 @@
 """Shared fixtures: the engine test kit (real sockets on 127.0.0.1, port 0)."""
 
-pytest_plugins = ["engine.testing"]
+pytest_plugins = ["roost.testing"]

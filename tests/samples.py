@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from protocol.codec import dump_record
-from protocol.frames import (
+from roost.protocol.codec import dump_record
+from roost.protocol.frames import (
     AdminOp,
     AdminRequest,
     ChatAck,
@@ -55,7 +55,7 @@ from protocol.frames import (
     Typing,
     Welcome,
 )
-from protocol.schema import WireRecord
+from roost.protocol.schema import WireRecord
 
 TS = 1_795_000_000_000
 TOKEN = "eyJhbGciOiJFZERTQSJ9.e30.c2ln"

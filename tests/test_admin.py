@@ -7,11 +7,11 @@ import time
 import pytest
 import trio
 
-from engine import Config, Engine, RoomError
-from engine.testing import SERVICE_KEY, TestKeys, test_config
-from protocol.client import ConnectionClosedError, RequestError
-from protocol.errors import ErrorCode
-from protocol.frames import MessageEvent, PresenceDiff, RoomClosed
+from roost import Config, Engine, RoomError
+from roost.testing import SERVICE_KEY, TestKeys, test_config
+from roost.client import ConnectionClosedError, RequestError
+from roost.protocol.errors import ErrorCode
+from roost.protocol.frames import MessageEvent, PresenceDiff, RoomClosed
 
 
 async def test_admin_lists_every_room_and_reads_one(roost_connect) -> None:

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import trio
 
-from engine.admin_cli import MAX_RESPONSE_BYTES, api_base
-from engine.cli import main
+from roost.admin_cli import MAX_RESPONSE_BYTES, api_base
+from roost.cli import main
 
-from protocol.client import ConnectionClosedError, open_client
-from protocol.frames import MessageEvent, PresenceDiff, RoomClosed
+from roost.client import ConnectionClosedError, open_client
+from roost.protocol.frames import MessageEvent, PresenceDiff, RoomClosed
 
 from .fake_service_api import error, fake_service_api, result
 from .test_cli_serve import read_lines, start_server, stop
@@ -202,7 +202,7 @@ def test_unreachable_and_silent_servers_are_exit_3_within_the_timeout(
 
 
 def test_an_oversized_answer_is_refused(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("engine.admin_cli.MAX_RESPONSE_BYTES", 1000)
+    monkeypatch.setattr("roost.admin_cli.MAX_RESPONSE_BYTES", 1000)
     with fake_service_api(KEY, stats=lambda args: result({"x": "y" * 2000})) as api:
         status, _, err = admin(capsys, api.url, "stats")
         assert (status, err) == (3, "roost: error: bad response: larger than 1000 bytes\n")

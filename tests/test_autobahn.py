@@ -3,7 +3,7 @@
 The echo server (``bench/autobahn.py``) runs on the engine's transport, outbox and WebSocket layer;
 every case must end OK or INFORMATIONAL both in what was exchanged and in how the connection closed
 (NON-STRICT fails: it means a violation was noticed late). ``.ci/run`` builds the Python 2.7
-virtualenv first (``python -m bench autobahn --install``); run alone, this test builds it (once, about
+virtualenv first (``python -m roost.bench autobahn --install``); run alone, this test builds it (once, about
 a minute, from PyPI).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from bench.autobahn import DEFAULT_CASES, autobahn_report, ensure_wstest, summarise
+from roost.bench.autobahn import DEFAULT_CASES, autobahn_report, ensure_wstest, summarise
 
 
 async def test_autobahn_cases_1_to_7_and_10_are_ok_or_informational(tmp_path: Path) -> None:

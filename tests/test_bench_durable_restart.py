@@ -1,4 +1,4 @@
-"""Keep ``python -m bench durable`` and ``python -m bench restart`` from rotting: tiny runs, real servers.
+"""Keep ``python -m roost.bench durable`` and ``python -m roost.bench restart`` from rotting: tiny runs, real servers.
 
 Both start real engine subprocesses on 127.0.0.1 and talk to them over real sockets. Only the shape of
 the output, the absence of errors and properties that hold on any machine are checked, never a timing.
@@ -12,9 +12,9 @@ import types
 
 import pytest
 
-from bench import durable as durable_bench
-from bench import restart as restart_bench
-from bench.__main__ import BENCHES, build_parser
+from roost.bench import durable as durable_bench
+from roost.bench import restart as restart_bench
+from roost.bench.__main__ import BENCHES, build_parser
 
 
 def _args(module: types.ModuleType, *argv: str) -> argparse.Namespace:

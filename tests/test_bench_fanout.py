@@ -1,4 +1,4 @@
-"""Keep ``python -m bench fanout`` from rotting: a tiny run against a real engine and the baseline relay.
+"""Keep ``python -m roost.bench fanout`` from rotting: a tiny run against a real engine and the baseline relay.
 
 Both servers are real subprocesses on 127.0.0.1 and the clients are real sockets, so this exercises the
 whole path (upgrade, hello, join_or_create, chat fan-out). Only the shape of the output and the absence
@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from bench import fanout as fanout_bench
-from bench.__main__ import BENCHES, build_parser
+from roost.bench import fanout as fanout_bench
+from roost.bench.__main__ import BENCHES, build_parser
 
 KEYS = fanout_bench.METRICS
 

@@ -1,4 +1,4 @@
-"""Keep ``python -m bench protocol`` from rotting: run it in-process on a tiny budget.
+"""Keep ``python -m roost.bench protocol`` from rotting: run it in-process on a tiny budget.
 
 Only the shape of the output is checked (every frame type present, JSON last line), never a timing,
 so a slow or busy machine cannot fail this test.
@@ -12,9 +12,9 @@ import math
 
 import pytest
 
-from bench import protocol as protocol_bench
-from bench.__main__ import BENCHES, build_parser
-from protocol.frames import CLIENT_FRAMES, SERVER_FRAMES
+from roost.bench import protocol as protocol_bench
+from roost.bench.__main__ import BENCHES, build_parser
+from roost.protocol.frames import CLIENT_FRAMES, SERVER_FRAMES
 
 
 def _args(*argv: str) -> argparse.Namespace:

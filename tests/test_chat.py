@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from protocol.client import RequestError
-from protocol.frames import ChatDeleted, ChatEdited, ChatEvent, ReadReceipt
+from roost.client import RequestError
+from roost.protocol.frames import ChatDeleted, ChatEdited, ChatEvent, ReadReceipt
 
 
 async def two_in_a_room(roost_connect):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.chat import ChatLog
-from engine.errors import RoomError
-from protocol.codec import record_size
-from protocol.errors import ErrorCode
+from roost.chat import ChatLog
+from roost.errors import RoomError
+from roost.protocol.codec import record_size
+from roost.protocol.errors import ErrorCode
 
 
 def send(log: ChatLog, user: str, text: str, cid: str | None = None) -> int:

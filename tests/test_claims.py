@@ -15,13 +15,13 @@ import pytest
 import trio
 import trio.testing
 
-from engine import Config
-from engine.errors import RoomError
-from engine.logic import RoomContext, RoomLogic
-from engine.store.memory import MemoryStore
-from engine.testing import SERVICE_KEY, TestKeys, start_engine, test_config
-from protocol.errors import CloseCode, ErrorCode
-from protocol.frames import (
+from roost import Config
+from roost.errors import RoomError
+from roost.logic import RoomContext, RoomLogic
+from roost.store.memory import MemoryStore
+from roost.testing import SERVICE_KEY, TestKeys, start_engine, test_config
+from roost.protocol.errors import CloseCode, ErrorCode
+from roost.protocol.frames import (
     ChatSend,
     ErrorReply,
     Join,

@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 import trio
 
-from engine.cli import build_parser, main
-from engine.config import Config, ConfigError
-from engine.keys import read_private_key
-from engine.serve import Prepared, prepare
-from engine.store import Write
-from engine.store.lmdb import LmdbStore
-from protocol.client import open_client
-from protocol.tokens import Keyring, new_claims, public_jwk, sign, verify
+from roost.cli import build_parser, main
+from roost.config import Config, ConfigError
+from roost.keys import read_private_key
+from roost.serve import Prepared, prepare
+from roost.store import Write
+from roost.store.lmdb import LmdbStore
+from roost.client import open_client
+from roost.protocol.tokens import Keyring, new_claims, public_jwk, sign, verify
 from tests.test_store_lmdb import damage_every_page_but_the_main_root
 
 
@@ -181,7 +181,7 @@ def test_a_corrupt_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 def serve_once(data: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", "0", "--data", str(data)],
+        [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", "0", "--data", str(data)],
         capture_output=True, text=True, timeout=60, check=False, **kwargs,
     )
 
@@ -358,7 +358,7 @@ def test_bad_serve_flags(capsys: pytest.CaptureFixture[str], argv: list[str]) ->
 
 
 def test_the_console_script_with_no_arguments() -> None:
-    result = subprocess.run([sys.executable, "-m", "engine.cli"], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run([sys.executable, "-m", "roost.cli"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and result.stdout == "" and result.stderr.startswith("usage: roost ")
 
 
@@ -368,7 +368,7 @@ def test_the_console_script_with_no_arguments() -> None:
 def test_a_closed_stdout_is_no_traceback(tmp_path: Path) -> None:
     private, _ = keypair(tmp_path)
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "token", "--key", str(private), "--sub", "u"],
+        [sys.executable, "-m", "roost.cli", "token", "--key", str(private), "--sub", "u"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert process.stdout is not None and process.stderr is not None
@@ -382,7 +382,7 @@ async def test_serve_keeps_serving_when_its_stdout_is_closed(tmp_path: Path) -> 
     """``roost serve --dev | head -1``: the URL is in the log too, and the server goes on serving."""
     data = tmp_path / "data"
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", "0", "--data", str(data)],
+        [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", "0", "--data", str(data)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None and process.stderr is not None

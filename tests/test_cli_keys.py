@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main, parse_duration
-from engine.keys import KeyFileError, read_private_key, read_public_key
-from protocol.tokens import Keyring, verify
+from roost.cli import main, parse_duration
+from roost.keys import KeyFileError, read_private_key, read_public_key
+from roost.protocol.tokens import Keyring, verify
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -107,7 +107,7 @@ def test_durations(text: str, seconds: int) -> None:
 def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
     """The installed entry point, as a user runs it: no traceback on a bad key path."""
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "token", "--key", str(tmp_path / "none"), "--sub", "u"],
+        [sys.executable, "-m", "roost.cli", "token", "--key", str(tmp_path / "none"), "--sub", "u"],
         capture_output=True,
         text=True,
         timeout=60,

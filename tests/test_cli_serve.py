@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine.cli import main
-from protocol.client import open_client
+from roost.cli import main
+from roost.client import open_client
 
 
 def start_server(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--data", str(tmp_path / "data"), *args],
+        [sys.executable, "-m", "roost.cli", "serve", "--port", "0", "--data", str(tmp_path / "data"), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -50,7 +50,7 @@ async def test_serve_dev_prints_url_token_and_key_and_stops_on_sigterm(tmp_path:
                 assert snap.host == "dev"
             # More tokens come from the printed key, as the README says.
             minted = subprocess.run(
-                [sys.executable, "-m", "engine.cli", "token", "--key", lines["ROOST_DEV_KEY"], "--sub", "alice"],
+                [sys.executable, "-m", "roost.cli", "token", "--key", lines["ROOST_DEV_KEY"], "--sub", "alice"],
                 capture_output=True, text=True, timeout=30, check=True,
             ).stdout.strip()
             async with open_client(lines["ROOST_URL"], minted, reconnect=False) as alice:
@@ -90,7 +90,7 @@ async def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
         with trio.fail_after(30):
             port = (await read_lines(first, 3))["ROOST_URL"].rsplit(":", 1)[1].strip("/")
             second = subprocess.run(
-                [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", port, "--data", str(tmp_path / "d2")],
+                [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", port, "--data", str(tmp_path / "d2")],
                 capture_output=True, text=True, timeout=30, check=False,
             )
             assert second.returncode == 2
@@ -123,7 +123,7 @@ async def test_one_server_per_data_directory_and_a_killed_one_does_not_block_a_r
         with trio.fail_after(30):
             lines = await read_lines(first, 3)
             second = await trio.to_thread.run_sync(lambda: subprocess.run(
-                [sys.executable, "-m", "engine.cli", "serve", "--dev", "--port", "0", "--data", str(data)],
+                [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", "0", "--data", str(data)],
                 capture_output=True, text=True, timeout=30, check=False,
             ))
             assert second.returncode == 2

@@ -24,8 +24,8 @@ import trio.testing
 import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, WebSocketRequest
 
-from protocol import SERVER_LIMITS, Sender, decode, dump_record, encode
-from protocol.client import (
+from roost.protocol import SERVER_LIMITS, Sender, decode, dump_record, encode
+from roost.client import (
     Client,
     ClientError,
     ConnectionClosedError,
@@ -37,8 +37,8 @@ from protocol.client import (
     RoomPosition,
     open_client,
 )
-from protocol.errors import ErrorCode, LocalProtocolError
-from protocol.frames import (
+from roost.protocol.errors import ErrorCode, LocalProtocolError
+from roost.protocol.frames import (
     AdminOp,
     AdminRequest,
     ChatAck,
@@ -835,8 +835,8 @@ async def test_requests_wait_while_reconnecting_and_closing_ends_the_wait(
 
 
 def test_welcome_limits_apply_to_what_the_client_sends() -> None:
-    from protocol.client import _limits_from_welcome
-    from protocol.schema import Limits
+    from roost.client import _limits_from_welcome
+    from roost.protocol.schema import Limits
 
     assert _limits_from_welcome(None) == Limits()
     announced = {"frame": 2**20, "chat": 10, "meta": 100, "data": 200, "chat_meta": 300, "state": 400, "rate": 50.0}

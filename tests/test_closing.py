@@ -12,11 +12,11 @@ import struct
 import pytest
 import trio
 
-from engine import Engine
-from engine.testing import TestKeys
-from protocol import encode
-from protocol.errors import CloseCode
-from protocol.frames import Hello, Ping
+from roost import Engine
+from roost.testing import TestKeys
+from roost.protocol import encode
+from roost.protocol.errors import CloseCode
+from roost.protocol.frames import Hello, Ping
 from tests.wire import client_frame, server_frames
 
 UPGRADE = (

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import trio
 
-from bench.crash import crash_cycles
+from roost.bench.crash import crash_cycles
 
 
 async def test_acknowledged_messages_survive_five_sigkills(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.serve import SERVICE_KEY_NAME
+from roost.serve import SERVICE_KEY_NAME
 
 from .test_cli_errors import one_line_error, prepared
 

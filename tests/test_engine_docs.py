@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from engine import docs
-from engine.config import CLIENT_VARIABLES, SETTINGS, Config, env_name
+from roost import docs
+from roost.config import CLIENT_VARIABLES, SETTINGS, Config, env_name
 
 
 def test_readme_settings_table_is_current() -> None:
     text = docs.README.read_text(encoding="utf-8")
-    assert docs.replace_table(text) == text, "run: python -m engine.docs --write"
+    assert docs.replace_table(text) == text, "run: python -m roost.docs --write"
 
 
 def test_every_field_has_a_one_line_meaning() -> None:

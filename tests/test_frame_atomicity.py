@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import trio
 
-from engine import Config, Engine
-from engine.outbox import ws_frame
-from engine.testing import TestKeys, test_config
-from protocol import RemoteProtocolError, Sender, decode, encode
-from protocol.frames import ChatEvent, ChatMessage, Frame, MessageEvent, Ok, PresenceDiff
+from roost import Config, Engine
+from roost.outbox import ws_frame
+from roost.testing import TestKeys, test_config
+from roost.protocol import RemoteProtocolError, Sender, decode, encode
+from roost.protocol.frames import ChatEvent, ChatMessage, Frame, MessageEvent, Ok, PresenceDiff
 from tests.wire import SlowMember
 
 BIG = 60_000

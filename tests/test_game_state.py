@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 import trio
 
-from engine import Config, RoomContext, RoomError, RoomLogic
-from engine.testing import TestKeys, test_config
-from protocol.client import RequestError
-from protocol.errors import ErrorCode
-from protocol.frames import MessageEvent, Phase, RoomClosed, StateEvent
+from roost import Config, RoomContext, RoomError, RoomLogic
+from roost.testing import TestKeys, test_config
+from roost.client import RequestError
+from roost.protocol.errors import ErrorCode
+from roost.protocol.frames import MessageEvent, Phase, RoomClosed, StateEvent
 
 
 async def test_state_is_compare_and_set_with_versions(roost_connect) -> None:

@@ -10,13 +10,13 @@ import msgpack
 import pytest
 import trio
 
-from engine import Config, Engine
-from engine.connection import Connection
-from engine.testing import TestKeys, start_engine, test_config
-from protocol.errors import CloseCode
-from protocol import encode
-from protocol.frames import ErrorReply, Hello, History, Ok, Ping, Pong, Refresh
-from protocol.tokens import generate_key, new_claims, sign, verify
+from roost import Config, Engine
+from roost.connection import Connection
+from roost.testing import TestKeys, start_engine, test_config
+from roost.protocol.errors import CloseCode
+from roost.protocol import encode
+from roost.protocol.frames import ErrorReply, Hello, History, Ok, Ping, Pong, Refresh
+from roost.protocol.tokens import generate_key, new_claims, sign, verify
 from tests.wire import client_frame, raw_peer
 
 BASE = 1_800_000_000.0

@@ -20,16 +20,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import Config, Engine, MemoryStore
-from engine.gateway import COUNTERS
-from engine.http import STATUS_OF, HttpError, RequestReader, dump_json
-from engine.outbox import Outbox
-from engine.testing import SERVICE_KEY, TestKeys, test_config
-from engine.websocket import MAX_REQUEST_HEAD, WebSocket, WsState
-from protocol import encode
-from protocol.client import ConnectionClosedError, RequestError
-from protocol.errors import CloseCode, ErrorCode
-from protocol.frames import AdminOp, Hello, MessageEvent, Ok, PresenceDiff, RoomClosed
+from roost import Config, Engine, MemoryStore
+from roost.gateway import COUNTERS
+from roost.http import STATUS_OF, HttpError, RequestReader, dump_json
+from roost.outbox import Outbox
+from roost.testing import SERVICE_KEY, TestKeys, test_config
+from roost.websocket import MAX_REQUEST_HEAD, WebSocket, WsState
+from roost.protocol import encode
+from roost.client import ConnectionClosedError, RequestError
+from roost.protocol.errors import CloseCode, ErrorCode
+from roost.protocol.frames import AdminOp, Hello, MessageEvent, Ok, PresenceDiff, RoomClosed
 from tests.test_websocket import Recorder
 from tests.wire import client_frame, raw_peer, server_frames
 

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 import trio
 
-from engine import Config, RoomContext, RoomLogic
-from engine.logs import MAX_FIELD_CHARS, JsonFormatter, TextFormatter, fields
-from engine.testing import SERVICE_KEY, TestKeys, test_config
-from protocol import PROTOCOL_VERSION
-from protocol.client import RequestError, open_client
-from protocol.frames import Hello
-from protocol.tokens import new_claims, sign
+from roost import Config, RoomContext, RoomLogic
+from roost.logs import MAX_FIELD_CHARS, JsonFormatter, TextFormatter, fields
+from roost.testing import SERVICE_KEY, TestKeys, test_config
+from roost.protocol import PROTOCOL_VERSION
+from roost.client import RequestError, open_client
+from roost.protocol.frames import Hello
+from roost.protocol.tokens import new_claims, sign
 
 from .test_cli_serve import read_lines, start_server, stop
 from .wire import raw_peer
@@ -230,6 +230,6 @@ async def test_serve_log_format_json_writes_one_object_per_line(tmp_path: Path) 
 
 
 def test_log_format_is_checked(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--dev", "--log-format", "xml"],
+    result = subprocess.run([sys.executable, "-m", "roost.cli", "serve", "--dev", "--log-format", "xml"],
                             capture_output=True, text=True, timeout=30, env={**os.environ}, cwd=tmp_path)
     assert result.returncode == 2 and "invalid choice: 'xml'" in result.stderr

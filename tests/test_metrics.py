@@ -19,13 +19,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import Config, Engine, RoomContext, RoomLogic
-from engine.metrics import FAMILIES, TABLE_BEGIN, TABLE_END, Histogram, markdown_table
-from engine.testing import SERVICE_KEY, TestKeys, connect_client, start_engine, test_config
-from protocol.client import RequestError
-from protocol.codec import load_record
-from protocol.errors import CloseCode
-from protocol.frames import Leave, Ok, Resume, ResumeResult, RoomClosed
+from roost import Config, Engine, RoomContext, RoomLogic
+from roost.metrics import FAMILIES, TABLE_BEGIN, TABLE_END, Histogram, markdown_table
+from roost.testing import SERVICE_KEY, TestKeys, connect_client, start_engine, test_config
+from roost.client import RequestError
+from roost.protocol.codec import load_record
+from roost.protocol.errors import CloseCode
+from roost.protocol.frames import Leave, Ok, Resume, ResumeResult, RoomClosed
 from tests.wire import SlowMember, raw_peer
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -242,7 +242,7 @@ def test_an_engine_that_is_not_serving_exposes_zeros_and_every_declared_family()
 def test_the_readme_table_is_generated_from_the_families() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     table = readme[readme.index(TABLE_BEGIN) + len(TABLE_BEGIN):readme.index(TABLE_END)]
-    assert table.strip() == markdown_table().strip(), "run: python -m engine.metrics README.md"
+    assert table.strip() == markdown_table().strip(), "run: python -m roost.metrics README.md"
 
 
 @given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), max_size=50))

@@ -18,7 +18,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.outbox import _COALESCE, Outbox, Transport, frame_spans, ws_frame
+from roost.outbox import _COALESCE, Outbox, Transport, frame_spans, ws_frame
 
 CLOSE = b"\x88\x0d\x0f\xa0slow consumer"  # Close 4000 "slow consumer", as wsproto frames it
 

@@ -14,14 +14,14 @@ import msgpack
 import pytest
 import trio
 
-from engine import Config, RoomContext, RoomLogic
-from engine.config import ConfigError
-from engine.state import RoomOptions
-from engine.testing import SERVICE_KEY, TestKeys, test_config
-from protocol.client import Client, RequestError
-from protocol.codec import SERVER_LIMITS, dump_record, encode
-from protocol.frames import ErrorReply, MessageEvent, Ok, Send, StateEvent
-from protocol.schema import Limits
+from roost import Config, RoomContext, RoomLogic
+from roost.config import ConfigError
+from roost.state import RoomOptions
+from roost.testing import SERVICE_KEY, TestKeys, test_config
+from roost.client import Client, RequestError
+from roost.protocol.codec import SERVER_LIMITS, dump_record, encode
+from roost.protocol.frames import ErrorReply, MessageEvent, Ok, Send, StateEvent
+from roost.protocol.schema import Limits
 from tests.wire import raw_peer
 
 KIB = 1024

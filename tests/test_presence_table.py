@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.presence import Presence
-from protocol.frames import PresenceStatus, Status
+from roost.presence import Presence
+from roost.protocol.frames import PresenceStatus, Status
 
 
 def table() -> Presence:

@@ -6,10 +6,10 @@ import pytest
 import trio
 import trio.testing
 
-from engine import Config
-from engine.testing import TestKeys, test_config
-from protocol.errors import CloseCode
-from protocol.frames import ChatSend, JoinOrCreate, PresenceDiff, PresenceStatus, Status
+from roost import Config
+from roost.testing import TestKeys, test_config
+from roost.protocol.errors import CloseCode
+from roost.protocol.frames import ChatSend, JoinOrCreate, PresenceDiff, PresenceStatus, Status
 from tests.wire import raw_peer
 
 @pytest.fixture

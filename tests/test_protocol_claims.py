@@ -14,16 +14,16 @@ import msgpack
 import pytest
 import trio
 
-from engine import Config, Engine
-from engine import router as router_module
-from engine.revocations import Revocations
-from engine.store.memory import MemoryStore
-from engine.testing import SERVICE_KEY, TestKeys, test_config
-from protocol import Sender, decode, encode
-from protocol.client import RequestError
-from protocol.codec import load_record
-from protocol.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.frames import (
+from roost import Config, Engine
+from roost import router as router_module
+from roost.revocations import Revocations
+from roost.store.memory import MemoryStore
+from roost.testing import SERVICE_KEY, TestKeys, test_config
+from roost.protocol import Sender, decode, encode
+from roost.client import RequestError
+from roost.protocol.codec import load_record
+from roost.protocol.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
+from roost.protocol.frames import (
     ChatEvent,
     ChatSend,
     ErrorReply,
@@ -38,7 +38,7 @@ from protocol.frames import (
     Send,
     Sync,
 )
-from protocol.tokens import Claims, generate_key, kid_for
+from roost.protocol.tokens import Claims, generate_key, kid_for
 from tests.wire import RawPeer, raw_peer
 
 # -- §2: ext values and repeated keys (the decode side is in test_protocol_codec.py) ----------------

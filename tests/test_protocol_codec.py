@@ -8,11 +8,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from protocol import CLIENT_LIMITS, SERVER_LIMITS, Limits, Sender, decode, dump_record, encode, load_record
-from protocol.codec import PAGE_BYTES, fit_page, record_size
-from protocol.schema import FieldProblem, Opaque
-from protocol.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.frames import (
+from roost.protocol import CLIENT_LIMITS, SERVER_LIMITS, Limits, Sender, decode, dump_record, encode, load_record
+from roost.protocol.codec import PAGE_BYTES, fit_page, record_size
+from roost.protocol.schema import FieldProblem, Opaque
+from roost.protocol.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
+from roost.protocol.frames import (
     CLIENT_FRAMES,
     SERVER_FRAMES,
     ChatMessage,

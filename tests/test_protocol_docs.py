@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from protocol import docs
-from protocol.errors import CloseCode, ErrorCode
-from protocol.frames import CLIENT_FRAMES, SERVER_FRAMES
+from roost.protocol import docs
+from roost.protocol.errors import CloseCode, ErrorCode
+from roost.protocol.frames import CLIENT_FRAMES, SERVER_FRAMES
 
 PROTOCOL_MD = Path(__file__).resolve().parent.parent / "PROTOCOL.md"
 
 
 def test_protocol_md_tables_are_current() -> None:
     text = PROTOCOL_MD.read_text(encoding="utf-8")
-    assert docs.replace_tables(text) == text, "run: python -m protocol.docs PROTOCOL.md"
+    assert docs.replace_tables(text) == text, "run: python -m roost.protocol.docs PROTOCOL.md"
 
 
 def test_protocol_md_names_every_frame_error_and_close_code() -> None:

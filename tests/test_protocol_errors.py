@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import CloseCode, ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError, may_reconnect
+from roost.protocol.errors import CloseCode, ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError, may_reconnect
 
 
 def test_application_close_codes_stay_in_the_private_range() -> None:

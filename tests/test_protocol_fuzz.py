@@ -13,9 +13,9 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import RemoteProtocolError, Sender, decode, encode
-from protocol.frames import Frame
-from protocol.tokens import Keyring, SessionSigner, TokenError, verify
+from roost.protocol import RemoteProtocolError, Sender, decode, encode
+from roost.protocol.frames import Frame
+from roost.protocol.tokens import Keyring, SessionSigner, TokenError, verify
 from tests.samples import CLIENT, SERVER
 
 FUZZ = settings(max_examples=2000, deadline=500, suppress_health_check=[HealthCheck.too_slow])

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from protocol.errors import CloseCode, ErrorCode
-from protocol.tokens import (
+from roost.protocol.errors import CloseCode, ErrorCode
+from roost.protocol.tokens import (
     DEFAULT_LEEWAY,
     BadSignature,
     Claims,

@@ -10,9 +10,9 @@ import msgpack
 import pytest
 from nacl.signing import SigningKey
 
-from protocol import RemoteProtocolError, Sender, decode, encode
-from protocol.frames import CLIENT_FRAMES, SERVER_FRAMES
-from protocol.tokens import Keyring, SessionSigner, TokenError, kid_for, load_jwk, verify
+from roost.protocol import RemoteProtocolError, Sender, decode, encode
+from roost.protocol.frames import CLIENT_FRAMES, SERVER_FRAMES
+from roost.protocol.tokens import Keyring, SessionSigner, TokenError, kid_for, load_jwk, verify
 from tests import vectors_gen
 
 VECTORS = Path(__file__).resolve().parent.parent / "protocol" / "vectors"

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine import Engine, MemoryStore
-from engine.state import RoomOptions
-from engine.store.lmdb import LmdbStore
-from engine.testing import TestKeys, connect_client, start_engine, test_config
-from protocol.client import RequestError
-from protocol.codec import load_record
-from protocol.frames import Ok, PresenceStatus, Resume, ResumeResult
+from roost import Engine, MemoryStore
+from roost.state import RoomOptions
+from roost.store.lmdb import LmdbStore
+from roost.testing import TestKeys, connect_client, start_engine, test_config
+from roost.client import RequestError
+from roost.protocol.codec import load_record
+from roost.protocol.frames import Ok, PresenceStatus, Resume, ResumeResult
 from tests.wire import raw_peer
 
 

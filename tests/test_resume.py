@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import trio
 
-from engine import Config
-from engine.testing import TestKeys, test_config
-from protocol.errors import CloseCode
-from protocol.frames import ChatEvent, ChatSend, Resume, ResumeResult, Sync, Ok
-from protocol.codec import load_record
-from protocol import encode
+from roost import Config
+from roost.testing import TestKeys, test_config
+from roost.protocol.errors import CloseCode
+from roost.protocol.frames import ChatEvent, ChatSend, Resume, ResumeResult, Sync, Ok
+from roost.protocol.codec import load_record
+from roost.protocol import encode
 from tests.wire import raw_peer
 
 
@@ -96,8 +96,8 @@ async def test_a_resume_whose_replay_exceeds_the_outbox_is_a_resync_not_a_slow_c
     the first event anyone sends next found the outbox over its bound and closed the member 4000
     (resumable), and the resume it then makes asks for the same replay again. A gap the outbox
     cannot carry is answered as a gap the room no longer holds: ``resync`` and one bounded ``sync``."""
-    from protocol import Sender, decode
-    from protocol.frames import MessageEvent
+    from roost.protocol import Sender, decode
+    from roost.protocol.frames import MessageEvent
     from tests.wire import SlowMember, client_frame
 
     with trio.fail_after(30):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import trio
 
-from engine import Config, Engine
-from engine.codes import ALPHABET
-from engine.testing import TestKeys, test_config
-from protocol.client import RequestError
-from protocol.frames import HostChanged, PresenceDiff, PresenceStatus
+from roost import Config, Engine
+from roost.codes import ALPHABET
+from roost.testing import TestKeys, test_config
+from roost.client import RequestError
+from roost.protocol.frames import HostChanged, PresenceDiff, PresenceStatus
 
 
 async def test_create_makes_the_creator_host_with_a_shareable_code(roost_connect) -> None:

@@ -13,12 +13,12 @@ import pytest
 import trio
 import trio.testing
 
-from engine import Config, Engine
-from engine.outbox import Outbox, SocketTransport, ws_frame
-from engine.testing import TestKeys, connect_client, start_engine, test_config
-from protocol import Sender, decode
-from protocol.errors import CloseCode
-from protocol.frames import ChatEvent, MessageEvent
+from roost import Config, Engine
+from roost.outbox import Outbox, SocketTransport, ws_frame
+from roost.testing import TestKeys, connect_client, start_engine, test_config
+from roost.protocol import Sender, decode
+from roost.protocol.errors import CloseCode
+from roost.protocol.frames import ChatEvent, MessageEvent
 from tests.wire import SlowMember, client_frame
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine.store import Write
-from engine.store.lmdb import LOCK_NAME, LmdbStore, StoreFailed, StoreLocked, StoreOpenError
+from roost.store import Write
+from roost.store.lmdb import LOCK_NAME, LmdbStore, StoreFailed, StoreLocked, StoreOpenError
 
 
 @pytest.fixture

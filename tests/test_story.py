@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import trio
 
-from engine.testing import TestKeys
-from protocol.codec import load_record
-from protocol.frames import (
+from roost.testing import TestKeys
+from roost.protocol.codec import load_record
+from roost.protocol.frames import (
     ChatEvent,
     ChatSend,
     InactivePolicy,

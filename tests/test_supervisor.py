@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 import trio
 
-from engine import Config, RoomContext, RoomError, RoomLogic
-from engine.room import Call
-from engine.state import RoomOptions
-from engine.testing import TestKeys, test_config
-from protocol.client import RequestError
-from protocol.frames import ChatEvent, MessageEvent, PresenceStatus, RoomClosed, Sync
+from roost import Config, RoomContext, RoomError, RoomLogic
+from roost.room import Call
+from roost.state import RoomOptions
+from roost.testing import TestKeys, test_config
+from roost.client import RequestError
+from roost.protocol.frames import ChatEvent, MessageEvent, PresenceStatus, RoomClosed, Sync
 
 
 class Fragile(RoomLogic):

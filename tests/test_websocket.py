@@ -7,8 +7,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.outbox import Outbox, Transport
-from engine.websocket import FAIL_REASONS, MAX_REQUEST_HEAD, WebSocket, WsState, safe_reason
+from roost.outbox import Outbox, Transport
+from roost.websocket import FAIL_REASONS, MAX_REQUEST_HEAD, WebSocket, WsState, safe_reason
 from tests.wire import server_frames
 
 UPGRADE = (

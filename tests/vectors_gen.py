@@ -16,8 +16,8 @@ from typing import Any
 import msgpack
 from nacl.signing import SigningKey
 
-from protocol import Sender, encode
-from protocol.tokens import Claims, SessionClaims, SessionSigner, kid_for, private_jwk, public_jwk, sign
+from roost.protocol import Sender, encode
+from roost.protocol.tokens import Claims, SessionClaims, SessionSigner, kid_for, private_jwk, public_jwk, sign
 from tests.samples import CLIENT, SERVER
 
 OUT = Path(__file__).resolve().parent.parent / "protocol" / "vectors"

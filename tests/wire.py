@@ -11,8 +11,8 @@ import msgpack
 import trio
 import trio_websocket
 
-from protocol import PROTOCOL_VERSION, Sender, decode, encode
-from protocol.frames import ClientFrame, Frame, Hello, Join, Ok, Welcome
+from roost.protocol import PROTOCOL_VERSION, Sender, decode, encode
+from roost.protocol.frames import ClientFrame, Frame, Hello, Join, Ok, Welcome
 
 
 class RawPeer:

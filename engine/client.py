@@ -1,8 +1,10 @@
 """The Trio client for Roost: one WebSocket, requests matched to replies, ordered room events, resume.
 
-This is the one module of ``protocol/`` that does I/O (over trio-websocket); everything it puts on
-the wire goes through :func:`protocol.codec.encode` and everything it reads through
-:func:`protocol.codec.decode`, so it speaks exactly the contract of ``PROTOCOL.md``.
+``roost.client`` lives beside the sans-IO ``roost.protocol``, not inside it (as h11 and wsproto leave
+I/O to their users): it does the I/O (over trio-websocket) and imports nothing of Roost but
+``roost.protocol`` (tests/test_layering.py checks both), so it speaks the wire and nothing of the
+server's internals. Everything it puts on the wire goes through :func:`roost.protocol.codec.encode` and everything it reads through
+:func:`roost.protocol.codec.decode`, so it speaks exactly the contract of ``PROTOCOL.md``.
 
 Shape (one client = one nursery, opened by :func:`open_client`)::
 
@@ -48,9 +50,9 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from .codec import SERVER_LIMITS, Sender, decode, encode, load_record
-from .errors import CloseCode, ErrorCode, RemoteProtocolError, may_reconnect
-from .frames import (
+from roost.protocol.codec import SERVER_LIMITS, Sender, decode, encode, load_record
+from roost.protocol.errors import CloseCode, ErrorCode, RemoteProtocolError, may_reconnect
+from roost.protocol.frames import (
     CLIENT_FRAMES,
     PROTOCOL_VERSION,
     AdminOp,
@@ -95,7 +97,7 @@ from .frames import (
     Typing,
     Welcome,
 )
-from .schema import Limits, WireRecord
+from roost.protocol.schema import Limits, WireRecord
 
 __all__ = [
     "Client",
@@ -145,7 +147,7 @@ class RequestError(ClientError):
     """The server answered a request with ``error``.
 
     Attributes:
-        code: the :class:`~protocol.errors.ErrorCode` (a ``str``); codes this client does not know
+        code: the :class:`~roost.protocol.errors.ErrorCode` (a ``str``); codes this client does not know
             read as ``internal``, as PROTOCOL.md asks, and ``wire_code`` keeps what was sent.
         message: the server's human-readable explanation.
         retry_ms: for ``rate_limited``, how long to wait before retrying.
@@ -405,7 +407,7 @@ class Client:
     Methods that send a request wait for its reply and return its result record, or raise
     :class:`RequestError` (the server said no), :class:`ConnectionLost` (the link dropped meanwhile)
     or :class:`ConnectionClosedError` (the client is closed). Arguments the protocol refuses raise
-    :class:`~protocol.errors.LocalProtocolError` before anything is sent. None of them take a
+    :class:`~roost.protocol.errors.LocalProtocolError` before anything is sent. None of them take a
     timeout: wrap calls in ``trio.fail_after``; a cancelled request is forgotten (its reply ignored).
     """
 
