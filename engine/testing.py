@@ -1,7 +1,7 @@
 """Test kit for Roost and for apps that embed it: keys, a running engine, connected clients.
 
 Use it as a pytest plugin (``pytest_plugins = ["roost.testing"]`` in your ``conftest.py``; pytest-trio
-in trio mode) to get these fixtures:
+in trio mode; ``pip install 'roost[test]'`` brings both) to get these fixtures:
 
 - ``roost_keys``: a fresh Ed25519 key that mints tokens (``roost_keys.token("alice")``);
 - ``roost_config``: a :class:`~roost.config.Config` on 127.0.0.1, port 0, accepting those keys, with
@@ -15,6 +15,10 @@ Timer tests (heartbeats, typing, reconnect grace) should run on ``trio.testing.M
 autojump misfires when bytes are in flight on real sockets or a worker thread runs (trio #456).
 
 Outside pytest the same pieces work directly::
+
+    from roost import Engine
+    from roost.client import open_client
+    from roost.testing import TestKeys, test_config
 
     keys = TestKeys()
     engine = Engine(test_config(keys))
