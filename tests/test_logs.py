@@ -19,24 +19,17 @@ from typing import Any
 
 import pytest
 import trio
-
-from roost import Config, RoomContext, RoomLogic
-from roost.logs import MAX_FIELD_CHARS, JsonFormatter, TextFormatter, fields
-from roost.testing import SERVICE_KEY, TestKeys, test_config
-from roost.protocol import PROTOCOL_VERSION
+from roost import Config
 from roost.client import RequestError, open_client
+from roost.logs import MAX_FIELD_CHARS, JsonFormatter, TextFormatter, fields
+from roost.protocol import PROTOCOL_VERSION
 from roost.protocol.frames import Hello
 from roost.protocol.tokens import new_claims, sign
+from roost.testing import SERVICE_KEY, TestKeys, test_config
 
+from .logics import Fragile
 from .test_cli_serve import read_lines, start_server, stop
 from .wire import raw_peer
-
-
-class Fragile(RoomLogic):
-    def on_message(self, room: RoomContext, user: str, kind: str, body: Any) -> Any:
-        if kind == "boom":
-            raise ZeroDivisionError("bug in game logic")
-        return None
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import time
 from pathlib import Path
-from typing import Any
 
 import prometheus_client
 import pytest
@@ -18,15 +17,17 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
-
-from roost import Config, Engine, RoomContext, RoomLogic
-from roost.metrics import FAMILIES, TABLE_BEGIN, TABLE_END, Histogram, markdown_table
-from roost.testing import SERVICE_KEY, TestKeys, connect_client, start_engine, test_config
+from roost import Config, Engine
 from roost.client import RequestError
+from roost.metrics import FAMILIES, TABLE_BEGIN, TABLE_END, Histogram, markdown_table
 from roost.protocol.codec import load_record
 from roost.protocol.errors import CloseCode
 from roost.protocol.frames import Leave, Ok, Resume, ResumeResult, RoomClosed
+from roost.testing import SERVICE_KEY, TestKeys, connect_client, start_engine, test_config
+
 from tests.wire import SlowMember, raw_peer
+
+from .logics import Fragile
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -71,15 +72,6 @@ async def until_connections(engine: Engine, count: int) -> None:
     """Wait until the server has ``count`` connections (a closed one lingers until the peer's FIN)."""
     while len(engine.gateway.connections) != count:
         await trio.sleep(0.01)
-
-
-class Fragile(RoomLogic):
-    """Room logic with a bug: the move "boom" raises (the supervisor restarts the room)."""
-
-    def on_message(self, room: RoomContext, user: str, kind: str, body: Any) -> Any:
-        if kind == "boom":
-            raise ZeroDivisionError("bug in game logic")
-        return None
 
 
 @pytest.fixture
