@@ -125,7 +125,8 @@ def _available_cpus() -> set[int]:
 class ServerProcess:
     """A server subprocess pinned to one CPU, whose first stdout lines announce what it serves."""
 
-    def __init__(self, argv: list[str], *, cpu: int | None, workdir: Path, name: str) -> None:
+    def __init__(self, argv: list[str], *, cpu: int | None, workdir: Path, name: str,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self._stderr_path = workdir / f"{name}.stderr"
         self._stderr: IO[bytes] = open(self._stderr_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -133,7 +134,7 @@ class ServerProcess:
         if cpu is not None and taskset:
             argv = [taskset, "-c", str(cpu), *argv]  # taskset execs argv: same pid, pinned from the start
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, bufsize=0, start_new_session=True)
+                                     stderr=self._stderr, bufsize=0, start_new_session=True, env=env)
         self.pid = self.proc.pid
         if cpu is not None and not taskset:
             os.sched_setaffinity(self.pid, {cpu})
@@ -365,6 +366,8 @@ class LoadGenerator:
         self.w_start = math.inf
         self.w_end = math.inf
         self.counting = 0  # 1 while the CPU window is open: chat events received count as window deliveries
+        self.heartbeat_ms = HEARTBEAT_MS
+        """``hello.hb``: the engine expires a connection silent for 2.5 x this (``bench memory`` raises it)."""
         self.shutting_down = False
 
     # -- sockets ----------------------------------------------------------------------------------
@@ -495,7 +498,7 @@ class LoadGenerator:
                 return
             m.state = _HELLO
             self._write(m, client_frame(msgpack.packb(
-                {"t": "hello", "v": PROTOCOL_VERSION, "token": m.token, "hb": HEARTBEAT_MS})))
+                {"t": "hello", "v": PROTOCOL_VERSION, "token": m.token, "hb": self.heartbeat_ms})))
             buf = rest
         pos, end = 0, len(buf)
         while end - pos >= 2:

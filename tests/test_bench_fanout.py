@@ -1,9 +1,10 @@
 """Keep ``python -m roost.bench fanout`` from rotting: a tiny run against a real engine and both baseline relays.
 
-Both servers are real subprocesses on 127.0.0.1 and the clients are real sockets, so this exercises the
+The servers are real subprocesses on 127.0.0.1 and the clients are real sockets, so this exercises the
 whole path (upgrade, hello, join_or_create, chat fan-out). The picows relay needs the ``bench`` extra
-(picows, uvloop), which ``.ci/run`` installs: ``pip install -e '.[test,bench]'``. Only the shape of the output and the absence
-of errors are checked, never a timing, so a slow or busy machine cannot fail this test.
+(picows, uvloop), which ``.ci/run`` installs: ``pip install -e '.[test,bench]'``. Only the shape of
+the output and the absence of errors are checked, never a timing, so a slow or busy machine cannot
+fail this test.
 """
 
 from __future__ import annotations
