@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import sys
+from pathlib import Path
 
+import msgpack
 import pytest
 
 from roost.bench import fanout as fanout_bench
@@ -86,3 +90,64 @@ def test_dispatcher_knows_fanout_and_refuses_bad_options(capsys: pytest.CaptureF
     assert build_parser().parse_args(["fanout", "--no-picows"]).no_picows
     assert fanout_bench.run(_args("--url", "ws://127.0.0.1:1/")) == 2, "--url needs --dev-key"
     capsys.readouterr()
+
+
+def _recv_frame(sock: socket.socket, buffer: bytearray) -> dict:
+    """One unmasked binary server frame (the relays send nothing else here), decoded."""
+    while True:
+        if len(buffer) >= 2:
+            size, head = buffer[1] & 0x7F, 2
+            if size == 126 and len(buffer) >= 4:
+                size, head = int.from_bytes(buffer[2:4], "big"), 4
+            if size < 127 and len(buffer) >= head + size:
+                assert buffer[0] == 0x82, buffer[:2]
+                payload = bytes(buffer[head:head + size])
+                del buffer[:head + size]
+                frame: dict = msgpack.unpackb(payload, raw=False)
+                return frame
+        chunk = sock.recv(65536)
+        assert chunk, "the relay closed the connection"
+        buffer += chunk
+
+
+@pytest.mark.parametrize(("module", "key"), [("roost.bench.relay", "RELAY_URL"),
+                                             ("roost.bench.picows_relay", "PICOWS_URL")])
+def test_both_relays_answer_what_they_do_not_do(module: str, key: str, tmp_path: Path) -> None:
+    """The two yardsticks speak the same protocol, refusals included: the load generator counts those."""
+    server = fanout_bench.ServerProcess([sys.executable, "-m", module, "--port", "0"], cpu=None, workdir=tmp_path,
+                                        name="relay")
+    try:
+        url = server.read_announcement([key], fanout_bench.SERVER_START_TIMEOUT)[key]
+        host, port = url.removeprefix("ws://").rstrip("/").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            gen = fanout_bench.LoadGenerator(url, ["t"], rooms=1, members=1)
+            sock.sendall(gen.request)
+            buffer = bytearray()
+            while b"\r\n\r\n" not in buffer:
+                buffer += sock.recv(65536)
+            head, _sep, rest = bytes(buffer).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 ")
+            buffer = bytearray(rest)
+
+            def ask(frame: object) -> dict:
+                data = frame if isinstance(frame, bytes) else msgpack.packb(frame)
+                sock.sendall(fanout_bench.client_frame(data))
+                return _recv_frame(sock, buffer)
+
+            welcome = ask({"t": "hello", "v": 1, "token": "any", "hb": 30_000})
+            assert welcome["t"] == "welcome" and welcome["hb"] == 30_000
+            refused = ask({"t": "chat_send", "id": 7, "room": "r", "cid": "c", "text": "hi"})
+            assert (refused["t"], refused["id"], refused["code"]) == ("error", 7, "not_member")
+            assert ask({"t": "lobby", "id": 8}) | {"message": ""} == {"t": "error", "id": 8, "code": "unsupported",
+                                                                       "message": ""}
+            assert ask(b"\xc1")["code"] == "malformed", "bytes that are not msgpack"
+            assert ask({"t": "ping"})["t"] == "pong"
+            joined = ask({"t": "join_or_create", "id": 9, "code": "bench-0"})
+            assert joined == {"t": "ok", "id": 9, "result": {"room": "bench-0"}}
+            sock.sendall(fanout_bench.client_frame(msgpack.packb(
+                {"t": "chat_send", "id": 10, "room": "bench-0", "cid": "c1", "text": "hello"})))
+            chat, ok = _recv_frame(sock, buffer), _recv_frame(sock, buffer)
+            assert (chat["t"], chat["room"], chat["msg"]["n"], chat["msg"]["text"]) == ("chat", "bench-0", 1, "hello")
+            assert (ok["t"], ok["id"], ok["result"]["n"]) == ("ok", 10, 1)
+    finally:
+        assert server.stop() is not None, "the relay was reaped"
