@@ -15,6 +15,7 @@ from . import autobahn as autobahn_bench
 from . import crash as crash_bench
 from . import durable as durable_bench
 from . import fanout as fanout_bench
+from . import memory as memory_bench
 from . import protocol as protocol_bench
 from . import restart as restart_bench
 
@@ -34,6 +35,7 @@ BENCHES: dict[str, BenchModule] = {
     "fanout": fanout_bench,
     "durable": durable_bench,
     "restart": restart_bench,
+    "memory": memory_bench,
     "crash": crash_bench,
     "autobahn": autobahn_bench,
 }

@@ -7,7 +7,11 @@ room receives P x M messages/s and delivers P x M x P ``chat`` events/s (the sen
 offered load is R x P x M x P deliveries/s, as in reference/stack-limits.md §A.8 ("1 room x 200
 clients x 1 msg/s" = 40 k deliveries/s; "10 x 10 clients x 10 msg/s" = 10 k deliveries/s). Then it
 does the same against ``roost.bench.relay`` (the Trio + wsproto ceiling: one frame encoded once, a direct
-non-blocking ``send()`` per member), one run after the other, and prints a table and one JSON line.
+non-blocking ``send()`` per member) and against ``roost.bench.picows_relay`` (picows on uvloop, plain
+msgpack: the floor of a Python stack, reference/inbound-path.md §4), one run after the other, and
+prints a table and one JSON line: every figure is a ratio against both in the same run (``cpu_ratio``
+against the relay, ``cpu_ratio_picows`` against picows). picows and uvloop are the ``bench`` extra;
+without them the picows column is n/a and ``picows_note`` says why.
 
 Method:
 
@@ -48,6 +52,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -120,7 +125,8 @@ def _available_cpus() -> set[int]:
 class ServerProcess:
     """A server subprocess pinned to one CPU, whose first stdout lines announce what it serves."""
 
-    def __init__(self, argv: list[str], *, cpu: int | None, workdir: Path, name: str) -> None:
+    def __init__(self, argv: list[str], *, cpu: int | None, workdir: Path, name: str,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self._stderr_path = workdir / f"{name}.stderr"
         self._stderr: IO[bytes] = open(self._stderr_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -128,7 +134,7 @@ class ServerProcess:
         if cpu is not None and taskset:
             argv = [taskset, "-c", str(cpu), *argv]  # taskset execs argv: same pid, pinned from the start
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, bufsize=0, start_new_session=True)
+                                     stderr=self._stderr, bufsize=0, start_new_session=True, env=env)
         self.pid = self.proc.pid
         if cpu is not None and not taskset:
             os.sched_setaffinity(self.pid, {cpu})
@@ -360,6 +366,8 @@ class LoadGenerator:
         self.w_start = math.inf
         self.w_end = math.inf
         self.counting = 0  # 1 while the CPU window is open: chat events received count as window deliveries
+        self.heartbeat_ms = HEARTBEAT_MS
+        """``hello.hb``: the engine expires a connection silent for 2.5 x this (``bench memory`` raises it)."""
         self.shutting_down = False
 
     # -- sockets ----------------------------------------------------------------------------------
@@ -490,7 +498,7 @@ class LoadGenerator:
                 return
             m.state = _HELLO
             self._write(m, client_frame(msgpack.packb(
-                {"t": "hello", "v": PROTOCOL_VERSION, "token": m.token, "hb": HEARTBEAT_MS})))
+                {"t": "hello", "v": PROTOCOL_VERSION, "token": m.token, "hb": self.heartbeat_ms})))
             buf = rest
         pos, end = 0, len(buf)
         while end - pos >= 2:
@@ -779,6 +787,8 @@ def _served_run(args: argparse.Namespace, name: str, argv: list[str], keys: Sequ
         lines = server.read_announcement(keys, SERVER_START_TIMEOUT)
         figures = run_load(lines[keys[0]], tokens_for(lines), args, server_pid=server.pid)
         figures["server"] = {"pid": server.pid, "cpus": server.affinity()}
+        if "PICOWS_LOOP" in lines:
+            figures["server"]["loop"] = lines["PICOWS_LOOP"]
     finally:
         status = server.stop()
     figures["server"]["exit_status"] = status
@@ -808,6 +818,30 @@ def _baseline_run(args: argparse.Namespace, cpu: int | None, workdir: Path) -> d
                        lambda _lines: [f"relay-member-{i}" for i in range(members)])
 
 
+PICOWS_MISSING = "picows is not installed: pip install 'roost[bench]' (or -e '.[bench]') for the picows baseline"
+
+
+def picows_available() -> bool:
+    """Whether this interpreter (the one the relay subprocess runs on) has picows: the ``bench`` extra."""
+    return importlib.util.find_spec("picows") is not None
+
+
+def _picows_run(args: argparse.Namespace, cpu: int | None, workdir: Path) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "roost.bench.picows_relay", "--port", "0"]
+    members = args.rooms * args.members  # the picows relay accepts any token too
+    figures = _served_run(args, "picows", argv, ["PICOWS_URL", "PICOWS_LOOP"], cpu, workdir,
+                          lambda _lines: [f"picows-member-{i}" for i in range(members)])
+    return figures
+
+
+def _ratio(mine: dict[str, Any], base: dict[str, Any] | None) -> float | None:
+    """Server CPU per delivery of ``mine`` over ``base`` (None when either is missing)."""
+    if base is None:
+        return None
+    numerator, denominator = mine["server_cpu_us_per_delivery"], base["server_cpu_us_per_delivery"]
+    return round(numerator / denominator, 2) if numerator is not None and denominator else None
+
+
 def _pins(args: argparse.Namespace) -> tuple[int | None, int | None]:
     cpus = _available_cpus()
     if args.no_pin or args.server_cpu == args.loadgen_cpu or not {args.server_cpu, args.loadgen_cpu} <= cpus:
@@ -816,20 +850,26 @@ def _pins(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def collect(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the engine, then the baseline relay, under the same load; return every figure."""
+    """Run the engine, then the baseline relay, then the picows relay, under the same load; every figure."""
     pins = _pins(args)
+    picows_note = None
     with tempfile.TemporaryDirectory(prefix="roost-fanout-") as tmp, _pinned(pins[1]):
         workdir = Path(tmp)
         engine = _engine_run(args, pins[0], workdir)
         baseline = _baseline_run(args, pins[0], workdir) if not args.no_baseline else None
-    ratio = None
-    if baseline is not None:
-        mine, base = engine["server_cpu_us_per_delivery"], baseline["server_cpu_us_per_delivery"]
-        if mine is not None and base:
-            ratio = round(mine / base, 2)
+        picows = None
+        if args.no_picows:
+            picows_note = "skipped (--no-picows)"
+        elif not picows_available():
+            picows_note = PICOWS_MISSING
+        else:
+            picows = _picows_run(args, pins[0], workdir)
     result: dict[str, Any] = {key: engine[key] for key in METRICS}
     result["baseline"] = {key: baseline[key] for key in METRICS} if baseline is not None else None
-    result["cpu_ratio"] = ratio
+    result["picows"] = {key: picows[key] for key in METRICS} if picows is not None else None
+    result["cpu_ratio"] = _ratio(engine, baseline)
+    result["cpu_ratio_picows"] = _ratio(engine, picows)
+    result["baseline_cpu_ratio_picows"] = _ratio(baseline, picows) if baseline is not None else None
     result.update(
         rooms=args.rooms,
         members=args.members,
@@ -839,8 +879,11 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         offered_deliveries_per_s=args.rooms * args.members * args.rate * args.members,
         pinned={"server_cpu": pins[0], "loadgen_cpu": pins[1]},
         python=f"{platform.python_implementation()} {platform.python_version()}",
+        picows_loop=picows["server"].get("loop") if picows is not None else None,
+        picows_note=picows_note,
         engine_detail={k: v for k, v in engine.items() if k not in METRICS},
         baseline_detail={k: v for k, v in baseline.items() if k not in METRICS} if baseline is not None else None,
+        picows_detail={k: v for k, v in picows.items() if k not in METRICS} if picows is not None else None,
     )
     return result
 
@@ -856,8 +899,9 @@ def _fmt(value: Any) -> str:
 
 
 def render_table(result: dict[str, Any]) -> str:
-    """Engine against baseline, one metric a row (plain ASCII)."""
+    """Engine against both baselines, one metric a row (plain ASCII)."""
     base = result["baseline"] or {}
+    floor = result["picows"] or {}
     pinned = result["pinned"]
     pin_text = (f"server on CPU {pinned['server_cpu']}, load generator on CPU {pinned['loadgen_cpu']}"
                 if pinned["server_cpu"] is not None else "not pinned")
@@ -865,19 +909,30 @@ def render_table(result: dict[str, Any]) -> str:
         (f"Roost fan-out: {result['rooms']} room(s) x {result['members']} members x {result['rate']:g} msg/s "
          f"per member = {result['offered_deliveries_per_s']:,.0f} deliveries/s offered; "
          f"{result['seconds']:g} s measured after {result['warmup']:g} s warm-up; {pin_text}; {result['python']}"),
+        "baseline = roost.bench.relay (Trio + wsproto, encode once); "
+        f"picows = roost.bench.picows_relay (picows on {result['picows_loop'] or 'n/a'}, plain msgpack: the floor)",
         "",
-        f"{'metric':<30}{'engine':>14}{'baseline':>14}{'engine/base':>13}",
-        "-" * 71,
+        f"{'metric':<30}{'engine':>12}{'baseline':>12}{'picows':>12}{'engine/base':>13}{'engine/picows':>15}",
+        "-" * 94,
     ]
-    for key in METRICS:
-        mine, theirs = result[key], base.get(key)
-        ratio = ""
+
+    def ratio(mine: Any, theirs: Any, key: str) -> str:
         if isinstance(mine, int | float) and isinstance(theirs, int | float) and theirs and key != "errors":
-            ratio = f"{mine / theirs:.2f}x"
-        lines.append(f"{key:<30}{_fmt(mine):>14}{_fmt(theirs):>14}{ratio:>13}")
+            return f"{mine / theirs:.2f}x"
+        return ""
+
+    for key in METRICS:
+        mine, theirs, lowest = result[key], base.get(key), floor.get(key)
+        lines.append(f"{key:<30}{_fmt(mine):>12}{_fmt(theirs):>12}{_fmt(lowest):>12}"
+                     f"{ratio(mine, theirs, key):>13}{ratio(mine, lowest, key):>15}")
     lines.append("")
     lines.append(f"cpu_ratio (engine / baseline server CPU per delivery): {_fmt(result['cpu_ratio'])}")
-    for label, detail in (("engine", result["engine_detail"]), ("baseline", result["baseline_detail"])):
+    lines.append(f"cpu_ratio_picows (engine / picows server CPU per delivery): {_fmt(result['cpu_ratio_picows'])}"
+                 f"; baseline / picows: {_fmt(result['baseline_cpu_ratio_picows'])}")
+    if result["picows_note"]:
+        lines.append(f"picows: {result['picows_note']}")
+    for label, detail in (("engine", result["engine_detail"]), ("baseline", result["baseline_detail"]),
+                          ("picows", result["picows_detail"])):
         if not detail:
             continue
         lines.append(
@@ -956,6 +1011,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loadgen-cpu", type=int, default=1, help="CPU this process is pinned to (default 1)")
     parser.add_argument("--no-pin", action="store_true", help="pin nothing")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline relay run")
+    parser.add_argument("--no-picows", action="store_true",
+                        help="skip the picows relay run (it needs the bench extra: picows, uvloop)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                         help="the started engine's log level (default warning)")
 
