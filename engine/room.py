@@ -412,19 +412,30 @@ class RoomActor:
         heapq.heappush(self._timers, (deadline, self._timer_seq, kind, user))
 
     def _next_deadline(self) -> float:
-        first = self._timers[0][0] if self._timers else math.inf
+        """The earliest armed timer (or tick), ``inf`` when none is.
+
+        The trap: a room is created empty, which arms its reaper, and joined in the same request; a
+        heap cannot remove that entry, and while it is pending every wait for the inbox needs a cancel
+        scope (a tenth of a chat turn's cost). A disarmed reap entry (``_reap_at`` no longer its
+        deadline) is stale: popped here when it comes first, ignored by ``_fire_timers`` otherwise.
+        """
+        timers = self._timers
+        while timers and timers[0][2] == "reap" and timers[0][0] != self._reap_at:
+            heapq.heappop(timers)
+        first = timers[0][0] if timers else math.inf
         return min(first, self._tick_at) if self._tick_at is not None else first
 
     def _fire_timers(self, now: float) -> None:
         presence = self.state.presence
         while self._timers and self._timers[0][0] <= now:
-            _deadline, _seq, kind, user = heapq.heappop(self._timers)
+            deadline, _seq, kind, user = heapq.heappop(self._timers)
             if kind == "typing":
                 if presence.typing_due(user, now):
                     self._diff(update=[user])
             elif kind == "reap":
-                self._reap_at = None
-                self._reap()
+                if deadline == self._reap_at:  # else stale: disarmed by a join (or re-armed earlier)
+                    self._reap_at = None
+                    self._reap()
             elif presence.grace_due(user, now):
                 self._remove_member(user, consented=False)
         if self._tick_at is not None and self._tick_at <= now and self.logic is not None:
@@ -788,6 +799,7 @@ class RoomActor:
         """Start the reaper's clock when the room has no member (and stop it when one joins)."""
         state = self.state
         if len(state.presence):
+            self._reap_at = None  # disarmed: its heap entry is stale (skipped, see _next_deadline)
             if state.empty_since is not None:
                 state.empty_since = None
                 state.touch("counters")
