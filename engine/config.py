@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import re
@@ -161,9 +162,14 @@ class Config:
         if len(self.session_secret) < 16:
             raise ConfigError("session_secret must be at least 16 bytes")
 
-    @property
+    @functools.cached_property
     def limits(self) -> Limits:
-        """The codec limits for frames clients send."""
+        """The codec limits for frames clients send.
+
+        Built once per config (every inbound frame is decoded with them: a new ``Limits`` per frame
+        cost ~3-4 k instructions). A frozen dataclass still has a ``__dict__`` for ``cached_property``
+        to fill; ``replace`` makes a new config, which builds its own.
+        """
         return Limits(max_frame_bytes=self.max_frame_bytes, max_depth=self.max_depth, max_chat_chars=self.max_chat_chars,
                       max_meta_bytes=self.max_meta_bytes, max_presence_bytes=self.max_presence_bytes,
                       max_chat_meta_bytes=self.max_chat_meta_bytes, max_state_bytes=self.max_state_bytes)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgpack
 import trio
 
 from roost.protocol.codec import SERVER_LIMITS, dump_record, encode
@@ -33,6 +34,7 @@ from roost.protocol.frames import (
     ChatEdit,
     ChatEdited,
     ChatEvent,
+    ChatMessage,
     ChatSend,
     ClientFrame,
     Create,
@@ -412,19 +414,30 @@ class RoomActor:
         heapq.heappush(self._timers, (deadline, self._timer_seq, kind, user))
 
     def _next_deadline(self) -> float:
-        first = self._timers[0][0] if self._timers else math.inf
+        """The earliest armed timer (or tick), ``inf`` when none is.
+
+        The trap: a room is created empty, which arms its reaper, and joined in the same request; a
+        heap cannot remove that entry, and while it is pending every wait for the inbox needs a cancel
+        scope (a tenth of a chat turn's cost). A disarmed reap entry (``_reap_at`` no longer its
+        deadline) is stale: popped here when it comes first, ignored by ``_fire_timers`` otherwise.
+        """
+        timers = self._timers
+        while timers and timers[0][2] == "reap" and timers[0][0] != self._reap_at:
+            heapq.heappop(timers)
+        first = timers[0][0] if timers else math.inf
         return min(first, self._tick_at) if self._tick_at is not None else first
 
     def _fire_timers(self, now: float) -> None:
         presence = self.state.presence
         while self._timers and self._timers[0][0] <= now:
-            _deadline, _seq, kind, user = heapq.heappop(self._timers)
+            deadline, _seq, kind, user = heapq.heappop(self._timers)
             if kind == "typing":
                 if presence.typing_due(user, now):
                     self._diff(update=[user])
             elif kind == "reap":
-                self._reap_at = None
-                self._reap()
+                if deadline == self._reap_at:  # else stale: disarmed by a join (or re-armed earlier)
+                    self._reap_at = None
+                    self._reap()
             elif presence.grace_due(user, now):
                 self._remove_member(user, consented=False)
         if self._tick_at is not None and self._tick_at <= now and self.logic is not None:
@@ -586,11 +599,29 @@ class RoomActor:
         message, dup = state.chat.send(user=peer.user, name=peer.name, cid=frame.cid, text=frame.text,
                                        meta=frame.meta, ts=self.now_ms())
         if not dup:
-            state.touch_chat(message.n)
+            record = _packb(_message_map(message))
+            state.touch_chat(message.n, record)
             state.touch_read(peer.user)
-            self.emit(ChatEvent, msg=message, validate=False)
-        ack = ChatAck(id=message.id, n=message.n, ts=message.ts, dup=dup)
-        self._ok(peer, frame.id, dump_record(ack, validate=False), validate=False)
+            self._emit_chat(record)
+        # ``ok`` with a ChatAck, packed straight (as encode(Ok(...)) would: tests pin the bytes).
+        result = {"id": message.id, "n": message.n, "ts": message.ts, "dup": dup}
+        self._entries.append((peer, ws_frame(_packb({"t": "ok", "id": frame.id, "result": result}))))
+
+    def _emit_chat(self, record: bytes) -> None:
+        """Broadcast a ``chat`` event around a message ``record`` already packed: the event is the
+        record's bytes behind a packed head, so the message is packed once, for the wire and the
+        store alike (the same bytes as ``emit(ChatEvent, ...)``, whose ``msg`` is the last field)."""
+        state = self.state
+        seq = state.seq + 1
+        head = _packb({"t": "chat", "room": state.room_id, "epoch": state.epoch, "seq": seq, "ts": self.now_ms()})
+        payload = b"\x86" + head[1:] + b"\xa3msg" + record  # fixmap of 5 entries, plus "msg"
+        if len(payload) > SERVER_LIMITS.max_frame_bytes:  # pragma: no cover - a record is < 1/8 frame
+            raise RoomError(ErrorCode.TOO_LARGE, "the chat event would exceed the frame limit")
+        data = ws_frame(payload)
+        state.seq = seq
+        state.touch("counters")
+        self._entries.append((None, data))
+        state.record_event(seq, data)
 
     def _on_leave(self, peer: Peer, frame: Leave, now: float) -> None:
         self._remove_member(peer.user, consented=True)
@@ -788,6 +819,7 @@ class RoomActor:
         """Start the reaper's clock when the room has no member (and stop it when one joins)."""
         state = self.state
         if len(state.presence):
+            self._reap_at = None  # disarmed: its heap entry is stale (skipped, see _next_deadline)
             if state.empty_since is not None:
                 state.empty_since = None
                 state.touch("counters")
@@ -923,6 +955,24 @@ class RoomActor:
                 peer.rooms.discard(self.state.room_id)
         self._initial.clear()
         self._changes.clear()
+
+
+def _packb(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _message_map(m: ChatMessage) -> dict[str, Any]:
+    """``m.plain_fields()`` written out (fields in declaration order, None left out): the record
+    of a message the room built from validated values (a test pins it against the schema)."""
+    out: dict[str, Any] = {"id": m.id, "n": m.n, "user": m.user, "name": m.name, "text": m.text, "ts": m.ts}
+    if m.cid is not None:
+        out["cid"] = m.cid
+    if m.edited is not None:
+        out["edited"] = m.edited
+    out["deleted"] = m.deleted
+    if m.meta is not None:
+        out["meta"] = m.meta
+    return out
 
 
 class _LogicResultError(RuntimeError):

@@ -91,7 +91,8 @@ class RoomState:
         self.closing = False
         """Set in the turn that closes the room: that turn's commit deletes ``meta`` (the room is gone
         even if the process dies before every other key is disposed of)."""
-        self._dirty_chat: set[int] = set()
+        self._dirty_chat: dict[int, bytes | None] = {}
+        """Chat messages to write, with their record bytes when the turn already packed them."""
         self._dirty_members: set[str] = set()
         self._dirty_reads: set[str] = set()
 
@@ -101,9 +102,10 @@ class RoomState:
         """Mark sections (``meta``, ``host``, ``game``, ``counters``) as changed."""
         self._dirty.update(sections)
 
-    def touch_chat(self, n: int) -> None:
-        """Mark chat message ``n`` as new or changed."""
-        self._dirty_chat.add(n)
+    def touch_chat(self, n: int, record: bytes | None = None) -> None:
+        """Mark chat message ``n`` as new or changed; ``record`` is its record as packed already
+        (``_pack(dump_record(message))``, byte for byte), stored as is instead of re-dumped."""
+        self._dirty_chat[n] = record
 
     def touch_member(self, user: str) -> None:
         """Mark a member's durable record (name, join order, custom data) as new, changed or gone."""
@@ -129,10 +131,10 @@ class RoomState:
         room = self.room_id
         for section in sorted(self._dirty):
             writes.append(Write(room, section, _pack(self._section(section))))
-        for n in sorted(self._dirty_chat):
+        for n, record in sorted(self._dirty_chat.items()):
             message = self.chat.get(n)
             if message is not None:
-                writes.append(Write(room, chat_key(n), _pack(dump_record(message))))
+                writes.append(Write(room, chat_key(n), record if record is not None else _pack(dump_record(message))))
         for user in sorted(self._dirty_members):
             entry = self.presence.get(user)
             writes.append(Write(room, _MEMBER_PREFIX + user, None if entry is None else _pack(entry.to_record())))

@@ -95,3 +95,72 @@ async def test_chat_needs_membership(roost_connect) -> None:
             with pytest.raises(RequestError) as info:
                 await call
             assert info.value.code == "not_member"
+
+
+async def test_a_chat_turn_packs_its_frames_and_record_straight_and_byte_for_byte(
+    roost_keys, nursery, monkeypatch
+) -> None:
+    """The chat path packs its event, its ``ok`` and its stored record straight to msgpack (no frame
+    objects, no schema walk, the record packed once and reused inside the event): every byte the
+    same as the codec's encoding, cid, meta and dup included."""
+    import msgpack
+
+    from roost import Engine, MemoryStore
+    from roost.protocol.codec import SERVER_LIMITS, dump_record, encode
+    from roost.protocol.frames import ChatAck, ChatMessage, Ok
+    from roost.protocol.schema import WireRecord
+    from roost.state import chat_key
+    from roost.testing import test_config
+    from tests.wire import raw_peer
+
+    store = MemoryStore()
+    engine = Engine(test_config(roost_keys), store=store)
+    await nursery.start(engine.serve)
+    ann = await raw_peer(nursery, stream=engine.connect_memory())
+    await ann.hello(roost_keys.token("ann"), hb=300_000)
+    await ann.send({"t": "create", "id": 1})
+    room = (await ann.recv_until(Ok)).result["room"]
+    walked: list[str] = []
+    for name in ("plain_into", "dump_into"):
+        original = getattr(WireRecord, name)
+        monkeypatch.setattr(WireRecord, name, lambda self, *a, _o=original, _n=name: (walked.append(_n), _o(self, *a))[1])
+    sends = [{"t": "chat_send", "id": 2, "room": room, "cid": "c-1", "text": "é" * 4096, "meta": {"k": [1, "v"]}},
+             {"t": "chat_send", "id": 3, "room": room, "cid": "c-1", "text": "é" * 4096},  # a retry: dup
+             {"t": "chat_send", "id": 4, "room": room, "cid": "c-2", "text": "x"}]
+    received = []
+    with trio.fail_after(10):
+        for send in sends:
+            await ann.send(send)
+            raws = []
+            while not raws or msgpack.unpackb(raws[-1])["t"] != "ok":
+                raws.append(await ann.ws.get_message())
+            received.append((send, raws))
+    monkeypatch.undo()
+    assert walked == []
+    for send, raws in received:
+        frames = [msgpack.unpackb(raw) for raw in raws]
+        for raw, frame in zip(raws, frames, strict=True):
+            if frame["t"] == "chat":
+                msg = ChatMessage(**frame["msg"])
+                expected = encode(ChatEvent(room=room, epoch=frame["epoch"], seq=frame["seq"], ts=frame["ts"], msg=msg),
+                                  SERVER_LIMITS)
+                assert raw == expected
+                assert store._rooms[room][chat_key(msg.n)] == msgpack.packb(dump_record(msg), use_bin_type=True)
+            else:
+                ack = ChatAck(**frame["result"])
+                assert raw == encode(Ok(id=send["id"], result=dump_record(ack)), SERVER_LIMITS)
+        assert [f["t"] for f in frames] == (["ok"] if send["id"] == 3 else ["chat", "ok"])
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"cid": "op-1", "meta": {"k": 1}},
+    {"cid": "op-1", "edited": 5, "deleted": True, "meta": {"a": [1]}},
+    {"edited": 7},
+])
+def test_the_rooms_packed_message_record_is_the_schemas(fields) -> None:
+    from roost.protocol.frames import ChatMessage
+    from roost.room import _message_map
+
+    message = ChatMessage(id="m3", n=3, user="ann", name="Ann", text="hi", ts=1, **fields)
+    assert list(_message_map(message).items()) == list(message.plain_fields().items())

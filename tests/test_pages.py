@@ -62,6 +62,16 @@ def test_byte_limits_cannot_exceed_what_every_client_accepts(name: str, value: i
         assert Config(**{name: value - 1}).limits == Limits(**{name: value - 1})
 
 
+def test_a_config_builds_its_client_limits_once() -> None:
+    """Every inbound frame is decoded with ``config.limits``: one object per config, not one per frame
+    (a copy made with ``replace`` gets its own, with the changed values)."""
+    config = Config(max_chat_chars=100)
+    assert config.limits is config.limits
+    assert config.limits == Limits(max_chat_chars=100)
+    changed = config.replace(max_chat_chars=50)
+    assert changed.limits.max_chat_chars == 50 and config.limits.max_chat_chars == 100
+
+
 async def test_welcome_announces_the_byte_limits(roost_connect) -> None:
     with trio.fail_after(10):
         ann = await roost_connect("ann")

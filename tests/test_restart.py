@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,13 @@ async def test_rooms_chat_and_members_come_back_after_a_restart(tmp_path: Path, 
             nursery.cancel_scope.cancel()
 
 
+def _memory(engine: Engine) -> Callable[[], Awaitable[trio.abc.Stream]]:
+    async def connect() -> trio.abc.Stream:
+        return engine.connect_memory()
+
+    return connect
+
+
 def mock_wall() -> float:
     return 1_800_000_000.0 + trio.current_time()
 
@@ -79,6 +88,42 @@ async def test_the_reaper_disposes_of_a_room_empty_for_its_ttl(autojump_clock, n
     with pytest.raises(RequestError) as info:
         await ann.join(room=doomed.room)
     assert info.value.code == "not_found"
+
+
+async def test_a_room_a_member_joined_waits_for_its_inbox_with_no_deadline(
+    autojump_clock, nursery: trio.Nursery
+) -> None:
+    """A room is created empty (its reaper armed) and joined in the same request; the join disarms
+    the reaper, so the actor waits on its inbox with no deadline (no cancel scope per turn)."""
+    keys = TestKeys(clock=mock_wall)
+    engine = Engine(test_config(keys, wall_clock=mock_wall), store=MemoryStore())
+    await nursery.start(engine.serve)
+    ann = await connect_client(nursery, engine.url, keys.token("ann"), stream=_memory(engine))
+    for room in (await ann.create(), await ann.join_or_create("LOBBY")):
+        await ann.chat_send(room.room, "hello")
+        assert await engine.ops._call(room.room, lambda actor: actor._next_deadline()) == math.inf
+
+
+async def test_a_room_emptied_again_after_a_join_is_reaped_a_ttl_after_the_last_leave(
+    autojump_clock, nursery: trio.Nursery
+) -> None:
+    keys = TestKeys(clock=mock_wall)
+    config = test_config(keys, wall_clock=mock_wall, room_ttl=600.0, solo_room_ttl=600.0)
+    engine = Engine(config, store=MemoryStore())
+    await nursery.start(engine.serve)
+    ann = await connect_client(nursery, engine.url, keys.token("ann"), stream=_memory(engine))
+    room = await ann.create()
+    await ann.leave(room.room)  # reaper at +600
+    await trio.sleep(100)
+    await ann.join(room=room.room)  # disarmed
+    await trio.sleep(100)
+    await ann.leave(room.room)  # reaper at +800 from the start
+    left_at = trio.current_time()
+    await trio.sleep(599)
+    assert engine.router.get(room.room) is not None
+    await trio.sleep(2)
+    assert engine.router.get(room.room) is None
+    assert trio.current_time() - left_at == pytest.approx(601)
 
 
 async def test_a_reaped_room_leaves_no_key_in_lmdb(tmp_path: Path, roost_keys: TestKeys, nursery) -> None:
