@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from roost.store import Write
 from roost.store.lmdb import LOCK_NAME, LmdbStore, StoreFailed, StoreLocked, StoreOpenError
@@ -32,6 +34,38 @@ async def test_commit_then_read_back(store: LmdbStore) -> None:
     assert await store.load_room("r1") == {"meta": b"m"}
     assert await store.load_global() == {}
     assert await store.load_room("nope") == {}
+
+
+async def test_a_group_applies_its_writes_in_order(store: LmdbStore) -> None:
+    """A put then a delete of one key in one batch leaves no key, and a delete then a put leaves the
+    put: the store's contract, whichever order it hands the writes to LMDB in."""
+    await store.commit([Write("r1", "member:ann", b"joined"), Write("r1", "member:ann", None),
+                        Write("r1", "member:bob", None), Write("r1", "member:bob", b"joined"),
+                        Write(None, "rev:a", b"1"), Write(None, "rev:a", None)])
+    assert await store.load_room("r1") == {"member:bob": b"joined"}
+    assert await store.load_global() == {}
+
+
+_KEYS = st.sampled_from([("r1", "a"), ("r1", "b"), ("r2", "a"), (None, "g")])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(_KEYS, st.one_of(st.none(), st.binary(min_size=1, max_size=4))), max_size=12))
+async def test_a_group_ends_as_its_writes_applied_one_by_one(tmp_path: Path, writes: list) -> None:
+    model: dict[tuple[str | None, str], bytes] = {}
+    for key, value in writes:
+        if value is None:
+            model.pop(key, None)
+        else:
+            model[key] = value
+    async with trio.open_nursery() as nursery:
+        store = LmdbStore(tmp_path / f"db-{len(os.listdir(tmp_path))}")
+        await nursery.start(store.run)
+        await store.commit([Write(room, key, value) for (room, key), value in writes])
+        stored = {(room, key): value for room in ("r1", "r2") for key, value in (await store.load_room(room)).items()}
+        stored |= {(None, key): value for key, value in (await store.load_global()).items()}
+        nursery.cancel_scope.cancel()
+    assert stored == model
 
 
 async def test_a_room_id_that_prefixes_another_stays_separate(store: LmdbStore) -> None:

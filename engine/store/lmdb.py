@@ -283,29 +283,33 @@ class LmdbStore(Store):
         self._groups += 1
 
     def _write_sync(self, writes: list[Write]) -> None:
+        """One transaction for the group, ending as its writes applied one by one would.
+
+        The trap: deletes go through ``txn.delete`` and puts through one ``putmulti`` at the end, so
+        applied as they come a put followed by a delete of the same key would end with the put. Rooms
+        write each key once per turn today, so nothing hit it, but a batch is an ordered list: each
+        key's last write wins first, then the deletes and the puts run.
+        """
         assert self._env is not None
         rooms, globals_ = self._rooms_db, self._global_db
-        puts: list[tuple[bytes, bytes]] = []
-        global_puts: list[tuple[bytes, bytes]] = []
+        last: dict[bytes, bytes | None] = {}
+        global_last: dict[bytes, bytes | None] = {}
+        for write in writes:
+            if write.room is None:
+                global_last[write.key.encode()] = write.value
+            else:
+                last[write.room.encode() + _SEP + write.key.encode()] = write.value
         with self._env.begin(write=True) as txn:
-            for write in writes:
-                if write.room is None:
-                    key = write.key.encode()
-                    if write.value is None:
-                        txn.delete(key, db=globals_)
+            for db, final in ((rooms, last), (globals_, global_last)):
+                puts = []
+                for key, value in final.items():
+                    if value is None:
+                        txn.delete(key, db=db)
                     else:
-                        global_puts.append((key, write.value))
-                else:
-                    key = write.room.encode() + _SEP + write.key.encode()
-                    if write.value is None:
-                        txn.delete(key, db=rooms)
-                    else:
-                        puts.append((key, write.value))
-            # putmulti: one call into C for all the group's puts (py-lmdb retakes the GIL per call).
-            if puts:
-                txn.cursor(db=rooms).putmulti(puts)
-            if global_puts:
-                txn.cursor(db=globals_).putmulti(global_puts)
+                        puts.append((key, value))
+                # putmulti: one call into C for all the group's puts (py-lmdb retakes the GIL per call).
+                if puts:
+                    txn.cursor(db=db).putmulti(puts)
 
     def _grow(self) -> None:
         assert self._env is not None
