@@ -29,7 +29,8 @@ __all__ = ["DEV_TOKEN_TTL_S", "DevSite", "js_root"]
 
 DEV_TOKEN_TTL_S = 3600
 _USER = re.compile(r"[A-Za-z0-9_-]{1,32}")
-_MODULE = re.compile(r"[A-Za-z0-9_]+\.mjs")
+_MODULE = re.compile(r"(?:utils/)?[A-Za-z0-9_]+\.mjs")
+"""The module names of the ESM build: its files and those of its one subfolder, nothing else (no ..)."""
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 
