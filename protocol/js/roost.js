@@ -504,7 +504,13 @@ export class Roost {
           }
           this._lost(code, reason);
         };
-      }, (err) => done({ error: new RoostError("unauthorized", `the token source failed: ${err?.message ?? err}`), retry: false }));
+      }, (err) => {
+        // At the first connect a failing token source is the application's to fix; on a reconnect it
+        // is most likely the same network outage (the backend is unreachable too): keep retrying.
+        const error = new RoostError("unauthorized", `the token source failed: ${err?.message ?? err}`);
+        if (reconnecting) this._report(error);
+        done({ error, retry: reconnecting });
+      });
       void startToken;
     });
   }

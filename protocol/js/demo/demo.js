@@ -2,7 +2,7 @@
 import { Roost, RoostError } from "/js/roost.js";
 
 const $ = (id) => document.getElementById(id);
-const demo = { client: null, room: null, members: new Map(), receipts: new Map(), messages: new Map(), oldest: null };
+const demo = { client: null, room: null, members: new Map(), receipts: new Map(), messages: new Map(), oldest: null, transitions: [] };
 window.demo = demo; // for the browser tests and the console
 
 async function devToken(user) {
@@ -27,7 +27,7 @@ async function connect(user) {
   const started = performance.now();
   demo.client = await Roost.connect(url, {
     token: () => devToken(user),
-    onState: (state) => { $("status").textContent = state === "open" ? `connected as ${user}` : state; $("status").dataset.state = state; },
+    onState: (state) => { demo.transitions.push({ state, at: performance.now() }); $("status").textContent = state === "open" ? `connected as ${user}` : state; $("status").dataset.state = state; },
     onError: (err) => console.warn("roost:", err),
   });
   demo.connectMs = performance.now() - started;
