@@ -317,3 +317,41 @@ def test_token_refresh_and_every_client_error_path_in_the_browser(browser: Brows
     page.click("#join-code")
     expect(page.locator("#error")).to_contain_text("not_found")
     page.context.close()
+
+
+def test_figures_from_the_page(browser: Browser, server: str) -> None:
+    """The issue's figures, measured in the page (printed with -s): connect + hello + join, and the
+    chat round trip (chatSend to its ok, which follows the message's commit) over 200 messages, paced
+    under the default rate limit (50/s) so that no request is refused."""
+    page = open_page(browser, server, "gus")
+    figures = page.evaluate("""async (url) => {
+        const { Roost } = await import('/js/roost.js');
+        const token = async (user) => (await (await fetch('/dev/token?user=' + user)).json()).token;
+        const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(p * s.length))]; };
+        const host = await Roost.connect(url, { token: await token('gus') });
+        const room = await host.create({ max: 64 });
+        const joins = [];
+        for (let i = 0; i < 30; i++) {
+            const t = await token('guest' + (i % 5));
+            const start = performance.now();
+            const c = await Roost.connect(url, { token: t });
+            await c.join({ code: room.snapshot.code });
+            joins.push(performance.now() - start);
+            await c.close();
+        }
+        const rtts = [];
+        for (let i = 0; i < 200; i++) {
+            const start = performance.now();
+            await host.chatSend(room, 'message ' + i);
+            const rtt = performance.now() - start;
+            rtts.push(rtt);
+            await new Promise((r) => setTimeout(r, Math.max(0, 22 - rtt)));
+        }
+        await host.close();
+        return { join: [pct(joins, 0.5), pct(joins, 0.95)], chat: [pct(rtts, 0.5), pct(rtts, 0.95)] };
+    }""", server.replace("http://", "ws://") + "/")
+    print(f"\nconnect+hello+join p50 {figures['join'][0]:.1f} ms p95 {figures['join'][1]:.1f} ms (30); "
+          f"chat round trip p50 {figures['chat'][0]:.1f} ms p95 {figures['chat'][1]:.1f} ms (200)")
+    assert 0 < figures["join"][0] <= figures["join"][1] < 2000
+    assert 0 < figures["chat"][0] <= figures["chat"][1] < 2000
+    page.context.close()
