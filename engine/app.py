@@ -21,7 +21,7 @@ from roost.protocol.errors import CloseCode
 from .admin import Admin
 from .config import Config
 from .gateway import Gateway
-from .http import Exposition
+from .http import Exposition, Routes
 from .metrics import Metrics
 from .operations import Operations
 from .revocations import Revocations
@@ -69,6 +69,8 @@ class Engine:
         self.metrics_exposition: Exposition | None = self.metrics.exposition
         """What ``GET /metrics`` serves (body, content type): this engine's metrics unless replaced
         before ``serve``; None answers 404."""
+        self.http_routes: Routes | None = None
+        """Extra GET routes on the port, set before ``serve`` (``roost serve --dev``: the demo site)."""
 
     def request_shutdown(self) -> None:
         """Stop gracefully: ``serve`` closes clients with 1001 "resume", lets rooms commit, and returns.
@@ -135,7 +137,7 @@ class Engine:
                     admin = Admin(config.service_key, operations, self.statistics,
                                   on_refused=self._service_auth_refused)
                     self._gateway = Gateway(config, self._router, self.revocations, admin,
-                                            exposition=self.metrics_exposition)
+                                            exposition=self.metrics_exposition, routes=self.http_routes)
                     async with trio.open_nursery(strict_exception_groups=True) as gateway_nursery:
                         await gateway_nursery.start(self._gateway.run, listener)
                         host, port = listener.getsockname()[:2]

@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(run=_cmd_token)
 
     serve = sub.add_parser("serve", help="run the engine")
-    serve.add_argument("--dev", action="store_true", help="create a development key and print a ready token")
+    serve.add_argument("--dev", action="store_true", help="create a development key and print a ready token; serve the demo page at / and /dev/token (development only)")
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to bind (default 8765; 0 picks one)")
     serve.add_argument("--config", default=None, help="TOML config file (ROOST_* environment variables override it)")

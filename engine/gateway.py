@@ -23,7 +23,7 @@ from roost.protocol.tokens import SessionSigner
 
 from .config import Config
 from .connection import Connection, Phase
-from .http import Availability, Exposition, HttpService
+from .http import Availability, Exposition, HttpService, Routes
 from .outbox import SocketTransport, StreamTransport, Transport
 from .revocations import Revocations
 from .router import Router
@@ -75,7 +75,7 @@ class Gateway:
     """Accepts connections and keeps the registry of live sessions."""
 
     def __init__(self, config: Config, router: Router, revocations: Revocations, admin: Admin,
-                 *, exposition: Exposition | None = None) -> None:
+                 *, exposition: Exposition | None = None, routes: Routes | None = None) -> None:
         self.config = config
         self.router = router
         self.revocations = revocations
@@ -83,7 +83,7 @@ class Gateway:
         self.availability = Availability.STARTING
         """STARTING until the engine has restored its rooms (:meth:`serving`), DRAINING from
         :meth:`drain` on: only while SERVING are upgrades accepted and the service API answered."""
-        self.http = HttpService(admin, config.limits, lambda: self.availability, exposition)
+        self.http = HttpService(admin, config.limits, lambda: self.availability, exposition, routes)
         """Plain HTTP requests on the same port: health, metrics, the service API."""
         self.signer = SessionSigner(config.session_secret)
         self.connections: set[Connection] = set()

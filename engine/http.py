@@ -51,12 +51,17 @@ __all__ = [
     "HttpResponse",
     "HttpService",
     "RequestReader",
+    "Routes",
     "dump_json",
     "load_json_object",
 ]
 
 Exposition = Callable[[], tuple[bytes, str]]
 """What ``GET /metrics`` serves: a callable returning the body and its content type."""
+
+Routes = Callable[["HttpRequest"], "HttpResponse | None"]
+"""Extra GET/HEAD routes (``roost serve --dev``'s demo site, :mod:`roost.devsite`): a response, or None
+for a path that is not theirs (then 404). Asked after the engine's own paths, so they cannot shadow them."""
 
 
 class Availability(enum.Enum):
@@ -322,8 +327,9 @@ class HttpService:
     """Answers one parsed request: the routes, the credential, JSON in and out."""
 
     def __init__(self, admin: Admin, limits: Limits, availability: Callable[[], Availability],
-                 exposition: Exposition | None = None) -> None:
+                 exposition: Exposition | None = None, routes: Routes | None = None) -> None:
         self._admin = admin
+        self._routes = routes
         self._limits = limits
         self._availability = availability
         self._exposition = exposition
@@ -351,6 +357,10 @@ class HttpService:
                 return _not_allowed(_ROUTE_METHODS)
             body, content_type = self._exposition()
             return HttpResponse(200, body, content_type)
+        if self._routes is not None and method in _ROUTE_METHODS:
+            routed = self._routes(request)
+            if routed is not None:
+                return routed
         return HttpResponse.error(404, ErrorCode.NOT_FOUND, "no such path")
 
     async def _api(self, request: HttpRequest, remote: str) -> HttpResponse:

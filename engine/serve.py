@@ -31,9 +31,11 @@ from roost.protocol.tokens import Keyring, new_claims, sign
 
 from .app import Engine
 from .config import Config, ConfigError
+from .devsite import DevSite
 from .store import StoreError
 from .store.lmdb import LmdbStore, StoreLocked, StoreOpenError
 from .logs import configure as configure_logging
+from .tictactoe import LOGIC_NAME as TICTACTOE, TicTacToe
 from .keys import KeyFileError, public_path_for, read_private_key, read_public_key, write_key_pair
 
 __all__ = ["Prepared", "ServeError", "prepare", "run"]
@@ -63,6 +65,8 @@ class Prepared:
     None when one is configured (the operator has it) or without ``--dev``."""
     store: LmdbStore
     """Open, and holding the data directory's lock; ``run`` hands it to the engine."""
+    dev_site: DevSite | None = None
+    """``--dev`` only: the demo page, the JS client files and ``/dev/token`` (:mod:`roost.devsite`)."""
 
 
 def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbStore] = LmdbStore) -> Prepared:
@@ -104,6 +108,7 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
         dev_key: Path | None = None
         dev_token: str | None = None
         dev_service_key: str | None = None
+        dev_site: DevSite | None = None
         if args.dev:
             dev_key = data / DEV_KEY_NAME
             try:
@@ -115,6 +120,8 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
                 raise ServeError(str(exc)) from None
             claims = new_claims(sub="dev", name="Developer", kid=kid, now=time.time(), ttl=DEV_TOKEN_TTL)
             dev_token = sign(claims, signing_key)
+            dev_site = DevSite(kid, signing_key)
+            config = config.replace(logics={TICTACTOE: TicTacToe, **config.logics})
             if config.service_key is None:
                 dev_service_key = _service_key(data / SERVICE_KEY_NAME)
                 config = config.replace(service_key=dev_service_key)
@@ -123,7 +130,8 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
         store.close()  # refused: release the directory at once
         raise
     return Prepared(config=config.replace(keyring=keyring, session_secret=secret), dev_key=dev_key,
-                    dev_token=dev_token, dev_service_key=dev_service_key, store=store)
+                    dev_token=dev_token, dev_service_key=dev_service_key, store=store,
+                    dev_site=dev_site)
 
 
 def _session_secret(path: Path) -> bytes:
@@ -191,6 +199,7 @@ async def _serve_until_stopped(
 
 async def _serve(prepared: Prepared) -> None:
     engine = Engine(prepared.config, store=prepared.store)
+    engine.http_routes = prepared.dev_site
     async with trio.open_nursery(strict_exception_groups=True) as nursery:
         host, port = await nursery.start(_serve_until_stopped, engine, nursery.cancel_scope)
         # Everything allocated so far (modules, config, keys, restored rooms) lives long: move it out

@@ -1,0 +1,744 @@
+// roost.js: the JavaScript client of the Roost wire protocol (PROTOCOL.md), for browsers and Node.
+//
+// The same shape as the Python client (roost.client): `await Roost.connect(url, {token})`, awaited
+// requests, per-room events with their (epoch, seq) tracked, heartbeats, token refresh before `exp`,
+// and reconnect with backoff + jitter followed by `hello.session` and one `resume` per room.
+//
+// Traps this module exists to handle (each named where it is handled):
+// - Browsers cannot set WebSocket headers and URLs end up in logs: the token goes in `hello`, never
+//   in the URL (PROTOCOL.md §3, note 1).
+// - JavaScript numbers hold integers exactly only up to 2^53-1: every integer sent is checked, and
+//   64-bit integers read are decoded as BigInt and turned into numbers only when exact.
+// - `Date` would encode as a msgpack timestamp ext, which the server refuses (`malformed`): it is
+//   sent as milliseconds since the epoch. `undefined` map values are left out (nil means absent, §2).
+// - `ws.close(code)` throws in browsers for codes other than 1000 and 3000-4999: this client only
+//   ever closes with 1000, and drops a dead link without waiting for the server's Close.
+// - The server sends a resume's replay after its `ok` (§5.3), every other request's events before.
+
+import { Decoder, Encoder } from "@msgpack/msgpack";
+
+export const PROTOCOL_VERSION = 1;
+const MAX_SAFE = Number.MAX_SAFE_INTEGER;
+const MAX_REQUEST_ID = 2 ** 32 - 1;
+const INT64_MIN = -(2n ** 63n);
+const UINT64_MAX = 2n ** 64n - 1n;
+
+/** PROTOCOL.md §8.2: name and whether a client reconnects by itself after each close code. */
+export const CLOSE_CODES = Object.freeze({
+  1000: { name: "normal", reconnect: false },
+  1001: { name: "going_away", reconnect: true },
+  1002: { name: "protocol_error", reconnect: false },
+  1003: { name: "unsupported_data", reconnect: false },
+  1006: { name: "abnormal", reconnect: true },
+  1007: { name: "invalid_payload", reconnect: false },
+  1008: { name: "policy_violation", reconnect: false },
+  1009: { name: "message_too_big", reconnect: false },
+  1011: { name: "internal_error", reconnect: true },
+  1012: { name: "service_restart", reconnect: true },
+  1013: { name: "try_again_later", reconnect: true },
+  4000: { name: "slow_consumer", reconnect: true },
+  4001: { name: "rate_limited", reconnect: true },
+  4002: { name: "token_expired", reconnect: true },
+  4003: { name: "heartbeat_timeout", reconnect: true },
+  4004: { name: "auth_timeout", reconnect: true },
+  4005: { name: "room_restarted", reconnect: true },
+  4500: { name: "bad_token", reconnect: false },
+  4501: { name: "token_revoked", reconnect: false },
+  4502: { name: "bad_frame", reconnect: false },
+  4503: { name: "unsupported_version", reconnect: false },
+  4504: { name: "superseded", reconnect: false },
+  4505: { name: "kicked", reconnect: false },
+  4506: { name: "too_many_sessions", reconnect: false },
+});
+
+/** The rule of §8.2, also for codes added later: 4000-4499 reconnect, 4500-4999 do not. */
+export function mayReconnect(code) {
+  if (code >= 4000 && code <= 4499) return true;
+  if (code >= 4500 && code <= 4999) return false;
+  return [1001, 1006, 1011, 1012, 1013].includes(code);
+}
+
+export function closeName(code) {
+  return CLOSE_CODES[code]?.name ?? (code >= 4000 && code <= 4999 ? "application" : "unknown");
+}
+
+/** The error codes of PROTOCOL.md §8.1; an unknown one is read as `internal`. */
+export const ERROR_CODES = Object.freeze([
+  "malformed", "not_a_map", "unknown_type", "missing_field", "bad_field", "too_long", "too_deep",
+  "too_large", "unauthorized", "token_expired", "forbidden", "not_found", "not_member", "room_full",
+  "conflict", "invalid_state", "rate_limited", "limit_reached", "unsupported", "internal",
+]);
+
+/**
+ * Every failure this client reports. `code` is a §8.1 error code for a refused request, or one of
+ * the client's own: `connection_lost` (the link dropped before the reply; retry), `closed` (the
+ * client is closed for good: `closeCode`/`closeReason` say why), `bad_argument` (nothing was sent),
+ * `protocol_violation` (the server broke the contract).
+ */
+export class RoostError extends Error {
+  constructor(code, message, { retryMs = null, requestId = null, closeCode = null, closeReason = "", wireCode = null } = {}) {
+    super(message ? `${code}: ${message}` : code);
+    this.name = "RoostError";
+    this.code = code;
+    this.wireCode = wireCode ?? code;
+    this.retryMs = retryMs;
+    this.requestId = requestId;
+    this.closeCode = closeCode;
+    this.closeReason = closeReason;
+  }
+}
+
+function fail(message) {
+  return new RoostError("bad_argument", message);
+}
+
+// -- values on the wire ---------------------------------------------------------------------------
+
+/** Make `value` what msgpack should carry: Dates as ms, undefined left out, integers checked. */
+export function toWire(value, depth = 0) {
+  if (depth > 64) throw fail("value nested too deep");
+  if (value === null || value === undefined) return null;
+  switch (typeof value) {
+    case "number":
+      if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
+        throw fail(`integer ${value} is outside +-(2^53-1): pass a BigInt to send it exactly`);
+      }
+      return value;
+    case "bigint":
+      if (value < INT64_MIN || value > UINT64_MAX) throw fail(`integer ${value} does not fit msgpack`);
+      return value >= -MAX_SAFE && value <= MAX_SAFE ? Number(value) : value;
+    case "string":
+    case "boolean":
+      return value;
+    case "object":
+      break;
+    default:
+      throw fail(`a ${typeof value} cannot be sent`);
+  }
+  if (value instanceof Date) {
+    const ms = value.getTime();
+    if (!Number.isFinite(ms)) throw fail("an invalid Date cannot be sent");
+    return ms;
+  }
+  if (value instanceof Uint8Array) return value;
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (Array.isArray(value)) return value.map((item) => (item === undefined ? null : toWire(item, depth + 1)));
+  if (value instanceof Map) throw fail("send a plain object, not a Map (keys must be strings)");
+  const out = {};
+  for (const [key, item] of Object.entries(value)) {
+    if (item !== undefined) out[key] = toWire(item, depth + 1);
+  }
+  return out;
+}
+
+/** Turn BigInts the decoder produced back into numbers where that is exact. */
+function fromWire(value) {
+  if (typeof value === "bigint") return value >= -MAX_SAFE && value <= MAX_SAFE ? Number(value) : value;
+  if (value === null || typeof value !== "object" || value instanceof Uint8Array) return value;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = fromWire(value[i]);
+    return value;
+  }
+  for (const key of Object.keys(value)) value[key] = fromWire(value[key]);
+  return value;
+}
+
+const encoder = new Encoder({ ignoreUndefined: true, useBigInt64: true });
+const decoder = new Decoder({ useBigInt64: true });
+
+/** Encode one client frame (a map with `t` first) as the bytes of one binary WebSocket message. */
+export function encodeFrame(frame) {
+  return encoder.encode(toWire(frame));
+}
+
+/** Decode one server frame; throws RoostError("protocol_violation") if it is not a map with a `t`. */
+export function decodeFrame(data) {
+  let value;
+  try {
+    value = decoder.decode(data instanceof ArrayBuffer ? new Uint8Array(data) : data);
+  } catch (err) {
+    throw new RoostError("protocol_violation", `undecodable server frame: ${err.message}`);
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value) || typeof value.t !== "string") {
+    throw new RoostError("protocol_violation", "a server frame is not a map with a string t");
+  }
+  return fromWire(value);
+}
+
+// -- rooms ----------------------------------------------------------------------------------------
+
+const ROOM_EVENTS = new Set([
+  "presence", "chat", "chat_edited", "chat_deleted", "receipt", "host", "state", "message", "room_closed", "sync",
+]);
+
+/**
+ * A room this client follows: its last processed (epoch, seq) and its event subscriptions.
+ * `room.on("chat", fn)`; `room.on("*", fn)` gets every event. Handlers run synchronously in
+ * arrival order; an event already seen (seq <= the position in the same epoch) is never delivered.
+ */
+export class Room {
+  constructor(client, snapshot) {
+    this.client = client;
+    this.id = snapshot.room;
+    this.snapshot = snapshot;
+    this.epoch = snapshot.epoch;
+    this.seq = snapshot.seq;
+    this._handlers = new Map();
+    this.active = true;
+  }
+
+  on(type, handler) {
+    if (type !== "*" && !ROOM_EVENTS.has(type)) throw fail(`unknown room event ${type}`);
+    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
+    this._handlers.get(type).add(handler);
+    return () => this.off(type, handler);
+  }
+
+  off(type, handler) {
+    this._handlers.get(type)?.delete(handler);
+  }
+
+  /** The next event of `type` (any with "*"), optionally one that `filter` accepts. */
+  next(type = "*", filter = () => true, timeoutMs = 10000) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { off(); reject(new RoostError("timeout", `no ${type} event in ${timeoutMs} ms`)); }, timeoutMs);
+      const off = this.on(type, (event) => {
+        if (!filter(event)) return;
+        clearTimeout(timer);
+        off();
+        resolve(event);
+      });
+    });
+  }
+
+  _take(snapshot) {
+    // A newer position already reached through events of the same epoch wins (§5.1).
+    if (snapshot.epoch !== this.epoch || snapshot.seq > this.seq) {
+      this.epoch = snapshot.epoch;
+      this.seq = snapshot.seq;
+    }
+    this.snapshot = snapshot;
+  }
+
+  _deliver(event) {
+    if (event.t === "sync") {
+      this.snapshot = event.snapshot;
+      this.epoch = event.snapshot.epoch;
+      this.seq = event.snapshot.seq;
+    } else {
+      if (event.epoch === this.epoch && event.seq <= this.seq) {
+        this.client.stats.duplicates += 1;
+        return;
+      }
+      if (event.epoch === this.epoch && event.seq !== this.seq + 1) this.client.stats.gaps += 1;
+      this.epoch = event.epoch;
+      this.seq = event.seq;
+    }
+    this.client.stats.events += 1;
+    for (const type of [event.t, "*"]) {
+      for (const handler of [...(this._handlers.get(type) ?? [])]) {
+        try {
+          handler(event, this);
+        } catch (err) {
+          this.client._report(err);
+        }
+      }
+    }
+  }
+}
+
+// -- the client -----------------------------------------------------------------------------------
+
+const DEFAULTS = {
+  hb: 10000,
+  agent: "roost.js/0.1",
+  reconnect: true,
+  backoffBaseMs: 250,
+  backoffMaxMs: 10000,
+  refreshMarginMs: 60000,
+  connectTimeoutMs: 10000,
+};
+
+/**
+ * One session with a Roost server. Make it with `await Roost.connect(url, options)`.
+ * Options: `token` (a string, or an async function called at every connect and refresh),
+ * `WebSocket` (a constructor; defaults to the global one: pass `ws`'s in Node 20), `hb` (ms),
+ * `agent`, `reconnect` (default true), `backoffBaseMs`, `backoffMaxMs`, `refreshMarginMs`,
+ * `onError(err)` (handler exceptions and connection-level errors), `onState(state)`.
+ */
+export class Roost {
+  static async connect(url, options = {}) {
+    const client = new Roost(url, options);
+    await client._start();
+    return client;
+  }
+
+  constructor(url, options) {
+    if (typeof url !== "string" || !/^wss?:\/\//.test(url)) throw fail("url must be ws:// or wss://");
+    if (url.includes("token=")) throw fail("put the token in the token option, never in the URL");
+    const { token } = options;
+    if (typeof token !== "string" && typeof token !== "function") throw fail("token must be a string or an async function");
+    this.url = url;
+    this.options = { ...DEFAULTS, ...options };
+    this._tokenSource = typeof token === "string" ? async () => token : token;
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") throw fail("no WebSocket constructor: pass options.WebSocket");
+    this.rooms = new Map();
+    this.welcome = null;
+    this.session = null;
+    this.state = "connecting";
+    this.closeError = null;
+    this.stats = { connects: 0, reconnects: 0, resent: 0, duplicates: 0, gaps: 0, events: 0, pings: 0 };
+    this._nextId = 0;
+    this._pending = new Map();
+    this._ws = null;
+    this._ready = null;
+    this._readyResolve = null;
+    this._timers = new Set();
+    this._listeners = new Map();
+    this._newReadyPromise();
+  }
+
+  get user() { return this.welcome?.user; }
+  get sid() { return this.welcome?.sid; }
+  get connected() { return this.state === "open"; }
+
+  /** Client-level events: "state" (connecting/open/reconnecting/closed), "welcome", "error", "pong". */
+  on(type, handler) {
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type).add(handler);
+    return () => this._listeners.get(type)?.delete(handler);
+  }
+
+  _emit(type, value) {
+    for (const handler of [...(this._listeners.get(type) ?? [])]) {
+      try { handler(value); } catch (err) { if (type !== "error") this._report(err); }
+    }
+  }
+
+  _report(err) {
+    this._emit("error", err);
+    this.options.onError?.(err);
+  }
+
+  _setState(state) {
+    this.state = state;
+    this._emit("state", state);
+    this.options.onState?.(state);
+  }
+
+  _newReadyPromise() {
+    this._ready = new Promise((resolve) => { this._readyResolve = resolve; });
+  }
+
+  // -- requests ----------------------------------------------------------------------------------
+
+  create({ public: isPublic, max, logic, inactive, meta } = {}) {
+    return this._room({ t: "create", public: isPublic, max, logic, inactive, meta });
+  }
+
+  join(target) {
+    const { room, code } = typeof target === "string" ? { room: target } : target ?? {};
+    if ((room == null) === (code == null)) throw fail("join takes exactly one of room and code");
+    return this._room({ t: "join", room, code });
+  }
+
+  joinOrCreate(code, { public: isPublic, max, logic, inactive, meta } = {}) {
+    return this._room({ t: "join_or_create", code, public: isPublic, max, logic, inactive, meta });
+  }
+
+  async leave(room) {
+    const id = roomId(room);
+    await this.request({ t: "leave", room: id });
+    const followed = this.rooms.get(id);
+    if (followed) followed.active = false;
+    this.rooms.delete(id);
+  }
+
+  lobby({ cursor, limit } = {}) { return this.request({ t: "lobby", cursor, limit }); }
+  members(room, { cursor, limit } = {}) { return this.request({ t: "members", room: roomId(room), cursor, limit }); }
+  presenceSet(room, { data, status } = {}) { return this.request({ t: "presence_set", room: roomId(room), data, status }); }
+  typing(room, on) { return this.request({ t: "typing", room: roomId(room), on: Boolean(on) }); }
+  history(room, { before, limit } = {}) { return this.request({ t: "history", room: roomId(room), before, limit }); }
+  read(room, n) { return this.request({ t: "read", room: roomId(room), n }); }
+  chatEdit(room, msg, text) { return this.request({ t: "chat_edit", room: roomId(room), msg, text }); }
+  chatDelete(room, msg) { return this.request({ t: "chat_delete", room: roomId(room), msg }); }
+  send(room, kind, body) { return this.request({ t: "send", room: roomId(room), kind, body }); }
+  kick(room, user) { return this.request({ t: "kick", room: roomId(room), user }); }
+  hostSet(room, user) { return this.request({ t: "host_set", room: roomId(room), user }); }
+  admin(key, op, args) { return this.request({ t: "admin", key, op, args }); }
+
+  /** Post a message; resolves with its ChatAck once committed. Re-sent with its cid after a reconnect. */
+  chatSend(room, text, { meta, cid } = {}) {
+    cid = cid ?? randomCid();
+    return this.request({ t: "chat_send", room: roomId(room), cid, text, meta }, { resend: true });
+  }
+
+  /** Compare-and-set of the game state (host only); resolves with the new version. */
+  async stateSet(room, { version, state, phase }) {
+    const result = await this.request({ t: "state_set", room: roomId(room), version, state, phase });
+    if (typeof result?.version !== "number") throw new RoostError("protocol_violation", "state_set result without version");
+    return result.version;
+  }
+
+  /** Move the connection's expiry with a fresh token (the token source is asked when none is given). */
+  async refresh(token) {
+    const fresh = token ?? (await this._tokenSource());
+    const result = await this.request({ t: "refresh", token: fresh });
+    if (this.welcome && typeof result?.exp === "number") this.welcome = { ...this.welcome, exp: result.exp };
+    this._scheduleRefresh();
+    return result;
+  }
+
+  /** Send any request frame (with `t`); resolves with `ok.result`, rejects with RoostError. */
+  async request(frame, { resend = false } = {}) {
+    if (this.closeError) throw this.closeError;
+    this._nextId = (this._nextId % MAX_REQUEST_ID) + 1;
+    const id = this._nextId;
+    const data = encodeFrame({ t: frame.t, id, ...withoutT(frame) });
+    return new Promise((resolve, reject) => {
+      const pending = { id, frame, data, resend, resolve, reject };
+      this._pending.set(id, pending);
+      if (this.state === "open") this._transmit(data);
+      else if (!resend) {
+        // Not sent yet: it goes out once the connection is ready (after the resumes).
+        pending.deferred = true;
+      }
+    });
+  }
+
+  async _room(frame) {
+    const snapshot = await this.request(frame);
+    let room = this.rooms.get(snapshot.room);
+    if (room) room._take(snapshot);
+    else {
+      room = new Room(this, snapshot);
+      this.rooms.set(room.id, room);
+    }
+    return room;
+  }
+
+  /** Close for good with 1000 (the session stays resumable for the grace; `leave` ends memberships). */
+  async close() {
+    this._shutdown(new RoostError("closed", "the client was closed", { closeCode: 1000 }));
+  }
+
+  // -- connection --------------------------------------------------------------------------------
+
+  async _start() {
+    const first = await this._connectOnce(false);
+    if (first.error) {
+      this._shutdown(first.error);
+      throw first.error;
+    }
+  }
+
+  _transmit(data) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== 1) return false;
+    ws.send(data);
+    this._lastSent = Date.now();
+    return true;
+  }
+
+  /** One connection attempt: open, hello, welcome, then resume/rejoin and re-send. */
+  _connectOnce(reconnecting) {
+    return new Promise((settle) => {
+      let settled = false;
+      const done = (outcome) => { if (!settled) { settled = true; settle(outcome); } };
+      const startToken = this._tokenSource().then((token) => {
+        if (this.closeError) return done({ error: this.closeError });
+        let ws;
+        try {
+          ws = new this._WebSocket(this.url);
+        } catch (err) {
+          return done({ error: new RoostError("connection_lost", `cannot open ${this.url}: ${err.message}`), retry: true });
+        }
+        ws.binaryType = "arraybuffer";
+        this._ws = ws;
+        let welcomed = false;
+        const timer = this._timer(() => {
+          this._drop(ws);
+          done({ error: new RoostError("connection_lost", "no welcome in time"), retry: true });
+        }, this.options.connectTimeoutMs);
+        ws.onopen = () => {
+          const hello = { t: "hello", v: PROTOCOL_VERSION, token, hb: this.options.hb, session: this.session ?? undefined, agent: this.options.agent };
+          ws.send(encodeFrame(hello));
+          this._lastSent = Date.now();
+        };
+        ws.onmessage = (message) => {
+          this._lastReceived = Date.now();
+          let frame;
+          try {
+            if (typeof message.data === "string") throw new RoostError("protocol_violation", "a text message from the server");
+            frame = decodeFrame(message.data);
+          } catch (err) {
+            this._report(err);
+            this._shutdown(err);
+            return;
+          }
+          if (!welcomed) {
+            if (frame.t !== "welcome") {
+              const err = new RoostError("protocol_violation", `first server frame is ${frame.t}, not welcome`);
+              this._shutdown(err);
+              return done({ error: err });
+            }
+            welcomed = true;
+            this._clearTimer(timer);
+            this._onWelcome(frame, reconnecting).then(() => done({ ok: true }), (err) => done({ error: err, retry: true }));
+            return;
+          }
+          this._dispatch(frame);
+        };
+        ws.onerror = () => {};
+        ws.onclose = (event) => {
+          this._clearTimer(timer);
+          if (this._ws !== ws) return;
+          this._ws = null;
+          const code = event.code ?? 1006;
+          const reason = event.reason ?? "";
+          if (!welcomed) {
+            const retry = mayReconnect(code) && code !== 4002;
+            return done({ error: closedError(code, reason), retry, code });
+          }
+          this._lost(code, reason);
+        };
+      }, (err) => {
+        // At the first connect a failing token source is the application's to fix; on a reconnect it
+        // is most likely the same network outage (the backend is unreachable too): keep retrying.
+        const error = new RoostError("unauthorized", `the token source failed: ${err?.message ?? err}`);
+        if (reconnecting) this._report(error);
+        done({ error, retry: reconnecting });
+      });
+      void startToken;
+    });
+  }
+
+  async _onWelcome(welcome, reconnecting) {
+    this.welcome = welcome;
+    this.session = welcome.session;
+    this.stats.connects += 1;
+    this._emit("welcome", welcome);
+    this._startHeartbeat(welcome.hb);
+    this._scheduleRefresh();
+    if (reconnecting) await this._recover(welcome.resumed === true);
+    this._setState("open");
+    for (const pending of this._pending.values()) {
+      if (pending.deferred) { pending.deferred = false; this._transmit(pending.data); }
+    }
+  }
+
+  /** After a reconnect: resume (or rejoin) every followed room, then re-send in-flight chat_sends. */
+  async _recover(resumed) {
+    const rooms = [...this.rooms.values()];
+    const replies = rooms.map((room) => {
+      const frame = resumed ? { t: "resume", room: room.id, epoch: room.epoch, seq: room.seq } : { t: "join", room: room.id };
+      return this._direct(frame).then(
+        (result) => {
+          if (!resumed) {
+            // A new session: the room's events since are not replayable; hand over a fresh snapshot.
+            room._deliver({ t: "sync", room: room.id, epoch: result.epoch, seq: result.seq, ts: Date.now(), snapshot: result, reason: "rejoined" });
+          }
+        },
+        (err) => {
+          if (err.code === "not_member" || err.code === "not_found" || err.code === "forbidden") {
+            room.active = false;
+            this.rooms.delete(room.id);
+            this._report(new RoostError(err.code, `no longer in room ${room.id}`));
+            return;
+          }
+          throw err;
+        },
+      );
+    });
+    for (const pending of this._pending.values()) {
+      if (pending.resend && !pending.deferred) {
+        this.stats.resent += 1;
+        this._transmit(pending.data);
+      }
+    }
+    await Promise.all(replies);
+  }
+
+  /** A request sent on the current socket at once, not queued behind readiness (for resume). */
+  _direct(frame) {
+    this._nextId = (this._nextId % MAX_REQUEST_ID) + 1;
+    const id = this._nextId;
+    const data = encodeFrame({ t: frame.t, id, ...withoutT(frame) });
+    return new Promise((resolve, reject) => {
+      this._pending.set(id, { id, frame, data, resend: false, resolve, reject, direct: true });
+      this._transmit(data);
+    });
+  }
+
+  _dispatch(frame) {
+    if (ROOM_EVENTS.has(frame.t)) {
+      const room = this.rooms.get(frame.room);
+      if (!room) return; // not followed (left, or an event before the join's ok: in its snapshot)
+      room._deliver(frame);
+      if (frame.t === "room_closed" || (frame.t === "presence" && (frame.leave ?? []).includes(this.user))) {
+        room.active = false;
+        this.rooms.delete(room.id);
+      }
+      return;
+    }
+    if (frame.t === "ok" || frame.t === "error") {
+      if (frame.id == null) {
+        this._report(new RoostError(frame.code ?? "internal", frame.message ?? ""));
+        return;
+      }
+      const pending = this._pending.get(frame.id);
+      if (!pending) return;
+      this._pending.delete(frame.id);
+      if (frame.t === "ok") pending.resolve(frame.result);
+      else {
+        const code = ERROR_CODES.includes(frame.code) ? frame.code : "internal";
+        pending.reject(new RoostError(code, frame.message ?? "", { retryMs: frame.retry_ms ?? null, requestId: frame.id, wireCode: frame.code }));
+      }
+      return;
+    }
+    if (frame.t === "pong") {
+      this.lastPong = frame;
+      this._emit("pong", frame);
+      return;
+    }
+    const err = new RoostError("protocol_violation", `unexpected ${frame.t} frame`);
+    this._shutdown(err);
+  }
+
+  _startHeartbeat(hbMs) {
+    this._clearTimer(this._hbTimer);
+    const silence = 2.5 * hbMs;
+    const tick = () => {
+      const now = Date.now();
+      if (now - this._lastReceived >= silence) {
+        // A half-open link: drop it without waiting for a Close (§3.2), then reconnect.
+        const ws = this._ws;
+        this._ws = null;
+        this._drop(ws);
+        this._lost(1006, "server silent");
+        return;
+      }
+      if (now - this._lastSent >= hbMs) {
+        this.stats.pings += 1;
+        this._transmit(encodeFrame({ t: "ping" }));
+      }
+      this._hbTimer = this._timer(tick, Math.min(hbMs, silence) / 4);
+    };
+    this._hbTimer = this._timer(tick, hbMs / 4);
+  }
+
+  _scheduleRefresh() {
+    this._clearTimer(this._refreshTimer);
+    if (!this.welcome) return;
+    const serverOffset = this.welcome.time - Date.now();
+    const due = this.welcome.exp * 1000 - serverOffset - this.options.refreshMarginMs - Date.now();
+    this._refreshTimer = this._timer(() => {
+      this.refresh().catch((err) => this._report(err));
+    }, Math.max(1000, Math.min(due, 2 ** 31 - 1)));
+  }
+
+  _drop(ws) {
+    if (!ws) return;
+    ws.onmessage = ws.onclose = ws.onopen = null;
+    ws.onerror = () => {};
+    try {
+      if (typeof ws.terminate === "function") ws.terminate(); // Node's ws: drop TCP at once
+      else ws.close(1000, "dropped");
+    } catch { /* already closing */ }
+  }
+
+  /** The link ended after a welcome: fail what cannot be re-sent, then reconnect or stop. */
+  _lost(code, reason) {
+    this._clearTimer(this._hbTimer);
+    this._clearTimer(this._refreshTimer);
+    if (this.closeError) return;
+    this._ws = null;
+    for (const [id, pending] of this._pending) {
+      if (!pending.resend || pending.direct) {
+        this._pending.delete(id);
+        pending.reject(new RoostError("connection_lost", `connection lost before the reply to ${pending.frame.t}`, { closeCode: code }));
+      }
+    }
+    if (!this.options.reconnect || !mayReconnect(code)) {
+      this._shutdown(closedError(code, reason));
+      return;
+    }
+    this._setState("reconnecting");
+    this._reconnectLoop(code);
+  }
+
+  async _reconnectLoop(lastCode) {
+    for (let attempt = 0; !this.closeError; attempt++) {
+      // Exponential backoff with full jitter: a restarted server is not hit by every client at once.
+      const cap = Math.min(this.options.backoffMaxMs, this.options.backoffBaseMs * 2 ** Math.min(attempt, 20));
+      await new Promise((resolve) => this._timer(resolve, Math.random() * cap));
+      if (this.closeError) return;
+      const outcome = await this._connectOnce(true);
+      if (outcome.ok) {
+        this.stats.reconnects += 1;
+        return;
+      }
+      lastCode = outcome.code ?? lastCode;
+      if (!outcome.retry) {
+        this._shutdown(outcome.error);
+        return;
+      }
+    }
+  }
+
+  _shutdown(error) {
+    if (this.closeError) return;
+    this.closeError = error;
+    for (const timer of this._timers) clearTimeout(timer);
+    this._timers.clear();
+    for (const pending of this._pending.values()) pending.reject(error);
+    this._pending.clear();
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      ws.onmessage = ws.onopen = null;
+      ws.onclose = null;
+      try { ws.close(1000); } catch { /* not open yet */ }
+    }
+    this._setState("closed");
+    this._emit("closed", error);
+  }
+
+  _timer(fn, ms) {
+    const timer = setTimeout(() => { this._timers.delete(timer); fn(); }, ms);
+    this._timers.add(timer);
+    return timer;
+  }
+
+  _clearTimer(timer) {
+    if (timer == null) return;
+    clearTimeout(timer);
+    this._timers.delete(timer);
+  }
+}
+
+function closedError(code, reason) {
+  return new RoostError("closed", `connection closed with ${code} ${closeName(code)}${reason ? ` (${reason})` : ""}`, { closeCode: code, closeReason: reason });
+}
+
+function roomId(room) {
+  const id = typeof room === "string" ? room : room?.id;
+  if (typeof id !== "string") throw fail("a room id or Room is needed");
+  return id;
+}
+
+function withoutT(frame) {
+  const { t, ...rest } = frame;
+  void t;
+  return rest;
+}
+
+function randomCid() {
+  const bytes = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export default Roost;

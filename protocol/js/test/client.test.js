@@ -1,0 +1,173 @@
+// roost.js under Node's test runner against a real `roost serve --dev` process.
+import assert from "node:assert/strict";
+import net from "node:net";
+import { after, before, describe, test } from "node:test";
+import WebSocket from "ws";
+
+import { CLOSE_CODES, Roost, RoostError, decodeFrame, encodeFrame, mayReconnect, toWire } from "../roost.js";
+import { startServer } from "./server.js";
+
+let server;
+before(async () => { server = await startServer(); });
+after(async () => { await server.stop(); });
+
+const connect = async (user, options = {}) =>
+  Roost.connect(options.url ?? server.url, { token: await server.token(user), WebSocket, ...options });
+
+describe("values", () => {
+  test("integers are checked against 2^53, Dates sent as ms, undefined left out", () => {
+    assert.throws(() => toWire({ n: 2 ** 53 }), (e) => e instanceof RoostError && e.code === "bad_argument");
+    assert.equal(toWire(2 ** 53 - 1), 2 ** 53 - 1);
+    assert.equal(toWire(new Date(1795000000000)), 1795000000000);
+    assert.deepEqual(toWire({ a: undefined, b: [undefined, 1], c: new Uint8Array([1]) }), { b: [null, 1], c: new Uint8Array([1]) });
+    assert.equal(toWire(2n ** 60n), 2n ** 60n);
+    assert.throws(() => toWire(2n ** 64n), RoostError);
+    assert.throws(() => toWire(() => 1), RoostError);
+    assert.throws(() => toWire(new Map()), RoostError);
+  });
+
+  test("frames match PROTOCOL.md §13 byte for byte, 64-bit integers come back exact", () => {
+    const hex = (bytes) => Buffer.from(bytes).toString("hex");
+    assert.equal(hex(encodeFrame({ t: "ping" })), "81a174a470696e67");
+    assert.equal(hex(encodeFrame({ t: "hello", v: 1, hb: 10000 })), "83a174a568656c6c6fa17601a26862cd2710");
+    const ok = decodeFrame(Buffer.from("83a174a26f6ba2696407a6726573756c7483a26964a36d2d31a16e01a27473cf000001a1ee565e00", "hex"));
+    assert.deepEqual(ok, { t: "ok", id: 7, result: { id: "m-1", n: 1, ts: 1795000000000 } });
+    const big = decodeFrame(encodeFrame({ t: "x", n: 2n ** 62n }));
+    assert.equal(big.n, 2n ** 62n);
+    assert.throws(() => decodeFrame(new Uint8Array([0x93, 1, 2, 3])), (e) => e.code === "protocol_violation");
+    assert.throws(() => decodeFrame(new Uint8Array([0xc1])), (e) => e.code === "protocol_violation");
+  });
+
+  test("the close-code table follows the rule of §8.2", () => {
+    for (const [code, entry] of Object.entries(CLOSE_CODES)) assert.equal(mayReconnect(Number(code)), entry.reconnect, code);
+    assert.equal(mayReconnect(4499), true);
+    assert.equal(mayReconnect(4999), false);
+    assert.equal(mayReconnect(1005), false);
+  });
+});
+
+describe("against roost serve", () => {
+  test("create, join by code, chat, history, read receipts, presence and typing", async () => {
+    const alice = await connect("alice");
+    const bob = await connect("bob");
+    try {
+      const room = await alice.create({ public: true, max: 4, meta: { title: "t", at: new Date(0) } });
+      assert.equal(room.snapshot.meta.at, 0);
+      const joined = alice.rooms.get(room.id).next("presence", (e) => (e.join ?? []).some((m) => m.user === "bob"));
+      const bobRoom = await bob.join({ code: room.snapshot.code.toLowerCase() });
+      await joined;
+      const chat = bobRoom.next("chat");
+      const ack = await alice.chatSend(room, "hello");
+      assert.equal(ack.n, 1);
+      assert.equal((await chat).msg.text, "hello");
+      const receipt = room.next("receipt");
+      await bob.read(bobRoom, 1);
+      assert.deepEqual([(await receipt).user, (await receipt).n], ["bob", 1]);
+      const typing = room.next("presence", (e) => (e.update ?? []).some((m) => m.user === "bob" && m.typing));
+      await bob.typing(bobRoom, true);
+      await typing;
+      const page = await bob.history(bobRoom, { limit: 10 });
+      assert.deepEqual(page.messages.map((m) => m.text), ["hello"]);
+      const lobby = await bob.lobby();
+      assert.ok(lobby.rooms.some((r) => r.room === room.id));
+      const members = await bob.members(bobRoom);
+      assert.deepEqual(members.members.map((m) => m.user).sort(), ["alice", "bob"]);
+      await bob.presenceSet(bobRoom, { status: "away", data: { emoji: ":)" } });
+      assert.equal(typeof (await alice.stateSet(room, { version: room.snapshot.version, state: { x: 1 } })), "number");
+      const relayed = room.next("message");
+      await bob.send(bobRoom, "wave", { hi: true });
+      assert.equal((await relayed).sender, "bob");
+      await bob.leave(bobRoom);
+      assert.equal(bob.rooms.has(room.id), false);
+      assert.equal(alice.stats.gaps + alice.stats.duplicates, 0);
+    } finally {
+      await alice.close();
+      await bob.close();
+    }
+  });
+
+  test("refused requests reject with RoostError code and retryMs; bad arguments send nothing", async () => {
+    const carol = await connect("carol");
+    try {
+      await assert.rejects(carol.join({ code: "ZZZZZZZZ" }), (e) => e instanceof RoostError && e.code === "not_found");
+      const room = await carol.create({});
+      await assert.rejects(carol.stateSet(room, { version: 99, state: {} }), (e) => e.code === "conflict");
+      await assert.rejects(carol.chatSend(room, "x".repeat(5000)), (e) => e.code === "too_long");
+      assert.throws(() => carol.join({}), (e) => e.code === "bad_argument");
+      await assert.rejects(carol.read(room, 2 ** 53), (e) => e.code === "bad_argument");
+      await assert.rejects(carol.create({ logic: "no-such-logic" }), (e) => e.code === "unsupported");
+    } finally {
+      await carol.close();
+    }
+    await assert.rejects(carol.lobby(), (e) => e.code === "closed" && e.closeCode === 1000);
+  });
+
+  test("a bad token is a closed error with 4500 and no reconnect; tokens never go in the URL", async () => {
+    await assert.rejects(Roost.connect(server.url, { token: "x.y.z", WebSocket }), (e) => e.code === "closed" && e.closeCode === 4500);
+    assert.throws(() => new Roost(`${server.url}?token=abc`, { token: "t", WebSocket }), (e) => e.code === "bad_argument");
+    await assert.rejects(Roost.connect(server.url, { token: async () => { throw new Error("backend down"); }, WebSocket }),
+      (e) => e.code === "unauthorized");
+  });
+
+  test("refresh before exp asks the token source again", async () => {
+    let calls = 0;
+    const source = async () => { calls += 1; return server.token("dave"); };
+    const dave = await Roost.connect(server.url, { token: source, WebSocket, refreshMarginMs: 3600 * 1000 - 1000 });
+    try {
+      const exp = dave.welcome.exp;
+      await new Promise((resolve) => setTimeout(resolve, 2300));
+      assert.ok(calls >= 2, `token source called ${calls} times`);
+      assert.ok(dave.welcome.exp >= exp);
+      assert.equal(dave.state, "open");
+    } finally {
+      await dave.close();
+    }
+  });
+
+  test("a cut TCP connection reconnects, resumes with no gap or duplicate, and re-sends chatSend by cid", async () => {
+    const proxy = await tcpProxy(new URL(server.url).port);
+    const erin = await connect("erin", { url: `ws://127.0.0.1:${proxy.port}/`, backoffBaseMs: 50 });
+    const frank = await connect("frank");
+    try {
+      const room = await erin.create({});
+      await frank.join({ code: room.snapshot.code });
+      const texts = [];
+      room.on("chat", (e) => texts.push(e.msg.text));
+      await frank.chatSend(room.id, "before");
+      proxy.cut();
+      await frank.chatSend(room.id, "during 1");
+      await frank.chatSend(room.id, "during 2");
+      const pending = erin.chatSend(room, "mine", { cid: "cid-1" });
+      const ack = await pending; // its chat event precedes its ok (§3.1); it may beat the resumes' oks
+      if (erin.state !== "open") await new Promise((resolve) => erin.on("state", (s) => s === "open" && resolve()));
+      await frank.chatSend(room.id, "after");
+      await room.next("chat", (e) => e.msg.text === "after");
+      assert.deepEqual(texts.filter((t) => t !== "mine"), ["before", "during 1", "during 2", "after"]);
+      assert.equal(texts.filter((t) => t === "mine").length, 1);
+      assert.equal(ack.n >= 2, true);
+      assert.equal(erin.stats.reconnects, 1);
+      assert.equal(erin.stats.gaps, 0);
+    } finally {
+      await erin.close();
+      await frank.close();
+      proxy.close();
+    }
+  });
+});
+
+/** A TCP proxy whose cut() destroys every connection through it (the server sees a dropped link). */
+export async function tcpProxy(targetPort) {
+  const sockets = new Set();
+  const srv = net.createServer((client) => {
+    const upstream = net.connect(Number(targetPort), "127.0.0.1");
+    for (const s of [client, upstream]) { sockets.add(s); s.on("error", () => {}); s.on("close", () => sockets.delete(s)); }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => srv.listen(0, "127.0.0.1", resolve));
+  return {
+    port: srv.address().port,
+    cut() { for (const s of sockets) s.destroy(); },
+    close() { this.cut(); srv.close(); },
+  };
+}

@@ -1,0 +1,42 @@
+// A real `roost serve --dev` subprocess on port 0 for the Node tests, and dev tokens from it.
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+const ROOST = process.env.ROOST_BIN ?? path.join(ROOT, ".venv", "bin", "roost");
+
+export async function startServer() {
+  const data = mkdtempSync(path.join(tmpdir(), "roost-js-"));
+  const child = spawn(ROOST, ["serve", "--dev", "--port", "0", "--data", data, "--log-level", "warning"], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const lines = await new Promise((resolve, reject) => {
+    let out = "";
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      if (/ROOST_SERVICE_KEY=\S+\n/.test(out)) resolve(out);
+    });
+    child.on("exit", (code) => reject(new Error(`roost serve exited with ${code}`)));
+  });
+  const url = /ROOST_URL=(\S+)/.exec(lines)[1];
+  const serviceKey = /ROOST_SERVICE_KEY=(\S+)/.exec(lines)[1];
+  const http = url.replace(/^ws/, "http").replace(/\/$/, "");
+  return {
+    url,
+    http,
+    serviceKey,
+    async token(user) {
+      const res = await fetch(`${http}/dev/token?user=${encodeURIComponent(user)}`);
+      if (!res.ok) throw new Error(`token: ${res.status}`);
+      return (await res.json()).token;
+    },
+    async stop() {
+      child.kill("SIGTERM");
+      await new Promise((resolve) => child.once("exit", resolve));
+      rmSync(data, { recursive: true, force: true });
+    },
+  };
+}

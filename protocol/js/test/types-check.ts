@@ -1,0 +1,14 @@
+// Compiled by `tsc --noEmit` only: the declarations describe a real use of the client.
+import Roost, { RoostError, type ChatEvent } from "../roost.js";
+
+async function demo(url: string): Promise<void> {
+  const client = await Roost.connect(url, { token: async () => "token" });
+  const room = await client.create({ public: true, max: 2, logic: "tictactoe", inactive: "end" });
+  room.on("chat", (event: ChatEvent) => console.log(event.msg.text, event.seq));
+  room.on("state", (event) => console.log(event.phase, event.version));
+  const ack = await client.chatSend(room, "hi", { meta: { at: new Date() } });
+  const version: number = await client.stateSet(room, { version: room.snapshot.version, state: { n: 1n } });
+  try { await client.join({ code: "ABCD1234" }); } catch (err) { if (err instanceof RoostError) console.log(err.code, err.retryMs); }
+  console.log(ack.n, version, client.stats.reconnects);
+}
+void demo;
