@@ -120,6 +120,12 @@ class WsState(enum.Enum):
     :attr:`WebSocket.http_bytes` for the HTTP layer (engine/http.py); this object is done."""
 
 
+# The members as module globals, for the per-frame checks: ``WsState.OPEN`` is a class attribute
+# lookup through EnumType, ~0.4 us each on CPython 3.11 (a global is ~0.02 us), several per frame.
+_HANDSHAKE, _OPEN, _CLOSING, _CLOSED, _HTTP = (WsState.HANDSHAKE, WsState.OPEN, WsState.CLOSING, WsState.CLOSED,
+                                               WsState.HTTP)
+
+
 class WebSocket:
     """The server side of one WebSocket connection, over an :class:`~roost.outbox.Outbox`.
 
@@ -160,7 +166,7 @@ class WebSocket:
         self._on_ping = on_ping
         """Called for each ping before its pong (the engine charges it to its rate limit)."""
         self.max_message_bytes = max_message_bytes
-        self.state = WsState.HANDSHAKE
+        self.state = _HANDSHAKE
         self.close_code: int | None = None
         """The code of the Close this side sent (or answered with)."""
         self.close_reason = ""
@@ -190,7 +196,7 @@ class WebSocket:
 
     def send_message(self, data: bytes | str) -> None:
         """Frame and push one message (an echo; the engine frames its binary frames once itself)."""
-        if self.state is WsState.OPEN:
+        if self.state is _OPEN:
             self.outbox.push(_data_frame(0x1, data.encode()) if isinstance(data, str) else _data_frame(0x2, data))
 
     def close(self, code: int, reason: str) -> bool:
@@ -198,10 +204,10 @@ class WebSocket:
 
         Returns False when there is no open WebSocket to close (the caller just drops TCP).
         """
-        if self.state is not WsState.OPEN:
+        if self.state is not _OPEN:
             return False
         self._send_close(code, reason)
-        self.state = WsState.CLOSING
+        self.state = _CLOSING
         return True
 
     def fail(self, code: int, reason: str | None = None) -> None:
@@ -209,9 +215,9 @@ class WebSocket:
 
         No waiting for the reply: after a violation nothing the peer sends can be trusted or parsed.
         """
-        if self.state is WsState.OPEN:
+        if self.state is _OPEN:
             self._send_close(code, FAIL_REASONS.get(code, "") if reason is None else reason)
-        self.state = WsState.CLOSED
+        self.state = _CLOSED
 
     def _send_close(self, code: int, reason: str) -> None:
         self.close_code, self.close_reason = code, safe_reason(reason)
@@ -226,11 +232,11 @@ class WebSocket:
         caller has handled it (its replies go out before a later pong or Close). The trap: nothing
         at all happens until it is iterated, so always iterate it to the end (or until CLOSED).
         """
-        if self.state is WsState.HANDSHAKE:
+        if self.state is _HANDSHAKE:
             data = self._on_handshake_bytes(data)
-            if self.state is not WsState.OPEN or not data:
+            if self.state is not _OPEN or not data:
                 return
-        if self.state is WsState.CLOSED:
+        if self.state is _CLOSED:
             return
         if self._pending:
             data, self._pending = self._pending + data, b""
@@ -243,7 +249,7 @@ class WebSocket:
                     message = self._on_payload(chunk, take)
                     if message is not None:
                         yield message
-                    if self.state is WsState.CLOSED:
+                    if self.state is _CLOSED:
                         return
                     continue
                 if size - pos < 2:
@@ -283,7 +289,7 @@ class WebSocket:
                         break
                     payload, pos = _apply_mask(data[head + 4 : end], mask), end
                     self._on_control(opcode, payload)
-                    if self.state is WsState.CLOSED:
+                    if self.state is _CLOSED:
                         return
                     continue
                 if self._opcode is None:  # a new message must not start with a continuation
@@ -297,16 +303,27 @@ class WebSocket:
                     self.fail(_PROTOCOL_ERROR)
                     return
                 pos = head + 4
+                if b0 == 0x82 and pos + length <= size and self.state is _OPEN and not self._message:
+                    # The hot path, inlined (a call is ~1 us): a whole binary message in one frame.
+                    self._opcode = None
+                    if length > self.max_message_bytes:
+                        self.fail(_TOO_BIG)
+                        return
+                    chunk, pos = data[pos : pos + length], pos + length
+                    yield _apply_mask(chunk, mask) if length else chunk
+                    if self.state is _CLOSED:
+                        return
+                    continue
                 self._fin, self._mask, self._offset, self._remaining = b0 & 0x80, mask, 0, length
-                if pos + length <= size:  # the hot path: the whole frame is here
+                if pos + length <= size:  # the whole frame is here
                     chunk, pos = data[pos : pos + length], pos + length
                     message = self._on_payload(chunk, length)
                     if message is not None:
                         yield message
-                    if self.state is WsState.CLOSED:
+                    if self.state is _CLOSED:
                         return
         finally:
-            if pos < size and self.state is not WsState.CLOSED:
+            if pos < size and self.state is not _CLOSED:
                 self._pending = data[pos:]
 
     def _on_payload(self, chunk: bytes, take: int) -> bytes | str | None:
@@ -327,7 +344,7 @@ class WebSocket:
                 return None
         if finished:
             self._opcode = self._decoder = None
-        if self.state is not WsState.OPEN:
+        if self.state is not _OPEN:
             return None  # we are closing: data is dropped (RFC 6455 §5.5.1), still checked
         self._message_bytes += len(part.encode()) if isinstance(part, str) else take
         self._message_frames += frame_done
@@ -341,7 +358,7 @@ class WebSocket:
             return None
         parts, self._message_bytes, self._message_frames = self._message, 0, 0
         if not parts:
-            return part  # the hot path: a message in one frame, in one read
+            return part  # a message in one frame
         parts.append(part)  # type: ignore[arg-type]
         self._message = []
         if isinstance(part, str):
@@ -350,9 +367,9 @@ class WebSocket:
 
     def _on_control(self, opcode: int, payload: bytes) -> None:
         if opcode == 0x9:  # ping
-            if self.state is WsState.OPEN and self._on_ping is not None:
+            if self.state is _OPEN and self._on_ping is not None:
                 self._on_ping()  # may close (rate limit): then no pong, only the Close
-            if self.state is WsState.OPEN:  # after our Close, no more frames but the Close
+            if self.state is _OPEN:  # after our Close, no more frames but the Close
                 self.outbox.push(_control_frame(0xA, payload))
             return
         if opcode == 0xA:  # pong: nothing to do
@@ -370,11 +387,11 @@ class WebSocket:
                 self.fail(_INVALID_UTF8)
                 return
         self.peer_code = code
-        if self.state is WsState.OPEN:  # the peer closes first: answer, done
+        if self.state is _OPEN:  # the peer closes first: answer, done
             self.close_code, self.close_reason = code, ""
             # Echo the code (1005, a Close without one, is answered without one), not the reason.
             self.outbox.push_final(_control_frame(0x8, b"" if code == 1005 else code.to_bytes(2, "big")))
-        self.state = WsState.CLOSED  # or: the peer answered our Close
+        self.state = _CLOSED  # or: the peer answered our Close
 
     def _on_handshake_bytes(self, data: bytes) -> bytes:
         """Feed the HTTP upgrade request to wsproto; return the bytes behind it (frames, if any).
@@ -392,7 +409,7 @@ class WebSocket:
             # split: whole in one read, or in pieces (then as soon as no end could still be in bounds).
             if end >= 0 or len(self._head) > MAX_REQUEST_HEAD + 3:
                 self.outbox.push_final(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
-                self.state = WsState.CLOSED
+                self.state = _CLOSED
             return b""
         request, rest = bytes(self._head[: end + 4]), bytes(self._head[end + 4 :])
         self._head.clear()
@@ -410,24 +427,24 @@ class WebSocket:
             else:
                 if exc.event_hint is not None:
                     self.outbox.push_final(self._handshake.send(exc.event_hint))
-                self.state = WsState.CLOSED
+                self.state = _CLOSED
             return b""
-        if self.state is WsState.HANDSHAKE:  # a request that is no upgrade at all
+        if self.state is _HANDSHAKE:  # a request that is no upgrade at all
             if self._http:
                 self._to_http(request + rest)
                 return b""
-            self.state = WsState.CLOSED
+            self.state = _CLOSED
         return rest
 
     def _to_http(self, data: bytes) -> None:
         self.http_bytes = data
-        self.state = WsState.HTTP
+        self.state = _HTTP
 
     def _on_request(self, request: HandshakeRequest) -> None:
         reject = self._accept(request) if self._accept is not None else None
         if reject is not None:
             self.outbox.push_final(self._handshake.send(reject))
-            self.state = WsState.CLOSED
+            self.state = _CLOSED
             return
         self.outbox.push(self._handshake.send(AcceptConnection()))
-        self.state = WsState.OPEN
+        self.state = _OPEN
