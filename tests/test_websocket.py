@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from roost.outbox import Outbox, Transport
 from roost.websocket import FAIL_REASONS, MAX_REQUEST_HEAD, WebSocket, WsState, safe_reason
 from tests.wire import server_frames
+from tests.wsproto_layer import WebSocket as OldWebSocket
 
 UPGRADE = (
     b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -178,3 +179,113 @@ def test_a_request_head_over_the_limit_is_refused_even_when_it_arrives_whole() -
     assert list(websocket.receive(head)) == []
     assert websocket.state is WsState.CLOSED
     assert bytes(recorder.out).startswith(b"HTTP/1.1 431 ")
+
+
+# -- the parser against the layer it replaced (wsproto's Connection, tests/wsproto_layer.py) -----------
+
+CLOSE_CODES = [0, 999, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1011, 1012, 1013, 1014, 1015, 1016,
+               2000, 2999, 3000, 3999, 4000, 4999, 5000, 65535]
+
+
+def raw_frame(b0: int, payload: bytes, mask: bytes | None, *, long_form: int = 0) -> bytes:
+    """Any frame, also a broken one: ``long_form`` 1 or 2 writes the length in 2 or 8 bytes whatever it is."""
+    size = len(payload)
+    bit = 0x80 if mask is not None else 0
+    if long_form == 1 or (not long_form and 126 <= size < 65536):
+        head = bytes((b0, bit | 126)) + size.to_bytes(2, "big")
+    elif long_form == 2 or size >= 65536:
+        head = bytes((b0, bit | 127)) + size.to_bytes(8, "big")
+    else:
+        head = bytes((b0, bit | size))
+    if mask is None:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@st.composite
+def any_frame(draw: st.DrawFn, opcode: int | None = None, payload: bytes | None = None, fin: bool = True) -> bytes:
+    """One client frame: ``opcode``/``payload`` as given (a fragment of a message) or any frame (a
+    ping, pong, Close or an odd one), and now and then broken: a reserved RSV bit, no mask, a length
+    not in its shortest form."""
+    if opcode is None:
+        kind = draw(st.sampled_from(["ping"] * 4 + ["pong", "close", "close", "odd"]))
+        if kind == "odd":  # any opcode and FIN: reserved opcodes, continuations out of place, long pings
+            opcode, fin = draw(st.integers(0, 15)), draw(st.booleans())
+            payload = draw(st.binary(max_size=130))
+        elif kind == "close":
+            opcode = 0x8
+            payload = draw(st.one_of(
+                st.just(b""), st.binary(min_size=1, max_size=1),
+                st.tuples(st.sampled_from(CLOSE_CODES), st.one_of(st.text(max_size=20).map(str.encode),
+                                                                  st.just(b"\xc3("))).map(
+                    lambda cr: cr[0].to_bytes(2, "big") + cr[1])))
+        else:
+            opcode, payload = {"ping": 0x9, "pong": 0xA}[kind], draw(st.binary(max_size=8))
+    assert payload is not None
+    broken = draw(st.integers(0, 59))  # 1 in 12: RSV1, RSV2, RSV3, unmasked, a long form of the length
+    rsv = (0x40, 0x20, 0x10)[broken] if broken < 3 else 0
+    mask = None if broken == 3 else draw(st.sampled_from([b"\x00\x00\x00\x00", MASK, MASK]))
+    long_form = broken - 3 if broken in (4, 5) else 0
+    return raw_frame((0x80 if fin else 0) | rsv | opcode, payload, mask, long_form=long_form)
+
+
+@st.composite
+def any_frames(draw: st.DrawFn) -> bytes:
+    """Messages in random fragments (text sometimes with bad or split UTF-8), control frames between
+    and inside them, odd frames: mostly well-formed, so what follows a violation is seldom reached."""
+    wire = bytearray()
+    for _ in range(draw(st.integers(0, 8))):
+        if draw(st.booleans()):
+            wire += draw(any_frame())
+            continue
+        text = draw(st.booleans())
+        payload = draw(st.text(max_size=60).map(str.encode) if text else st.binary(max_size=300))
+        if text and draw(st.integers(0, 9)) == 0:
+            payload += draw(st.sampled_from([b"\xff", b"\xe2\x82", b"\xed\xa0\x80"]))
+        cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=3)))
+        parts = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+        for index, part in enumerate(parts):
+            opcode = (0x1 if text else 0x2) if index == 0 else 0x0
+            wire += draw(any_frame(opcode, part, index == len(parts) - 1))
+            if draw(st.integers(0, 3)) == 0:
+                wire += draw(any_frame())
+    return bytes(wire)
+
+
+def run_layer(cls, wire: bytes, sizes: list[int], limit: int, close_first: bool, pings_allowed: int):
+    recorder = Recorder()
+    outbox = Outbox(recorder, max_frames=1 << 20, max_bytes=1 << 30, on_overflow=lambda: None)
+    pings = []
+
+    def on_ping() -> None:
+        pings.append(1)
+        if len(pings) > pings_allowed:
+            websocket.close(4008, "rate limited")
+
+    websocket = cls(outbox, max_message_bytes=limit, on_ping=on_ping)
+    got: list[bytes | str] = list(websocket.receive(UPGRADE))
+    if close_first:
+        websocket.close(4003, "heartbeat timeout")
+    offset, index = 0, 0
+    while offset < len(wire) and websocket.state is not WsState.CLOSED:
+        size = sizes[index % len(sizes)]
+        got.extend(bytes(m) if isinstance(m, bytearray) else m for m in websocket.receive(wire[offset : offset + size]))
+        offset, index = offset + size, index + 1
+    return (got, bytes(recorder.out), websocket.state.value, websocket.close_code, websocket.close_reason,
+            websocket.peer_code, len(pings))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(any_frames(), st.lists(st.integers(1, 80), min_size=1, max_size=50),
+       st.sampled_from([0, 10, 100, 300, 1 << 20]), st.booleans(), st.integers(0, 3), st.booleans())
+def test_the_parser_does_what_the_wsproto_layer_did_over_any_frames_split_anywhere(
+        wire, sizes, limit, close_first, pings_allowed, cut) -> None:
+    """Same messages, same bytes sent (pongs, Close and its code and reason), same state and codes,
+    over random frame sequences (violations included), split at random points, with a random limit,
+    a random rate limit on pings, while open or closing; ``cut`` drops the last bytes (a peer gone
+    mid-frame: neither layer may have decided more than the other)."""
+    if cut and wire:
+        wire = wire[: len(wire) - 1 - sizes[0] % len(wire)]
+    new = run_layer(WebSocket, wire, sizes, limit, close_first, pings_allowed)
+    old = run_layer(OldWebSocket, wire, sizes, limit, close_first, pings_allowed)
+    assert new == old
