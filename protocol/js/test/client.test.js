@@ -11,6 +11,10 @@ let server;
 before(async () => { server = await startServer(); });
 after(async () => { await server.stop(); });
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const closed = (client) => (client.closeError ? Promise.resolve(client.closeError) : new Promise((resolve) => client.on("closed", resolve)));
+const opened = (client) => (client.state === "open" ? Promise.resolve() : new Promise((resolve) => client.on("state", (s) => s === "open" && resolve())));
+
 const connect = async (user, options = {}) =>
   Roost.connect(options.url ?? server.url, { token: await server.token(user), WebSocket, ...options });
 
@@ -124,6 +128,51 @@ describe("against roost serve", () => {
     }
   });
 
+  test("joining a full room rejects with RoostError room_full", async () => {
+    const [gina, hank, ivan] = [await connect("gina"), await connect("hank"), await connect("ivan")];
+    try {
+      const room = await gina.create({ max: 2 });
+      await hank.join({ code: room.snapshot.code });
+      await assert.rejects(ivan.join({ code: room.snapshot.code }), (e) => e instanceof RoostError && e.code === "room_full");
+      assert.equal(ivan.rooms.has(room.id), false);
+      assert.equal(ivan.state, "open");
+    } finally {
+      await gina.close();
+      await hank.close();
+      await ivan.close();
+    }
+  });
+
+  test("a second connection resuming the session supersedes the first: it ends with 4504, no reconnect", async () => {
+    const judy = await connect("judy", { backoffBaseMs: 20 });
+    const second = new WebSocket(server.url);
+    try {
+      const states = [];
+      judy.on("state", (s) => states.push(s));
+      second.binaryType = "arraybuffer";
+      const welcome = new Promise((resolve) => second.on("message", (data) => resolve(decodeFrame(new Uint8Array(data)))));
+      await new Promise((resolve) => second.on("open", resolve));
+      second.send(encodeFrame({ t: "hello", v: 1, token: await server.token("judy"), session: judy.session }));
+      const frame = await welcome;
+      assert.equal(frame.t, "welcome");
+      assert.equal(frame.resumed, true);
+      assert.equal(frame.sid, judy.sid);
+      const err = await closed(judy);
+      assert.ok(err instanceof RoostError);
+      assert.equal(err.code, "closed");
+      assert.equal(err.closeCode, 4504);
+      await sleep(300); // no reconnect loop: the takeover stands
+      assert.deepEqual(states, ["closed"]);
+      assert.equal(judy.stats.connects, 1);
+      assert.equal(judy.stats.reconnects, 0);
+      assert.equal(second.readyState, WebSocket.OPEN);
+      await assert.rejects(judy.lobby(), (e) => e.code === "closed" && e.closeCode === 4504);
+    } finally {
+      second.close();
+      await judy.close();
+    }
+  });
+
   test("a cut TCP connection reconnects, resumes with no gap or duplicate, and re-sends chatSend by cid", async () => {
     const proxy = await tcpProxy(new URL(server.url).port);
     const erin = await connect("erin", { url: `ws://127.0.0.1:${proxy.port}/`, backoffBaseMs: 50 });
@@ -155,19 +204,67 @@ describe("against roost serve", () => {
   });
 });
 
+describe("short token lifetimes and reconnect grace (token_leeway 0, reconnect_grace 1 s)", () => {
+  let short;
+  before(async () => { short = await startServer({ ROOST_TOKEN_LEEWAY: "0", ROOST_RECONNECT_GRACE: "1" }); });
+  after(async () => { await short.stop(); });
+
+  test("4002 with a token function: a fresh token, a reconnect that resumes, rooms kept", async () => {
+    let calls = 0;
+    const source = async () => { calls += 1; return short.mint("kate", "3s"); };
+    // A negative margin: no refresh before exp, so the server closes the connection with 4002.
+    const kate = await Roost.connect(short.url, { token: source, WebSocket, refreshMarginMs: -60000, backoffBaseMs: 20, hb: 1000 });
+    try {
+      const room = await kate.create({});
+      const exp = kate.welcome.exp;
+      const states = [];
+      kate.on("state", (s) => states.push(s));
+      await new Promise((resolve) => kate.on("welcome", resolve));
+      await opened(kate);
+      await sleep(10); // stats.reconnects is counted just after the "open" state
+      assert.deepEqual(states, ["reconnecting", "open"]);
+      assert.equal(calls, 2);
+      assert.ok(kate.welcome.exp > exp);
+      assert.equal(kate.welcome.resumed, true);
+      assert.equal(kate.stats.reconnects, 1);
+      assert.equal(kate.rooms.has(room.id), true);
+      assert.equal((await kate.chatSend(room, "still here")).n, 1);
+    } finally {
+      await kate.close();
+    }
+  });
+
+  test("4002 with a static token: the client ends with a closed RoostError naming token_expired", async () => {
+    const liam = await Roost.connect(short.url, { token: await short.mint("liam", "3s"), WebSocket, refreshMarginMs: -60000, backoffBaseMs: 20, hb: 1000 });
+    try {
+      const err = await closed(liam);
+      assert.ok(err instanceof RoostError);
+      assert.equal(err.code, "closed");
+      assert.equal(err.closeCode, 4002);
+      assert.match(err.message, /token_expired/);
+      assert.equal(liam.state, "closed");
+      assert.equal(liam.stats.reconnects, 0);
+    } finally {
+      await liam.close();
+    }
+  });
+});
+
 /** A TCP proxy whose cut() destroys every connection through it (the server sees a dropped link). */
 export async function tcpProxy(targetPort) {
   const sockets = new Set();
+  const proxy = { down: false };
   const srv = net.createServer((client) => {
+    if (proxy.down) { client.destroy(); return; } // the link is down: refuse at once
     const upstream = net.connect(Number(targetPort), "127.0.0.1");
     for (const s of [client, upstream]) { sockets.add(s); s.on("error", () => {}); s.on("close", () => sockets.delete(s)); }
     client.pipe(upstream);
     upstream.pipe(client);
   });
   await new Promise((resolve) => srv.listen(0, "127.0.0.1", resolve));
-  return {
+  return Object.assign(proxy, {
     port: srv.address().port,
     cut() { for (const s of sockets) s.destroy(); },
     close() { this.cut(); srv.close(); },
-  };
+  });
 }

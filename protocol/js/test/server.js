@@ -1,5 +1,5 @@
 // A real `roost serve --dev` subprocess on port 0 for the Node tests, and dev tokens from it.
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -8,10 +8,12 @@ import { fileURLToPath } from "node:url";
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 const ROOST = process.env.ROOST_BIN ?? path.join(ROOT, ".venv", "bin", "roost");
 
-export async function startServer() {
+/** `env`: extra ROOST_* settings for this server (e.g. a short ROOST_RECONNECT_GRACE). */
+export async function startServer(env = {}) {
   const data = mkdtempSync(path.join(tmpdir(), "roost-js-"));
   const child = spawn(ROOST, ["serve", "--dev", "--port", "0", "--data", data, "--log-level", "warning"], {
     stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, ...env },
   });
   const lines = await new Promise((resolve, reject) => {
     let out = "";
@@ -32,6 +34,13 @@ export async function startServer() {
       const res = await fetch(`${http}/dev/token?user=${encodeURIComponent(user)}`);
       if (!res.ok) throw new Error(`token: ${res.status}`);
       return (await res.json()).token;
+    },
+    /** A token of `user` signed with the dev key, living `ttl` ("3s", "1h"): `roost token`. */
+    mint(user, ttl) {
+      return new Promise((resolve, reject) => {
+        execFile(ROOST, ["token", "--key", path.join(data, "dev-key.jwk"), "--sub", user, "--ttl", ttl], (err, stdout) =>
+          (err ? reject(err) : resolve(stdout.trim())));
+      });
     },
     async stop() {
       child.kill("SIGTERM");
