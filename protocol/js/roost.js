@@ -534,14 +534,18 @@ export class Roost {
     const rooms = [...this.rooms.values()];
     const replies = rooms.map((room) => {
       const frame = resumed ? { t: "resume", room: room.id, epoch: room.epoch, seq: room.seq } : { t: "join", room: room.id };
+      // A rejoin's events before its ok are in its snapshot (§5.1): not delivered against the old position.
+      if (!resumed) room._rejoining = true;
       return this._direct(frame).then(
         (result) => {
+          room._rejoining = false;
           if (!resumed) {
             // A new session: the room's events since are not replayable; hand over a fresh snapshot.
             room._deliver({ t: "sync", room: room.id, epoch: result.epoch, seq: result.seq, ts: Date.now(), snapshot: result, reason: "rejoined" });
           }
         },
         (err) => {
+          room._rejoining = false;
           if (err.code === "not_member" || err.code === "not_found" || err.code === "forbidden") {
             room.active = false;
             this.rooms.delete(room.id);
@@ -575,7 +579,7 @@ export class Roost {
   _dispatch(frame) {
     if (ROOM_EVENTS.has(frame.t)) {
       const room = this.rooms.get(frame.room);
-      if (!room) return; // not followed (left, or an event before the join's ok: in its snapshot)
+      if (!room || room._rejoining) return; // not followed (left, or an event before the join's ok: in its snapshot)
       room._deliver(frame);
       if (frame.t === "room_closed" || (frame.t === "presence" && (frame.leave ?? []).includes(this.user))) {
         room.active = false;

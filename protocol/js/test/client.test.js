@@ -248,6 +248,41 @@ describe("short token lifetimes and reconnect grace (token_leeway 0, reconnect_g
       await liam.close();
     }
   });
+
+  test("welcome.resumed false after the grace: each room is rejoined and handed over as a sync", async () => {
+    const proxy = await tcpProxy(new URL(short.url).port);
+    const mia = await Roost.connect(`ws://127.0.0.1:${proxy.port}/`, { token: await short.token("mia"), WebSocket, backoffBaseMs: 50, backoffMaxMs: 200 });
+    const noah = await Roost.connect(short.url, { token: await short.token("noah"), WebSocket });
+    try {
+      const room = await mia.create({});
+      await noah.join({ code: room.snapshot.code });
+      const session = mia.sid;
+      proxy.down = true; // refuse every connection for longer than the 1 s grace
+      proxy.cut();
+      await sleep(100);
+      await noah.chatSend(room.id, "while away");
+      await sleep(1600);
+      const sync = room.next("sync");
+      proxy.down = false;
+      const event = await sync;
+      await opened(mia);
+      assert.equal(mia.welcome.resumed, false);
+      assert.notEqual(mia.sid, session);
+      assert.equal(event.reason, "rejoined");
+      assert.equal(event.room, room.id);
+      assert.equal(event.snapshot.room, room.id);
+      assert.deepEqual([room.epoch, room.seq], [event.epoch, event.seq]);
+      assert.equal(mia.rooms.get(room.id), room);
+      const chat = room.next("chat");
+      await noah.chatSend(room.id, "after");
+      assert.equal((await chat).msg.text, "after");
+      assert.equal(mia.stats.gaps, 0);
+    } finally {
+      await mia.close();
+      await noah.close();
+      proxy.close();
+    }
+  });
 });
 
 /** A TCP proxy whose cut() destroys every connection through it (the server sees a dropped link). */
