@@ -1,7 +1,9 @@
 """Storage behind a small interface: the room actors and the router never see which store runs.
 
 A store holds opaque values (msgpack bytes) under string keys, grouped by room (``room=None`` is the
-global space: revocations, the room index). Writes arrive in batches through :meth:`Store.commit`,
+global space: revocations, the room index), or in a named **table** (:data:`TABLES`: the user directory,
+inboxes): records read one key or one ordered key range at a time, never loaded whole, because they
+grow with the users of an application, not with the rooms of one process. Writes arrive in batches through :meth:`Store.commit`,
 which returns only once the batch is durable, so callers can acknowledge after it (group commit: one
 batch per room-actor turn, and the LMDB store merges batches from many rooms into one transaction).
 """
@@ -14,7 +16,10 @@ from collections.abc import Sequence
 
 import trio
 
-__all__ = ["Store", "StoreError", "StoreStatistics", "Write"]
+__all__ = ["TABLES", "Store", "StoreError", "StoreStatistics", "Write"]
+
+TABLES = ("users", "inbox")
+"""The named tables every store has. A new table is a new name here (LMDB opens one database each)."""
 
 
 class StoreError(Exception):
@@ -24,11 +29,17 @@ class StoreError(Exception):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Write:
-    """Put ``value`` at ``(room, key)``, or delete it when ``value`` is None."""
+    """Put ``value`` at ``(room, key)`` — or at ``key`` of ``table`` — or delete it when ``value`` is None."""
 
     room: str | None
     key: str
     value: bytes | None
+    table: str | None = None
+    """One of :data:`TABLES` (then ``room`` is None), or None for the room and global spaces."""
+
+    def __post_init__(self) -> None:
+        if self.table is not None and (self.room is not None or self.table not in TABLES):
+            raise ValueError(f"bad table write: table={self.table!r} room={self.room!r}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,6 +84,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def load_global(self) -> dict[str, bytes]:
         """Every key of the global space."""
+
+    @abc.abstractmethod
+    async def get(self, table: str, key: str) -> bytes | None:
+        """One record of a table (None if absent), as committed."""
+
+    @abc.abstractmethod
+    async def scan(self, table: str, *, prefix: str = "", after: str | None = None,
+                   limit: int = 100) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` records of a table whose keys start with ``prefix``, in key order (UTF-8
+        bytes), starting after ``after`` (exclusive): a cursor that stays stable while keys are added."""
 
     @abc.abstractmethod
     async def room_ids(self) -> list[str]:

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import lmdb
 import trio
 
-from . import Store, StoreError, StoreStatistics, Write
+from . import TABLES, Store, StoreError, StoreStatistics, Write
 
 __all__ = ["LOCK_NAME", "LmdbStore", "StoreError", "StoreFailed", "StoreLocked", "StoreOpenError"]
 
@@ -98,6 +98,7 @@ class LmdbStore(Store):
         self._lock_fd: int | None = None
         self._rooms_db: Any = None
         self._global_db: Any = None
+        self._table_dbs: dict[str, Any] = {}
         self._queue: list[_Pending] = []
         self._wakeup = trio.Event()
         self._write_limiter = trio.CapacityLimiter(1)
@@ -127,11 +128,12 @@ class LmdbStore(Store):
         env: lmdb.Environment | None = None
         try:
             env = lmdb.open(
-                str(self.path), map_size=self._map_size, max_dbs=4, sync=True, metasync=True, max_spare_txns=4
+                str(self.path), map_size=self._map_size, max_dbs=16, sync=True, metasync=True, max_spare_txns=4
             )
             self._check_length(env)
             self._rooms_db = env.open_db(b"rooms")
             self._global_db = env.open_db(b"global")
+            self._table_dbs = {name: env.open_db(name.encode()) for name in TABLES}
             info = env.info()
         except (lmdb.Error, StoreOpenError) as exc:
             if env is not None:
@@ -291,16 +293,20 @@ class LmdbStore(Store):
         key's last write wins first, then the deletes and the puts run.
         """
         assert self._env is not None
-        rooms, globals_ = self._rooms_db, self._global_db
         last: dict[bytes, bytes | None] = {}
         global_last: dict[bytes, bytes | None] = {}
+        tables: dict[str, dict[bytes, bytes | None]] = {}
         for write in writes:
-            if write.room is None:
+            if write.table is not None:
+                tables.setdefault(write.table, {})[write.key.encode()] = write.value
+            elif write.room is None:
                 global_last[write.key.encode()] = write.value
             else:
                 last[write.room.encode() + _SEP + write.key.encode()] = write.value
+        spaces = [(self._rooms_db, last), (self._global_db, global_last)]
+        spaces += [(self._table_dbs[name], final) for name, final in tables.items()]
         with self._env.begin(write=True) as txn:
-            for db, final in ((rooms, last), (globals_, global_last)):
+            for db, final in spaces:
                 puts = []
                 for key, value in final.items():
                     if value is None:
@@ -372,6 +378,39 @@ class LmdbStore(Store):
         assert self._env is not None
         with self._env.begin(db=self._global_db) as txn:
             return {bytes(k).decode(): bytes(v) for k, v in txn.cursor()}
+
+    async def get(self, table: str, key: str) -> bytes | None:
+        return await self._in_thread(self._get_sync, table, key, limiter=self._read_limiter)
+
+    def _get_sync(self, table: str, key: str) -> bytes | None:
+        assert self._env is not None
+        with self._env.begin(db=self._table_dbs[table]) as txn:
+            value = txn.get(key.encode())
+            return None if value is None else bytes(value)
+
+    async def scan(self, table: str, *, prefix: str = "", after: str | None = None,
+                   limit: int = 100) -> list[tuple[str, bytes]]:
+        return await self._in_thread(self._scan_sync, table, prefix, after, limit, limiter=self._read_limiter)
+
+    def _scan_sync(self, table: str, prefix: str, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        assert self._env is not None
+        start = prefix.encode()
+        out: list[tuple[str, bytes]] = []
+        with self._env.begin(db=self._table_dbs[table]) as txn:
+            cursor = txn.cursor()
+            if after is None or after.encode() < start:
+                found = cursor.set_range(start)
+            else:
+                found = cursor.set_range(after.encode())
+                if found and bytes(cursor.key()) == after.encode():
+                    found = cursor.next()
+            while found and len(out) < limit:
+                key = bytes(cursor.key())
+                if not key.startswith(start):
+                    break
+                out.append((key.decode(), bytes(cursor.value())))
+                found = cursor.next()
+        return out
 
     async def room_ids(self) -> list[str]:
         return await self._in_thread(self._room_ids_sync, limiter=self._read_limiter)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 import trio
 
-from . import Store, StoreStatistics, Write
+from . import TABLES, Store, StoreStatistics, Write
 
 __all__ = ["MemoryStore"]
 
@@ -18,6 +19,9 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._rooms: dict[str, dict[str, bytes]] = {}
         self._global: dict[str, bytes] = {}
+        self._tables: dict[str, dict[str, bytes]] = {name: {} for name in TABLES}
+        self._sorted: dict[str, list[bytes]] = {name: [] for name in TABLES}
+        """Each table's keys as UTF-8 bytes, sorted: the order LMDB scans in."""
         self._commits = 0
         self._writes = 0
 
@@ -27,6 +31,9 @@ class MemoryStore(Store):
 
     def commit_now(self, batch: Sequence[Write]) -> bool:
         for write in batch:
+            if write.table is not None:
+                self._table_write(write)
+                continue
             space = self._global if write.room is None else self._rooms.setdefault(write.room, {})
             if write.value is None:
                 space.pop(write.key, None)
@@ -38,6 +45,39 @@ class MemoryStore(Store):
         self._commits += 1
         self._writes += len(batch)
         return True
+
+    def _table_write(self, write: Write) -> None:
+        assert write.table is not None
+        table, keys, raw = self._tables[write.table], self._sorted[write.table], write.key.encode()
+        if write.value is None:
+            if table.pop(write.key, None) is not None:
+                del keys[bisect.bisect_left(keys, raw)]
+        else:
+            if write.key not in table:
+                bisect.insort(keys, raw)
+            table[write.key] = write.value
+
+    async def get(self, table: str, key: str) -> bytes | None:
+        await trio.lowlevel.checkpoint()
+        return self._tables[table].get(key)
+
+    async def scan(self, table: str, *, prefix: str = "", after: str | None = None,
+                   limit: int = 100) -> list[tuple[str, bytes]]:
+        await trio.lowlevel.checkpoint()
+        keys, records, start = self._sorted[table], self._tables[table], prefix.encode()
+        index = bisect.bisect_left(keys, start) if after is None else bisect.bisect_right(keys, after.encode())
+        out: list[tuple[str, bytes]] = []
+        while index < len(keys) and len(out) < limit:
+            raw = keys[index]
+            if raw < start:
+                index = bisect.bisect_left(keys, start)
+                continue
+            if not raw.startswith(start):
+                break
+            key = raw.decode()
+            out.append((key, records[key]))
+            index += 1
+        return out
 
     async def load_room(self, room: str) -> dict[str, bytes]:
         await trio.lowlevel.checkpoint()
