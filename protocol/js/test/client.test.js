@@ -211,7 +211,11 @@ describe("short token lifetimes and reconnect grace (token_leeway 0, reconnect_g
 
   test("4002 with a token function: a fresh token, a reconnect that resumes, rooms kept", async () => {
     let calls = 0;
-    const source = async () => { calls += 1; return short.mint("kate", "3s"); };
+    // Both minted up front: `roost token` is a Python process (~1 s on a loaded machine), and a
+    // reconnect that waits for it can outlast the 1 s reconnect grace (then welcome.resumed is false).
+    const fresh = await short.mint("kate", "1h");
+    const first = await short.mint("kate", "3s");
+    const source = async () => { calls += 1; return calls === 1 ? first : fresh; };
     // A negative margin: no refresh before exp, so the server closes the connection with 4002.
     const kate = await Roost.connect(short.url, { token: source, WebSocket, refreshMarginMs: -60000, backoffBaseMs: 20, hb: 1000 });
     try {
