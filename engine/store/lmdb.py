@@ -7,10 +7,12 @@ transaction, in one worker thread (a write transaction must begin and end on one
 §A.3): one commit per write caps at ~2.5 k/s; groups of 100 reach ~120 k puts/s.
 
 Rules from the same reference, followed here: the environment and its databases are opened once,
-before any worker thread; writes go through a one-thread ``CapacityLimiter``; a cancelled
-``run_sync`` still waits for its thread (never abandon a thread holding LMDB); the environment is
-closed only after the writer is done; a full map grows (``set_mapsize`` with no transaction open)
-and the write is retried, so nothing is dropped or corrupted.
+before any worker thread; the writer task is the only one that writes (room disposals are queued to
+it like commits), in one thread hop per group, with the group's keys and values prepared on the loop
+so the thread runs no Python loop; a cancelled writer still waits for its thread (never abandon a
+thread holding LMDB); the environment is closed only after the writer is done; a full map grows
+(``set_mapsize`` with no transaction open) and the write is retried, so nothing is dropped or
+corrupted.
 
 One process owns a store directory. Two writers on one LMDB would each acknowledge their own chat
 ``n=2`` and a restart would lose one (and LMDB forbids opening one environment twice even in one
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -75,6 +78,8 @@ class _Pending:
     batch: Sequence[Write]
     done: trio.Event
     error: BaseException | None = None
+    dispose: str | None = None
+    """A room whose every key this commit deletes (before its batch, which is then empty)."""
 
 
 class LmdbStore(Store):
@@ -100,7 +105,6 @@ class LmdbStore(Store):
         self._global_db: Any = None
         self._queue: list[_Pending] = []
         self._wakeup = trio.Event()
-        self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(4)
         self._running = False
         self._threads = 0
@@ -221,11 +225,8 @@ class LmdbStore(Store):
         self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
-        except lmdb.MapFullError:
-            raise  # the writer grows the map and retries
         except lmdb.Error as exc:
-            action = "read" if limiter is self._read_limiter else "write"
-            raise StoreFailed(f"cannot {action} the store in {self.path}: {_lmdb_reason(exc)}") from None
+            raise StoreFailed(f"cannot read the store in {self.path}: {_lmdb_reason(exc)}") from None
         finally:
             self._threads -= 1
             if not self._threads:
@@ -237,9 +238,11 @@ class LmdbStore(Store):
         if not batch:
             await trio.lowlevel.checkpoint()
             return
+        await self._enqueue(_Pending(batch, trio.Event()))
+
+    async def _enqueue(self, pending: _Pending) -> None:
         if not self._running:
             raise RuntimeError("the store is not running")
-        pending = _Pending(batch, trio.Event())
         self._queue.append(pending)
         self._wakeup.set()
         await pending.done.wait()
@@ -247,6 +250,13 @@ class LmdbStore(Store):
             raise pending.error
 
     async def _writer(self) -> None:
+        """Write what is queued, one group per wake-up.
+
+        The commit window is one scheduler pass, not a timer: the first commit of a pass sets
+        ``_wakeup``, and this task runs only after every room made runnable in that pass has run its
+        turn and queued its batch, so they all share one transaction and one fsync. Nothing waits on a
+        clock, so a lone commit at a low rate is written at once.
+        """
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
@@ -270,46 +280,73 @@ class LmdbStore(Store):
                 pending.done.set()
 
     async def _write_group(self, group: list[_Pending]) -> None:
-        writes = [write for pending in group for write in pending.batch]
-        while True:
-            try:
-                # Not abandon_on_cancel: a cancelled commit still waits for its thread to finish.
-                await self._in_thread(self._write_sync, writes, limiter=self._write_limiter)
-                break
-            except lmdb.MapFullError:
-                await self._in_thread(self._grow, limiter=self._write_limiter)
+        """Plan the group's transaction on the loop, then run it in one thread hop.
+
+        Everything that is Python work (encoding keys, each key's last write, the put and delete
+        lists) happens here, so the thread only calls into LMDB: every py-lmdb call releases the GIL
+        and must take it back, and while the loop is busy each retake can wait a switch interval
+        (stack-limits §A.3, the GIL convoy). A full map is grown and the write retried inside the same
+        hop (``_write_plan``).
+        """
+        disposed, plan, writes = _plan(group, self._rooms_db, self._global_db)
+        await self._hop(self._write_plan, disposed, plan)
         self._commits += len(group)
-        self._writes += len(writes)
+        self._writes += writes
         self._groups += 1
 
-    def _write_sync(self, writes: list[Write]) -> None:
-        """One transaction for the group, ending as its writes applied one by one would.
-
-        The trap: deletes go through ``txn.delete`` and puts through one ``putmulti`` at the end, so
-        applied as they come a put followed by a delete of the same key would end with the put. Rooms
-        write each key once per turn today, so nothing hit it, but a batch is an ordered list: each
-        key's last write wins first, then the deletes and the puts run.
-        """
+    def _write_plan(self, disposed: list[bytes], plan: list[tuple[Any, list[bytes], list[tuple[bytes, bytes]]]]) -> None:
+        """In the worker thread: one transaction applying ``plan``; on a full map, grow and redo it."""
         assert self._env is not None
-        rooms, globals_ = self._rooms_db, self._global_db
-        last: dict[bytes, bytes | None] = {}
-        global_last: dict[bytes, bytes | None] = {}
-        for write in writes:
-            if write.room is None:
-                global_last[write.key.encode()] = write.value
-            else:
-                last[write.room.encode() + _SEP + write.key.encode()] = write.value
-        with self._env.begin(write=True) as txn:
-            for db, final in ((rooms, last), (globals_, global_last)):
-                puts = []
-                for key, value in final.items():
-                    if value is None:
-                        txn.delete(key, db=db)
-                    else:
-                        puts.append((key, value))
-                # putmulti: one call into C for all the group's puts (py-lmdb retakes the GIL per call).
-                if puts:
-                    txn.cursor(db=db).putmulti(puts)
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for prefix in disposed:
+                        cursor = txn.cursor(db=self._rooms_db)
+                        if cursor.set_range(prefix):
+                            while cursor.key().startswith(prefix):
+                                if not cursor.delete():
+                                    break
+                    for db, deletes, puts in plan:
+                        for key in deletes:
+                            txn.delete(key, db=db)
+                        # putmulti: one call into C for all the group's puts (py-lmdb retakes the GIL per call).
+                        if puts:
+                            txn.cursor(db=db).putmulti(puts)
+                return
+            except lmdb.MapFullError:  # the transaction was aborted: nothing of it is written
+                self._grow()
+
+    async def _hop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in a worker thread for the writer: one wake-up of this task, nothing else.
+
+        ``trio.to_thread.run_sync`` costs ~270 k instructions per round trip here (inbound-path.md:
+        a limiter acquire that is itself a scheduler pass, a context copy, a cancellation check and
+        a message loop for ``from_thread``); the writer needs none of it: it is the only task that
+        writes (so it needs no limiter), and it never abandons its thread. The trap: the wait must not
+        be cancellable, or a cancelled store could close LMDB under a thread still inside a write
+        transaction; ``Abort.FAILED`` makes a cancellation wait for the thread (as ``run_sync``
+        without ``abandon_on_cancel`` does) and be delivered at the writer's next checkpoint.
+        """
+        if self._env is None:
+            raise RuntimeError("the store is not running")
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: Any) -> None:  # in the worker thread
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        self._threads += 1
+        self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
+        try:
+            trio.lowlevel.start_thread_soon(functools.partial(fn, *args), deliver, name="roost store writer")
+            try:  # rescheduled with the thread's outcome: it returns fn's value or raises its error
+                return await trio.lowlevel.wait_task_rescheduled(lambda _raise_cancel: trio.lowlevel.Abort.FAILED)
+            except lmdb.Error as exc:
+                raise StoreFailed(f"cannot write the store in {self.path}: {_lmdb_reason(exc)}") from None
+        finally:
+            self._threads -= 1
+            if not self._threads:
+                self._threads_done.set()
 
     def _grow(self) -> None:
         assert self._env is not None
@@ -321,18 +358,10 @@ class LmdbStore(Store):
         log.warning("store map grown to %d MiB", self._map_size >> 20)
 
     async def dispose_room(self, room: str) -> None:
-        await self._in_thread(self._dispose_sync, room, limiter=self._write_limiter)
-        self._commits += 1
-
-    def _dispose_sync(self, room: str) -> None:
-        assert self._env is not None
-        prefix = room.encode() + _SEP
-        with self._env.begin(write=True, db=self._rooms_db) as txn:
-            cursor = txn.cursor()
-            if cursor.set_range(prefix):
-                while cursor.key().startswith(prefix):
-                    if not cursor.delete():
-                        break
+        """Delete every key of ``room``, through the writer like any commit (in order with them, in
+        the group's one transaction): LMDB has one writer, and a second write transaction begun in
+        another thread would wait in C for the writer's lock."""
+        await self._enqueue(_Pending((), trio.Event(), dispose=room))
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -405,6 +434,53 @@ class LmdbStore(Store):
     def groups(self) -> int:
         """LMDB transactions written (each holds one or more commits)."""
         return self._groups
+
+
+def _plan(group: Sequence[_Pending], rooms_db: Any, global_db: Any
+          ) -> tuple[list[bytes], list[tuple[Any, list[bytes], list[tuple[bytes, bytes]]]], int]:
+    """The group's transaction: the key prefixes of disposed rooms (deleted first), then (db, keys to
+    delete, (key, value) puts) per database; and the count of writes. It ends as the writes applied
+    one by one would.
+
+    A disposal drops the writes to its room queued before it (they would be deleted) and keeps the
+    ones after it (they run after the prefix is deleted).
+
+    The trap: deletes go through ``txn.delete`` and puts through one ``putmulti`` after them, so a put
+    followed by a delete of the same key, applied as they come, would end with the put. A batch is an
+    ordered list and batches are queued in commit order: each key's last write wins first, then the
+    deletes and the puts run. Room keys are ``room NUL key``; the room's prefix is encoded once per
+    run of writes of one room (a turn's batch is one room's).
+    """
+    last: dict[bytes, bytes | None] = {}
+    global_last: dict[bytes, bytes | None] = {}
+    count = 0
+    prefix_room: str | None = None
+    prefix = b""
+    disposed: list[bytes] = []
+    for pending in group:
+        if pending.dispose is not None:
+            gone = pending.dispose.encode() + _SEP
+            disposed.append(gone)
+            for key in [key for key in last if key.startswith(gone)]:
+                del last[key]
+            continue
+        batch = pending.batch
+        count += len(batch)
+        for write in batch:
+            room = write.room
+            if room is None:
+                global_last[write.key.encode()] = write.value
+                continue
+            if room != prefix_room:
+                prefix_room, prefix = room, room.encode() + _SEP
+            last[prefix + write.key.encode()] = write.value
+    plan = []
+    for db, final in ((rooms_db, last), (global_db, global_last)):
+        if final:
+            deletes = [key for key, value in final.items() if value is None]
+            puts = [(key, value) for key, value in final.items() if value is not None]
+            plan.append((db, deletes, puts))
+    return disposed, plan, count
 
 
 def _lmdb_reason(exc: lmdb.Error) -> str:
