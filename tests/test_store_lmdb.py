@@ -254,3 +254,111 @@ async def test_a_truncated_data_file_is_refused_before_lmdb_maps_it(tmp_path: Pa
     assert str(info.value) == (
         f"cannot open the store in {tmp_path / 'db'}: data.mdb is truncated (8192 bytes, its pages need {size})"
     )
+
+
+# -- group commit under random interleavings ------------------------------------------------------------
+
+_OPS = st.lists(st.one_of(st.just("dispose"), st.integers(0, 3)), min_size=1, max_size=6)
+"""One room actor's commits, in order: ``k`` = a batch writing ``log:<i>``, ``last`` and deleting
+``log:<i - 2>`` after ``k`` checkpoints; ``"dispose"`` = dispose of the room."""
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rooms=st.lists(_OPS, min_size=1, max_size=6), releases=st.lists(st.integers(0, 4), min_size=1, max_size=8),
+       failing=st.sets(st.integers(0, 12), max_size=3), grouped=st.booleans())
+async def test_group_commit_acknowledges_exactly_what_is_durable(
+    tmp_path: Path, rooms: list[list[int | str]], releases: list[int], failing: set[int], grouped: bool
+) -> None:
+    """Many rooms commit (and dispose) in random interleavings while the writer's thread finishes at
+    random moments and some transactions fail: every acknowledged write is in LMDB when its commit
+    returns, a room's writes land in its commit order, and a failing transaction fails exactly the
+    commits of its group (their writes absent, every other commit unaffected)."""
+    import threading
+
+    import lmdb
+
+    store = LmdbStore(tmp_path / f"db-{len(os.listdir(tmp_path))}", group_commit=grouped)
+    gate = threading.Semaphore(0)
+    groups: list[int] = []  # commits per transaction attempted, in order
+    real = store._write_plan
+
+    def gated(disposed, plan) -> None:  # in the worker thread
+        gate.acquire()
+        index = len(groups)
+        groups.append(len(disposed) + sum(len(d) + len(p) for _db, d, p in plan))
+        if index in failing:
+            raise lmdb.Error("injected failure")
+        real(disposed, plan)
+
+    store._write_plan = gated  # type: ignore[method-assign]
+    sizes: list[int] = []  # commits per group, in order (one group is written at a time)
+    real_group = store._write_group
+
+    async def counted(group) -> None:
+        sizes.append(len(group))
+        await real_group(group)
+
+    store._write_group = counted  # type: ignore[method-assign]
+    failed_commits: list[tuple[int, int]] = []
+    expected: dict[str, dict[str, bytes]] = {}
+    done = trio.Event()
+
+    def stored(room: str) -> dict[str, bytes]:
+        assert store._env is not None
+        with store._env.begin(db=store._rooms_db) as txn:
+            prefix = room.encode() + b"\x00"
+            return {bytes(k)[len(prefix):].decode(): bytes(v) for k, v in txn.cursor() if bytes(k).startswith(prefix)}
+
+    async def room(r: int, ops: list[int | str]) -> None:
+        name = f"r{r}"
+        model: dict[str, bytes] = {}
+        for i, op in enumerate(ops):
+            if op == "dispose":
+                proposed: dict[str, bytes] = {}
+                batch: list[Write] = []
+            else:
+                for _ in range(op):
+                    await trio.lowlevel.checkpoint()
+                value = f"{r}.{i}".encode()
+                batch = [Write(name, f"log:{i}", value), Write(name, "last", value), Write(name, f"log:{i - 2}", None)]
+                proposed = {key: value for key, value in model.items() if key != f"log:{i - 2}"}
+                proposed |= {f"log:{i}": value, "last": value}
+            try:
+                if op == "dispose":
+                    await store.dispose_room(name)
+                else:
+                    await store.commit(batch)
+            except StoreFailed:
+                failed_commits.append((r, i))
+                assert stored(name) == model  # nothing of the failed group was written
+                continue
+            model = proposed
+            assert stored(name) == model  # acknowledged: durable, and exactly this room's history so far
+        expected[name] = model
+
+    async def release() -> None:  # the worker thread finishes at random moments
+        step = 0
+        while not done.is_set():
+            for _ in range(releases[step % len(releases)]):
+                await trio.lowlevel.checkpoint()
+            gate.release()
+            step += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        nursery.start_soon(release)
+        async with trio.open_nursery() as actors:
+            for r, ops in enumerate(rooms):
+                actors.start_soon(room, r, ops)
+        done.set()
+        for r in range(len(rooms)):
+            assert stored(f"r{r}") == expected[f"r{r}"]
+        stats = store.statistics()
+        nursery.cancel_scope.cancel()
+    commits = sum(len(ops) for ops in rooms)
+    assert stats.commits == commits - len(failed_commits)
+    assert len(failed_commits) == sum(sizes[index] for index in failing if index < len(sizes))
+    assert len(sizes) == len(groups)
+    if not grouped:
+        assert len(groups) == commits  # one transaction per commit
