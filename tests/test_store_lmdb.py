@@ -362,3 +362,47 @@ async def test_group_commit_acknowledges_exactly_what_is_durable(
     assert len(sizes) == len(groups)
     if not grouped:
         assert len(groups) == commits  # one transaction per commit
+
+
+@pytest.mark.parametrize("others", [["cancelled"], ["cancelled", "waiting"]])
+async def test_a_cancelled_committer_neither_loses_its_batch_nor_stalls_the_next_group(
+    nursery: trio.Nursery, tmp_path: Path, others: list[str]
+) -> None:
+    """While the leader's transaction runs, committers queue for the next group; one of them is
+    cancelled. Its batch is still written (it was queued), the lead passes to one still waiting, or
+    the leader writes the group itself when nobody waits: no group is left without a writer."""
+    import threading
+
+    store = LmdbStore(tmp_path / "db")
+    await nursery.start(store.run)
+    gate = threading.Event()
+    real = store._write_plan
+
+    def gated(disposed, plan) -> None:  # in the worker thread
+        gate.wait(10)
+        real(disposed, plan)
+
+    store._write_plan = gated  # type: ignore[method-assign]
+    returned: list[str] = []
+
+    async def commit(name: str, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            await store.commit([Write(name, "k", name.encode())])
+            returned.append(name)
+
+    scopes = {name: trio.CancelScope() for name in others}
+    with trio.fail_after(30):  # a bound, not a timing: a group left without a writer would hang here
+        async with trio.open_nursery() as committers:
+            committers.start_soon(commit, "leader")
+            await trio.testing.wait_all_tasks_blocked()  # the leader is in its thread, blocked on the gate
+            for name in others:
+                committers.start_soon(commit, name, scopes[name])
+            await trio.testing.wait_all_tasks_blocked()
+            scopes["cancelled"].cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+    assert sorted(returned) == sorted(["leader", *(name for name in others if name != "cancelled")])
+    assert sorted(room for room, _key in store.keys()) == sorted(["leader", *others])
+    assert not store._leading and not store._queue
+    await store.commit([Write("after", "k", b"1")])  # the store still takes commits
+    assert await store.load_room("after") == {"k": b"1"}

@@ -1,16 +1,16 @@
-"""The default store: LMDB on disk, one writer off the event loop, group commit.
+"""The default store: LMDB on disk, written off the event loop, group commit.
 
 Every room actor awaits :meth:`LmdbStore.commit` once per turn. Commits are not written one by one:
-the writer task takes everything queued since its last commit and writes it in **one** LMDB write
-transaction, in one worker thread (a write transaction must begin and end on one thread), with
-``sync`` on, so one fsync makes a whole group durable. Measured here (reference/stack-limits.md
+the first committer of a scheduler pass (the leader) takes everything queued in that pass and writes
+it in **one** LMDB write transaction, in one worker thread (a write transaction must begin and end on
+one thread), with ``sync`` on, so one fsync makes a whole group durable. Measured here (reference/stack-limits.md
 §A.3): one commit per write caps at ~2.5 k/s; groups of 100 reach ~120 k puts/s.
 
 Rules from the same reference, followed here: the environment and its databases are opened once,
-before any worker thread; the writer task is the only one that writes (room disposals are queued to
-it like commits), in one thread hop per group, with the group's keys and values prepared on the loop
-so the thread runs no Python loop; a cancelled writer still waits for its thread (never abandon a
-thread holding LMDB); the environment is closed only after the writer is done; a full map grows
+before any worker thread; one group is written at a time, by its leader (room disposals are queued
+like commits), in one thread hop per group, with the group's keys and values prepared on the loop so
+the thread runs no Python loop; a cancelled leader still waits for its thread (never abandon a thread
+holding LMDB); the environment is closed only after every thread is done; a full map grows
 (``set_mapsize`` with no transaction open) and the write is retried, so nothing is dropped or
 corrupted.
 
@@ -76,10 +76,16 @@ class StoreLocked(StoreOpenError):
 @dataclasses.dataclass(slots=True)
 class _Pending:
     batch: Sequence[Write]
-    done: trio.Event
-    error: BaseException | None = None
     dispose: str | None = None
     """A room whose every key this commit deletes (before its batch, which is then empty)."""
+    error: BaseException | None = None
+    done: bool = False
+    """Its group's transaction ended (committed, or failed with ``error``)."""
+    task: trio.lowlevel.Task | None = None
+    """The committer parked until ``done`` or until it leads; None once woken, or if it was cancelled
+    (its batch is still written: it was queued)."""
+    lead: bool = False
+    """Woken to write the next group (the previous leader's batch is durable, this one's is not)."""
 
 
 class LmdbStore(Store):
@@ -104,12 +110,12 @@ class LmdbStore(Store):
         self._rooms_db: Any = None
         self._global_db: Any = None
         self._queue: list[_Pending] = []
-        self._wakeup = trio.Event()
+        self._leading = False
+        """A committer is writing groups (and every queued batch will be written by it or the next)."""
         self._read_limiter = trio.CapacityLimiter(4)
         self._running = False
         self._threads = 0
         self._threads_done = trio.Event()
-        self._inflight: list[_Pending] = []
         self._commits = 0
         self._writes = 0
         self._groups = 0
@@ -194,19 +200,16 @@ class LmdbStore(Store):
             os.close(fd)  # the kernel releases the flock with the descriptor; the stale pid is harmless
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the store (if not yet open), then run its writer until cancelled; close the
-        environment last, and only then release the directory."""
+        """Open the store (if not yet open), accept commits until cancelled; close the environment
+        last, and only then release the directory. Commits are written by their committers (see
+        ``_enqueue``): a group being written when this stops ends first; later ones fail."""
         self.open()
         self._running = True
         try:
             task_status.started()
-            await self._writer()
+            await trio.sleep_forever()
         finally:
             self._running = False
-            for pending in self._inflight + self._queue:  # never leave a committer waiting forever
-                pending.error = RuntimeError("the store stopped before this batch was written")
-                pending.done.set()
-            self._queue.clear()
             # Closing the environment while a worker thread is inside a transaction "may crash the
             # interpreter" (py-lmdb): wait for every thread first (they finish; none is abandoned).
             with trio.move_on_after(10, shield=True):
@@ -238,46 +241,82 @@ class LmdbStore(Store):
         if not batch:
             await trio.lowlevel.checkpoint()
             return
-        await self._enqueue(_Pending(batch, trio.Event()))
+        await self._enqueue(_Pending(batch))
 
     async def _enqueue(self, pending: _Pending) -> None:
+        """Queue ``pending``; return once its group's transaction is durable (or raise its error).
+
+        Leader and followers, no writer task: the first committer finding no group under way leads.
+        It yields one scheduler pass (the commit window: every room made runnable in this pass runs
+        its turn and queues its batch behind it; no timer, so a lone commit at a low rate is written
+        at once), takes the queue as one group, writes it in one thread hop and wakes its followers.
+        Commits queued meanwhile form the next group: the leader hands the lead to the first of them
+        still waiting, which writes it when it wakes (a wake it needed anyway). This spares the Event
+        hand-offs to and from a writer task (two task wakes per group; inbound-path.md counts ~44 k
+        instructions each): a lone commit costs the committer one pass and one thread hop.
+
+        A follower's wait is cancellable (its batch is still written: it was queued; nobody is told).
+        A leader's is not: its pass is cancel-shielded and its thread hop uncancellable, so no group
+        is ever left without a writer.
+        """
         if not self._running:
             raise RuntimeError("the store is not running")
         self._queue.append(pending)
-        self._wakeup.set()
-        await pending.done.wait()
+        if self._leading:
+            pending.task = trio.lowlevel.current_task()
+
+            def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+                pending.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            self._leading = pending.lead = True
+        if pending.lead:
+            await self._lead(pending)
         if pending.error is not None:
             raise pending.error
 
-    async def _writer(self) -> None:
-        """Write what is queued, one group per wake-up.
-
-        The commit window is one scheduler pass, not a timer: the first commit of a pass sets
-        ``_wakeup``, and this task runs only after every room made runnable in that pass has run its
-        turn and queued its batch, so they all share one transaction and one fsync. Nothing waits on a
-        clock, so a lone commit at a low rate is written at once.
-        """
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            if self._group_commit:
-                group, self._queue = self._queue, []
-            else:
-                group, self._queue = self._queue[:1], self._queue[1:]
-                if self._queue:
-                    self._wakeup.set()
-            if not group:
-                continue
-            self._inflight = group
-            try:
-                await self._write_group(group)
-            except Exception as exc:  # a failed group fails its committers, not the store
-                log.exception("store commit failed")
+    async def _lead(self, me: _Pending) -> None:
+        """Write groups until ``me`` is durable and someone waiting can take the lead (or none is left)."""
+        try:
+            while True:
+                if self._group_commit:
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # the commit window: one pass
+                    group, self._queue = self._queue, []
+                else:
+                    group, self._queue = self._queue[:1], self._queue[1:]
+                try:
+                    await self._write_group(group)
+                except Exception as exc:  # a failed group fails its committers, not the store
+                    log.exception("store commit failed")
+                    for pending in group:
+                        pending.error = exc
                 for pending in group:
-                    pending.error = exc
-            self._inflight = []
-            for pending in group:
-                pending.done.set()
+                    pending.done = True
+                    if pending.task is not None and pending is not me:
+                        task, pending.task = pending.task, None
+                        trio.lowlevel.reschedule(task)
+                if not self._queue:
+                    self._leading = False
+                    return
+                if me.done:
+                    for pending in self._queue:
+                        if pending.task is not None:
+                            task, pending.task = pending.task, None
+                            pending.lead = True
+                            trio.lowlevel.reschedule(task)
+                            return
+                # else: my batch is not written yet, or no one queued still waits: write on
+        except BaseException as exc:  # not an Exception (e.g. KeyboardInterrupt): nobody may wait forever
+            for pending in self._queue:
+                pending.error, pending.done = RuntimeError("the store stopped before this batch was written"), True
+                if pending.task is not None:
+                    task, pending.task = pending.task, None
+                    trio.lowlevel.reschedule(task)
+            self._queue.clear()
+            self._leading = False
+            raise exc
 
     async def _write_group(self, group: list[_Pending]) -> None:
         """Plan the group's transaction on the loop, then run it in one thread hop.
@@ -317,15 +356,15 @@ class LmdbStore(Store):
                 self._grow()
 
     async def _hop(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` in a worker thread for the writer: one wake-up of this task, nothing else.
+        """Run ``fn`` in a worker thread for the leader: one wake-up of this task, nothing else.
 
         ``trio.to_thread.run_sync`` costs ~270 k instructions per round trip here (inbound-path.md:
         a limiter acquire that is itself a scheduler pass, a context copy, a cancellation check and
-        a message loop for ``from_thread``); the writer needs none of it: it is the only task that
-        writes (so it needs no limiter), and it never abandons its thread. The trap: the wait must not
+        a message loop for ``from_thread``); the leader needs none of it: one group is written at a
+        time (so it needs no limiter), and it never abandons its thread. The trap: the wait must not
         be cancellable, or a cancelled store could close LMDB under a thread still inside a write
         transaction; ``Abort.FAILED`` makes a cancellation wait for the thread (as ``run_sync``
-        without ``abandon_on_cancel`` does) and be delivered at the writer's next checkpoint.
+        without ``abandon_on_cancel`` does) and be delivered at the committer's next checkpoint.
         """
         if self._env is None:
             raise RuntimeError("the store is not running")
@@ -361,7 +400,7 @@ class LmdbStore(Store):
         """Delete every key of ``room``, through the writer like any commit (in order with them, in
         the group's one transaction): LMDB has one writer, and a second write transaction begun in
         another thread would wait in C for the writer's lock."""
-        await self._enqueue(_Pending((), trio.Event(), dispose=room))
+        await self._enqueue(_Pending((), dispose=room))
 
     # -- reads ------------------------------------------------------------------------------------
 
