@@ -44,7 +44,7 @@ def test_durable_bench_runs_group_commit_the_memory_store_and_both_baselines(cap
     assert (result["clients"], result["rooms"], result["window"], result["sync"]) == (4, 2, 2, True)
     assert set(result["runs"]) == {"group", "memory", "message", "turn"}
     assert result["memory_acked_per_s"] > 0
-    assert result["memory_ratio"] == pytest.approx(result["acked_per_s"] / result["memory_acked_per_s"], rel=0.01)
+    assert result["memory_ratio"] == pytest.approx(result["acked_per_s"] / result["memory_acked_per_s"], abs=0.006)
     assert "transactions" not in result["runs"]["memory"].get("store", {}) or \
         result["runs"]["memory"]["store"]["transactions"] is None, "the memory store writes no LMDB transaction"
     for run in result["runs"].values():
