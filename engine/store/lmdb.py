@@ -29,7 +29,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import functools
+import queue
+import socket
+import threading
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -88,6 +90,32 @@ class _Pending:
     """Woken to write the next group (the previous leader's batch is durable, this one's is not)."""
 
 
+class _WriterThread:
+    """One thread that runs the leader's transactions, one at a time (see ``LmdbStore._hop``)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self.wake_r, self._wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.result: tuple[bool, Any] = (True, None)
+        threading.Thread(target=self._run, name="roost store writer", daemon=True).start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            fn, args = job
+            try:
+                self.result = (True, fn(*args))
+            except BaseException as exc:  # handed to the leader, which raises it
+                self.result = (False, exc)
+            self._wake_w.send(b"\0")
+        self._wake_w.close()
+
+    def stop(self) -> None:
+        """Let the thread end (it is idle: the store closes only once no job runs)."""
+        self.jobs.put(None)
+        self.wake_r.close()
+
+
 class LmdbStore(Store):
     """LMDB-backed store. Run it (``await nursery.start(store.run)``) before using it."""
 
@@ -110,6 +138,7 @@ class LmdbStore(Store):
         self._rooms_db: Any = None
         self._global_db: Any = None
         self._queue: list[_Pending] = []
+        self._writer: _WriterThread | None = None
         self._leading = False
         """A committer is writing groups (and every queued batch will be written by it or the next)."""
         self._read_limiter = trio.CapacityLimiter(4)
@@ -172,6 +201,9 @@ class LmdbStore(Store):
         env, self._env = self._env, None
         if env is not None:
             env.close()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.stop()
         self._unlock()
 
     def _lock(self) -> None:
@@ -356,32 +388,39 @@ class LmdbStore(Store):
                 self._grow()
 
     async def _hop(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` in a worker thread for the leader: one wake-up of this task, nothing else.
+        """Run ``fn`` in the store's writer thread: one wake-up of this task, nothing else.
 
         ``trio.to_thread.run_sync`` costs ~270 k instructions per round trip here (inbound-path.md:
         a limiter acquire that is itself a scheduler pass, a context copy, a cancellation check and
-        a message loop for ``from_thread``); the leader needs none of it: one group is written at a
-        time (so it needs no limiter), and it never abandons its thread. The trap: the wait must not
-        be cancellable, or a cancelled store could close LMDB under a thread still inside a write
-        transaction; ``Abort.FAILED`` makes a cancellation wait for the thread (as ``run_sync``
-        without ``abandon_on_cancel`` does) and be delivered at the committer's next checkpoint.
+        a message loop for ``from_thread``), and even ``start_thread_soon`` returns through
+        ``run_sync_soon``: the wake-up socket wakes Trio's entry-queue task, which reschedules this
+        one a pass later. The leader needs none of it: one group is written at a time, so one
+        persistent thread takes the job from a ``SimpleQueue`` (C, no GIL while it waits) and, when
+        done, writes a byte to a socket pair this task waits on: its wake-up is this task's own.
+
+        The trap: the wait must not be cancellable, or a cancelled store could close LMDB under a
+        thread still inside a write transaction: it is shielded, and a cancellation is delivered at
+        the committer's next checkpoint (as ``run_sync`` without ``abandon_on_cancel`` does).
         """
         if self._env is None:
             raise RuntimeError("the store is not running")
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
-
-        def deliver(result: Any) -> None:  # in the worker thread
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
+        if self._writer is None:
+            self._writer = _WriterThread()
+        writer = self._writer
         self._threads += 1
         self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
         try:
-            trio.lowlevel.start_thread_soon(functools.partial(fn, *args), deliver, name="roost store writer")
-            try:  # rescheduled with the thread's outcome: it returns fn's value or raises its error
-                return await trio.lowlevel.wait_task_rescheduled(lambda _raise_cancel: trio.lowlevel.Abort.FAILED)
-            except lmdb.Error as exc:
-                raise StoreFailed(f"cannot write the store in {self.path}: {_lmdb_reason(exc)}") from None
+            writer.jobs.put((fn, args))
+            with trio.CancelScope(shield=True):
+                await trio.lowlevel.wait_readable(writer.wake_r)
+            writer.wake_r.recv(16)
+            ok, value = writer.result
+            writer.result = (True, None)
+            if not ok:
+                if isinstance(value, lmdb.Error):
+                    raise StoreFailed(f"cannot write the store in {self.path}: {_lmdb_reason(value)}") from None
+                raise value
+            return value  # type: ignore[no-any-return]
         finally:
             self._threads -= 1
             if not self._threads:
