@@ -5,8 +5,10 @@
 LMDB, as ``bench fanout`` does) at ``M0`` messages/s per member, then at ``M0 x F``, ``M0 x F^2``, ...,
 each step a fresh server and fresh members under the same method as one ``bench fanout`` run (pinning,
 warm-up, window, drain). It stops at the first step whose delivery p99 is over ``L`` ms (default 50),
-or that lost deliveries or saw an error, or when the next step would pass ``N`` steps, the per-member
-rate cap (1,000/s) or the time budget ``B`` seconds; and prints each step and the last one that held.
+or that lost deliveries or saw an error, once a step has held; while none has, a failed step halves
+the rate instead (so a start above saturation still finds a figure). It also stops when the next step
+would pass ``N`` steps, the per-member rate cap (1,000/s) or the time budget ``B`` seconds; and prints
+each step and the last one that held.
 
 Figures per step: ``msgs_per_s`` = inbound ``chat_send``/s offered (R x P x M); ``server_cpu_util`` =
 server utime + stime over the window (1.0 = one core busy); ``msgs_per_core_s`` = ``msgs_per_s /
@@ -101,6 +103,9 @@ def collect_sweep(args: argparse.Namespace) -> dict[str, Any]:
             failed = _held(step, args.sweep_p99_ms)
             if failed is not None:
                 step["failed"] = failed
+                if held is None:  # above saturation from the start: step down until one holds
+                    rate /= 2
+                    continue
                 stop = "p99" if failed.startswith("p99") else "failed"
                 break
             held = step

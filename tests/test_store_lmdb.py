@@ -406,3 +406,36 @@ async def test_a_cancelled_committer_neither_loses_its_batch_nor_stalls_the_next
     assert not store._leading and not store._queue
     await store.commit([Write("after", "k", b"1")])  # the store still takes commits
     assert await store.load_room("after") == {"k": b"1"}
+
+
+async def test_a_disposal_in_a_group_drops_the_writes_before_it_and_keeps_the_ones_after(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Commits and a disposal of one room queued while a transaction runs share the next one; it
+    ends as they would applied one by one: the disposal deletes what was stored and what was queued
+    before it, and nothing queued after it."""
+    import threading
+
+    store = LmdbStore(tmp_path / "db")
+    await nursery.start(store.run)
+    await store.commit([Write("r1", "old", b"stored"), Write("r10", "meta", b"other room")])
+    gate = threading.Event()
+    real = store._write_plan
+
+    def gated(disposed, plan) -> None:  # in the writer thread
+        gate.wait(10)
+        real(disposed, plan)
+
+    store._write_plan = gated  # type: ignore[method-assign]
+    groups = store.groups
+    with trio.fail_after(30):  # a bound, not a timing
+        async with trio.open_nursery() as committers:
+            committers.start_soon(store.commit, [Write("x", "k", b"0")])  # the leader: blocked in its thread
+            await trio.testing.wait_all_tasks_blocked()
+            for start in (lambda: store.commit([Write("r1", "before", b"1")]), lambda: store.dispose_room("r1"),
+                          lambda: store.commit([Write("r1", "after", b"2"), Write(None, "g", b"3")])):
+                committers.start_soon(start)  # queued one after the other, in this order
+                await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+    assert sorted(store.keys(), key=str) == sorted([("r1", "after"), ("r10", "meta"), ("x", "k"), (None, "g")], key=str)
+    assert store.groups - groups == 2  # the leader's group, then the three queued behind it in one
