@@ -439,3 +439,48 @@ async def test_a_disposal_in_a_group_drops_the_writes_before_it_and_keeps_the_on
             gate.set()
     assert sorted(store.keys(), key=str) == sorted([("r1", "after"), ("r10", "meta"), ("x", "k"), (None, "g")], key=str)
     assert store.groups - groups == 2  # the leader's group, then the three queued behind it in one
+
+
+async def test_a_leader_interrupted_by_a_base_exception_leaves_no_committer_waiting(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Not an Exception escaping the leader's transaction (KeyboardInterrupt, say): every committer of
+    the group in flight and of the queue behind it gets an error instead of waiting forever."""
+    import threading
+
+    store = LmdbStore(tmp_path / "db")
+    await nursery.start(store.run)
+    gate = threading.Event()
+    real = store._write_group
+
+    async def interrupted(group) -> None:
+        await trio.to_thread.run_sync(gate.wait, 10)
+        raise KeyboardInterrupt
+
+    store._write_group = interrupted  # type: ignore[method-assign]
+    outcomes: dict[str, str] = {}
+
+    async def commit(name: str) -> None:
+        try:
+            await store.commit([Write(name, "k", b"v")])
+            outcomes[name] = "ok"
+        except KeyboardInterrupt:
+            outcomes[name] = "interrupted"
+        except RuntimeError as error:
+            outcomes[name] = str(error)
+
+    with trio.fail_after(30):  # a bound, not a timing
+        async with trio.open_nursery() as committers:
+            committers.start_soon(commit, "a")  # a and b: one group (whichever runs first leads it)
+            committers.start_soon(commit, "b")
+            await trio.testing.wait_all_tasks_blocked()
+            store._write_group = real  # type: ignore[method-assign]  # only the leader's first group is interrupted
+            committers.start_soon(commit, "queued")
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+    stopped = "the store stopped before this batch was written"
+    assert outcomes["queued"] == stopped
+    assert sorted((outcomes["a"], outcomes["b"])) == ["interrupted", stopped]
+    assert not store._leading and not store._queue
+    await store.commit([Write("after", "k", b"1")])
+    assert await store.load_room("after") == {"k": b"1"}

@@ -311,6 +311,7 @@ class LmdbStore(Store):
 
     async def _lead(self, me: _Pending) -> None:
         """Write groups until ``me`` is durable and someone waiting can take the lead (or none is left)."""
+        group: list[_Pending] = []
         try:
             while True:
                 if self._group_commit:
@@ -341,7 +342,9 @@ class LmdbStore(Store):
                             return
                 # else: my batch is not written yet, or no one queued still waits: write on
         except BaseException as exc:  # not an Exception (e.g. KeyboardInterrupt): nobody may wait forever
-            for pending in self._queue:
+            for pending in [*group, *self._queue]:
+                if pending.done:
+                    continue
                 pending.error, pending.done = RuntimeError("the store stopped before this batch was written"), True
                 if pending.task is not None:
                     task, pending.task = pending.task, None
