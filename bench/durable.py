@@ -15,6 +15,8 @@ same against baselines, one run after the other, each on a fresh data directory:
 - ``turn``: plain ``LmdbStore(group_commit=False)``: one transaction per room-actor turn. A turn takes
   every request already queued for the room (up to 128), so with W x N / R requests in flight per
   room a turn already carries many messages: this shows how much batching the room actor alone gives.
+- ``memory``: the same engine on the in-memory store (no disk at all): the ceiling, and
+  ``memory_ratio`` = group commit / memory, acked/s, is durability's price (issue 9: >= 0.8).
 
 The engine's own ``LmdbStore`` (group commit) merges the turns of all rooms queued since its last
 write into one transaction.
@@ -89,10 +91,11 @@ from .fanout import _Member as Member
 __all__ = ["AckLoad", "PerMessageLmdbStore", "add_arguments", "collect", "run", "serve_main"]
 
 SERVER_START_TIMEOUT = 30.0
-STORES = ("group", "message", "turn")
-"""Store modes of the server: the engine's group commit, then the two baselines."""
+STORES = ("group", "memory", "message", "turn")
+"""Store modes of the server: the engine's group commit, then the baselines."""
 STORE_LABELS = {
     "group": "group commit",
+    "memory": "memory store",
     "message": "1 txn/message",
     "turn": "1 txn/turn",
 }
@@ -137,8 +140,9 @@ class PerMessageLmdbStore(LmdbStore):
 
 
 def make_store(path: Path, mode: str) -> LmdbStore:
-    """The LMDB store for ``mode``: ``group`` (the engine's), ``turn`` or ``message`` (baselines)."""
-    if mode == "group":
+    """The LMDB store for ``mode``: ``group`` (the engine's), ``turn`` or ``message`` (baselines);
+    ``memory`` opens one too (``prepare`` claims the data directory with it), then runs without it."""
+    if mode in ("group", "memory"):
         return LmdbStore(path)
     if mode == "turn":
         return LmdbStore(path, group_commit=False)
@@ -175,7 +179,12 @@ def serve_main(argv: Sequence[str]) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = prepared.store
+    store: Any = prepared.store
+    if args.store == "memory":  # the data directory (keys) as prepared, but nothing on disk for rooms
+        from roost.store.memory import MemoryStore
+
+        prepared.store.close()
+        store = MemoryStore()
 
     async def serve() -> None:  # as roost.serve._serve, with our store
         engine = Engine(prepared.config, store=store)
@@ -203,7 +212,7 @@ def serve_main(argv: Sequence[str]) -> int:
         if args.stats_file:
             stats = store.statistics()
             Path(args.stats_file).write_text(json.dumps(
-                {"commits": stats.commits, "writes": stats.writes, "transactions": store.groups}))
+                {"commits": stats.commits, "writes": stats.writes, "transactions": getattr(store, "groups", None)}))
     return 0
 
 
@@ -423,6 +432,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     group = runs["group"]
     base = runs.get("message")
     turn = runs.get("turn")
+    memory = runs.get("memory")
     ratio = None
     if base is not None and base["acked_per_s"]:
         ratio = round(group["acked_per_s"] / base["acked_per_s"], 2)
@@ -435,6 +445,10 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         baseline_server_cpu_util=base["server_cpu_util"] if base else None,
         turn_baseline_acked_per_s=turn["acked_per_s"] if turn else None,
         turn_ratio=round(group["acked_per_s"] / turn["acked_per_s"], 2) if turn and turn["acked_per_s"] else None,
+        memory_acked_per_s=memory["acked_per_s"] if memory else None,
+        memory_ratio=(round(group["acked_per_s"] / memory["acked_per_s"], 2)
+                      if memory and memory["acked_per_s"] else None),
+        memory_server_cpu_util=memory["server_cpu_util"] if memory else None,
         errors=sum(run["errors"] for run in runs.values()),
         clients=args.clients,
         rooms=args.rooms,
@@ -471,6 +485,9 @@ def render_table(result: dict[str, Any]) -> str:
     for key in rows:
         lines.append(f"{key:<22}" + "".join(f"{_fmt(runs[mode].get(key)):>{width}}" for mode in modes))
     lines.append("")
+    if result.get("memory_ratio") is not None:
+        lines.append(f"memory_ratio (group commit / memory store, acked/s; durability's price, target >= 0.8): "
+                     f"{_fmt(result['memory_ratio'])}")
     lines.append(f"ratio (group commit / 1 txn per message, acked/s): {_fmt(result['ratio'])}")
     if result.get("turn_ratio") is not None:
         lines.append(f"turn_ratio (group commit / 1 txn per room turn, acked/s): {_fmt(result['turn_ratio'])}")
@@ -493,9 +510,9 @@ def render_table(result: dict[str, Any]) -> str:
 
 def _baselines(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in ("message", "turn")]
+    unknown = [name for name in names if name not in ("memory", "message", "turn")]
     if unknown or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError("a comma-separated subset of: message, turn")
+        raise argparse.ArgumentTypeError("a comma-separated subset of: memory, message, turn")
     return names
 
 
@@ -520,9 +537,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most this long after the window for acks still in flight (default 10)")
     parser.add_argument("--setup-timeout", type=_seconds(1, 600), default=60.0,
                         help="bound on connecting and joining all clients (default 60)")
-    parser.add_argument("--baselines", type=_baselines, default=["message", "turn"],
-                        help="baseline store modes to run after group commit: message (1 LMDB txn per "
-                             "message: the ratio's baseline), turn (1 txn per room turn); default message,turn")
+    parser.add_argument("--baselines", type=_baselines, default=["memory", "message", "turn"],
+                        help="baseline store modes to run after group commit: memory (the in-memory store: "
+                             "memory_ratio's baseline), message (1 LMDB txn per message: the ratio's baseline), "
+                             "turn (1 txn per room turn); default memory,message,turn")
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (default 0)")
     parser.add_argument("--loadgen-cpu", type=int, default=1, help="CPU this process is pinned to (default 1)")
     parser.add_argument("--no-pin", action="store_true", help="pin nothing")

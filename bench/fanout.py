@@ -978,13 +978,27 @@ def _seconds(low: float, high: float) -> Any:
     return parse
 
 
+RATE_MAX = 1000.0
+"""The highest ``--rate`` (messages/s per member)."""
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 1000:
+    if not 0 < value <= RATE_MAX:
         raise argparse.ArgumentTypeError("must be more than 0 and at most 1000 messages/s")
+    return value
+
+
+def _factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1.05 <= value <= 10:
+        raise argparse.ArgumentTypeError("must be between 1.05 and 10")
     return value
 
 
@@ -1015,10 +1029,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the picows relay run (it needs the bench extra: picows, uvloop)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                         help="the started engine's log level (default warning)")
+    sweep = parser.add_argument_group("saturation sweep (roost.bench.saturation)")
+    sweep.add_argument("--sweep", action="store_true",
+                       help="raise --rate step by step (engine only) until p99 passes --sweep-p99-ms; print the "
+                            "last rate that held and its msgs/s per core")
+    sweep.add_argument("--sweep-factor", type=_factor, default=1.25, help="rate multiplier per step (default 1.25)")
+    sweep.add_argument("--sweep-p99-ms", type=_seconds(0, 60_000), default=50.0,
+                       help="delivery p99 bound a step must hold, in ms (default 50)")
+    sweep.add_argument("--sweep-steps", type=_positive_int, default=20, help="at most this many steps (default 20)")
+    sweep.add_argument("--sweep-seconds", type=_seconds(1, 7200), default=600.0,
+                       help="time budget of the whole sweep, in s (default 600)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the table, then one line holding a single JSON object with every figure."""
+    if args.sweep:
+        from .saturation import run_sweep  # a module of its own: it drives this one
+
+        return run_sweep(args)
     if args.url and not args.dev_key:
         print("bench fanout: --url needs --dev-key (the private JWK the engine trusts)", file=sys.stderr)
         return 2

@@ -29,8 +29,12 @@ _READ_PREFIX = "read:"
 _EVENT_PREFIX = "ev:"
 
 
+_packer = msgpack.Packer(use_bin_type=True)
+"""Reused (``autoreset``: each ``pack`` returns its own bytes); the loop thread's only: not thread-safe."""
+
+
 def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    return _packer.pack(value)
 
 
 def _unpack(data: bytes) -> Any:
@@ -126,34 +130,51 @@ class RoomState:
                     or self.closing or self.chat.trimmed)
 
     def take_writes(self) -> list[Write]:
-        """The store writes for everything changed since the last call."""
+        """The store writes for everything changed since the last call.
+
+        Called once per turn, so with one message a turn it runs per message: each kind is skipped
+        when clean and sorted only when it holds more than one key (a chat turn writes ``counters``,
+        one ``chat:``, one ``read:``, one ``ev:`` and deletes the ``ev:`` that fell out of the replay
+        buffer), and records are packed with one reused packer instead of ``msgpack.packb`` (which
+        builds a ``Packer`` per call)."""
         writes: list[Write] = []
+        add = writes.append
         room = self.room_id
-        for section in sorted(self._dirty):
-            writes.append(Write(room, section, _pack(self._section(section))))
-        for n, record in sorted(self._dirty_chat.items()):
-            message = self.chat.get(n)
-            if message is not None:
-                writes.append(Write(room, chat_key(n), record if record is not None else _pack(dump_record(message))))
-        for user in sorted(self._dirty_members):
-            entry = self.presence.get(user)
-            writes.append(Write(room, _MEMBER_PREFIX + user, None if entry is None else _pack(entry.to_record())))
-        for user in sorted(self._dirty_reads):
-            writes.append(Write(room, _READ_PREFIX + user, _pack(self.chat.read.get(user, 0))))
-        limit = self.replay.maxlen or 0
-        for seq, data in self._new_events:
-            writes.append(Write(room, event_key(seq), data))
-            if seq > limit:
-                writes.append(Write(room, event_key(seq - limit), None))  # fell out of the buffer
-        self._new_events.clear()
-        for n in self.chat.take_trimmed():
-            writes.append(Write(room, chat_key(n), None))
+        if self._dirty:
+            dirty = self._dirty
+            for section in sorted(dirty) if len(dirty) > 1 else dirty:
+                add(Write(room, section, _pack(self._section(section))))
+            dirty.clear()
+        if self._dirty_chat:
+            chat = self._dirty_chat
+            for n, record in sorted(chat.items()) if len(chat) > 1 else chat.items():
+                message = self.chat.get(n)
+                if message is not None:
+                    add(Write(room, chat_key(n), record if record is not None else _pack(dump_record(message))))
+            chat.clear()
+        if self._dirty_members:
+            members = self._dirty_members
+            for user in sorted(members) if len(members) > 1 else members:
+                entry = self.presence.get(user)
+                add(Write(room, _MEMBER_PREFIX + user, None if entry is None else _pack(entry.to_record())))
+            members.clear()
+        if self._dirty_reads:
+            reads, read = self._dirty_reads, self.chat.read
+            for user in sorted(reads) if len(reads) > 1 else reads:
+                add(Write(room, _READ_PREFIX + user, _pack(read.get(user, 0))))
+            reads.clear()
+        if self._new_events:
+            limit = self.replay.maxlen or 0
+            for seq, data in self._new_events:
+                add(Write(room, event_key(seq), data))
+                if seq > limit:
+                    add(Write(room, event_key(seq - limit), None))  # fell out of the buffer
+            self._new_events.clear()
+        if self.chat.trimmed:
+            for n in self.chat.take_trimmed():
+                add(Write(room, chat_key(n), None))
         if self.closing:
-            writes.append(Write(room, "meta", None))
-        self._dirty.clear()
-        self._dirty_chat.clear()
-        self._dirty_members.clear()
-        self._dirty_reads.clear()
+            add(Write(room, "meta", None))
         return writes
 
     def _section(self, name: str) -> Any:

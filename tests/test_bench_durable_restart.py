@@ -30,7 +30,7 @@ def _output(capsys: pytest.CaptureFixture[str]) -> dict:
     return result
 
 
-def test_durable_bench_runs_group_commit_and_both_baselines(capsys: pytest.CaptureFixture[str]) -> None:
+def test_durable_bench_runs_group_commit_the_memory_store_and_both_baselines(capsys: pytest.CaptureFixture[str]) -> None:
     args = _args(durable_bench, "--clients", "4", "--rooms", "2", "--window", "2", "--seconds", "0.6",
                  "--warmup", "0.2", "--drain", "5", "--setup-timeout", "10")
     assert durable_bench.run(args) == 0
@@ -42,12 +42,17 @@ def test_durable_bench_runs_group_commit_and_both_baselines(capsys: pytest.Captu
     assert result["acked_per_s"] > 0 and result["baseline_acked_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["acked_per_s"] / result["baseline_acked_per_s"], rel=0.01)
     assert (result["clients"], result["rooms"], result["window"], result["sync"]) == (4, 2, 2, True)
-    assert set(result["runs"]) == {"group", "message", "turn"}
+    assert set(result["runs"]) == {"group", "memory", "message", "turn"}
+    assert result["memory_acked_per_s"] > 0
+    assert result["memory_ratio"] == pytest.approx(result["acked_per_s"] / result["memory_acked_per_s"], abs=0.006)
+    assert "transactions" not in result["runs"]["memory"].get("store", {}) or \
+        result["runs"]["memory"]["store"]["transactions"] is None, "the memory store writes no LMDB transaction"
     for run in result["runs"].values():
         assert run["members_joined"] == 4
         assert run["unacked"] == 0 and run["acked"] == run["sent"] > 0
         assert run["server"]["exit_status"] is not None, "the server was reaped"
     store = {mode: run["store"] for mode, run in result["runs"].items()}
+    assert store["memory"]["commits"] > 0
     assert store["group"]["commits"] >= store["group"]["transactions"] > 0
     assert store["turn"]["commits"] == store["turn"]["transactions"], "one transaction per room turn"
     assert store["message"]["transactions"] >= result["runs"]["message"]["acked"], "one transaction per message"
@@ -71,7 +76,7 @@ def test_restart_bench_restores_every_room(capsys: pytest.CaptureFixture[str]) -
 def test_dispatcher_knows_both_and_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert BENCHES["durable"] is durable_bench and BENCHES["restart"] is restart_bench
     args = build_parser().parse_args(["durable"])
-    assert (args.clients, args.rooms, args.window, args.seconds, args.baselines) == (200, 20, 4, 10.0, ["message", "turn"])
+    assert (args.clients, args.rooms, args.window, args.seconds, args.baselines) == (200, 20, 4, 10.0, ["memory", "message", "turn"])
     args = build_parser().parse_args(["restart"])
     assert (args.rooms, args.messages, args.members, args.prepare) == (10_000, 2, 2, "clone")
     for bad in (["durable", "--window", "0"], ["durable", "--baselines", "nope"], ["restart", "--rooms", "0"],
@@ -80,3 +85,15 @@ def test_dispatcher_knows_both_and_refuses_bad_options(capsys: pytest.CaptureFix
             build_parser().parse_args(bad)
     assert durable_bench.run(_args(durable_bench, "--clients", "5", "--rooms", "2")) == 2, "N must be a multiple of R"
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("store", ["lmdb", "memory"])
+def test_the_callgrind_loop_runs_natively(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m roost.bench.cgloop`` without valgrind (the suite has no valgrind to spare): a real
+    engine, a closed loop of acknowledged chat_sends, the count it measures over."""
+    from roost.bench import cgloop
+
+    assert cgloop.main([store, "2", "2", "--warmup", "5", "--acks", "20", "--no-valgrind", "--timeout", "60"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"{store} 2x2, 1 sender(s)/room: ") and " acks, " in line and line.endswith("(native)")
+    assert int(line.split(": ")[1].split(" acks")[0]) >= 20

@@ -151,3 +151,36 @@ def test_both_relays_answer_what_they_do_not_do(module: str, key: str, tmp_path:
             assert (ok["t"], ok["id"], ok["result"]["n"]) == ("ok", 10, 1)
     finally:
         assert server.stop() is not None, "the relay was reaped"
+
+
+def test_the_saturation_sweep_raises_the_rate_until_p99_passes_its_bound(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--sweep`` tiny: steps at rate x factor each, stopped by the step count; then a p99 bound no
+    step can hold (0 ms): the rate halves while no step held; the last step that held and its msgs/s
+    per core are printed."""
+    common = ("--rooms", "1", "--members", "2", "--rate", "4", "--seconds", "0.4", "--warmup", "0.2", "--drain", "2",
+              "--setup-timeout", "10", "--sweep", "--sweep-factor", "2")
+    assert fanout_bench.run(_args(*common, "--sweep-steps", "2", "--sweep-p99-ms", "60000")) == 0
+    lines = capsys.readouterr().out.rstrip("\n").split("\n")
+    assert not lines[0].startswith("{") and any(line.startswith("last rate that held: 8 msg/s") for line in lines)
+    result = json.loads(lines[-1])
+    assert [step["rate"] for step in result["steps"]] == [4.0, 8.0]
+    assert all(step["errors"] == 0 and step["received"] == step["offered"] > 0 for step in result["steps"])
+    assert (result["held_rate"], result["held_msgs_per_s"], result["stopped_by"]) == (8.0, 16.0, "steps")
+    held = result["steps"][-1]
+    if held["server_cpu_util"]:  # CPU is read in clock ticks: a tiny run may see 0 of them
+        assert result["held_msgs_per_core_s"] == pytest.approx(16.0 / held["server_cpu_util"], rel=0.01)
+
+    assert fanout_bench.run(_args(*common, "--sweep-steps", "2", "--sweep-p99-ms", "0")) == 0
+    lines = capsys.readouterr().out.rstrip("\n").split("\n")
+    result = json.loads(lines[-1])
+    assert [step["rate"] for step in result["steps"]] == [4.0, 2.0]
+    assert all(step["failed"].startswith("p99 ") for step in result["steps"])
+    assert result["held_rate"] is None and result["stopped_by"] == "steps"
+    assert "no step held (stopped by steps)" in lines
+
+
+def test_the_sweep_refuses_a_url_and_bad_factors() -> None:
+    assert fanout_bench.run(_args("--sweep", "--url", "ws://127.0.0.1:1/", "--dev-key", "k")) == 2
+    for bad in (["--sweep-factor", "1"], ["--sweep-factor", "x"], ["--sweep-steps", "0"], ["--sweep-p99-ms", "-1"]):
+        with pytest.raises(SystemExit):
+            _args(*bad)

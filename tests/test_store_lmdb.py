@@ -254,3 +254,233 @@ async def test_a_truncated_data_file_is_refused_before_lmdb_maps_it(tmp_path: Pa
     assert str(info.value) == (
         f"cannot open the store in {tmp_path / 'db'}: data.mdb is truncated (8192 bytes, its pages need {size})"
     )
+
+
+# -- group commit under random interleavings ------------------------------------------------------------
+
+_OPS = st.lists(st.one_of(st.just("dispose"), st.integers(0, 3)), min_size=1, max_size=6)
+"""One room actor's commits, in order: ``k`` = a batch writing ``log:<i>``, ``last`` and deleting
+``log:<i - 2>`` after ``k`` checkpoints; ``"dispose"`` = dispose of the room."""
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rooms=st.lists(_OPS, min_size=1, max_size=6), releases=st.lists(st.integers(0, 4), min_size=1, max_size=8),
+       failing=st.sets(st.integers(0, 12), max_size=3), grouped=st.booleans())
+async def test_group_commit_acknowledges_exactly_what_is_durable(
+    tmp_path: Path, rooms: list[list[int | str]], releases: list[int], failing: set[int], grouped: bool
+) -> None:
+    """Many rooms commit (and dispose) in random interleavings while the writer's thread finishes at
+    random moments and some transactions fail: every acknowledged write is in LMDB when its commit
+    returns, a room's writes land in its commit order, and a failing transaction fails exactly the
+    commits of its group (their writes absent, every other commit unaffected)."""
+    import threading
+
+    import lmdb
+
+    store = LmdbStore(tmp_path / f"db-{len(os.listdir(tmp_path))}", group_commit=grouped)
+    gate = threading.Semaphore(0)
+    groups: list[int] = []  # commits per transaction attempted, in order
+    real = store._write_plan
+
+    def gated(disposed, plan) -> None:  # in the worker thread
+        gate.acquire()
+        index = len(groups)
+        groups.append(len(disposed) + sum(len(d) + len(p) for _db, d, p in plan))
+        if index in failing:
+            raise lmdb.Error("injected failure")
+        real(disposed, plan)
+
+    store._write_plan = gated  # type: ignore[method-assign]
+    sizes: list[int] = []  # commits per group, in order (one group is written at a time)
+    real_group = store._write_group
+
+    async def counted(group) -> None:
+        sizes.append(len(group))
+        await real_group(group)
+
+    store._write_group = counted  # type: ignore[method-assign]
+    failed_commits: list[tuple[int, int]] = []
+    expected: dict[str, dict[str, bytes]] = {}
+    done = trio.Event()
+
+    def stored(room: str) -> dict[str, bytes]:
+        assert store._env is not None
+        with store._env.begin(db=store._rooms_db) as txn:
+            prefix = room.encode() + b"\x00"
+            return {bytes(k)[len(prefix):].decode(): bytes(v) for k, v in txn.cursor() if bytes(k).startswith(prefix)}
+
+    async def room(r: int, ops: list[int | str]) -> None:
+        name = f"r{r}"
+        model: dict[str, bytes] = {}
+        for i, op in enumerate(ops):
+            if op == "dispose":
+                proposed: dict[str, bytes] = {}
+                batch: list[Write] = []
+            else:
+                for _ in range(op):
+                    await trio.lowlevel.checkpoint()
+                value = f"{r}.{i}".encode()
+                batch = [Write(name, f"log:{i}", value), Write(name, "last", value), Write(name, f"log:{i - 2}", None)]
+                proposed = {key: value for key, value in model.items() if key != f"log:{i - 2}"}
+                proposed |= {f"log:{i}": value, "last": value}
+            try:
+                if op == "dispose":
+                    await store.dispose_room(name)
+                else:
+                    await store.commit(batch)
+            except StoreFailed:
+                failed_commits.append((r, i))
+                assert stored(name) == model  # nothing of the failed group was written
+                continue
+            model = proposed
+            assert stored(name) == model  # acknowledged: durable, and exactly this room's history so far
+        expected[name] = model
+
+    async def release() -> None:  # the worker thread finishes at random moments
+        step = 0
+        while not done.is_set():
+            for _ in range(releases[step % len(releases)]):
+                await trio.lowlevel.checkpoint()
+            gate.release()
+            step += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        nursery.start_soon(release)
+        async with trio.open_nursery() as actors:
+            for r, ops in enumerate(rooms):
+                actors.start_soon(room, r, ops)
+        done.set()
+        for r in range(len(rooms)):
+            assert stored(f"r{r}") == expected[f"r{r}"]
+        stats = store.statistics()
+        nursery.cancel_scope.cancel()
+    commits = sum(len(ops) for ops in rooms)
+    assert stats.commits == commits - len(failed_commits)
+    assert len(failed_commits) == sum(sizes[index] for index in failing if index < len(sizes))
+    assert len(sizes) == len(groups)
+    if not grouped:
+        assert len(groups) == commits  # one transaction per commit
+
+
+@pytest.mark.parametrize("others", [["cancelled"], ["cancelled", "waiting"]])
+async def test_a_cancelled_committer_neither_loses_its_batch_nor_stalls_the_next_group(
+    nursery: trio.Nursery, tmp_path: Path, others: list[str]
+) -> None:
+    """While the leader's transaction runs, committers queue for the next group; one of them is
+    cancelled. Its batch is still written (it was queued), the lead passes to one still waiting, or
+    the leader writes the group itself when nobody waits: no group is left without a writer."""
+    import threading
+
+    store = LmdbStore(tmp_path / "db")
+    await nursery.start(store.run)
+    gate = threading.Event()
+    real = store._write_plan
+
+    def gated(disposed, plan) -> None:  # in the worker thread
+        gate.wait(10)
+        real(disposed, plan)
+
+    store._write_plan = gated  # type: ignore[method-assign]
+    returned: list[str] = []
+
+    async def commit(name: str, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            await store.commit([Write(name, "k", name.encode())])
+            returned.append(name)
+
+    scopes = {name: trio.CancelScope() for name in others}
+    with trio.fail_after(30):  # a bound, not a timing: a group left without a writer would hang here
+        async with trio.open_nursery() as committers:
+            committers.start_soon(commit, "leader")
+            await trio.testing.wait_all_tasks_blocked()  # the leader is in its thread, blocked on the gate
+            for name in others:
+                committers.start_soon(commit, name, scopes[name])
+            await trio.testing.wait_all_tasks_blocked()
+            scopes["cancelled"].cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+    assert sorted(returned) == sorted(["leader", *(name for name in others if name != "cancelled")])
+    assert sorted(room for room, _key in store.keys()) == sorted(["leader", *others])
+    assert not store._leading and not store._queue
+    await store.commit([Write("after", "k", b"1")])  # the store still takes commits
+    assert await store.load_room("after") == {"k": b"1"}
+
+
+async def test_a_disposal_in_a_group_drops_the_writes_before_it_and_keeps_the_ones_after(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Commits and a disposal of one room queued while a transaction runs share the next one; it
+    ends as they would applied one by one: the disposal deletes what was stored and what was queued
+    before it, and nothing queued after it."""
+    import threading
+
+    store = LmdbStore(tmp_path / "db")
+    await nursery.start(store.run)
+    await store.commit([Write("r1", "old", b"stored"), Write("r10", "meta", b"other room")])
+    gate = threading.Event()
+    real = store._write_plan
+
+    def gated(disposed, plan) -> None:  # in the writer thread
+        gate.wait(10)
+        real(disposed, plan)
+
+    store._write_plan = gated  # type: ignore[method-assign]
+    groups = store.groups
+    with trio.fail_after(30):  # a bound, not a timing
+        async with trio.open_nursery() as committers:
+            committers.start_soon(store.commit, [Write("x", "k", b"0")])  # the leader: blocked in its thread
+            await trio.testing.wait_all_tasks_blocked()
+            for start in (lambda: store.commit([Write("r1", "before", b"1")]), lambda: store.dispose_room("r1"),
+                          lambda: store.commit([Write("r1", "after", b"2"), Write(None, "g", b"3")])):
+                committers.start_soon(start)  # queued one after the other, in this order
+                await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+    assert sorted(store.keys(), key=str) == sorted([("r1", "after"), ("r10", "meta"), ("x", "k"), (None, "g")], key=str)
+    assert store.groups - groups == 2  # the leader's group, then the three queued behind it in one
+
+
+async def test_a_leader_interrupted_by_a_base_exception_leaves_no_committer_waiting(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Not an Exception escaping the leader's transaction (KeyboardInterrupt, say): every committer of
+    the group in flight and of the queue behind it gets an error instead of waiting forever."""
+    import threading
+
+    store = LmdbStore(tmp_path / "db")
+    await nursery.start(store.run)
+    gate = threading.Event()
+    real = store._write_group
+
+    async def interrupted(group) -> None:
+        await trio.to_thread.run_sync(gate.wait, 10)
+        raise KeyboardInterrupt
+
+    store._write_group = interrupted  # type: ignore[method-assign]
+    outcomes: dict[str, str] = {}
+
+    async def commit(name: str) -> None:
+        try:
+            await store.commit([Write(name, "k", b"v")])
+            outcomes[name] = "ok"
+        except KeyboardInterrupt:
+            outcomes[name] = "interrupted"
+        except RuntimeError as error:
+            outcomes[name] = str(error)
+
+    with trio.fail_after(30):  # a bound, not a timing
+        async with trio.open_nursery() as committers:
+            committers.start_soon(commit, "a")  # a and b: one group (whichever runs first leads it)
+            committers.start_soon(commit, "b")
+            await trio.testing.wait_all_tasks_blocked()
+            store._write_group = real  # type: ignore[method-assign]  # only the leader's first group is interrupted
+            committers.start_soon(commit, "queued")
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+    stopped = "the store stopped before this batch was written"
+    assert outcomes["queued"] == stopped
+    assert sorted((outcomes["a"], outcomes["b"])) == ["interrupted", stopped]
+    assert not store._leading and not store._queue
+    await store.commit([Write("after", "k", b"1")])
+    assert await store.load_room("after") == {"k": b"1"}

@@ -77,8 +77,13 @@ async def test_tables_survive_reopening_and_room_disposal(tmp_path: Path) -> Non
         nursery.cancel_scope.cancel()
 
 
-def test_a_table_write_names_a_known_table_and_no_room() -> None:
-    with pytest.raises(ValueError):
-        Write(None, "k", b"v", table="nope")
-    with pytest.raises(ValueError):
-        Write("r1", "k", b"v", table="users")
+async def test_an_unknown_table_fails_the_batch_and_writes_nothing_of_it(tmp_path: Path) -> None:
+    lmdb_store = LmdbStore(tmp_path / "db")
+    batch = [Write(None, "u:1", b"one", table="users"), Write(None, "k", b"v", table="nope")]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lmdb_store.run)
+        for store in (lmdb_store, MemoryStore()):
+            with pytest.raises(KeyError):
+                await store.commit(batch)
+            assert await store.get("users", "u:1") is None
+        nursery.cancel_scope.cancel()

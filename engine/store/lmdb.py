@@ -1,16 +1,18 @@
-"""The default store: LMDB on disk, one writer off the event loop, group commit.
+"""The default store: LMDB on disk, written off the event loop, group commit.
 
 Every room actor awaits :meth:`LmdbStore.commit` once per turn. Commits are not written one by one:
-the writer task takes everything queued since its last commit and writes it in **one** LMDB write
-transaction, in one worker thread (a write transaction must begin and end on one thread), with
-``sync`` on, so one fsync makes a whole group durable. Measured here (reference/stack-limits.md
+the first committer of a scheduler pass (the leader) takes everything queued in that pass and writes
+it in **one** LMDB write transaction, in one worker thread (a write transaction must begin and end on
+one thread), with ``sync`` on, so one fsync makes a whole group durable. Measured here (reference/stack-limits.md
 §A.3): one commit per write caps at ~2.5 k/s; groups of 100 reach ~120 k puts/s.
 
 Rules from the same reference, followed here: the environment and its databases are opened once,
-before any worker thread; writes go through a one-thread ``CapacityLimiter``; a cancelled
-``run_sync`` still waits for its thread (never abandon a thread holding LMDB); the environment is
-closed only after the writer is done; a full map grows (``set_mapsize`` with no transaction open)
-and the write is retried, so nothing is dropped or corrupted.
+before any worker thread; one group is written at a time, by its leader (room disposals are queued
+like commits), in one thread hop per group, with the group's keys and values prepared on the loop so
+the thread runs no Python loop; a cancelled leader still waits for its thread (never abandon a thread
+holding LMDB); the environment is closed only after every thread is done; a full map grows
+(``set_mapsize`` with no transaction open) and the write is retried, so nothing is dropped or
+corrupted.
 
 One process owns a store directory. Two writers on one LMDB would each acknowledge their own chat
 ``n=2`` and a restart would lose one (and LMDB forbids opening one environment twice even in one
@@ -27,6 +29,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import queue
+import socket
+import threading
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -73,8 +78,42 @@ class StoreLocked(StoreOpenError):
 @dataclasses.dataclass(slots=True)
 class _Pending:
     batch: Sequence[Write]
-    done: trio.Event
+    dispose: str | None = None
+    """A room whose every key this commit deletes (before its batch, which is then empty)."""
     error: BaseException | None = None
+    done: bool = False
+    """Its group's transaction ended (committed, or failed with ``error``)."""
+    task: trio.lowlevel.Task | None = None
+    """The committer parked until ``done`` or until it leads; None once woken, or if it was cancelled
+    (its batch is still written: it was queued)."""
+    lead: bool = False
+    """Woken to write the next group (the previous leader's batch is durable, this one's is not)."""
+
+
+class _WriterThread:
+    """One thread that runs the leader's transactions, one at a time (see ``LmdbStore._hop``)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self.wake_r, self._wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.result: tuple[bool, Any] = (True, None)
+        threading.Thread(target=self._run, name="roost store writer", daemon=True).start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            fn, args = job
+            try:
+                self.result = (True, fn(*args))
+            except BaseException as exc:  # handed to the leader, which raises it
+                self.result = (False, exc)
+            self._wake_w.send(b"\0")
+        self._wake_w.close()
+
+    def stop(self) -> None:
+        """Let the thread end (it is idle: the store closes only once no job runs)."""
+        self.jobs.put(None)
+        self.wake_r.close()
 
 
 class LmdbStore(Store):
@@ -100,13 +139,13 @@ class LmdbStore(Store):
         self._global_db: Any = None
         self._table_dbs: dict[str, Any] = {}
         self._queue: list[_Pending] = []
-        self._wakeup = trio.Event()
-        self._write_limiter = trio.CapacityLimiter(1)
+        self._writer: _WriterThread | None = None
+        self._leading = False
+        """A committer is writing groups (and every queued batch will be written by it or the next)."""
         self._read_limiter = trio.CapacityLimiter(4)
         self._running = False
         self._threads = 0
         self._threads_done = trio.Event()
-        self._inflight: list[_Pending] = []
         self._commits = 0
         self._writes = 0
         self._groups = 0
@@ -164,6 +203,9 @@ class LmdbStore(Store):
         env, self._env = self._env, None
         if env is not None:
             env.close()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.stop()
         self._unlock()
 
     def _lock(self) -> None:
@@ -192,19 +234,16 @@ class LmdbStore(Store):
             os.close(fd)  # the kernel releases the flock with the descriptor; the stale pid is harmless
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the store (if not yet open), then run its writer until cancelled; close the
-        environment last, and only then release the directory."""
+        """Open the store (if not yet open), accept commits until cancelled; close the environment
+        last, and only then release the directory. Commits are written by their committers (see
+        ``_enqueue``): a group being written when this stops ends first; later ones fail."""
         self.open()
         self._running = True
         try:
             task_status.started()
-            await self._writer()
+            await trio.sleep_forever()
         finally:
             self._running = False
-            for pending in self._inflight + self._queue:  # never leave a committer waiting forever
-                pending.error = RuntimeError("the store stopped before this batch was written")
-                pending.done.set()
-            self._queue.clear()
             # Closing the environment while a worker thread is inside a transaction "may crash the
             # interpreter" (py-lmdb): wait for every thread first (they finish; none is abandoned).
             with trio.move_on_after(10, shield=True):
@@ -223,11 +262,8 @@ class LmdbStore(Store):
         self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
-        except lmdb.MapFullError:
-            raise  # the writer grows the map and retries
         except lmdb.Error as exc:
-            action = "read" if limiter is self._read_limiter else "write"
-            raise StoreFailed(f"cannot {action} the store in {self.path}: {_lmdb_reason(exc)}") from None
+            raise StoreFailed(f"cannot read the store in {self.path}: {_lmdb_reason(exc)}") from None
         finally:
             self._threads -= 1
             if not self._threads:
@@ -239,83 +275,164 @@ class LmdbStore(Store):
         if not batch:
             await trio.lowlevel.checkpoint()
             return
+        for write in batch:  # here, not in the group: one bad batch must not fail its group's others
+            if write.table is not None and write.table not in self._table_dbs:
+                raise KeyError(write.table)
+        await self._enqueue(_Pending(batch))
+
+    async def _enqueue(self, pending: _Pending) -> None:
+        """Queue ``pending``; return once its group's transaction is durable (or raise its error).
+
+        Leader and followers, no writer task: the first committer finding no group under way leads.
+        It yields one scheduler pass (the commit window: every room made runnable in this pass runs
+        its turn and queues its batch behind it; no timer, so a lone commit at a low rate is written
+        at once), takes the queue as one group, writes it in one thread hop and wakes its followers.
+        Commits queued meanwhile form the next group: the leader hands the lead to the first of them
+        still waiting, which writes it when it wakes (a wake it needed anyway). This spares the Event
+        hand-offs to and from a writer task (two task wakes per group; inbound-path.md counts ~44 k
+        instructions each): a lone commit costs the committer one pass and one thread hop.
+
+        A follower's wait is cancellable (its batch is still written: it was queued; nobody is told).
+        A leader's is not: its pass is cancel-shielded and its thread hop uncancellable, so no group
+        is ever left without a writer.
+        """
         if not self._running:
             raise RuntimeError("the store is not running")
-        pending = _Pending(batch, trio.Event())
         self._queue.append(pending)
-        self._wakeup.set()
-        await pending.done.wait()
+        if self._leading:
+            pending.task = trio.lowlevel.current_task()
+
+            def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+                pending.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            self._leading = pending.lead = True
+        if pending.lead:
+            await self._lead(pending)
         if pending.error is not None:
             raise pending.error
 
-    async def _writer(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            if self._group_commit:
-                group, self._queue = self._queue, []
-            else:
-                group, self._queue = self._queue[:1], self._queue[1:]
-                if self._queue:
-                    self._wakeup.set()
-            if not group:
-                continue
-            self._inflight = group
-            try:
-                await self._write_group(group)
-            except Exception as exc:  # a failed group fails its committers, not the store
-                log.exception("store commit failed")
+    async def _lead(self, me: _Pending) -> None:
+        """Write groups until ``me`` is durable and someone waiting can take the lead (or none is left)."""
+        group: list[_Pending] = []
+        try:
+            while True:
+                if self._group_commit:
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # the commit window: one pass
+                    group, self._queue = self._queue, []
+                else:
+                    group, self._queue = self._queue[:1], self._queue[1:]
+                try:
+                    await self._write_group(group)
+                except Exception as exc:  # a failed group fails its committers, not the store
+                    log.exception("store commit failed")
+                    for pending in group:
+                        pending.error = exc
                 for pending in group:
-                    pending.error = exc
-            self._inflight = []
-            for pending in group:
-                pending.done.set()
+                    pending.done = True
+                    if pending.task is not None and pending is not me:
+                        task, pending.task = pending.task, None
+                        trio.lowlevel.reschedule(task)
+                if not self._queue:
+                    self._leading = False
+                    return
+                if me.done:
+                    for pending in self._queue:
+                        if pending.task is not None:
+                            task, pending.task = pending.task, None
+                            pending.lead = True
+                            trio.lowlevel.reschedule(task)
+                            return
+                # else: my batch is not written yet, or no one queued still waits: write on
+        except BaseException as exc:  # not an Exception (e.g. KeyboardInterrupt): nobody may wait forever
+            for pending in [*group, *self._queue]:
+                if pending.done:
+                    continue
+                pending.error, pending.done = RuntimeError("the store stopped before this batch was written"), True
+                if pending.task is not None:
+                    task, pending.task = pending.task, None
+                    trio.lowlevel.reschedule(task)
+            self._queue.clear()
+            self._leading = False
+            raise exc
 
     async def _write_group(self, group: list[_Pending]) -> None:
-        writes = [write for pending in group for write in pending.batch]
-        while True:
-            try:
-                # Not abandon_on_cancel: a cancelled commit still waits for its thread to finish.
-                await self._in_thread(self._write_sync, writes, limiter=self._write_limiter)
-                break
-            except lmdb.MapFullError:
-                await self._in_thread(self._grow, limiter=self._write_limiter)
+        """Plan the group's transaction on the loop, then run it in one thread hop.
+
+        Everything that is Python work (encoding keys, each key's last write, the put and delete
+        lists) happens here, so the thread only calls into LMDB: every py-lmdb call releases the GIL
+        and must take it back, and while the loop is busy each retake can wait a switch interval
+        (stack-limits §A.3, the GIL convoy). A full map is grown and the write retried inside the same
+        hop (``_write_plan``).
+        """
+        disposed, plan, writes = _plan(group, self._rooms_db, self._global_db, self._table_dbs)
+        await self._hop(self._write_plan, disposed, plan)
         self._commits += len(group)
-        self._writes += len(writes)
+        self._writes += writes
         self._groups += 1
 
-    def _write_sync(self, writes: list[Write]) -> None:
-        """One transaction for the group, ending as its writes applied one by one would.
-
-        The trap: deletes go through ``txn.delete`` and puts through one ``putmulti`` at the end, so
-        applied as they come a put followed by a delete of the same key would end with the put. Rooms
-        write each key once per turn today, so nothing hit it, but a batch is an ordered list: each
-        key's last write wins first, then the deletes and the puts run.
-        """
+    def _write_plan(self, disposed: list[bytes], plan: list[tuple[Any, list[bytes], list[tuple[bytes, bytes]]]]) -> None:
+        """In the worker thread: one transaction applying ``plan``; on a full map, grow and redo it."""
         assert self._env is not None
-        last: dict[bytes, bytes | None] = {}
-        global_last: dict[bytes, bytes | None] = {}
-        tables: dict[str, dict[bytes, bytes | None]] = {}
-        for write in writes:
-            if write.table is not None:
-                tables.setdefault(write.table, {})[write.key.encode()] = write.value
-            elif write.room is None:
-                global_last[write.key.encode()] = write.value
-            else:
-                last[write.room.encode() + _SEP + write.key.encode()] = write.value
-        spaces = [(self._rooms_db, last), (self._global_db, global_last)]
-        spaces += [(self._table_dbs[name], final) for name, final in tables.items()]
-        with self._env.begin(write=True) as txn:
-            for db, final in spaces:
-                puts = []
-                for key, value in final.items():
-                    if value is None:
-                        txn.delete(key, db=db)
-                    else:
-                        puts.append((key, value))
-                # putmulti: one call into C for all the group's puts (py-lmdb retakes the GIL per call).
-                if puts:
-                    txn.cursor(db=db).putmulti(puts)
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for prefix in disposed:
+                        cursor = txn.cursor(db=self._rooms_db)
+                        if cursor.set_range(prefix):
+                            while cursor.key().startswith(prefix):
+                                if not cursor.delete():
+                                    break
+                    for db, deletes, puts in plan:
+                        for key in deletes:
+                            txn.delete(key, db=db)
+                        # putmulti: one call into C for all the group's puts (py-lmdb retakes the GIL per call).
+                        if puts:
+                            txn.cursor(db=db).putmulti(puts)
+                return
+            except lmdb.MapFullError:  # the transaction was aborted: nothing of it is written
+                self._grow()
+
+    async def _hop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in the store's writer thread: one wake-up of this task, nothing else.
+
+        ``trio.to_thread.run_sync`` costs ~270 k instructions per round trip here (inbound-path.md:
+        a limiter acquire that is itself a scheduler pass, a context copy, a cancellation check and
+        a message loop for ``from_thread``), and even ``start_thread_soon`` returns through
+        ``run_sync_soon``: the wake-up socket wakes Trio's entry-queue task, which reschedules this
+        one a pass later. The leader needs none of it: one group is written at a time, so one
+        persistent thread takes the job from a ``SimpleQueue`` (C, no GIL while it waits) and, when
+        done, writes a byte to a socket pair this task waits on: its wake-up is this task's own.
+
+        The trap: the wait must not be cancellable, or a cancelled store could close LMDB under a
+        thread still inside a write transaction: it is shielded, and a cancellation is delivered at
+        the committer's next checkpoint (as ``run_sync`` without ``abandon_on_cancel`` does).
+        """
+        if self._env is None:
+            raise RuntimeError("the store is not running")
+        if self._writer is None:
+            self._writer = _WriterThread()
+        writer = self._writer
+        self._threads += 1
+        self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
+        try:
+            writer.jobs.put((fn, args))
+            with trio.CancelScope(shield=True):
+                await trio.lowlevel.wait_readable(writer.wake_r)
+            writer.wake_r.recv(16)
+            ok, value = writer.result
+            writer.result = (True, None)
+            if not ok:
+                if isinstance(value, lmdb.Error):
+                    raise StoreFailed(f"cannot write the store in {self.path}: {_lmdb_reason(value)}") from None
+                raise value
+            return value  # type: ignore[no-any-return]
+        finally:
+            self._threads -= 1
+            if not self._threads:
+                self._threads_done.set()
 
     def _grow(self) -> None:
         assert self._env is not None
@@ -327,18 +444,10 @@ class LmdbStore(Store):
         log.warning("store map grown to %d MiB", self._map_size >> 20)
 
     async def dispose_room(self, room: str) -> None:
-        await self._in_thread(self._dispose_sync, room, limiter=self._write_limiter)
-        self._commits += 1
-
-    def _dispose_sync(self, room: str) -> None:
-        assert self._env is not None
-        prefix = room.encode() + _SEP
-        with self._env.begin(write=True, db=self._rooms_db) as txn:
-            cursor = txn.cursor()
-            if cursor.set_range(prefix):
-                while cursor.key().startswith(prefix):
-                    if not cursor.delete():
-                        break
+        """Delete every key of ``room``, through the writer like any commit (in order with them, in
+        the group's one transaction): LMDB has one writer, and a second write transaction begun in
+        another thread would wait in C for the writer's lock."""
+        await self._enqueue(_Pending((), dispose=room))
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -444,6 +553,60 @@ class LmdbStore(Store):
     def groups(self) -> int:
         """LMDB transactions written (each holds one or more commits)."""
         return self._groups
+
+
+def _plan(group: Sequence[_Pending], rooms_db: Any, global_db: Any, table_dbs: dict[str, Any]
+          ) -> tuple[list[bytes], list[tuple[Any, list[bytes], list[tuple[bytes, bytes]]]], int]:
+    """The group's transaction: the key prefixes of disposed rooms (deleted first), then (db, keys to
+    delete, (key, value) puts) per database; and the count of writes. It ends as the writes applied
+    one by one would.
+
+    A disposal drops the writes to its room queued before it (they would be deleted) and keeps the
+    ones after it (they run after the prefix is deleted).
+
+    The trap: deletes go through ``txn.delete`` and puts through one ``putmulti`` after them, so a put
+    followed by a delete of the same key, applied as they come, would end with the put. A batch is an
+    ordered list and batches are queued in commit order: each key's last write wins first, then the
+    deletes and the puts run. Room keys are ``room NUL key``; the room's prefix is encoded once per
+    run of writes of one room (a turn's batch is one room's). A table write goes to its table's
+    database.
+    """
+    last: dict[bytes, bytes | None] = {}
+    global_last: dict[bytes, bytes | None] = {}
+    tables: dict[str, dict[bytes, bytes | None]] = {}
+    count = 0
+    prefix_room: str | None = None
+    prefix = b""
+    disposed: list[bytes] = []
+    for pending in group:
+        if pending.dispose is not None:
+            gone = pending.dispose.encode() + _SEP
+            disposed.append(gone)
+            for key in [key for key in last if key.startswith(gone)]:
+                del last[key]
+            continue
+        batch = pending.batch
+        count += len(batch)
+        for write in batch:
+            room = write.room
+            if room is None:
+                if write.table is None:
+                    global_last[write.key.encode()] = write.value
+                else:  # a known table: commit() refused any other before queueing the batch
+                    tables.setdefault(write.table, {})[write.key.encode()] = write.value
+                continue
+            if room != prefix_room:
+                prefix_room, prefix = room, room.encode() + _SEP
+            last[prefix + write.key.encode()] = write.value
+    plan = []
+    spaces = [(rooms_db, last), (global_db, global_last)]
+    spaces += [(table_dbs[name], final) for name, final in tables.items()]
+    for db, final in spaces:
+        if final:
+            deletes = [key for key, value in final.items() if value is None]
+            puts = [(key, value) for key, value in final.items() if value is not None]
+            plan.append((db, deletes, puts))
+    return disposed, plan, count
 
 
 def _lmdb_reason(exc: lmdb.Error) -> str:

@@ -31,6 +31,9 @@ class MemoryStore(Store):
 
     def commit_now(self, batch: Sequence[Write]) -> bool:
         for write in batch:
+            if write.table is not None and write.table not in self._tables:
+                raise KeyError(write.table)  # before any write: a batch is all or nothing
+        for write in batch:
             if write.table is not None:
                 self._table_write(write)
                 continue
