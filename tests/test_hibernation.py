@@ -32,6 +32,8 @@ from roost.room import RoomActor
 from roost.store.memory import MemoryStore
 from roost.testing import TestKeys, start_engine, test_config
 
+from .test_metrics import scrape, value
+
 BASE = time.time()
 SOLO_TTL = 10.37
 """Odd on purpose: sleeps are multiples of 0.5 s, so no step ends exactly on a reap deadline."""
@@ -365,10 +367,15 @@ async def test_an_idle_empty_room_holds_no_task_and_wakes_with_its_state(
         assert runtime is not None and runtime.asleep
         assert room_tasks() == tasks  # no task of its own
         assert roost_engine._supervisor.asleep == 1
+        samples = scrape(roost_engine)
+        assert value(samples, "roost_rooms_asleep") == 1 and value(samples, "roost_rooms_live") == 1
+        wakes = value(samples, "roost_room_wakes_total")
         again = await bob.join(room=room)  # wakes it: the state comes back from the store
         assert again.chat_n == 3 and again.meta == {"map": "dust"} and again.epoch == snapshot.epoch
         assert again.seq > snapshot.seq and [m.user for m in again.members] == ["bob"]
         assert not runtime.asleep and room_tasks() == tasks + 1
+        samples = scrape(roost_engine)
+        assert value(samples, "roost_rooms_asleep") == 0 and value(samples, "roost_room_wakes_total") == wakes + 1
         assert [m.text for m in (await bob.history(room)).messages] == ["m0", "m1", "m2"]
 
 
