@@ -490,3 +490,40 @@ async def test_restored_empty_rooms_sleep_and_shutdown_leaves_them_asleep(
     assert all(engine.router.rooms[r].asleep for r in rooms)
     async with clients(engine, roost_keys, "bob") as (bob,):
         assert (await bob.join(room=rooms[2])).chat_n == 1
+
+
+async def test_the_sleeper_heap_stays_bounded_however_often_a_room_wakes(
+    autojump_clock: trio.testing.MockClock, roost_engine: Engine, roost_keys: TestKeys
+) -> None:
+    """Each join + leave moves the room's reap deadline (a new ``empty_since``), leaving a stale entry
+    in the heap: compaction keeps it within twice the sleeping rooms (plus a small floor)."""
+    supervisor = roost_engine._supervisor
+    async with clients(roost_engine, roost_keys, "ann", "bob") as (ann, bob):
+        room = (await ann.create()).room
+        await ann.leave(room)
+        for _ in range(300):
+            await trio.sleep(0.5)
+            await bob.join(room=room)
+            await bob.leave(room)
+            assert len(supervisor._sleepers) <= 2 * supervisor.asleep + 65
+        assert supervisor.asleep == 1 and roost_engine.router.rooms[room].asleep
+        await trio.sleep(ROOM_TTL + 1)  # the live entry survived every compaction: it is reaped
+        assert not roost_engine.router.rooms
+
+
+async def test_a_graceful_shutdown_does_not_wait_for_sleeping_rooms(
+    autojump_clock: trio.testing.MockClock, roost_keys: TestKeys, roost_config: Config
+) -> None:
+    """Sleeping rooms have nothing to finish and the sleeper reaper ends with the shutdown: the
+    rooms' nursery does not sit until its close_timeout deadline (MockClock time, not wall time)."""
+    store = MemoryStore()
+    async with trio.open_nursery() as nursery:
+        engine = await start_engine(nursery, roost_config, store=store)
+        async with clients(engine, roost_keys, "ann") as (ann,):
+            room = (await ann.create()).room
+            await ann.leave(room)
+        assert engine.router.rooms[room].asleep
+        started = trio.current_time()
+        engine.request_shutdown()
+    assert trio.current_time() - started < roost_config.close_timeout
+    assert set(await store.room_ids()) == {room}  # kept (it was not reaped, only stopped)
