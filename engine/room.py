@@ -81,7 +81,7 @@ from .peer import Peer
 from .state import RoomState
 from .store import Store
 
-__all__ = ["Call", "Disconnected", "Request", "RoomActor", "RoomRuntime"]
+__all__ = ["Call", "Disconnected", "Request", "RoomActor", "RoomRuntime", "empty_ttl"]
 
 log = logging.getLogger("roost.room")
 
@@ -931,8 +931,7 @@ class RoomActor:
 
     def _ttl(self) -> float:
         """How long the room may stay empty: ``room_ttl``, or ``solo_room_ttl`` if it was never shared."""
-        config = self.config
-        return config.room_ttl if self.state.shared else min(config.solo_room_ttl, config.room_ttl)
+        return empty_ttl(self.config, self.state.shared)
 
     def _reap(self) -> None:
         state = self.state
@@ -1051,6 +1050,11 @@ class RoomActor:
                 peer.rooms.discard(self.state.room_id)
         self._initial.clear()
         self._changes.clear()
+
+
+def empty_ttl(config: Config, shared: bool) -> float:
+    """How long a room may stay empty: ``room_ttl``, or ``solo_room_ttl`` if it was never shared."""
+    return config.room_ttl if shared else min(config.solo_room_ttl, config.room_ttl)
 
 
 def _packb(value: Any) -> bytes:

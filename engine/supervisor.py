@@ -29,7 +29,7 @@ from .errors import RoomError
 from .logic import RoomLogic
 from .metrics import RoomStats
 from .outbox import ws_frame
-from .room import RoomActor, RoomRuntime
+from .room import RoomActor, RoomRuntime, empty_ttl
 from .state import RoomState
 from .store import Store
 
@@ -93,7 +93,23 @@ class Supervisor:
         until the actor runs (restart recovery starts thousands of rooms; one scheduler round trip
         each would dominate)."""
         self.restored += 1
+        if self._restores_asleep(runtime, state):
+            return
         self._nursery.start_soon(self._supervise, runtime, state, False)
+
+    def _restores_asleep(self, runtime: RoomRuntime, state: RoomState) -> bool:
+        """Put a restored room straight to sleep when its actor would only go to sleep: no member, no
+        logic (whose instance, ticks and hooks only an actor handles), its reaper not due yet. Its state
+        is then dropped at once instead of after a task start and a first pass of its actor."""
+        if len(state.presence) or state.options.logic is not None or state.empty_since is None:
+            return False
+        config = self._config
+        remaining = state.empty_since + empty_ttl(config, state.shared) - config.wall_clock()
+        if remaining <= 0:
+            return False  # due: its actor reaps it
+        runtime.sleep(trio.current_time() + remaining)
+        self._sleep(runtime, None)
+        return True
 
     def wake(self, runtime: RoomRuntime) -> bool:
         """Start an actor for a sleeping room (its ``waker``): its state is reloaded by that task.

@@ -484,12 +484,22 @@ async def test_restored_empty_rooms_sleep_and_shutdown_leaves_them_asleep(
                 await ann.leave(room)
                 rooms.append(room)
         engine.request_shutdown()
+    emptied = trio.current_time()
     engine = await start_engine(nursery, roost_config, store=store)
-    await trio.sleep(0.1)
     assert set(engine.router.rooms) == set(rooms)
     assert all(engine.router.rooms[r].asleep for r in rooms)
+    assert room_tasks() == 0 and engine._supervisor.wakes == 0  # restored asleep: no actor ran
+    assert [i.members for i in engine.router.lobby(None, 50).rooms] == [0] * 5
+    await trio.sleep(3)
     async with clients(engine, roost_keys, "bob") as (bob,):
         assert (await bob.join(room=rooms[2])).chat_n == 1
+        await bob.leave(rooms[2])
+    await trio.sleep(emptied + SOLO_TTL - 0.2 - trio.current_time())
+    assert len(engine.router.rooms) == 5  # the deadline is absolute: empty_since + ttl, across the restart
+    await trio.sleep(0.4)
+    assert set(engine.router.rooms) == {rooms[2]}  # emptied again later by bob: its clock restarted
+    for room in rooms[:2] + rooms[3:]:
+        assert await store.load_room(room) == {}
 
 
 async def test_the_sleeper_heap_stays_bounded_however_often_a_room_wakes(
