@@ -16,7 +16,9 @@ fanout``; one engine process):
    TTL. The engine is started with ``ROOST_SOLO_ROOM_TTL=3600`` so that none is reaped during the run
    (the default of 10 s applies to a room that never had two members, and the phase can take longer
    than that); nothing else in the configuration differs from ``serve --dev``. ``kb_per_room`` =
-   (RSS after - RSS before) / rooms.
+   (RSS after - RSS before) / rooms. Such a room hibernates (``RoomRuntime`` in roost/room.py): no
+   task, no inbox, its state in the store; what it costs is its sleeping record, the router's and the
+   sleeper heap's entries, and the LMDB pages its records touched (in ``RssFile``).
 3. **Connections.** ``--connections`` further clients connect and finish ``hello`` (``welcome``
    received): **authenticated and in no room**. They then stay silent (``hello.hb`` = 300 s, so the
    engine's heartbeat timeout of 2.5 x hb is far away). ``kb_per_connection`` = (RSS after - RSS

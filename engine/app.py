@@ -159,6 +159,7 @@ class Engine:
                         self._gateway.close_all(CloseCode.GOING_AWAY, "resume")
                         gateway_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
                     # ...then let every room finish its turn: its last writes are committed...
+                    self._supervisor.stop()  # sleeping rooms stay asleep (nothing to finish)
                     for runtime in list(self._router.rooms.values()):
                         runtime.stop()
                     rooms_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1

@@ -130,6 +130,8 @@ FAMILIES: dict[str, Family] = {
     "roost_outbox_backlog_max_bytes": Family("gauge", "How many bytes wait for the slowest reader now?"),
     # rooms
     "roost_rooms_live": Family("gauge", "How many rooms are live now?"),
+    "roost_rooms_asleep": Family("gauge", "How many live rooms are asleep now (no task, state in the store)?"),
+    "roost_room_wakes": Family("counter", "How many times was a sleeping room woken (by a command or its reaper)?"),
     "roost_rooms_created": Family("counter", "How many rooms were created?"),
     "roost_rooms_restored": Family("counter", "How many rooms came back from the store at start?"),
     "roost_rooms_reaped": Family("counter", "How many rooms were closed for staying empty (reaped)?"),
@@ -238,6 +240,8 @@ class Metrics:
 
         closed = supervisor.closed if supervisor is not None else collections.Counter()
         yield _family("roost_rooms_live", len(router.rooms) if router is not None else 0)
+        yield _family("roost_rooms_asleep", supervisor.asleep if supervisor is not None else 0)
+        yield _family("roost_room_wakes", supervisor.wakes if supervisor is not None else 0)
         yield _family("roost_rooms_created", supervisor.created if supervisor is not None else 0)
         yield _family("roost_rooms_restored", supervisor.restored if supervisor is not None else 0)
         yield _family("roost_rooms_reaped", closed["expired"])

@@ -81,7 +81,7 @@ from .peer import Peer
 from .state import RoomState
 from .store import Store
 
-__all__ = ["Call", "Disconnected", "Request", "RoomActor", "RoomRuntime"]
+__all__ = ["Call", "Disconnected", "Request", "RoomActor", "RoomRuntime", "empty_ttl"]
 
 log = logging.getLogger("roost.room")
 
@@ -134,15 +134,34 @@ class RoomRuntime:
     """What outlives one actor incarnation: the inbox, attached sessions, the lobby entry.
 
     The supervisor keeps it across restarts, so members stay connected while the actor is rebuilt.
+
+    **Hibernation** (as Durable Objects' and Phoenix's): a room with nothing to do (no member, no
+    armed timer but its reaper, an empty inbox) holds no task, no inbox and no state: it is this
+    record, ``asleep``, with its lobby entry and its reap deadline (its state is in the store). The
+    first command that reaches it wakes it: :attr:`send_channel` opens a fresh inbox and asks the
+    supervisor for an actor, which reloads the state from the store while the commands wait in the
+    inbox, in order. Both transitions are synchronous (no checkpoint between the check and the
+    change), which is what keeps exactly one actor per room: the actor goes to sleep only in a step
+    where it saw its inbox empty, and a wake happens only while it is asleep.
     """
 
-    def __init__(self, room_id: str, code: str, inbox_size: int, *, stats: RoomStats | None = None) -> None:
+    __slots__ = ("_barred", "_channels", "_inbox_size", "_waker", "asleep", "closed", "code", "control",
+                 "crashed_batch", "info", "kept_logic", "peers", "public", "reap_at", "reap_queued",
+                 "resync_reason", "room_id", "stats", "stopping")
+
+    def __init__(self, room_id: str, code: str, inbox_size: int, *, stats: RoomStats | None = None,
+                 waker: Callable[[RoomRuntime], bool] | None = None) -> None:
         self.room_id = room_id
         self.code = code
         self.stats = stats or RoomStats()
         """The engine's room counters (metrics), shared by every room; the actors update them."""
-        self.send_channel, self.receive_channel = trio.open_memory_channel[Command](inbox_size)
-        self.control: collections.deque[Disconnected] = collections.deque()
+        self._inbox_size = inbox_size
+        self._waker = waker
+        """Starts an actor for this room (the supervisor's ``wake``); False when it cannot (shutdown)."""
+        self._channels: tuple[trio.MemorySendChannel[Command], trio.MemoryReceiveChannel[Command]] | None = (
+            trio.open_memory_channel[Command](inbox_size))
+        self.control: collections.deque[Disconnected] | None = None
+        """Disconnect notices for the actor (created on the first one)."""
         self.peers: dict[str, Peer] = {}
         """Attached sessions by sid."""
         self.public = False
@@ -153,21 +172,73 @@ class RoomRuntime:
         """Set by a graceful shutdown: the actor finishes its turn (committed) and returns."""
         self.resync_reason: str | None = None
         """Set by the supervisor before a restart: the new actor sends every session a ``sync``."""
-        self.crashed_batch: list[Command] = []
-        self._barred: dict[str, float] = {}
-        """Kicked users by the end of their rejoin cool-down (Trio clock)."""
+        self.crashed_batch: Sequence[Command] = ()
+        self._barred: dict[str, float] | None = None
+        """Kicked users by the end of their rejoin cool-down (Trio clock); None until a kick."""
+        self.asleep = False
+        """No actor, no inbox, no state in memory: see the class docstring."""
+        self.reap_at: float | None = None
+        """While asleep: when its reaper is due (Trio clock); the supervisor wakes it then."""
+        self.reap_queued: float | None = None
+        """The deadline of this room's entry in the supervisor's sleepers heap (one at a time)."""
+        self.kept_logic: Any = None
+        """While asleep: the room's logic instance (it may hold state of its own that no store has)."""
+
+    @property
+    def send_channel(self) -> trio.MemorySendChannel[Command]:
+        """The inbox. Reading it wakes a sleeping room: whoever asks for it has a command for it."""
+        if self.asleep:
+            self.wake()
+        assert self._channels is not None
+        return self._channels[0]
+
+    @property
+    def receive_channel(self) -> trio.MemoryReceiveChannel[Command]:
+        """The actor's end of the inbox."""
+        assert self._channels is not None
+        return self._channels[1]
+
+    def wake(self) -> None:
+        """Give a sleeping room a fresh inbox and an actor (synchronously: see the class docstring).
+
+        When no actor can be started (the engine is shutting down), the room stays asleep and the
+        inbox handed out is closed: the command is refused as to a closed room, never left unanswered.
+        """
+        if not self.asleep:
+            return
+        self._channels = trio.open_memory_channel[Command](self._inbox_size)
+        self.asleep = False
+        if self._waker is None or not self._waker(self):
+            self.asleep = True
+            self._channels[0].close()
+
+    def sleep(self, reap_at: float) -> None:
+        """Called by an idle actor as its last step: drop the inbox (seen empty in this same step)."""
+        self.asleep = True
+        self.reap_at = reap_at
+        self._channels = None
+
+    def inbox_empty(self) -> bool:
+        """Whether no command is queued (nor any disconnect notice)."""
+        return (not self.control and self._channels is not None
+                and self._channels[1].statistics().current_buffer_used == 0)
 
     def bar(self, user: str, until: float) -> None:
         """Refuse ``user``'s joins until ``until`` (a kick's cool-down). Expired entries go here, so
         the table holds at most the users kicked within one cool-down."""
         now = trio.current_time()
-        for expired in [u for u, end in self._barred.items() if end <= now]:
-            del self._barred[expired]
+        barred = self._barred
+        if barred is None:
+            barred = self._barred = {}
+        for expired in [u for u, end in barred.items() if end <= now]:
+            del barred[expired]
         if until > now:
-            self._barred[user] = until
+            barred[user] = until
 
     def barred_for(self, user: str, now: float) -> float:
         """Seconds left of ``user``'s cool-down (0 when it may join)."""
+        if self._barred is None:
+            return 0.0
         return max(self._barred.get(user, now) - now, 0.0)
 
     def refuse(self, command: Command, error: RoomError) -> None:
@@ -181,25 +252,35 @@ class RoomRuntime:
 
     def refuse_queued(self, error: RoomError) -> None:
         """Take no more commands and answer every queued one with ``error`` (closing, shutdown)."""
-        self.send_channel.close()
+        if self._channels is None:  # asleep: nothing is queued
+            return
+        send, receive = self._channels
+        send.close()
         while True:
             try:
-                command = self.receive_channel.receive_nowait()
+                command = receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
             self.refuse(command, error)
 
     def stop(self) -> None:
-        """Ask the actor to return after its current turn (graceful shutdown; the room is kept)."""
+        """Ask the actor to return after its current turn (graceful shutdown; the room is kept).
+        A sleeping room has no actor and nothing to finish: it is not woken."""
         self.stopping = True
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self.send_channel.send_nowait(None)
+        if self._channels is not None:
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                self._channels[0].send_nowait(None)
 
     def notify_disconnect(self, peer: Peer) -> None:
-        """Called by a connection as it ends; never blocks, never lost."""
+        """Called by a connection as it ends; never blocks, never lost. A sleeping room has no
+        attached session (it sleeps only without one), so there is nothing to tell it."""
+        if self._channels is None:
+            return
+        if self.control is None:
+            self.control = collections.deque()
         self.control.append(Disconnected(peer))
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self.send_channel.send_nowait(None)  # a full inbox means the actor is awake anyway
+            self._channels[0].send_nowait(None)  # a full inbox means the actor is awake anyway
 
 
 class _Context(RoomContext):
@@ -286,6 +367,9 @@ class RoomActor:
         self._stats = runtime.stats
         self.joining: Peer | None = None
         """The session whose join ``on_join`` is deciding (``RoomContext.role`` reads its role)."""
+        self._may_sleep = not created
+        """A created room is not put to sleep before its first turn: the request that created it
+        (its creator's join) is on its way, and a sleep would only make it reload what it just wrote."""
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -299,6 +383,9 @@ class RoomActor:
         while not self.runtime.closed and not self.runtime.stopping:
             batch: list[Command] = []
             deadline = self._next_deadline()
+            if self._may_sleep and self._idle(deadline):
+                self.runtime.sleep(deadline)  # no checkpoint since the inbox was seen empty
+                return
             if deadline == math.inf:  # no timer armed: no cancel scope needed (the common case)
                 batch.append(await receive.receive())
             else:
@@ -318,10 +405,19 @@ class RoomActor:
             self.runtime.crashed_batch = batch
             self._turn(batch)
             await self.finish_turn()
-            self.runtime.crashed_batch = []
+            self.runtime.crashed_batch = ()
+            self._may_sleep = True
             turns.observe(time.perf_counter() - started)
         if self.runtime.stopping and not self.runtime.closed:
             self.runtime.refuse_queued(RoomError(ErrorCode.INVALID_STATE, "the server is shutting down"))
+
+    def _idle(self, deadline: float) -> bool:
+        """Whether the room has nothing to do but wait for its reaper: no member (so no attached
+        session, no reconnect grace, no typing), no logic tick, no other timer, an empty inbox, and a
+        reap deadline still ahead (a room woken to be reaped must reap, not sleep again)."""
+        return (deadline == self._reap_at and deadline > trio.current_time() and self._tick_at is None
+                and not len(self.state.presence) and not self.runtime.peers and self.runtime.inbox_empty()
+                and all(timer[2] == "reap" for timer in self._timers))
 
     def _start(self) -> None:
         now = trio.current_time()
@@ -835,8 +931,7 @@ class RoomActor:
 
     def _ttl(self) -> float:
         """How long the room may stay empty: ``room_ttl``, or ``solo_room_ttl`` if it was never shared."""
-        config = self.config
-        return config.room_ttl if self.state.shared else min(config.solo_room_ttl, config.room_ttl)
+        return empty_ttl(self.config, self.state.shared)
 
     def _reap(self) -> None:
         state = self.state
@@ -955,6 +1050,11 @@ class RoomActor:
                 peer.rooms.discard(self.state.room_id)
         self._initial.clear()
         self._changes.clear()
+
+
+def empty_ttl(config: Config, shared: bool) -> float:
+    """How long a room may stay empty: ``room_ttl``, or ``solo_room_ttl`` if it was never shared."""
+    return config.room_ttl if shared else min(config.solo_room_ttl, config.room_ttl)
 
 
 def _packb(value: Any) -> bytes:

@@ -33,6 +33,7 @@ class Router:
         self.rooms: dict[str, RoomRuntime] = {}
         self._codes: dict[str, str] = {}
         self._creating: dict[str, trio.Event] = {}
+        self._waker = supervisor.wake  # one bound method for every room (not one each)
 
     def get(self, room_id: str) -> RoomRuntime | None:
         """The live room with this id."""
@@ -63,7 +64,8 @@ class Router:
         state = RoomState(room_id=room_id, code=code, options=options,
                           created=int(self._config.wall_clock() * 1000), history_limit=self._config.history_limit,
                           replay_limit=self._config.replay_events)
-        runtime = RoomRuntime(room_id, code, self._config.room_inbox_size, stats=self._supervisor.stats)
+        runtime = RoomRuntime(room_id, code, self._config.room_inbox_size, stats=self._supervisor.stats,
+                              waker=self._waker)
         self.rooms[room_id] = runtime
         self._codes[code] = room_id
         try:
@@ -76,7 +78,7 @@ class Router:
     def restore(self, state: RoomState) -> RoomRuntime:
         """Bring back a room from the store (restart recovery); its actor starts soon after."""
         runtime = RoomRuntime(state.room_id, state.code, self._config.room_inbox_size,
-                              stats=self._supervisor.stats)
+                              stats=self._supervisor.stats, waker=self._waker)
         runtime.info = state.info()
         runtime.public = state.options.public
         self.rooms[state.room_id] = runtime

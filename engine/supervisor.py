@@ -5,11 +5,16 @@ the last committed state (its members stay connected and get a ``sync``); the re
 that crashed are answered ``internal`` (their effects were never committed nor sent). More than
 ``restart_intensity`` crashes within ``restart_period`` seconds close the room with a ``room_closed``
 event; other rooms never notice. A normal return (the room closed) is not restarted.
+
+A room with nothing to do hibernates (see :class:`~roost.room.RoomRuntime`): its actor returns and
+its task ends, and the supervisor keeps its reap deadline in one heap served by one task (no task
+per sleeping room); when a deadline comes the room is woken, and its actor reaps it as before.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 from collections.abc import Callable
 
@@ -24,7 +29,7 @@ from .errors import RoomError
 from .logic import RoomLogic
 from .metrics import RoomStats
 from .outbox import ws_frame
-from .room import RoomActor, RoomRuntime
+from .room import RoomActor, RoomRuntime, empty_ttl
 from .state import RoomState
 from .store import Store
 
@@ -53,6 +58,20 @@ class Supervisor:
         self.closed: collections.Counter[str] = collections.Counter()
         """Rooms closed for good, by the ``room_closed`` code (``expired``: reaped; ``internal``: crashed
         too often), and ``failed`` for a room that could not be recovered."""
+        self.hibernations = 0
+        """Times a room went to sleep (its actor returned idle)."""
+        self.wakes = 0
+        """Times a sleeping room was given an actor again."""
+        self.asleep = 0
+        """Rooms asleep now."""
+        self._sleepers: list[tuple[float, int, RoomRuntime]] = []
+        """(reap deadline, tie-breaker, room) of sleeping rooms: a heap; an entry whose room woke,
+        or whose deadline moved, is stale (its room's ``reap_queued`` differs) and skipped."""
+        self._sleeper_seq = 0
+        self._reaper: trio.CancelScope | None = None
+        """The sleeper reaper's wait while it runs (its deadline is the heap's first)."""
+        self._reaper_running = False
+        self._stopping = False
 
     def make_logic(self, name: str | None) -> RoomLogic | None:
         """A fresh logic instance for a room (a restart gets a new one: the old may be corrupt)."""
@@ -74,12 +93,106 @@ class Supervisor:
         until the actor runs (restart recovery starts thousands of rooms; one scheduler round trip
         each would dominate)."""
         self.restored += 1
+        if self._restores_asleep(runtime, state):
+            return
         self._nursery.start_soon(self._supervise, runtime, state, False)
+
+    def _restores_asleep(self, runtime: RoomRuntime, state: RoomState) -> bool:
+        """Put a restored room straight to sleep when its actor would only go to sleep: no member, no
+        logic (whose instance, ticks and hooks only an actor handles), its reaper not due yet. Its state
+        is then dropped at once instead of after a task start and a first pass of its actor."""
+        if len(state.presence) or state.options.logic is not None or state.empty_since is None:
+            return False
+        config = self._config
+        remaining = state.empty_since + empty_ttl(config, state.shared) - config.wall_clock()
+        if remaining <= 0:
+            return False  # due: its actor reaps it
+        runtime.sleep(trio.current_time() + remaining)
+        self._sleep(runtime, None)
+        return True
+
+    def wake(self, runtime: RoomRuntime) -> bool:
+        """Start an actor for a sleeping room (its ``waker``): its state is reloaded by that task.
+        Synchronous, as :meth:`RoomRuntime.wake` needs; False once the engine is shutting down."""
+        if self._stopping:
+            return False
+        try:
+            self._nursery.start_soon(self._supervise, runtime, None, False)
+        except RuntimeError:  # the rooms' nursery is closed: the engine has stopped
+            return False
+        self.wakes += 1
+        self.asleep -= 1
+        return True
+
+    def stop(self) -> None:
+        """Graceful shutdown: wake no room any more and end the sleeper reaper (rooms asleep have
+        nothing to finish: their state is committed)."""
+        self._stopping = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+
+    def _sleep(self, runtime: RoomRuntime, logic: RoomLogic | None) -> None:
+        """A room's actor returned asleep: keep its logic instance and queue its reap deadline."""
+        runtime.kept_logic = logic
+        self.hibernations += 1
+        self.asleep += 1
+        deadline = runtime.reap_at
+        assert deadline is not None
+        if runtime.reap_queued == deadline:  # its entry from an earlier sleep still stands
+            return
+        heap = self._sleepers
+        if len(heap) > 64 and len(heap) > 2 * self.asleep:
+            self._compact()
+        self._sleeper_seq += 1
+        heapq.heappush(heap, (deadline, self._sleeper_seq, runtime))
+        runtime.reap_queued = deadline
+        if not self._reaper_running:
+            self._reaper_running = True
+            self._nursery.start_soon(self._reap_sleepers)
+        elif self._reaper is not None and deadline < self._reaper.deadline:
+            self._reaper.deadline = deadline
+
+    def _compact(self) -> None:
+        """Drop stale entries (rooms that woke, deadlines that moved): the heap stays within twice
+        the sleeping rooms, however often rooms wake and sleep again."""
+        live = []
+        for entry in self._sleepers:
+            runtime = entry[2]
+            if runtime.reap_queued == entry[0]:
+                if runtime.asleep and not runtime.closed:
+                    live.append(entry)
+                else:
+                    runtime.reap_queued = None
+        heapq.heapify(live)
+        self._sleepers[:] = live
+
+    async def _reap_sleepers(self) -> None:
+        """One task for every sleeping room's reaper: wake each room whose deadline has come (its
+        actor then reaps it, with the same checks as a room that never slept). Ends when no room
+        sleeps; the next sleep starts it again."""
+        heap = self._sleepers
+        try:
+            while heap and not self._stopping:
+                with trio.CancelScope(deadline=heap[0][0]) as scope:
+                    self._reaper = scope
+                    await trio.sleep_forever()
+                self._reaper = None
+                now = trio.current_time()
+                while heap and heap[0][0] <= now and not self._stopping:
+                    deadline, _seq, runtime = heapq.heappop(heap)
+                    if runtime.reap_queued != deadline:
+                        continue  # stale
+                    runtime.reap_queued = None
+                    if runtime.asleep and not runtime.closed and runtime.reap_at is not None and runtime.reap_at <= now:
+                        runtime.wake()
+        finally:
+            self._reaper = None
+            self._reaper_running = False
 
     async def _supervise(
         self,
         runtime: RoomRuntime,
-        state: RoomState,
+        state: RoomState | None,
         created: bool,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -87,6 +200,7 @@ class Supervisor:
         try:
             await self._supervise_loop(runtime, state, created)
         except Exception:
+            runtime.asleep = False  # it did not get to sleep
             # Recovery itself failed (the store cannot be read, the logic is gone from the config...):
             # this room closes; the engine and every other room go on.
             log.exception("room %s could not be recovered: closing it", runtime.room_id,
@@ -94,20 +208,28 @@ class Supervisor:
             self.closed["failed"] += 1
             self._abandon(runtime)
         finally:
-            self._on_gone(runtime)
+            if not runtime.asleep:  # asleep: the room is kept (no checkpoint since it fell asleep)
+                self._on_gone(runtime)
 
-    async def _supervise_loop(self, runtime: RoomRuntime, state: RoomState, created: bool) -> None:
+    async def _supervise_loop(self, runtime: RoomRuntime, state: RoomState | None, created: bool) -> None:
         config = self._config
-        failures: collections.deque[float] = collections.deque()
+        if state is None:  # a sleeping room woken: its commands wait in its inbox meanwhile
+            state = await self._reload(runtime)
+        failures: collections.deque[float] | None = None
         while True:
-            actor = RoomActor(runtime, state, self._store, config, self.make_logic(state.options.logic),
-                              created=created)
+            logic, runtime.kept_logic = runtime.kept_logic, None
+            if logic is None:
+                logic = self.make_logic(state.options.logic)
+            actor = RoomActor(runtime, state, self._store, config, logic, created=created)
             created = False
             try:
                 await actor.run()
             except Exception:
                 log.exception("room %s crashed", runtime.room_id, extra={"room": runtime.room_id, "event": "room_crashed"})
             else:
+                if runtime.asleep:  # idle: no task until a command or its reaper wakes it
+                    self._sleep(runtime, actor.logic)
+                    return
                 if runtime.closed:  # closed for good (not a shutdown): every key goes too
                     self.closed[actor.close_reason or "closed"] += 1
                     await self._store.dispose_room(runtime.room_id)
@@ -116,6 +238,8 @@ class Supervisor:
             actor.rollback_attachments()
             self._answer_crashed_turn(runtime)
             now = trio.current_time()
+            if failures is None:
+                failures = collections.deque()
             failures.append(now)
             while failures and failures[0] < now - config.restart_period:
                 failures.popleft()
