@@ -116,7 +116,8 @@ class SocketTransport(Transport):
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family != socket.AF_UNIX:  # a Unix socket (a socketpair in tests) has no Nagle to turn off
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         self._fd = sock.fileno()
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))

@@ -72,6 +72,8 @@ class Reader:
         self._stopping = False
         self.passes = 0
         """Wake-ups that read at least one socket (for tests and benchmarks)."""
+        self.parks = 0
+        """Steps that had to await in a task of their own (for tests and benchmarks)."""
 
     # -- connections --------------------------------------------------------------------------------
 
@@ -128,6 +130,7 @@ class Reader:
     # -- parking ------------------------------------------------------------------------------------
 
     def _park(self, connection: Connection, step: Step) -> None:
+        self.parks += 1
         self._unregister(connection)
         connection.parked = trio.CancelScope()
         self._nursery.start_soon(self._run_parked, connection, step)
