@@ -9,7 +9,8 @@ closed-loop rounds, then turns instrumentation on (``callgrind_control -i on``),
 ``chat_send``, then the round ends when every ``ok`` and every delivery has come back (closed loop: the
 server is never offered more than one message per member). Prints ``Ir`` total and per message.
 
-``--tool strace`` runs the server under ``strace -c -f`` instead (the same rounds; syscall counts per
+``--tool perf`` runs the server plain and counts syscalls with ``perf stat`` on the syscall tracepoints,
+attached to the server for exactly the measured rounds (exact counts per message). ``--tool strace`` runs the server under ``strace -c -f`` instead (the same rounds; syscall counts per
 message over the whole run, setup included, so run enough messages for setup to vanish), ``--tool
 none`` runs it plain (a smoke test of the driver). Instruction counts are exact and repeatable on a
 shared machine; nothing here times anything.
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
+PERF_SYSCALLS = ("recvfrom", "sendto", "epoll_ctl", "epoll_wait", "futex", "pwrite64", "fdatasync")
 
 
 def serve(argv: list[str]) -> int:
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=("lmdb", "memory"), default="lmdb")
     parser.add_argument("--messages", type=int, default=2000, help="chat_sends measured (whole rounds)")
     parser.add_argument("--warmup", type=int, default=5, help="rounds before measuring")
-    parser.add_argument("--tool", choices=("callgrind", "strace", "none"), default="callgrind")
+    parser.add_argument("--tool", choices=("callgrind", "perf", "strace", "none"), default="callgrind")
     args = parser.parse_args(argv)
     from .fanout import LoadGenerator, ServerProcess
 
@@ -131,9 +134,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"only {gen.result.joined} of {total} members joined")
             _rounds(gen, args.warmup, 120.0)
             rounds = max(1, args.messages // total)
+            perf = None
             if args.tool == "callgrind":
                 subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True, capture_output=True)
+            elif args.tool == "perf":
+                events = ",".join(f"syscalls:sys_enter_{name}" for name in PERF_SYSCALLS)
+                perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-p", str(server.pid),
+                                         "-o", str(Path(tmp) / "perf.txt")])
+                time.sleep(1.0)  # perf attaches
             measured = _rounds(gen, rounds, 300.0)
+            if perf is not None:
+                perf.send_signal(signal.SIGINT)
+                perf.wait(30)
             if args.tool == "callgrind":
                 subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], check=True, capture_output=True)
                 subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
@@ -152,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
                     ir += int(match.group(1))
             result["ir"] = ir
             result["ir_per_message"] = round(ir / measured)
+        elif args.tool == "perf":
+            counts = {}
+            for line in Path(tmp, "perf.txt").read_text().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_") and fields[0].isdigit():
+                    counts[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+            result["per_message"] = {k: round(v / measured, 3) for k, v in counts.items()}
         elif args.tool == "strace":
             text = Path(tmp, "strace.txt").read_text()
             calls = {}
