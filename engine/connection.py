@@ -151,7 +151,8 @@ class Connection(Peer):
         self._tokens_at = now
         self._over_since: float | None = None
         self._last_refused = -math.inf
-        self._bad_frames: collections.deque[float] = collections.deque()
+        self._bad_frames: collections.deque[float] | None = None
+        """When the last bad frames came (made at the first one: most connections never send one)."""
         self.requests = 0
 
     # -- Peer -------------------------------------------------------------------------------------
@@ -505,6 +506,8 @@ class Connection(Peer):
             self.close(error.close_code, error.code.value)
             return
         now = trio.current_time()
+        if self._bad_frames is None:
+            self._bad_frames = collections.deque()
         self._bad_frames.append(now)
         while self._bad_frames and self._bad_frames[0] < now - _BAD_FRAME_WINDOW:
             self._bad_frames.popleft()

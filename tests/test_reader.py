@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roost import Engine
+from roost.gateway import Gateway
 from roost.outbox import SocketTransport
 from roost.protocol import PROTOCOL_VERSION, Sender, decode, encode
 from roost.protocol.errors import CloseCode
@@ -28,7 +29,7 @@ from roost.protocol.frames import (
     AdminRequest, ChatSend, ErrorReply, Hello, JoinOrCreate, Ok, Ping, Pong, Refresh, Welcome,
 )
 from roost.testing import SERVICE_KEY, TestKeys, test_config
-from tests.wire import client_frame, server_frames
+from tests.wire import client_frame, raw_peer, server_frames
 
 UPGRADE = (
     b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -366,3 +367,43 @@ async def _ordering_scenario(scripts: list[Script], cuts: list[int], pauses: lis
                 assert all(position[i] > position[k] for i in later), (c, k, got)
     if any(kind == "admin" for script in scripts for kind, _ in script):
         assert parks  # an admin call awaits in a parked step (those behind it follow in the same task)
+
+
+# -- both drivers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_reader", [True, False], ids=["reader", "task-per-connection"])
+async def test_both_drivers_serve_the_same_story_over_real_sockets(nursery, monkeypatch, use_reader: bool) -> None:
+    """The reader task and the task-per-connection driver (in-memory transports, non-Linux) run the
+    same Connection: a room, chats, an admin call, history, a refused frame, a graceful shutdown
+    with 1001."""
+    from roost.client import start_client
+    from roost.testing import start_engine
+
+    monkeypatch.setattr(Gateway, "use_reader", use_reader)
+    keys = TestKeys()
+    engine = await start_engine(nursery, test_config(keys))
+    assert (engine.gateway.reader is not None) is use_reader
+    with trio.fail_after(20):
+        alice = await start_client(nursery, engine.url, keys.token("alice"))
+        bob = await start_client(nursery, engine.url, keys.token("bob"))
+        snapshot = await alice.create(public=True)
+        room = snapshot.room
+        await bob.join(room)
+        for k in range(20):
+            ack = await alice.chat_send(room, f"hello {k}")
+            assert ack.n == k + 1
+        assert (await alice.admin(SERVICE_KEY, "stats"))["connections"] == 2
+        await bob.chat_send(room, "x" * 4000)
+        assert (await alice.history(room)).messages[-1].text == "x" * 4000
+        carol = await raw_peer(nursery, engine.url)  # a bad frame is refused in band
+        await carol.hello(keys.token("carol"))
+        await carol.send(b"\x81\xa1t\xa3bad")
+        assert isinstance(await carol.recv(), ErrorReply)
+        await alice.aclose()
+        await bob.aclose()
+        engine.request_shutdown()
+        assert await carol.closed_code() == CloseCode.GOING_AWAY
+        while engine.gateway.connections:
+            await trio.sleep(0.01)
+    assert not engine.gateway.connections
