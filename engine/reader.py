@@ -80,11 +80,11 @@ class Reader:
     def add(self, transport: SocketTransport, remote: str) -> Connection:
         """Take a new socket connection: register it once, arm its auth deadline."""
         connection = Connection(self.gateway, transport, remote, reader=self)
+        fd = transport.fileno()
+        self._epoll.register(fd, select.EPOLLIN)  # first: if it fails (OSError), nothing is left behind
+        self._by_fd[fd] = connection
         self.gateway.opened(connection)
         self.connections.add(connection)
-        fd = transport.fileno()
-        self._by_fd[fd] = connection
-        self._epoll.register(fd, select.EPOLLIN)
         self.arm(connection, connection._deadline())
         return connection
 
