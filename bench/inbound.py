@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=("lmdb", "memory"), default="lmdb")
     parser.add_argument("--messages", type=int, default=2000, help="chat_sends measured (whole rounds)")
     parser.add_argument("--warmup", type=int, default=5, help="rounds before measuring")
+    parser.add_argument("--keep", default=None, help="copy the callgrind dump here (for callgrind_annotate)")
     parser.add_argument("--tool", choices=("callgrind", "perf", "strace", "none"), default="callgrind")
     args = parser.parse_args(argv)
     from .fanout import LoadGenerator, ServerProcess
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             files = sorted(Path(tmp).glob("callgrind.out.*"))  # the dump (not the file written at exit)
             ir = 0
             for path in files:
+                if args.keep:
+                    shutil.copy(path, args.keep)
                 match = re.search(r"^totals: (\d+)", path.read_text(errors="replace"), re.M)
                 if match:
                     ir += int(match.group(1))

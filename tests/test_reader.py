@@ -172,7 +172,7 @@ async def test_every_deadline_of_thousands_of_connections_fires_at_its_time(auto
         for _ in range(count):
             await ready.acquire()
         await trio.testing.wait_all_tasks_blocked()
-        # Every connection is idle: no task of its own, just the reader's (and the accept loop's parent).
+        # Every connection is idle: no task of its own; the gateway nursery holds the reader alone.
         gateway_tasks = engine.gateway._nursery.child_tasks  # type: ignore[union-attr]
         assert len(engine.gateway.connections) == count
         assert [task.name.rsplit(".", 1)[-1] for task in gateway_tasks] == ["run"]
