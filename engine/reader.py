@@ -76,8 +76,6 @@ class Reader:
         self._running = trio.CancelScope()
         """Around the reader's loop: cancelled once stopping and the last connection is gone."""
         self._stopping = False
-        self.passes = 0
-        """Wake-ups that read at least one socket (for tests and benchmarks)."""
         self.parks = 0
         """Steps that had to await in a task of their own (for tests and benchmarks)."""
 
@@ -230,10 +228,7 @@ class Reader:
 
     def _read_ready(self) -> None:
         by_fd = self._by_fd
-        events = self._epoll.poll(0)
-        if events:
-            self.passes += 1
-        for fd, _ in events:
+        for fd, _ in self._epoll.poll(0):
             connection = by_fd.get(fd)
             if connection is None:
                 continue  # parked or ended earlier in this pass
