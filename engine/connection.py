@@ -1,8 +1,16 @@
 """One client connection: Roost on the WebSocket layer (engine/websocket.py): auth, limits, routing.
 
-Each connection runs two tasks in its own nursery: this reader, and the outbox writer (which only works
-when the socket pushed back). The reader owns every per-connection deadline (auth, heartbeat, token
-expiry, closing) as the deadline of the cancel scope around its one ``receive_some``: no timer tasks.
+One state machine, two drivers. :meth:`Connection.feed` takes the bytes the peer sent and runs
+everything that needs no await (WebSocket layer, auth, rate limit, decode, hand-off to a room with
+``send_nowait``); when a request must await (an admin call, a room being created, a full room inbox,
+an HTTP exchange) it returns that step, and the driver runs it, then :meth:`Connection.resume` goes on
+with the bytes already received, so a connection's requests keep their order.
+
+- On Linux, socket connections are driven by the gateway's one reader task (engine/reader.py): one
+  inner epoll over every socket, one heap of deadlines, no task per idle connection.
+- Other transports (in-memory streams: roost.testing, embedding) and other systems run
+  :meth:`Connection.serve`: three tasks in its own nursery (this reader, the outbox writer, a watchdog
+  holding every per-connection deadline: auth, heartbeat, token expiry, closing).
 
 Everything that can go wrong with one connection ends that connection (with the right close code) and
 nothing else: the gateway wraps each connection in its own error boundary.
@@ -16,6 +24,7 @@ import logging
 import math
 import secrets
 import urllib.parse
+from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -56,6 +65,7 @@ from .websocket import WebSocket, WsState
 
 if TYPE_CHECKING:
     from .gateway import Gateway
+    from .reader import Reader
 
 __all__ = ["Connection"]
 
@@ -69,6 +79,11 @@ _LINGER_SECONDS = 1.0
 """After the closing handshake (or a failure), how long TCP waits for the peer's FIN (§7.1.1)."""
 _LINGER_BYTES = 1024 * 1024
 """... and how many bytes it discards meanwhile (a peer in the middle of a large frame)."""
+
+_NO_MESSAGES: Iterator[bytes | str] = iter(())
+
+Step = Awaitable[None]
+"""What :meth:`Connection.feed` returns when the connection must await before reading on."""
 
 
 class Phase(enum.Enum):
@@ -84,15 +99,17 @@ class Phase(enum.Enum):
 class Connection(Peer):
     """The server side of one client connection."""
 
-    def __init__(self, gateway: Gateway, transport: Transport, remote: str) -> None:
+    def __init__(self, gateway: Gateway, transport: Transport, remote: str, *, reader: Reader | None = None) -> None:
         config = gateway.config
         self.gateway = gateway
         self.config = config
         self.remote = remote
         self.transport = transport
+        self.reader = reader
+        """The gateway's reader task when it drives this connection (None: :meth:`serve` does)."""
         self.outbox = Outbox(
             transport, max_frames=config.outbox_max_frames, max_bytes=config.outbox_max_bytes,
-            on_overflow=self._slow_consumer,
+            on_overflow=self._slow_consumer, spawn=None if reader is None else reader.spawn,
         )
         self.websocket = WebSocket(self.outbox, max_message_bytes=config.max_frame_bytes, accept=self._accept,
                                    on_ping=self._websocket_ping, http=True)
@@ -110,9 +127,16 @@ class Connection(Peer):
         self.close_reason = ""
         self.closed_by: str | None = None
         """Who started the close: ``server`` or ``client`` (None: TCP ended without a Close)."""
-        self._reader_scope = trio.CancelScope()
+        self._reader_scope: trio.CancelScope | None = None
         self._reader_done = False
-        self._watchdog_wakeup = trio.Event()
+        self._watchdog_wakeup: trio.Event | None = None
+        self._messages = _NO_MESSAGES
+        """What is left of the last chunk's messages while a step is awaited (see :meth:`resume`)."""
+        self.armed = math.inf
+        """The reader's heap holds an entry for this connection at this time (lazy: see engine/reader.py)."""
+        self.parked: trio.CancelScope | bool | None = None
+        """Reader-driven only: None while read; while a step is awaited in its own task, that task's
+        scope (cancelled when the connection must end meanwhile); False once it is winding down."""
         self._query_token: str | None = None
         self._http: RequestReader | None = None
         """While a plain HTTP request is being read (None once it is complete)."""
@@ -127,7 +151,8 @@ class Connection(Peer):
         self._tokens_at = now
         self._over_since: float | None = None
         self._last_refused = -math.inf
-        self._bad_frames: collections.deque[float] = collections.deque()
+        self._bad_frames: collections.deque[float] | None = None
+        """When the last bad frames came (made at the first one: most connections never send one)."""
         self.requests = 0
 
     # -- Peer -------------------------------------------------------------------------------------
@@ -155,7 +180,7 @@ class Connection(Peer):
         self.close_code, self.close_reason, self.closed_by = int(code), reason, "server"
         if not self.websocket.close(int(code), reason):
             self.phase = Phase.DONE  # no WebSocket yet: nothing to say, just drop TCP
-            self._reader_scope.cancel()
+            self._stop_reading()
             return
         self.phase = Phase.CLOSING
         self._close_deadline = trio.current_time() + self.config.close_timeout
@@ -186,7 +211,10 @@ class Connection(Peer):
     # -- main loop --------------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Run the connection to its end. Never raises for anything the peer does."""
+        """Run the connection to its end in its own tasks (the task-per-connection driver: any
+        transport). Never raises for anything the peer does."""
+        self._reader_scope = trio.CancelScope()
+        self._watchdog_wakeup = trio.Event()
         try:
             async with trio.open_nursery(strict_exception_groups=True) as nursery:
                 nursery.start_soon(self.outbox.run_writer)
@@ -195,24 +223,55 @@ class Connection(Peer):
                     try:
                         await self._read_loop()
                     except Exception:
-                        log.exception("connection %s failed", self.remote)
-                        self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                        self.failed()
                 self._reader_done = True
                 self._rearm_watchdog()
                 self._end_sessions()
                 # Let the writer flush what is queued (the Close frame at least), within a bound.
                 self.outbox.finish()
-                nursery.cancel_scope.deadline = min(self._close_deadline, trio.current_time() + self.config.close_timeout)
-            finished = self.websocket.state in (WsState.CLOSED, WsState.HTTP)
-            if finished and self.outbox.idle and not self.outbox.broken:
-                # Our last bytes (a Close, an HTTP answer) are flushed: make sure they arrive.
-                await self.transport.linger_close(_LINGER_SECONDS, _LINGER_BYTES)
+                nursery.cancel_scope.deadline = self._flush_deadline()
+            await self._linger()
         finally:
-            self.phase = Phase.DONE
+            await self._closed()
+
+    async def wind_down(self) -> None:
+        """The end of a reader-driven connection, in a short task of its own: flush what is queued
+        (the Close frame at least) within the close bound, linger, close, log. Never raises for
+        anything the peer does."""
+        try:
             self._end_sessions()
-            with trio.move_on_after(1, shield=True):
-                await self.transport.aclose()
-            self._log_closed()
+            self.outbox.finish()
+            with trio.move_on_at(self._flush_deadline()):
+                await self.outbox.flush()
+            await self._linger()
+        finally:
+            await self._closed()
+
+    def failed(self) -> None:
+        """Our own bug while handling this connection's bytes: log it, close 1011 (this one only)."""
+        log.exception("connection %s failed", self.remote)
+        self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more is read: the connection is done, or its socket broke under a write."""
+        return self.phase is Phase.DONE or self.outbox.broken
+
+    def _flush_deadline(self) -> float:
+        return min(self._close_deadline, trio.current_time() + self.config.close_timeout)
+
+    async def _linger(self) -> None:
+        finished = self.websocket.state in (WsState.CLOSED, WsState.HTTP)
+        if finished and self.outbox.idle and not self.outbox.broken:
+            # Our last bytes (a Close, an HTTP answer) are flushed: make sure they arrive.
+            await self.transport.linger_close(_LINGER_SECONDS, _LINGER_BYTES)
+
+    async def _closed(self) -> None:
+        self.phase = Phase.DONE
+        self._end_sessions()
+        with trio.move_on_after(1, shield=True):
+            await self.transport.aclose()
+        self._log_closed()
 
     def _log_closed(self) -> None:
         """The one line per connection (engine/logs.py formats it). ``reason`` is a stable word: the
@@ -235,7 +294,18 @@ class Connection(Peer):
         return min(self._last_heard + self._heartbeat * self.config.heartbeat_factor, self._token_deadline)
 
     def _rearm_watchdog(self) -> None:
-        self._watchdog_wakeup.set()
+        """The deadline may have moved earlier: re-arm the driver's timer for it."""
+        if self.reader is not None:
+            self.reader.arm(self, self._deadline())
+        elif self._watchdog_wakeup is not None:
+            self._watchdog_wakeup.set()
+
+    def _stop_reading(self) -> None:
+        """The connection is DONE: stop its driver reading (it winds the connection down)."""
+        if self.reader is not None:
+            self.reader.end(self)
+        elif self._reader_scope is not None:
+            self._reader_scope.cancel()
 
     async def _watchdog(self) -> None:
         """The connection's one timer: auth deadline, heartbeat expiry, token expiry, close deadline.
@@ -245,6 +315,7 @@ class Connection(Peer):
         expired. ``close()`` wakes it because it moves the deadline earlier.
         """
         while not self._reader_done:
+            assert self._watchdog_wakeup is not None
             with trio.move_on_at(self._deadline()):
                 await self._watchdog_wakeup.wait()
                 self._watchdog_wakeup = trio.Event()
@@ -253,29 +324,56 @@ class Connection(Peer):
                 continue
             self._on_deadline()
             if self.phase is Phase.DONE:
-                self._reader_scope.cancel()
+                self._stop_reading()
                 return
 
     async def _read_loop(self) -> None:
-        websocket = self.websocket
-        while self.phase is not Phase.DONE and not self.outbox.broken:
+        while not self.ended:
             data = await self.transport.receive_some()
             if not data:
                 return
-            if self.phase is not Phase.CLOSING:  # the answer to our Close is not activity (last_seen)
-                self._last_heard = trio.current_time()
-            for message in websocket.receive(data):
-                if isinstance(message, str):
-                    websocket.fail(CloseCode.UNSUPPORTED_DATA, "binary frames only")
-                else:
-                    await self._on_frame(message)
-                if self.phase is Phase.DONE:
-                    return
-            if websocket.state is WsState.CLOSED:
-                self._websocket_closed()
-            elif websocket.state is WsState.HTTP:
-                await self._serve_http(websocket.http_bytes)
-                return
+            step = self.feed(data)
+            while step is not None:
+                await step
+                step = self.resume()
+
+    def feed(self, data: bytes) -> Step | None:
+        """Handle ``data`` from the peer as far as it goes without awaiting.
+
+        Returns None when every message in it is handled; else the step to await first (a request
+        that waits for an admin call, a room's creation, a full room inbox, or an HTTP exchange), then
+        call :meth:`resume` (and again for each step it returns) before feeding more bytes. Stop
+        feeding once :attr:`ended`. Both drivers call this: the rules live here once.
+        """
+        if self.phase is not Phase.CLOSING:  # the answer to our Close is not activity (last_seen)
+            self._last_heard = trio.current_time()
+        self._messages = self.websocket.receive(data)
+        return self.resume()
+
+    def resume(self) -> Step | None:
+        """Go on with the messages already received (after a step of :meth:`feed`); same contract."""
+        websocket = self.websocket
+        if self.phase is Phase.DONE:
+            return None
+        for message in self._messages:
+            if isinstance(message, str):
+                websocket.fail(CloseCode.UNSUPPORTED_DATA, "binary frames only")
+            else:
+                step = self._on_frame(message)
+                if step is not None:
+                    return step  # the rest waits, unparsed, in the generator
+            if self.phase is Phase.DONE:
+                return None
+        self._messages = _NO_MESSAGES
+        if websocket.state is WsState.CLOSED:
+            self._websocket_closed()
+        elif websocket.state is WsState.HTTP and self.phase is not Phase.HTTP:
+            return self._http_exchange(websocket.http_bytes)
+        return None
+
+    async def _http_exchange(self, data: bytes) -> None:
+        await self._serve_http(data)
+        self.phase = Phase.DONE  # one request per connection (also when the peer left mid-request)
 
     def _on_deadline(self) -> None:
         now = trio.current_time()
@@ -348,37 +446,49 @@ class Connection(Peer):
 
     # -- frames -----------------------------------------------------------------------------------
 
-    async def _on_frame(self, data: bytes) -> None:
+    def _on_frame(self, data: bytes) -> Step | None:
         if self.phase is Phase.AWAIT_HELLO:
             try:
                 frame = decode(data, Sender.CLIENT, self.config.limits)
             except RemoteProtocolError:
                 self.gateway.auth_failures["bad_hello"] += 1
                 self.close(CloseCode.BAD_FRAME, "bad first frame")
-                return
+                return None
             if not isinstance(frame, Hello):
                 self.gateway.auth_failures["bad_hello"] += 1
                 self.close(CloseCode.BAD_FRAME, "first frame must be hello")
-                return
+                return None
             self._authenticate(frame)
-            return
+            return None
         if self.phase is not Phase.OPEN:
-            return
+            return None
         self.requests += 1
         try:
             frame = decode(data, Sender.CLIENT, self.config.limits)
         except RemoteProtocolError as error:
             self._bad_frame(error)
-            return
+            return None
         assert isinstance(frame, ClientFrame)  # decode(..., Sender.CLIENT) returns client frames only
         self.gateway.requests[frame.TYPE] += 1
         if not self._take_token(frame):
-            return
+            return None
         try:
-            await self._dispatch(frame)
-        except RoomError as error:
+            step = self._dispatch(frame)
+        except (RoomError, LocalProtocolError) as error:
+            self._refuse(frame, error)
+            return None
+        return None if step is None else self._awaited(frame, step)
+
+    async def _awaited(self, frame: ClientFrame, step: Step) -> None:
+        try:
+            await step
+        except (RoomError, LocalProtocolError) as error:
+            self._refuse(frame, error)
+
+    def _refuse(self, frame: ClientFrame, error: RoomError | LocalProtocolError) -> None:
+        if isinstance(error, RoomError):
             self.send_error(getattr(frame, "id", None), error.code, error.message, error.retry_ms)
-        except LocalProtocolError as error:
+        else:
             # A reply this server cannot encode (a page or record over the server limits) is its own
             # fault, not the caller's: refuse this one request in band, as rooms do, and keep the
             # connection (before, it closed with 1011 and logged a traceback).
@@ -396,6 +506,8 @@ class Connection(Peer):
             self.close(error.close_code, error.code.value)
             return
         now = trio.current_time()
+        if self._bad_frames is None:
+            self._bad_frames = collections.deque()
         self._bad_frames.append(now)
         while self._bad_frames and self._bad_frames[0] < now - _BAD_FRAME_WINDOW:
             self._bad_frames.popleft()
@@ -512,7 +624,8 @@ class Connection(Peer):
         remaining = claims.exp + self.config.token_leeway - wall_now
         self._token_deadline = trio.current_time() + max(remaining, 0.0)
 
-    async def _dispatch(self, frame: ClientFrame) -> None:
+    def _dispatch(self, frame: ClientFrame) -> Step | None:
+        """Handle one request; returns the step to await when it cannot finish without awaiting."""
         gateway = self.gateway
         if isinstance(frame, PingFrame):
             self.send_frame(Pong(time=int(self.config.wall_clock() * 1000)))
@@ -524,8 +637,7 @@ class Connection(Peer):
             page = gateway.router.lobby(frame.cursor, frame.limit or self.config.page_default)
             self.send_frame(Ok(id=frame.id, result=dump_record(page)))
         elif isinstance(frame, AdminRequest):
-            result = await gateway.admin.call(frame.op, frame.args, frame.key, remote=self.remote)
-            self.send_frame(Ok(id=frame.id, result=result))
+            return self._admin(frame)
         elif isinstance(frame, Create | JoinOrCreate):
             if self.room_scope is not None and isinstance(frame, Create):
                 raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to one room")
@@ -536,38 +648,54 @@ class Connection(Peer):
                 meta=frame.meta, logic=frame.logic, inactive=frame.inactive,
             )
             if isinstance(frame, Create):
-                runtime = await gateway.router.create(options)
+                return self._then_to_room(gateway.router.create(options), frame)
             elif self.room_scope is not None and normalize_code(self.room_scope) != normalize_code(frame.code):
                 # A new room could never be in scope (its id is fresh): join an existing one or
                 # refuse, never create a room the token may not enter (it would stay, empty).
                 existing = gateway.router.by_code(frame.code)
                 if existing is None or existing.closed:
                     raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to another room")
-                runtime = existing
+                return self._to_room(existing, frame)
             else:
-                runtime = await gateway.router.get_or_create(frame.code, options)
-            await self._to_room(runtime, frame)
+                return self._then_to_room(gateway.router.get_or_create(frame.code, options), frame)
         elif isinstance(frame, Join):
-            await self._to_room(gateway.router.find(frame.room, frame.code), frame)
+            return self._to_room(gateway.router.find(frame.room, frame.code), frame)
         else:
             room_id = getattr(frame, "room", None)
             target = gateway.router.get(room_id) if room_id is not None else None
             if target is None:
                 raise RoomError(ErrorCode.NOT_FOUND, "no such room")
-            await self._to_room(target, frame)
+            return self._to_room(target, frame)
+        return None
 
-    async def _to_room(self, runtime: RoomRuntime, frame: ClientFrame) -> None:
-        """Hand a request to its room; wait only when the room's inbox is full (backpressure).
+    async def _admin(self, frame: AdminRequest) -> None:
+        result = await self.gateway.admin.call(frame.op, frame.args, frame.key, remote=self.remote)
+        self.send_frame(Ok(id=frame.id, result=result))
+
+    async def _then_to_room(self, room: Awaitable[RoomRuntime], frame: ClientFrame) -> None:
+        step = self._to_room(await room, frame)
+        if step is not None:
+            await step
+
+    def _to_room(self, runtime: RoomRuntime, frame: ClientFrame) -> Step | None:
+        """Hand a request to its room; returns a step (wait) only when the room's inbox is full
+        (backpressure): the connection then reads nothing more until the room took it.
 
         ``send_nowait`` first: an awaited ``send`` always yields to the scheduler, a whole extra pass
-        per request, and this reader checkpoints in its next ``receive_some`` anyway.
+        per request, and the reader checkpoints before its next read anyway.
         """
         request = Request(self, frame)
         try:
-            try:
-                runtime.send_channel.send_nowait(request)
-            except trio.WouldBlock:
-                await runtime.send_channel.send(request)
+            runtime.send_channel.send_nowait(request)
+        except trio.WouldBlock:
+            return self._to_full_room(runtime, request)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise RoomError(ErrorCode.NOT_FOUND, "the room is closed") from None
+        return None
+
+    async def _to_full_room(self, runtime: RoomRuntime, request: Request) -> None:
+        try:
+            await runtime.send_channel.send(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise RoomError(ErrorCode.NOT_FOUND, "the room is closed") from None
 

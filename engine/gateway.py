@@ -25,6 +25,7 @@ from .config import Config
 from .connection import Connection, Phase
 from .http import Availability, Exposition, HttpService, Routes
 from .outbox import SocketTransport, StreamTransport, Transport
+from .reader import Reader, available
 from .revocations import Revocations
 from .router import Router
 from .websocket import WsState
@@ -72,7 +73,15 @@ def close_label(connection: Connection) -> str:
 
 
 class Gateway:
-    """Accepts connections and keeps the registry of live sessions."""
+    """Accepts connections and keeps the registry of live sessions.
+
+    Socket connections are driven by one :class:`~roost.reader.Reader` task (where ``select.epoll``
+    exists, :attr:`use_reader`); in-memory ones, and every one elsewhere, each run their own tasks
+    (:meth:`serve_transport`). Both drive the same :class:`~roost.connection.Connection`.
+    """
+
+    use_reader = available()
+    """Drive socket connections from one reader task (tests set it False to run the other driver)."""
 
     def __init__(self, config: Config, router: Router, revocations: Revocations, admin: Admin,
                  *, exposition: Exposition | None = None, routes: Routes | None = None) -> None:
@@ -110,6 +119,7 @@ class Gateway:
         self.closed_bytes_sent = 0
         """``Outbox.pushes`` and ``bytes_sent`` of the connections that ended (live ones are read live)."""
         self._nursery: trio.Nursery | None = None
+        self.reader: Reader | None = None
         self._accepting = trio.CancelScope()
         self._draining: set[Connection] = set()
         self._drained = trio.Event()
@@ -120,10 +130,15 @@ class Gateway:
         async with trio.open_nursery(strict_exception_groups=True) as nursery:
             self._nursery = nursery
             self._started = trio.current_time()
+            if self.use_reader:
+                self.reader = Reader(self, nursery)
+                nursery.start_soon(self.reader.run)
             task_status.started()
             with self._accepting:
                 await self._accept_loop(listener, nursery)
             # Not accepting any more (shutdown): the nursery ends once every connection has closed.
+            if self.reader is not None:
+                self.reader.stop()
 
     def serving(self) -> None:
         """The engine is ready (rooms restored): accept upgrades from now on."""
@@ -160,7 +175,14 @@ class Gateway:
                 log.error("accept failed (%s): retrying in 100 ms", errno.errorcode.get(exc.errno, exc.errno))
                 await trio.sleep(0.1)
                 continue
-            nursery.start_soon(self.serve_transport, SocketTransport(sock), f"{address[0]}:{address[1]}")
+            remote = f"{address[0]}:{address[1]}"
+            if self.reader is not None:
+                try:
+                    self.reader.add(SocketTransport(sock), remote)
+                except OSError:  # the peer is already gone (setsockopt on a reset socket)
+                    sock.close()
+            else:
+                nursery.start_soon(self.serve_transport, SocketTransport(sock), remote)
 
     def open_memory_connection(self) -> trio.abc.Stream:
         """Serve one connection over an in-memory stream; returns the client's end (test kit, embedding)."""
@@ -173,14 +195,23 @@ class Gateway:
     async def serve_transport(self, transport: Transport, remote: str) -> None:
         """Run one connection to its end; nothing it raises escapes."""
         connection = Connection(self, transport, remote)
-        self.connections.add(connection)
-        self.pending_handshakes += 1
-        self.stats["connections_accepted"] += 1
+        self.opened(connection)
         try:
             await connection.serve()
         except Exception:  # serve() contains peer errors; this is the last line against our own bugs
             log.exception("connection %s crashed", remote)
         finally:
+            self.closed(connection)
+
+    def opened(self, connection: Connection) -> None:
+        """A connection starts (either driver)."""
+        self.connections.add(connection)
+        self.pending_handshakes += 1
+        self.stats["connections_accepted"] += 1
+
+    def closed(self, connection: Connection) -> None:
+        """A connection ended (either driver): its figures go to the totals, its session away."""
+        if connection in self.connections:
             self.connections.discard(connection)
             # In the same step as the discard (no checkpoint between): a scrape sees the outbox's
             # figures either live or in the totals, never both nor neither.

@@ -19,7 +19,7 @@ import abc
 import collections
 import itertools
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -112,12 +112,14 @@ class SocketTransport(Transport):
     LINGER = 1.0
     """Seconds :meth:`aclose` keeps reading after its FIN, waiting for the peer's end of stream."""
 
-    __slots__ = ("_closed", "_lingered", "_sock", "_stream")
+    __slots__ = ("_closed", "_fd", "_lingered", "_sock", "_stream")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family != socket.AF_UNIX:  # a Unix socket (a socketpair in tests) has no Nagle to turn off
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
+        self._fd = sock.fileno()
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self._closed = False
         self._lingered = False
@@ -174,6 +176,20 @@ class SocketTransport(Transport):
 
     async def send_eof(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
+
+    def fileno(self) -> int:
+        """The socket's descriptor (the reader registers it in its epoll)."""
+        return self._fd
+
+    def recv_now(self, size: int) -> bytes | None:
+        """One non-blocking ``recv``: the bytes, ``b""`` at end of stream or on an error, None when
+        there was nothing after all (the reader only calls it for a socket epoll says is readable)."""
+        try:
+            return self._sock.recv(size)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
 
 
 class StreamTransport(Transport):
@@ -265,20 +281,27 @@ class Outbox:
     The backlog holds one entry per WebSocket frame (a push may carry several; they are split when
     queued, which only happens on the slow path), plus how much of the head is already sent. That is
     what lets an overflow drop exactly the frames never begun.
+
+    Two ways to run the writer: :meth:`run_writer` as a task for the connection's whole life (the
+    task-per-connection driver), or, with ``spawn``, a writer task started only when a backlog forms
+    and ended when it is written (the reader-driven connections: an idle connection has no task).
     """
 
     __slots__ = (
         "_backlog",
         "_backlog_bytes",
         "_closing",
+        "_drained",
         "_head_sent",
         "_in_flight",
         "_max_bytes",
         "_max_frames",
         "_on_overflow",
         "_overflowed",
+        "_spawn",
         "_transport",
         "_wakeup",
+        "_writing",
         "broken",
         "bytes_sent",
         "pushes",
@@ -291,6 +314,7 @@ class Outbox:
         max_frames: int,
         max_bytes: int,
         on_overflow: Callable[[], None],
+        spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
     ) -> None:
         self._transport = transport
         self._backlog: collections.deque[bytes | memoryview] = collections.deque()
@@ -301,7 +325,11 @@ class Outbox:
         self._max_bytes = max_bytes
         self._on_overflow = on_overflow
         self._overflowed = False
-        self._wakeup = trio.Event()
+        self._spawn = spawn
+        """Starts a task (``nursery.start_soon``): then a writer exists only while there is a backlog."""
+        self._writing = False
+        self._drained: trio.Event | None = None
+        self._wakeup: trio.Event | None = None if spawn is not None else trio.Event()
         self._closing = False
         self.broken = False
         self.bytes_sent = 0
@@ -342,7 +370,7 @@ class Outbox:
             return False
         self._backlog.extend(spans)
         self._backlog_bytes += len(data)
-        self._wakeup.set()
+        self._signal()
         return True
 
     def push_final(self, data: bytes) -> None:
@@ -353,7 +381,7 @@ class Outbox:
         if self._closing or self.broken:
             return
         self._closing = True
-        self._wakeup.set()  # the writer returns once flushed
+        self._signal()  # the writer returns once flushed
         if not self._backlog:
             self._write_now(data)
         else:
@@ -363,7 +391,16 @@ class Outbox:
     def finish(self) -> None:
         """Accept nothing more; the writer returns once the backlog is flushed."""
         self._closing = True
-        self._wakeup.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        """The backlog or the state changed: wake the writer, or start one if there is none."""
+        if self._wakeup is not None:
+            self._wakeup.set()
+        elif self._backlog and not self._writing and not self.broken:
+            assert self._spawn is not None
+            self._writing = True
+            self._spawn(self._drain)
 
     def _write_now(self, data: bytes) -> None:
         """Write directly; what the kernel does not take goes to the backlog, split into frames."""
@@ -382,7 +419,7 @@ class Outbox:
         self._backlog.extend(spans)
         self._head_sent = sent - skipped
         self._backlog_bytes += len(data) - sent
-        self._wakeup.set()
+        self._signal()
 
     def _overflow(self) -> None:
         """Drop every queued frame never begun; keep the head if begun and what is in flight."""
@@ -398,7 +435,7 @@ class Outbox:
         self._backlog.clear()
         self._backlog_bytes = 0
         self._head_sent = 0
-        self._wakeup.set()
+        self._signal()
 
     def _take(self) -> bytes | memoryview:
         """The bytes for the next write: the head's unsent rest, joined with the frames behind it."""
@@ -435,7 +472,7 @@ class Outbox:
 
         Returns when the outbox is closing and fully flushed, or the transport broke.
         """
-        transport = self._transport
+        assert self._wakeup is not None, "an outbox with spawn starts its own writers"
         while True:
             if not self._backlog:
                 if self._closing or self.broken:
@@ -443,15 +480,49 @@ class Outbox:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue
-            try:
-                await transport.wait_writable()
-                if not self._backlog:  # an overflow dropped everything meanwhile
-                    continue
-                try:
-                    sent = await transport.send_some(self._take())
-                finally:
-                    self._in_flight = 0
-            except (OSError, trio.ClosedResourceError):  # broken, or closed under the waiting writer
-                self._break()
+            if not await self._write_some():
                 return
-            self._sent(sent)
+
+    async def _write_some(self) -> bool:
+        """One write of the backlog once the transport is writable; False once it broke."""
+        transport = self._transport
+        try:
+            await transport.wait_writable()
+            if not self._backlog:  # an overflow dropped everything meanwhile
+                return True
+            try:
+                sent = await transport.send_some(self._take())
+            finally:
+                self._in_flight = 0
+        except (OSError, trio.ClosedResourceError):  # broken, or closed under the waiting writer
+            self._break()
+            return False
+        self._sent(sent)
+        return True
+
+    async def _drain(self) -> None:
+        """The on-demand writer (``spawn``): write until the backlog is empty, then end.
+
+        The trap: it must end in the same step as it sees the backlog empty (no checkpoint between),
+        else a push in between would find ``_writing`` set and nobody left to write its backlog."""
+        try:
+            while self._backlog and not self.broken:
+                if not await self._write_some():
+                    break
+        finally:
+            self._writing = False
+            if self._drained is not None:
+                self._drained.set()
+                self._drained = None
+
+    async def flush(self) -> None:
+        """Return once the backlog is written or the transport broke (an outbox with ``spawn``):
+        waits for the writer there is, or writes in this task if there is none."""
+        while self._backlog and not self.broken:
+            if self._writing:
+                if self._drained is None:
+                    self._drained = trio.Event()
+                await self._drained.wait()
+            else:
+                self._writing = True
+                await self._drain()

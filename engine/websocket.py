@@ -176,7 +176,7 @@ class WebSocket:
         self._http = http
         self.http_bytes = b""
         """With ``http=True``, a request that is no upgrade: the bytes of it and of all behind it."""
-        self._handshake = H11Handshake(ConnectionType.SERVER)
+        self._handshake: H11Handshake | None = H11Handshake(ConnectionType.SERVER)
         self._head = bytearray()
         # The frame parser's state (RFC 6455 §5.2): bytes of an incomplete header or control frame;
         # the data frame being read (its FIN bit, mask, payload bytes read and still to come); the
@@ -413,6 +413,7 @@ class WebSocket:
             return b""
         request, rest = bytes(self._head[: end + 4]), bytes(self._head[end + 4 :])
         self._head.clear()
+        assert self._handshake is not None  # only read in HANDSHAKE, which the head's end leaves
         try:
             self._handshake.receive_data(request)
             for event in self._handshake.events():
@@ -441,10 +442,13 @@ class WebSocket:
         self.state = _HTTP
 
     def _on_request(self, request: HandshakeRequest) -> None:
+        handshake = self._handshake
+        assert handshake is not None
         reject = self._accept(request) if self._accept is not None else None
         if reject is not None:
-            self.outbox.push_final(self._handshake.send(reject))
+            self.outbox.push_final(handshake.send(reject))
             self.state = _CLOSED
             return
-        self.outbox.push(self._handshake.send(AcceptConnection()))
+        self.outbox.push(handshake.send(AcceptConnection()))
         self.state = _OPEN
+        self._handshake = None  # done with: wsproto's and h11's state is ~3.5 KB per idle connection

@@ -160,10 +160,10 @@ async def test_one_connection_failing_never_reaches_another(
 ) -> None:
     original = Connection._dispatch
 
-    async def explode_for_eve(self, frame):
+    def explode_for_eve(self, frame):
         if self.user == "eve":
             raise RuntimeError("bug triggered by eve")
-        await original(self, frame)
+        return original(self, frame)
 
     monkeypatch.setattr(Connection, "_dispatch", explode_for_eve)
     with trio.fail_after(10):
