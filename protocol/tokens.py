@@ -509,16 +509,17 @@ class SeenProofs:
     Bounded by count: when full it refuses new proofs (:meth:`claim` returns False: the server
     answers "try again later") instead of forgetting live ones, because forgetting a ``jti`` before
     its proof expires is what would let a captured proof be replayed. Entries leave once their
-    proof is past ``exp + leeway`` (in expiry order, a heap would be needed only if lifetimes
-    varied widely: they are at most :data:`MAX_GUEST_PROOF_TTL`).
+    proof is past ``exp + leeway``, popped from a heap by expiry: pruning costs the entries it
+    drops, not a walk over every live one per sign-in.
     """
 
-    __slots__ = ("_expiry", "_leeway", "_max")
+    __slots__ = ("_expiry", "_heap", "_leeway", "_max")
 
     def __init__(self, max_entries: int, *, leeway: float = DEFAULT_LEEWAY) -> None:
         self._max = max_entries
         self._leeway = leeway
         self._expiry: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
         return len(self._expiry)
