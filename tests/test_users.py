@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import msgpack
 import pytest
@@ -344,3 +345,104 @@ def test_the_audit_keys_of_two_users_never_share_a_prefix() -> None:
 
     assert not _audit_prefix("x:0000000000000001").startswith(_audit_prefix("x"))
     assert json.dumps(_audit_prefix("x")) == '"a:001:x:"'
+
+
+# -- property: the serial owner keeps every index true, whatever the interleaving ---------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from roost.errors import RoomError  # noqa: E402
+from roost.store.memory import MemoryStore  # noqa: E402
+from roost.users import Directory  # noqa: E402
+
+
+class YieldingStore(MemoryStore):
+    """A store whose reads and commits yield to other tasks a chosen number of times (partial I/O)."""
+
+    def __init__(self, pauses: list[int]) -> None:
+        super().__init__()
+        self._pauses = pauses
+        self._n = 0
+
+    async def _pause(self) -> None:
+        self._n += 1
+        for _ in range(self._pauses[self._n % len(self._pauses)]):
+            await trio.lowlevel.checkpoint()
+
+    async def get(self, table: str, key: str) -> bytes | None:
+        await self._pause()
+        return await super().get(table, key)
+
+    async def commit(self, batch) -> None:
+        await self._pause()
+        await super().commit(batch)
+
+
+USERS = ["u0", "u1", "u2"]
+KEYS = [pubkey(200 + i) for i in range(3)]
+SUBJECTS = ["u0", "u1", "u2", "a", "b"]  # the users' own seed identities are in play too
+OPS = st.one_of(
+    st.tuples(st.just("link_key"), st.sampled_from(USERS), st.sampled_from(KEYS)),
+    st.tuples(st.just("unlink_key"), st.sampled_from(USERS), st.sampled_from(KEYS)),
+    st.tuples(st.just("move_key"), st.sampled_from(USERS), st.sampled_from(KEYS)),
+    st.tuples(st.just("link_identity"), st.sampled_from(USERS), st.sampled_from(SUBJECTS)),
+    st.tuples(st.just("unlink_identity"), st.sampled_from(USERS), st.sampled_from(SUBJECTS)),
+    st.tuples(st.just("upsert"), st.sampled_from(USERS), st.sampled_from(SUBJECTS)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(OPS, min_size=1, max_size=25), pauses=st.lists(st.integers(0, 3), min_size=1, max_size=8),
+       waves=st.integers(1, 3))
+def test_concurrent_directory_operations_keep_every_index_true(ops, pauses, waves) -> None:
+    async def main() -> None:
+        store = YieldingStore(pauses)
+        users = Directory(store, time.time)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(users.run)
+            for user_id in USERS:
+                await users.upsert("p", user_id, user_id=user_id)
+            size = max(1, len(ops) // waves)
+            for start in range(0, len(ops), size):  # each wave: its operations at once, random start order
+                async with trio.open_nursery() as wave:
+                    for op in ops[start:start + size]:
+                        wave.start_soon(run_op, users, op)
+            records = {u: await users.get(u) for u in USERS}
+            for key in KEYS:
+                holders = [u for u, r in records.items() if key in [k.key for k in r.keys]]
+                try:
+                    indexed = (await users.by_key(key)).id
+                except RoomError:
+                    indexed = None
+                assert holders == ([] if indexed is None else [indexed]), (key, holders, indexed)
+            for subject in SUBJECTS:
+                holders = [u for u, r in records.items() if ("p", subject) in [(i.provider, i.subject) for i in r.identities]]
+                try:
+                    indexed = (await users.by_identity("p", subject)).id
+                except RoomError:
+                    indexed = None
+                assert holders == ([] if indexed is None else [indexed]), (subject, holders, indexed)
+            for record in records.values():  # nobody was left without a way in (no allow_empty given)
+                assert record.identities or record.keys or record.merged_into is not None
+            nursery.cancel_scope.cancel()
+
+    async def run_op(users: Directory, op: tuple[str, str, str]) -> None:
+        name, user_id, thing = op
+        try:
+            if name == "link_key":
+                await users.link_key(user_id, thing)
+            elif name == "unlink_key":
+                await users.unlink_key(user_id, thing)
+            elif name == "move_key":
+                await users.move_key(thing, user_id, merge=False)
+            elif name == "link_identity":
+                await users.link_identity(user_id, "p", thing)
+            elif name == "unlink_identity":
+                await users.unlink_identity(user_id, "p", thing)
+            else:
+                await users.upsert("p", thing, user_id=user_id)
+        except RoomError as error:
+            assert error.code in ("conflict", "not_found", "invalid_state", "limit_reached"), error
+
+    trio.run(main)
