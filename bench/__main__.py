@@ -18,6 +18,7 @@ from . import fanout as fanout_bench
 from . import memory as memory_bench
 from . import protocol as protocol_bench
 from . import restart as restart_bench
+from . import users as users_bench
 
 __all__ = ["BENCHES", "BenchModule", "build_parser", "main"]
 
@@ -38,6 +39,7 @@ BENCHES: dict[str, BenchModule] = {
     "memory": memory_bench,
     "crash": crash_bench,
     "autobahn": autobahn_bench,
+    "users": users_bench,
 }
 """Subcommand name -> benchmark module."""
 

@@ -15,8 +15,18 @@ from typing import Any
 
 from roost.protocol.codec import CLIENT_LIMITS, dump_record
 from roost.protocol.errors import ErrorCode
-from roost.protocol.frames import CURSOR, PAGE_LIMIT, AdminOp
-from roost.protocol.schema import FieldProblem, Spec
+from roost.protocol.frames import (
+    CURSOR,
+    DISPLAY_NAME,
+    PAGE_LIMIT,
+    PROVIDER,
+    PUBLIC_KEY,
+    SUBJECT,
+    USER_ID,
+    USER_META,
+    AdminOp,
+)
+from roost.protocol.schema import Bool, FieldProblem, Limits, Spec, Str
 
 from .errors import RoomError
 from .operations import Operations
@@ -37,16 +47,25 @@ def _arg(args: dict[str, Any], name: str, kind: type, *, required: bool = True) 
     return value
 
 
-def _page_arg(args: dict[str, Any], name: str, spec: Spec) -> Any:
+def _page_arg(args: dict[str, Any], name: str, spec: Spec, limits: Limits = CLIENT_LIMITS,
+              *, required: bool = False) -> Any:
     """An optional page argument checked by the spec of the ``lobby`` field of the same name, so the
-    admin listing refuses what ``lobby`` refuses (``limit`` 101 is ``bad_field``, not clamped)."""
+    admin listing refuses what ``lobby`` refuses (``limit`` 101 is ``bad_field``, not clamped).
+    The user operations check every argument the same way, with the spec of the record field."""
     value = args.get(name)
     if value is None:
+        if required:
+            raise RoomError(ErrorCode.MISSING_FIELD, f"args.{name} is required")
         return None
     try:
-        return spec.load(value, CLIENT_LIMITS)
+        return spec.load(value, limits)
     except FieldProblem as problem:
         raise RoomError(problem.code, f"args.{name}: {problem.message}") from None
+
+
+_USER_OPS = frozenset({AdminOp.USER_UPSERT, AdminOp.USER_GET, AdminOp.USER_LINK_KEY, AdminOp.USER_UNLINK_KEY,
+                       AdminOp.USER_MOVE_KEY, AdminOp.USER_LINK_IDENTITY, AdminOp.USER_UNLINK_IDENTITY,
+                       AdminOp.USERS, AdminOp.USER_AUDIT})
 
 
 class Admin:
@@ -58,11 +77,18 @@ class Admin:
     """
 
     def __init__(self, service_key: str | None, operations: Operations, stats: Callable[[], dict[str, int]],
-                 *, on_refused: Callable[[], None] | None = None) -> None:
+                 *, on_refused: Callable[[], None] | None = None, limits: Limits = CLIENT_LIMITS) -> None:
         self._key = service_key.encode() if service_key else None
+        self._limits = limits
+        """What a user's ``meta`` may be (``max_meta_bytes``, as for room meta)."""
         self._ops = operations
         self._stats = stats
         self._on_refused = on_refused
+
+    @property
+    def users(self) -> Any:
+        """The user directory the operations use (the gateway's too)."""
+        return self._ops.users
 
     @property
     def enabled(self) -> bool:
@@ -115,6 +141,8 @@ class Admin:
             return dump_record(ops.rooms(_page_arg(args, "cursor", CURSOR), limit))
         if op is AdminOp.STATS:
             return self._stats()
+        if op in _USER_OPS:
+            return dump_record(await self._user_op(op, args))
         if op is AdminOp.REVOKE:
             until = _arg(args, "exp", int)
             jti, user = _arg(args, "jti", str, required=False), _arg(args, "user", str, required=False)
@@ -137,11 +165,53 @@ class Admin:
         return None
 
 
+    async def _user_op(self, op: AdminOp, args: dict[str, Any]) -> Any:
+        ops = self._ops
+
+        def arg(name: str, spec: Spec, *, required: bool = True) -> Any:
+            return _page_arg(args, name, spec, self._limits, required=required)
+
+        def flag(name: str) -> bool:
+            return bool(arg(name, Bool(), required=False))
+
+        if op is AdminOp.USERS:
+            return await ops.users_page(arg("cursor", USER_ID, required=False), arg("limit", PAGE_LIMIT, required=False) or 50)
+        if op is AdminOp.USER_GET:
+            provider, subject = arg("provider", PROVIDER, required=False), arg("subject", SUBJECT, required=False)
+            if (provider is None) != (subject is None):
+                raise RoomError(ErrorCode.MISSING_FIELD, "args.provider and args.subject go together")
+            return await ops.user_get(user_id=arg("id", USER_ID, required=False), key=arg("key", PUBLIC_KEY, required=False),
+                                      identity=None if provider is None else (provider, subject))
+        if op is AdminOp.USER_UPSERT:
+            fields = {name: arg(name, spec, required=False) for name, spec in (("name", DISPLAY_NAME), ("meta", USER_META))
+                      if name in args}
+            return await ops.user_upsert(arg("provider", PROVIDER), arg("subject", SUBJECT),
+                                         user_id=arg("id", USER_ID, required=False), fields=fields)
+        if op is AdminOp.USER_MOVE_KEY:
+            merge = args.get("merge") is None or flag("merge")
+            return await ops.user_move_key(arg("key", PUBLIC_KEY), arg("to", USER_ID), merge=merge,
+                                           allow_empty=flag("allow_empty"))
+        user_id = arg("id", USER_ID)
+        if op is AdminOp.USER_AUDIT:
+            return await ops.user_audit(user_id, arg("cursor", Str(1, 16), required=False),
+                                        arg("limit", PAGE_LIMIT, required=False) or 50)
+        if op is AdminOp.USER_LINK_KEY:
+            return await ops.user_link_key(user_id, arg("key", PUBLIC_KEY))
+        if op is AdminOp.USER_UNLINK_KEY:
+            return await ops.user_unlink_key(user_id, arg("key", PUBLIC_KEY), allow_empty=flag("allow_empty"))
+        provider, subject = arg("provider", PROVIDER), arg("subject", SUBJECT)
+        if op is AdminOp.USER_LINK_IDENTITY:
+            return await ops.user_link_identity(user_id, provider, subject)
+        return await ops.user_unlink_identity(user_id, provider, subject, allow_empty=flag("allow_empty"))
+
+
 def _log_action(op: AdminOp, args: Any, outcome: str, **context: str) -> None:
     """The one line per admin request: op, outcome, the string args that name what it acted on
     (``room``, ``user``, ``jti``), and ``context`` (e.g. ``remote``); never the key."""
     args = args if isinstance(args, dict) else {}
     extra: dict[str, Any] = {"op": op.value, "outcome": outcome, **context}
     extra |= {name: args[name] for name in ("room", "user", "jti") if isinstance(args.get(name), str)}
+    if isinstance(args.get("id"), str) and op.value.startswith("user"):
+        extra["user"] = args["id"]
     level = logging.WARNING if outcome in ("unauthorized", "unsupported") else logging.INFO
     log.log(level, "admin action", extra=extra)

@@ -31,6 +31,7 @@ from .state import RoomState
 from .store import Store, StoreError
 from .store.memory import MemoryStore
 from .supervisor import Supervisor
+from .users import Directory
 
 __all__ = ["Engine"]
 
@@ -58,6 +59,8 @@ class Engine:
         self.config = config or Config()
         self.store: Store = store or MemoryStore()
         self.revocations = Revocations(self.store, self.config.wall_clock)
+        self.users = Directory(self.store, self.config.wall_clock)
+        """The user directory (PROTOCOL.md §15); ``engine.ops`` has its service operations."""
         self._router: Router | None = None
         self._gateway: Gateway | None = None
         self._operations: Operations | None = None
@@ -129,15 +132,20 @@ class Engine:
             async with trio.open_nursery(strict_exception_groups=True) as store_nursery:
                 await store_nursery.start(self.store.run)
                 await self.revocations.load()
+                await store_nursery.start(self.users.run)
                 async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
                     self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone,
                                                   stats=self.metrics.rooms)
                     self._router = Router(config, self._supervisor)
-                    operations = Operations(self._router, self.revocations)
+                    operations = Operations(self._router, self.revocations, self.users)
                     admin = Admin(config.service_key, operations, self.statistics,
-                                  on_refused=self._service_auth_refused)
+                                  on_refused=self._service_auth_refused, limits=config.limits)
                     self._gateway = Gateway(config, self._router, self.revocations, admin,
-                                            exposition=self.metrics_exposition, routes=self.http_routes)
+                                            exposition=self.metrics_exposition, routes=self.http_routes,
+                                            users=self.users)
+                    gateway = self._gateway
+                    operations.close_sessions = lambda user: gateway.close_user(
+                        user, CloseCode.USER_MERGED, "merged into another user")
                     async with trio.open_nursery(strict_exception_groups=True) as gateway_nursery:
                         await gateway_nursery.start(self._gateway.run, listener)
                         host, port = listener.getsockname()[:2]

@@ -41,6 +41,7 @@ import logging
 import math
 import random
 import ssl
+import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -48,6 +49,7 @@ from typing import Any, NamedTuple, cast
 
 import trio
 import trio_websocket
+from nacl.signing import SigningKey
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from roost.protocol.codec import SERVER_LIMITS, Sender, decode, encode, load_record
@@ -57,6 +59,7 @@ from roost.protocol.frames import (
     PROTOCOL_VERSION,
     AdminOp,
     AdminRequest,
+    AuditPage,
     ChatAck,
     ChatDelete,
     ChatEdit,
@@ -95,9 +98,12 @@ from roost.protocol.frames import (
     Status,
     Sync,
     Typing,
+    User,
+    UsersPage,
     Welcome,
 )
 from roost.protocol.schema import Limits, WireRecord
+from roost.protocol.tokens import sign_guest_proof
 
 __all__ = [
     "Client",
@@ -356,7 +362,10 @@ _RESULT_RECORDS: dict[type[ClientFrame], type[WireRecord]] = {
     History: HistoryPage,
     Resume: ResumeResult,
 }
-_ADMIN_RECORDS: dict[AdminOp, type[WireRecord]] = {AdminOp.ROOMS: LobbyPage, AdminOp.ROOM: RoomSnapshot}
+_ADMIN_RECORDS: dict[AdminOp, type[WireRecord]] = {
+    AdminOp.ROOMS: LobbyPage, AdminOp.ROOM: RoomSnapshot, AdminOp.USERS: UsersPage, AdminOp.USER_AUDIT: AuditPage,
+    **{op: User for op in AdminOp if op.value.startswith("user_") and op is not AdminOp.USER_AUDIT},
+}
 
 
 _WELCOME_LIMITS = {
@@ -414,8 +423,10 @@ class Client:
     def __init__(
         self,
         url: str,
-        token: str | TokenSource,
+        token: str | TokenSource | None,
         *,
+        guest_key: SigningKey | None = None,
+        guest_name: str | None = None,
         heartbeat_ms: int,
         reconnect: bool,
         agent: str | None,
@@ -441,7 +452,11 @@ class Client:
         self._port = parts.port or (443 if self._secure else 80)
         self._host_header = self._host if parts.port is None else f"{self._host}:{self._port}"
         self._resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if (token is None) == (guest_key is None):
+            raise ValueError("give a token or a guest_key (PROTOCOL.md §9.3), exactly one")
         self._token = token
+        self._guest_key = guest_key
+        self._guest_name = guest_name
         self._heartbeat_ms = heartbeat_ms
         self._reconnect = reconnect
         self._agent = agent
@@ -676,7 +691,8 @@ class Client:
 
     async def admin(self, key: str, op: AdminOp | str, args: dict[str, Any] | None = None) -> Any:
         """Run an operator request with the service credential ``key``; the result depends on ``op``
-        (``LobbyPage`` for ``rooms``, ``RoomSnapshot`` for ``room``, a map or ``None`` otherwise)."""
+        (``LobbyPage`` for ``rooms``, ``RoomSnapshot`` for ``room``, ``User`` for ``user_*``,
+        ``UsersPage`` for ``users``, ``AuditPage`` for ``user_audit``, a map or ``None`` otherwise)."""
         return await self._call(AdminRequest(id=0, key=key, op=AdminOp(op), args=args))
 
     async def refresh(self, token: str) -> None:
@@ -969,9 +985,15 @@ class Client:
                         max_message_size=self._limits.max_frame_bytes,
                         receive_buffer_size=None,
                     )
-                    token = self._token if isinstance(self._token, str) else await self._token()
+                    token, guest = None, None
+                    if self._guest_key is not None:  # a fresh proof per attempt: each is single use
+                        guest = sign_guest_proof(self._guest_key, aud=self._host_header, now=time.time(),
+                                                 name=self._guest_name)
+                    elif self._token is not None:
+                        token = self._token if isinstance(self._token, str) else await self._token()
                     hello = Hello(
-                        v=PROTOCOL_VERSION, token=token, hb=self._heartbeat_ms, session=self._session, agent=self._agent
+                        v=PROTOCOL_VERSION, token=token, hb=self._heartbeat_ms, session=self._session, agent=self._agent,
+                        guest=guest,
                     )
                     await ws.send_message(encode(hello))
                     welcome = await self._receive_welcome(ws)
@@ -1145,8 +1167,10 @@ def _frame_from_map(raw: Mapping[str, Any]) -> ClientFrame:
 @contextlib.asynccontextmanager
 async def open_client(
     url: str,
-    token: str | TokenSource,
+    token: str | TokenSource | None = None,
     *,
+    guest_key: SigningKey | None = None,
+    guest_name: str | None = None,
     heartbeat_ms: int = 10_000,
     reconnect: bool = True,
     agent: str | None = None,
@@ -1166,6 +1190,10 @@ async def open_client(
             (for the upgrade request).
         token: the user token, sent in ``hello`` (not in the URL, where proxies log it), or an async
             callable returning a fresh one for each connection attempt.
+        guest_key: instead of a token, the device's own Ed25519 key: each attempt sends a fresh
+            guest proof for the URL's host (PROTOCOL.md §9.3), where the server allows guests.
+            Keep the key: it is the device's identity (the same key signs in as the same user).
+        guest_name: the display name a new guest user gets.
         heartbeat_ms: the interval announced in ``hello``; the client pings after that long
             without sending anything (at the server's ``welcome.hb`` if that is shorter).
         reconnect: reconnect after a close whose code allows it (``may_reconnect``) or a drop.
@@ -1192,6 +1220,8 @@ async def open_client(
     client = Client(
         url,
         token,
+        guest_key=guest_key,
+        guest_name=guest_name,
         heartbeat_ms=heartbeat_ms,
         reconnect=reconnect,
         agent=agent,
@@ -1223,7 +1253,8 @@ async def open_client(
         raise handshake_error
 
 
-async def start_client(nursery: trio.Nursery, url: str, token: str | TokenSource, **options: Any) -> Client:
+async def start_client(nursery: trio.Nursery, url: str, token: str | TokenSource | None = None,
+                       **options: Any) -> Client:
     """Open a client that lives in a task of ``nursery`` and return it once it is welcomed.
 
     A client holds a nursery of its own, which must be entered and left by one task; running it in a

@@ -56,6 +56,18 @@ class Config:
     """Clock skew tolerated when checking a token's ``iat`` and ``exp``, in seconds."""
     wall_clock: Callable[[], float] = time.time
     """Wall-clock time in Unix seconds: token times and user-visible timestamps (tests inject their own)."""
+    guests: bool = False
+    """Guest play: a client without a backend token signs in with a device key proof (PROTOCOL.md §9.3); on with ``--dev``."""
+    guest_audience: str | None = None
+    """The ``aud`` a guest proof must carry; unset: the ``Host`` header of the connection's upgrade request."""
+    guest_ttl: float = 86_400.0
+    """How long a guest's connection lasts (its ``welcome.exp``); it then reconnects with a fresh proof."""
+    guest_rate: float = 10.0
+    """New guest users one address may create per minute (sustained; a known device key is not a creation)."""
+    guest_burst: int = 5
+    """New guest users one address may create at once above ``guest_rate``."""
+    guest_proofs: int = 100_000
+    """Unexpired guest proofs remembered (single use); when full, guest sign-ins wait (1013) rather than forget one."""
 
     # -- connections --
     auth_timeout: float = 5.0
@@ -266,7 +278,7 @@ POSITIVE = frozenset({
     "max_rooms_per_connection", "max_sessions_per_user", "outbox_max_frames", "outbox_max_bytes",
     "default_max_members", "room_inbox_size", "replay_events", "history_limit", "page_default",
     "restart_period", "room_ttl", "solo_room_ttl", "max_meta_bytes", "max_presence_bytes",
-    "max_chat_meta_bytes", "max_state_bytes", "max_http_body_bytes",
+    "max_chat_meta_bytes", "max_state_bytes", "max_http_body_bytes", "guest_ttl", "guest_burst", "guest_proofs",
 })
 """Numeric settings for which 0 makes no sense; every other number must merely not be negative."""
 

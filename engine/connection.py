@@ -52,7 +52,15 @@ from roost.protocol.frames import (
 from roost.protocol.frames import (
     Ping as PingFrame,
 )
-from roost.protocol.tokens import Claims, SessionClaims, TokenError, unverified_kid, verify
+from roost.protocol.tokens import (
+    GUEST_PREFIX,
+    Claims,
+    SessionClaims,
+    TokenError,
+    TokenMalformed,
+    unverified_kid,
+    verify,
+)
 
 from .codes import normalize_code
 from .errors import RoomError
@@ -84,6 +92,12 @@ _NO_MESSAGES: Iterator[bytes | str] = iter(())
 
 Step = Awaitable[None]
 """What :meth:`Connection.feed` returns when the connection must await before reading on."""
+
+
+class _ReservedSub(TokenMalformed):
+    """A user token whose ``sub`` starts with the guest prefix (``~``): refused like a malformed one."""
+
+    reason = "reserved_sub"
 
 
 class Phase(enum.Enum):
@@ -138,6 +152,8 @@ class Connection(Peer):
         """Reader-driven only: None while read; while a step is awaited in its own task, that task's
         scope (cancelled when the connection must end meanwhile); False once it is winding down."""
         self._query_token: str | None = None
+        self._host: str | None = None
+        """The upgrade's ``Host`` header: the audience of guest proofs unless ``guest_audience`` is set."""
         self._http: RequestReader | None = None
         """While a plain HTTP request is being read (None once it is complete)."""
         now = trio.current_time()
@@ -405,6 +421,7 @@ class Connection(Peer):
         query = urllib.parse.urlsplit(request.target).query
         tokens = urllib.parse.parse_qs(query).get("token")
         self._query_token = tokens[0] if tokens else None
+        self._host = request.host
         self.phase = Phase.AWAIT_HELLO
         return None
 
@@ -458,6 +475,8 @@ class Connection(Peer):
                 self.gateway.auth_failures["bad_hello"] += 1
                 self.close(CloseCode.BAD_FRAME, "first frame must be hello")
                 return None
+            if frame.guest is not None and frame.v == PROTOCOL_VERSION and self._query_token is None:
+                return self._guest_sign_in(frame)  # a directory write: awaited, the connection parked
             self._authenticate(frame)
             return None
         if self.phase is not Phase.OPEN:
@@ -478,6 +497,11 @@ class Connection(Peer):
             self._refuse(frame, error)
             return None
         return None if step is None else self._awaited(frame, step)
+
+    async def _guest_sign_in(self, hello: Hello) -> None:
+        claims = await self.gateway.guests.sign_in(self, hello, self._host)
+        if claims is not None and self.phase is Phase.AWAIT_HELLO:  # the deadline may have passed
+            self._authenticate(hello, claims)
 
     async def _awaited(self, frame: ClientFrame, step: Step) -> None:
         try:
@@ -550,27 +574,35 @@ class Connection(Peer):
             self.close(CloseCode.RATE_LIMITED, "rate limited")
         return False
 
-    def _authenticate(self, hello: Hello) -> None:
+    def _authenticate(self, hello: Hello, guest: Claims | None = None) -> None:
+        """Open the session of a good ``hello``: its user token's claims, or ``guest``'s (claims the
+        guest sign-in made, engine/guests.py, once its proof was checked)."""
         gateway, config = self.gateway, self.config
         if hello.v != PROTOCOL_VERSION:
             gateway.auth_failures["version"] += 1
             self.close(CloseCode.UNSUPPORTED_VERSION, f"protocol version {PROTOCOL_VERSION} only")
             return
-        token = hello.token or self._query_token
-        if token is None:
-            gateway.auth_failures["missing"] += 1
-            log.info("auth failed", extra={"remote": self.remote, "reason": "missing", "kid": None})
-            self.close(CloseCode.BAD_TOKEN, "missing token")
-            return
         now = config.wall_clock()
-        try:
-            claims = verify(token, config.keyring, now, leeway=config.token_leeway)
-        except TokenError as error:
-            gateway.stats["auth_failures"] += 1
-            gateway.auth_failures[error.reason] += 1
-            log.info("auth failed", extra={"remote": self.remote, "reason": error.reason, "kid": unverified_kid(token)})
-            self.close(error.close_code or CloseCode.BAD_TOKEN, error.reason)
-            return
+        if guest is not None:
+            claims = guest
+        else:
+            token = hello.token or self._query_token
+            if token is None:
+                gateway.auth_failures["missing"] += 1
+                log.info("auth failed", extra={"remote": self.remote, "reason": "missing", "kid": None})
+                self.close(CloseCode.BAD_TOKEN, "missing token")
+                return
+            try:
+                claims = verify(token, config.keyring, now, leeway=config.token_leeway)
+                if claims.sub.startswith(GUEST_PREFIX):  # ids Roost makes (guests): no backend may claim one
+                    raise _ReservedSub(f"a sub starting with {GUEST_PREFIX!r} is reserved for guests")
+            except TokenError as error:
+                gateway.stats["auth_failures"] += 1
+                gateway.auth_failures[error.reason] += 1
+                log.info("auth failed", extra={"remote": self.remote, "reason": error.reason, "kid": unverified_kid(token)})
+                self.close(error.close_code or CloseCode.BAD_TOKEN, error.reason)
+                return
+            gateway.users.note_seen(claims.sub, claims.name)
         if gateway.revocations.is_revoked(claims):
             gateway.stats["auth_failures"] += 1
             gateway.auth_failures["revoked"] += 1

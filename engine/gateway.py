@@ -23,11 +23,13 @@ from roost.protocol.tokens import SessionSigner
 
 from .config import Config
 from .connection import Connection, Phase
+from .guests import Guests
 from .http import Availability, Exposition, HttpService, Routes
 from .outbox import SocketTransport, StreamTransport, Transport
 from .reader import Reader, available
 from .revocations import Revocations
 from .router import Router
+from .users import Directory
 from .websocket import WsState
 
 if TYPE_CHECKING:
@@ -84,8 +86,12 @@ class Gateway:
     """Drive socket connections from one reader task (tests set it False to run the other driver)."""
 
     def __init__(self, config: Config, router: Router, revocations: Revocations, admin: Admin,
-                 *, exposition: Exposition | None = None, routes: Routes | None = None) -> None:
+                 *, exposition: Exposition | None = None, routes: Routes | None = None,
+                 users: Directory | None = None) -> None:
         self.config = config
+        self.users = users if users is not None else admin.users
+        """The user directory: backend ``sub``s are recorded on first sight, guests signed in by key."""
+        self.guests = Guests(config, self.users)
         self.router = router
         self.revocations = revocations
         self.admin = admin
@@ -275,6 +281,11 @@ class Gateway:
         for connection in list(self.by_sid.values()):
             if connection.claims is not None and self.revocations.is_revoked(connection.claims):
                 connection.close(CloseCode.TOKEN_REVOKED, "revoked")
+
+    def close_user(self, user: str, code: CloseCode, reason: str) -> None:
+        """Close every live session of ``user`` (a merged guest: 4006)."""
+        for connection in list(self.by_user.get(user, ())):
+            connection.close(code, reason)
 
     def close_all(self, code: CloseCode, reason: str) -> None:
         """Start closing every connection (graceful shutdown)."""

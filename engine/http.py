@@ -98,8 +98,9 @@ STATUS_OF: dict[ErrorCode, int] = {
 }
 """The HTTP status of each error code of the service API (PROTOCOL.md §11.2): the one table."""
 
+_READ_ONLY = frozenset({AdminOp.ROOMS, AdminOp.ROOM, AdminOp.STATS, AdminOp.USER_GET, AdminOp.USERS, AdminOp.USER_AUDIT})
 _OP_METHODS: dict[AdminOp, tuple[str, ...]] = {
-    op: ("GET", "HEAD", "POST") if op in (AdminOp.ROOMS, AdminOp.ROOM, AdminOp.STATS) else ("POST",)
+    op: ("GET", "HEAD", "POST") if op in _READ_ONLY else ("POST",)
     for op in AdminOp
 }
 """Read-only operations also answer GET (arguments in the query string), for curl and browsers."""

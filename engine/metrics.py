@@ -116,7 +116,8 @@ FAMILIES: dict[str, Family] = {
     "roost_handshakes": Family("counter", "How did handshakes end: ok (welcome sent), refused (HTTP 503, too many "
                                "pending) or failed (no session, see roost_auth_failures_total)?", "outcome"),
     "roost_auth_failures": Family("counter", "Why were connections refused a session (a token reason word, revoked, "
-                                  "missing, timeout, bad_hello, version, too_many_sessions)?", "reason"),
+                                  "missing, timeout, bad_hello, version, too_many_sessions, reserved_sub, or guest_ and a guest "
+                                  "proof's reason word)?", "reason"),
     "roost_rate_limited": Family("counter", "How many frames were refused for going over the rate?"),
     "roost_slow_consumers": Family("counter", "How many connections were closed for not reading (4000)?"),
     # requests

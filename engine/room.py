@@ -1009,6 +1009,49 @@ class RoomActor:
         # After the removal: a logic hook that refuses (or crashes) the kick leaves no cool-down.
         self.runtime.bar(user, trio.current_time() + self.config.kick_cooldown)
 
+    def merge_member(self, old: str, new: str, name: str) -> bool:
+        """User ``old`` was merged into ``new`` by the directory (PROTOCOL.md §15): its seat here
+        becomes ``new``'s. Returns whether ``old`` was a member.
+
+        What moves: the seat (in ``old``'s place in join order, or folded into ``new``'s when ``new``
+        is a member already), hosting, and the read cursor (the further of the two). Messages keep
+        their author id ``old`` (the directory maps it). ``old``'s sessions are detached (the
+        gateway closes them with 4006); a seat taken over shows ``new`` offline, in its reconnect
+        grace, until one of ``new``'s sessions joins. Members get one ``presence`` diff: ``leave:
+        [old]`` and ``new`` in ``join`` (or ``update``), ``reason: "merged"``. Room logic is not told.
+        """
+        state = self.state
+        presence = state.presence
+        entry = presence.members.get(old)
+        if entry is None or old == new:
+            return False
+        for peer in [p for p in self.runtime.peers.values() if p.user == old]:
+            self._detach(peer)
+        if new in presence:
+            presence.remove(old)
+            joined, updated = (), (new,)
+        else:
+            entry.user, entry.name = new, name or entry.name
+            entry.sessions, entry.typing_until = {}, None
+            entry.grace_until = trio.current_time() + self.config.reconnect_grace
+            presence.members = {(new if user == old else user): e for user, e in presence.members.items()}
+            self._arm(entry.grace_until, "grace", new)
+            joined, updated = (new,), ()
+        state.touch_member(old)
+        state.touch_member(new)
+        read = state.chat.read
+        if old in read:
+            read[new] = max(read.pop(old), read.get(new, 0))
+            state.touch_read(old)
+            state.touch_read(new)
+        self._info_dirty = True
+        self._diff(join=joined, update=updated, leave=[old], reason="merged")
+        if state.host == old:
+            state.host = new
+            state.touch("host")
+            self.emit(HostChanged, user=new)
+        return True
+
     def read_snapshot(self) -> RoomSnapshot:
         """The room as an operator sees it."""
         return self._snapshot(None)

@@ -121,6 +121,7 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
             claims = new_claims(sub="dev", name="Developer", kid=kid, now=time.time(), ttl=DEV_TOKEN_TTL)
             dev_token = sign(claims, signing_key)
             dev_site = DevSite(kid, signing_key)
+            config = config.replace(guests=True)
             config = config.replace(logics={TICTACTOE: TicTacToe, **config.logics})
             if config.service_key is None:
                 dev_service_key = _service_key(data / SERVICE_KEY_NAME)

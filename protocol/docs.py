@@ -16,15 +16,21 @@ from typing import Any
 from .frames import (
     CLIENT_FRAMES,
     SERVER_FRAMES,
+    AuditEntry,
+    AuditPage,
     ChatAck,
     ChatMessage,
     HistoryPage,
+    Identity,
+    LinkedKey,
     LobbyPage,
     Member,
     MembersPage,
     ResumeResult,
     RoomInfo,
     RoomSnapshot,
+    User,
+    UsersPage,
 )
 from .schema import WireRecord
 
@@ -43,6 +49,12 @@ RECORDS: tuple[type[WireRecord], ...] = (
     ChatAck,
     HistoryPage,
     ResumeResult,
+    User,
+    Identity,
+    LinkedKey,
+    UsersPage,
+    AuditEntry,
+    AuditPage,
 )
 
 

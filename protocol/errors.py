@@ -116,6 +116,9 @@ class CloseCode(enum.IntEnum):
     """No ``hello`` arrived before the authentication deadline."""
     ROOM_RESTARTED = 4005
     """Reserved for transports that cannot resync in band; reconnect and resume."""
+    USER_MERGED = 4006
+    """The user this session signed in as was merged into another (its device key moved to an
+    account): reconnect, and the same key signs in as that account (PROTOCOL.md §15)."""
 
     # -- 4500–4999: terminal, do not reconnect automatically --
     BAD_TOKEN = 4500

@@ -81,6 +81,12 @@ __all__ = [
     "Sync",
     "Typing",
     "Welcome",
+    "AuditEntry",
+    "AuditPage",
+    "Identity",
+    "LinkedKey",
+    "User",
+    "UsersPage",
 ]
 
 PROTOCOL_VERSION = 1
@@ -138,6 +144,26 @@ class AdminOp(enum.StrEnum):
     """Broadcast a ``message`` event into a room as the server: args ``room``, ``kind``, ``body``."""
     STATS = "stats"
     """Engine counters (a map of integers): connections, sessions, rooms, event counts (PROTOCOL.md §10)."""
+    USER_UPSERT = "user_upsert"
+    """Create or patch the user with identity ``provider``/``subject``: args ``id`` (on create only),
+    ``name``, ``meta`` (each only when given; ``null`` clears it). Result: the ``User``."""
+    USER_GET = "user_get"
+    """Read one user by exactly one of ``id``, ``provider`` + ``subject``, ``key``. Result: the ``User``."""
+    USER_LINK_KEY = "user_link_key"
+    """Link public ``key`` to user ``id`` (``conflict`` if another user holds it). Result: the ``User``."""
+    USER_UNLINK_KEY = "user_unlink_key"
+    """Unlink ``key`` from user ``id``; ``allow_empty`` to leave it with no way in. Result: the ``User``."""
+    USER_MOVE_KEY = "user_move_key"
+    """Move ``key`` to user ``to`` from whoever holds it, audited; ``merge`` (default true) merges a
+    source left with no way in into ``to`` (rooms carry over, §15). Result: the target ``User``."""
+    USER_LINK_IDENTITY = "user_link_identity"
+    """Link ``provider``/``subject`` to user ``id`` (``conflict`` if another user holds it). Result: the ``User``."""
+    USER_UNLINK_IDENTITY = "user_unlink_identity"
+    """Unlink ``provider``/``subject`` from user ``id``; ``allow_empty`` as for keys. Result: the ``User``."""
+    USERS = "users"
+    """Page through every user by id: args ``cursor``, ``limit``. Result: a ``UsersPage``."""
+    USER_AUDIT = "user_audit"
+    """Page through user ``id``'s audit trail, newest last: args ``cursor``, ``limit``. Result: an ``AuditPage``."""
 
 
 # -- shared field specs ------------------------------------------------------------------------
@@ -169,6 +195,18 @@ MEMBER_PAGE = 100
 MAX_DIFF = 1000
 HISTORY_PAGE = 100
 LOBBY_PAGE = 100
+PROVIDER = Str(1, 32, r"[a-z0-9_.\-]+")
+SUBJECT = Str(1, 256)
+PUBLIC_KEY = Str(43, 43, _ID_CHARS)
+"""An Ed25519 public key: 32 bytes in base64url without padding."""
+USER_META = Opaque(map_only=True, max_bytes="max_meta_bytes")
+USER_IDENTITIES = 16
+"""Identities one user may have linked at once."""
+USER_KEYS = 32
+"""Public keys one user may have linked at once."""
+USER_MERGES = 64
+"""Users merged into one that its record lists (the most recent; the audit trail has every one)."""
+USERS_PAGE = 100
 
 
 _T = TypeVar("_T")
@@ -328,6 +366,74 @@ class ResumeResult(WireRecord):
     resync: bool = spec_field(Bool(), default=False)
 
 
+@_frame
+class Identity(WireRecord):
+    """A sign-in identity of a user: ``subject`` at auth ``provider`` (unique across users)."""
+
+    provider: str = spec_field(PROVIDER)
+    subject: str = spec_field(SUBJECT)
+    linked_at: int = spec_field(TIME_MS)
+
+
+@_frame
+class LinkedKey(WireRecord):
+    """An Ed25519 public key linked to a user (unique across users): a device that signs in with it."""
+
+    key: str = spec_field(PUBLIC_KEY)
+    linked_at: int = spec_field(TIME_MS)
+
+
+@_frame
+class User(WireRecord):
+    """A user of the directory (service API only). ``id`` is the token ``sub``; guest ids start with ``~``.
+
+    ``merged_into`` is set on a user that was merged into another (its rooms moved there; its
+    messages keep its id); ``merged_from`` lists the most recent users merged into this one.
+    """
+
+    id: str = spec_field(USER_ID)
+    name: str = spec_field(DISPLAY_NAME, default="")
+    meta: dict[str, Any] | None = spec_field(USER_META, default=None)
+    identities: tuple[Identity, ...] = spec_field(ListOf(Record(Identity), USER_IDENTITIES), default=())
+    keys: tuple[LinkedKey, ...] = spec_field(ListOf(Record(LinkedKey), USER_KEYS), default=())
+    guest: bool = spec_field(Bool(), default=False)
+    merged_into: str | None = spec_field(USER_ID, default=None)
+    merged_from: tuple[str, ...] = spec_field(ListOf(USER_ID, USER_MERGES), default=())
+    created: int = spec_field(TIME_MS)
+    updated: int = spec_field(TIME_MS)
+
+
+@_frame
+class UsersPage(WireRecord):
+    """Result of the admin ``users`` operation: users in id order; ``next`` null at the end."""
+
+    users: tuple[User, ...] = spec_field(ListOf(Record(User), USERS_PAGE))
+    next: str | None = spec_field(CURSOR, default=None)
+
+
+@_frame
+class AuditEntry(WireRecord):
+    """One change to a user's links: ``action`` is ``created``, ``seen``, ``key_linked``,
+    ``key_unlinked``, ``key_moved_in``, ``key_moved_out``, ``identity_linked``, ``identity_unlinked``,
+    ``merged_into`` or ``merged_from``; ``other`` is the other user of a move or merge."""
+
+    n: int = spec_field(SEQ)
+    ts: int = spec_field(TIME_MS)
+    action: str = spec_field(KIND)
+    key: str | None = spec_field(PUBLIC_KEY, default=None)
+    provider: str | None = spec_field(PROVIDER, default=None)
+    subject: str | None = spec_field(SUBJECT, default=None)
+    other: str | None = spec_field(USER_ID, default=None)
+
+
+@_frame
+class AuditPage(WireRecord):
+    """Result of ``user_audit``: entries oldest first; ``next`` (the last ``n``) null at the end."""
+
+    entries: tuple[AuditEntry, ...] = spec_field(ListOf(Record(AuditEntry), USERS_PAGE))
+    next: str | None = spec_field(CURSOR, default=None)
+
+
 # -- client → server ---------------------------------------------------------------------------
 
 
@@ -337,7 +443,8 @@ class Hello(ClientFrame):
 
     ``hb`` is the heartbeat interval (ms) the client promises; the server expires a session that
     stays silent for about 2.5 intervals. ``session`` is a session token from an earlier
-    ``welcome``, to take that session over (reconnect) instead of starting a new one.
+    ``welcome``, to take that session over (reconnect) instead of starting a new one. ``guest`` is a
+    guest proof (PROTOCOL.md §9.3) instead of a token, where the server allows guests.
     """
 
     TYPE: ClassVar[str] = "hello"
@@ -346,6 +453,12 @@ class Hello(ClientFrame):
     hb: int | None = spec_field(Int(1000, 300_000), default=None)
     session: str | None = spec_field(Str(1, 512), default=None)
     agent: str | None = spec_field(Str(0, 128), default=None)
+    guest: str | None = spec_field(TOKEN, default=None)
+
+    def check(self) -> str | None:
+        if self.token is not None and self.guest is not None:
+            return "give a token or a guest proof, not both"
+        return None
 
 
 @_frame

@@ -16,6 +16,12 @@ It can verify but never mint user tokens. Verification takes the current time as
 is pure and testable: :func:`verify` checks the key, then the signature, then the claims, then the
 time, and raises a distinct :class:`TokenError` subclass for each failure.
 
+**Guest proofs** (PROTOCOL.md §9.3) let a client with no backend sign in with its own Ed25519 key:
+the same compact form, header ``{"alg": "EdDSA", "typ": "roost-guest"}``, claims ``key`` (the public
+key, base64url), ``aud``, ``iat``, ``exp``, ``jti`` and optionally ``name``, signed by the key the claims
+name. :func:`verify_guest_proof` checks shape, signature, audience, lifetime and time;
+:class:`SeenProofs` is the single-use ``jti`` memory the server keeps (pure: time is a parameter).
+
 **Session tokens** identify one session of a connected user so a reconnect can take it over. The
 server alone mints and checks them, so a keyed MAC (1–3 µs) is used instead of a signature (~73 µs).
 """
@@ -26,6 +32,7 @@ import base64
 import binascii
 import dataclasses
 import hashlib
+import heapq
 import hmac
 import json
 import secrets
@@ -41,8 +48,14 @@ __all__ = [
     "DEFAULT_LEEWAY",
     "MAX_KID_CHARS",
     "MAX_TOKEN_CHARS",
+    "GUEST_PREFIX",
+    "MAX_GUEST_PROOF_TTL",
     "BadSignature",
     "Claims",
+    "GuestProof",
+    "ProofReplayed",
+    "SeenProofs",
+    "WrongAudience",
     "Keyring",
     "SessionClaims",
     "SessionSigner",
@@ -58,8 +71,10 @@ __all__ = [
     "private_jwk",
     "public_jwk",
     "sign",
+    "sign_guest_proof",
     "unverified_kid",
     "verify",
+    "verify_guest_proof",
 ]
 
 MAX_TOKEN_CHARS = 4096
@@ -395,6 +410,140 @@ def verify(token: object, keyring: Keyring, now: float, *, leeway: float = DEFAU
     if not_before > now + leeway:
         raise TokenNotYetValid("token is not valid yet")
     return claims
+
+
+# -- guest proofs --------------------------------------------------------------------------------
+
+GUEST_PREFIX = "~"
+"""First character of every user id Roost makes (guests: ``~g`` + 22 base64url characters). The
+server refuses user tokens whose ``sub`` starts with it, so no backend id can ever name a guest."""
+MAX_GUEST_PROOF_TTL = 300
+"""Longest lifetime (``exp - iat``, seconds) of a guest proof: the server remembers each ``jti`` until
+its proof expires, so the lifetime bounds that memory."""
+_GUEST_TYP = "roost-guest"
+
+
+class WrongAudience(TokenError):
+    """A guest proof made for another server (its ``aud`` is not this server's audience)."""
+
+    reason = "wrong_audience"
+
+
+class ProofReplayed(TokenError):
+    """A guest proof whose ``jti`` was used before (a captured proof presented again)."""
+
+    reason = "replayed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GuestProof:
+    """The verified content of a guest proof. ``key`` is the signer's public key (base64url)."""
+
+    key: str
+    aud: str
+    iat: int
+    exp: int
+    jti: str
+    name: str | None = None
+
+
+def sign_guest_proof(key: SigningKey, *, aud: str, now: float, ttl: int = 60, jti: str | None = None,
+                     name: str | None = None) -> str:
+    """A guest proof for server audience ``aud``, valid ``ttl`` seconds from ``now``, with a random ``jti``."""
+    header = {"alg": _HEADER_ALG, "typ": _GUEST_TYP}
+    body: dict[str, Any] = {"key": _b64encode(bytes(key.verify_key)), "aud": aud, "iat": int(now),
+                            "exp": int(now) + ttl, "jti": jti or secrets.token_urlsafe(16)}
+    if name is not None:
+        body["name"] = name
+    signing_input = _b64encode(_json_bytes(header)) + "." + _b64encode(_json_bytes(body))
+    return signing_input + "." + _b64encode(key.sign(signing_input.encode("ascii")).signature)
+
+
+def verify_guest_proof(proof: object, *, audience: str, now: float, leeway: float = DEFAULT_LEEWAY) -> GuestProof:
+    """Check a guest proof: well formed, signed by the key it names, for ``audience``, of a lifetime
+    of at most :data:`MAX_GUEST_PROOF_TTL`, and valid at ``now``. Single use is the caller's
+    (:class:`SeenProofs`): it needs memory.
+
+    A user token is never a guest proof nor the reverse: the header ``typ`` differs and a user token
+    needs a ``kid`` while a proof carries its key in the claims.
+
+    Raises:
+        TokenMalformed, BadSignature, WrongAudience, TokenExpired, TokenNotYetValid.
+    """
+    header_b64, body_b64, signature_b64 = _split(proof, 3)
+    header = _json_object(_b64decode(header_b64, "header"), "header")
+    if header.get("alg") != _HEADER_ALG or header.get("typ") != _GUEST_TYP or "crit" in header:
+        raise TokenMalformed("header must be {alg: EdDSA, typ: roost-guest}")
+    body = _json_object(_b64decode(body_b64, "claims"), "claims")
+    public = _b64decode(_claim(body, "key", str), "key")
+    if len(public) != 32:
+        raise TokenMalformed("claim 'key' must be a 32-byte Ed25519 public key")
+    signature = _b64decode(signature_b64, "signature")
+    if len(signature) != 64:
+        raise TokenMalformed("signature must be 64 bytes")
+    try:
+        VerifyKey(public).verify((header_b64 + "." + body_b64).encode("ascii"), signature)
+    except BadSignatureError:
+        raise BadSignature("signature does not match") from None
+    claims = GuestProof(
+        key=body["key"], aud=_claim(body, "aud", str, max_len=256), iat=_claim(body, "iat", int),
+        exp=_claim(body, "exp", int), jti=_claim(body, "jti", str, max_len=64),
+        name=_claim(body, "name", str, required=False, max_len=64),
+    )
+    if len(claims.jti) < 16:
+        raise TokenMalformed("claim 'jti' must be 16 to 64 characters")
+    if not 0 < claims.exp - claims.iat <= MAX_GUEST_PROOF_TTL:
+        raise TokenMalformed(f"a guest proof lives at most {MAX_GUEST_PROOF_TTL} s (exp - iat)")
+    if claims.aud != audience:
+        raise WrongAudience("the proof is for another server")
+    if now > claims.exp + leeway:
+        raise TokenExpired("proof has expired")
+    if claims.iat > now + leeway:
+        raise TokenNotYetValid("proof is not valid yet")
+    return claims
+
+
+class SeenProofs:
+    """The ``jti`` of every guest proof accepted and not yet expired: a second use is refused.
+
+    Bounded by count: when full it refuses new proofs (:meth:`claim` returns False: the server
+    answers "try again later") instead of forgetting live ones, because forgetting a ``jti`` before
+    its proof expires is what would let a captured proof be replayed. Entries leave once their
+    proof is past ``exp + leeway``, popped from a heap by expiry: pruning costs the entries it
+    drops, not a walk over every live one per sign-in.
+    """
+
+    __slots__ = ("_expiry", "_heap", "_leeway", "_max")
+
+    def __init__(self, max_entries: int, *, leeway: float = DEFAULT_LEEWAY) -> None:
+        self._max = max_entries
+        self._leeway = leeway
+        self._expiry: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def claim(self, proof: GuestProof, now: float) -> bool:
+        """Record ``proof`` as used. False when the memory is full of live proofs.
+
+        Raises:
+            ProofReplayed: its ``jti`` was claimed before and has not expired.
+        """
+        self._prune(now)
+        if proof.jti in self._expiry:
+            raise ProofReplayed("this proof was used before")
+        if len(self._expiry) >= self._max:
+            return False
+        until = proof.exp + self._leeway
+        self._expiry[proof.jti] = until
+        heapq.heappush(self._heap, (until, proof.jti))
+        return True
+
+    def _prune(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] < now:
+            del self._expiry[heapq.heappop(heap)[1]]
 
 
 # -- session tokens ------------------------------------------------------------------------------

@@ -29,8 +29,10 @@ from roost.protocol.tokens import (
     private_jwk,
     public_jwk,
     sign,
+    sign_guest_proof,
     unverified_kid,
     verify,
+    verify_guest_proof,
 )
 
 NOW = 1_795_000_000.0
@@ -336,3 +338,15 @@ def test_session_secret_length_is_checked() -> None:
 )
 def test_unverified_kid_reads_the_header_or_gives_none(token: Any, kid: str | None) -> None:
     assert unverified_kid(token) == kid
+
+
+def test_a_guest_proof_with_a_short_signature_or_a_crit_header_is_malformed() -> None:
+    device = SigningKey.generate()
+    head, body, signature = sign_guest_proof(device, aud="a", now=1000).split(".")
+    short = base64.urlsafe_b64encode(bytes(63)).rstrip(b"=").decode()
+    with pytest.raises(TokenMalformed, match="64 bytes"):
+        verify_guest_proof(f"{head}.{body}.{short}", audience="a", now=1000)
+    crit = base64.urlsafe_b64encode(json.dumps({"alg": "EdDSA", "typ": "roost-guest", "crit": ["x"]}).encode())
+    with pytest.raises(TokenMalformed, match="header"):
+        verify_guest_proof(f"{crit.rstrip(b'=').decode()}.{body}.{signature}", audience="a", now=1000)
+    assert verify_guest_proof(f"{head}.{body}.{signature}", audience="a", now=1000).aud == "a"

@@ -12,7 +12,7 @@ from nacl.signing import SigningKey
 
 from roost.protocol import RemoteProtocolError, Sender, decode, encode
 from roost.protocol.frames import CLIENT_FRAMES, SERVER_FRAMES
-from roost.protocol.tokens import Keyring, SessionSigner, TokenError, kid_for, load_jwk, verify
+from roost.protocol.tokens import Keyring, SessionSigner, TokenError, kid_for, load_jwk, verify, verify_guest_proof
 from tests import vectors_gen
 
 VECTORS = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
@@ -100,3 +100,25 @@ def test_session_token_vector() -> None:
     signer = SessionSigner(bytes.fromhex(session["secret_hex"]))
     claims = signer.check(session["token"], session["claims"]["exp"])
     assert {"sub": claims.sub, "sid": claims.sid, "exp": claims.exp} == session["claims"]
+
+
+GUEST = json.loads((VECTORS / "guest.json").read_text(encoding="utf-8"))
+
+
+def test_committed_guest_vectors_match_the_generator() -> None:
+    assert GUEST == json.loads(json.dumps(vectors_gen.guest_vectors()))
+    assert {case["expect"] for case in GUEST["cases"]} == {
+        "ok", "expired", "not_yet_valid", "wrong_audience", "bad_signature", "malformed"}
+
+
+@pytest.mark.parametrize("case", GUEST["cases"], ids=lambda c: c["name"])
+def test_guest_proof_vector(case: dict[str, Any]) -> None:
+    public = GUEST["device"]["public"]
+    assert public == vectors_gen._b64(bytes(SigningKey(bytes.fromhex(GUEST["device"]["seed_hex"])).verify_key))
+    if case["expect"] == "ok":
+        proof = verify_guest_proof(case["proof"], audience=GUEST["audience"], now=case["now"], leeway=GUEST["leeway"])
+        assert proof.key == public
+    else:
+        with pytest.raises(TokenError) as info:
+            verify_guest_proof(case["proof"], audience=GUEST["audience"], now=case["now"], leeway=GUEST["leeway"])
+        assert info.value.reason == case["expect"]

@@ -17,7 +17,16 @@ import msgpack
 from nacl.signing import SigningKey
 
 from roost.protocol import Sender, encode
-from roost.protocol.tokens import Claims, SessionClaims, SessionSigner, kid_for, private_jwk, public_jwk, sign
+from roost.protocol.tokens import (
+    Claims,
+    SessionClaims,
+    SessionSigner,
+    kid_for,
+    private_jwk,
+    public_jwk,
+    sign,
+    sign_guest_proof,
+)
 from tests.samples import CLIENT, SERVER
 
 OUT = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
@@ -171,6 +180,58 @@ def token_vectors() -> dict[str, Any]:
     }
 
 
+GUEST_AUDIENCE = "play.example.com"
+
+
+def guest_vectors() -> dict[str, Any]:
+    """Guest proofs (PROTOCOL.md §9.3): each case checked with audience GUEST_AUDIENCE at ``now``."""
+    device = SigningKey(bytes(range(128, 160)))
+    other = SigningKey(bytes(range(160, 192)))
+    jti = "AAAAAAAAAAAAAAAAAAAAAA"
+
+    def proof(**changes: Any) -> str:
+        options: dict[str, Any] = {"aud": GUEST_AUDIENCE, "now": NOW, "ttl": 60, "jti": jti, "name": "Pip"}
+        options.update(changes)
+        return sign_guest_proof(device, **options)
+
+    def raw(header: dict[str, Any], body: dict[str, Any], key: SigningKey) -> str:
+        h = _b64(json.dumps(header, separators=(",", ":")).encode())
+        b = _b64(json.dumps(body, separators=(",", ":")).encode())
+        return f"{h}.{b}.{_b64(key.sign(f'{h}.{b}'.encode()).signature)}"
+
+    public = _b64(bytes(device.verify_key))
+    body = {"key": public, "aud": GUEST_AUDIENCE, "iat": NOW, "exp": NOW + 60, "jti": jti}
+    good = proof()
+    head, payload, signature = good.split(".")
+    cases: list[dict[str, Any]] = [
+        {"name": "valid", "proof": good, "now": NOW + 5, "expect": "ok"},
+        {"name": "valid without a name, at exp + leeway", "proof": proof(name=None), "now": NOW + 60 + LEEWAY, "expect": "ok"},
+        {"name": "expired one second after exp + leeway", "proof": good, "now": NOW + 60 + LEEWAY + 1, "expect": "expired"},
+        {"name": "iat in the future beyond leeway", "proof": good, "now": NOW - LEEWAY - 1, "expect": "not_yet_valid"},
+        {"name": "made for another server", "proof": proof(aud="evil.example.com"), "now": NOW, "expect": "wrong_audience"},
+        {"name": "signed by a key other than the one it names", "proof": raw({"alg": "EdDSA", "typ": "roost-guest"}, body, other),
+         "now": NOW, "expect": "bad_signature"},
+        {"name": "claims changed after signing", "proof": f"{head}.{_b64(json.dumps({**body, 'aud': 'x'}).encode())}.{signature}",
+         "now": NOW, "expect": "bad_signature"},
+        {"name": "lifetime over 300 s", "proof": proof(ttl=301), "now": NOW, "expect": "malformed"},
+        {"name": "a user token's header (typ JWT)", "proof": raw({"alg": "EdDSA", "typ": "JWT"}, body, device), "now": NOW,
+         "expect": "malformed"},
+        {"name": "jti shorter than 16 characters", "proof": proof(jti="short"), "now": NOW, "expect": "malformed"},
+        {"name": "key of 31 bytes", "proof": raw({"alg": "EdDSA", "typ": "roost-guest"}, {**body, "key": _b64(bytes(31))}, device),
+         "now": NOW, "expect": "malformed"},
+    ]
+    return {
+        "description": "Roost guest proofs: compact JWS, header {alg: EdDSA, typ: roost-guest}, claims key (base64url "
+        "Ed25519 public key, the signer), aud, iat, exp (exp - iat at most 300), jti (16 to 64 chars, single use: the "
+        "server refuses a second use with 'replayed'), name (optional). Check each case with audience 'audience', "
+        "leeway 'leeway' and the case's 'now'; 'expect' is 'ok' or the failure kind.",
+        "audience": GUEST_AUDIENCE,
+        "leeway": LEEWAY,
+        "device": {"seed_hex": bytes(device).hex(), "public": public},
+        "cases": cases,
+    }
+
+
 def _claims_json(case: dict[str, Any]) -> dict[str, Any]:
     _h, payload, _s = case["token"].split(".")
     body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -180,7 +241,8 @@ def _claims_json(case: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, content in (("frames.json", frame_vectors()), ("tokens.json", token_vectors())):
+    for name, content in (("frames.json", frame_vectors()), ("tokens.json", token_vectors()),
+                          ("guest.json", guest_vectors())):
         (OUT / name).write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"wrote {OUT / name}")
 

@@ -96,7 +96,12 @@ export declare class Room {
 
 export type TokenSource = string | (() => Promise<string>);
 export interface ConnectOptions {
-  token: TokenSource;
+  /** The user token (or a source of fresh ones); leave it out with `guestKey`. */
+  token?: TokenSource;
+  /** Instead of a token: the device's Ed25519 key pair (`Roost.guestKey()`), for guest play (PROTOCOL.md §9.3). */
+  guestKey?: CryptoKeyPair;
+  /** The display name a new guest user gets. */
+  guestName?: string;
   /** A WebSocket constructor (the global one by default; pass the `ws` package's in Node 20). */
   WebSocket?: new (url: string) => WebSocket;
   hb?: number;
@@ -117,8 +122,13 @@ export interface ClientStats {
 type RoomRef = string | Room;
 interface CreateOptions { public?: boolean; max?: number; logic?: string; inactive?: Inactive; meta?: { [key: string]: Sendable } }
 
+/** A guest proof for audience `aud` (the server's host[:port]), signed with `keyPair`: PROTOCOL.md §9.3. */
+export declare function guestProof(keyPair: CryptoKeyPair, aud: string, name?: string, now?: number): Promise<string>;
+
 export declare class Roost {
   static connect(url: string, options: ConnectOptions): Promise<Roost>;
+  /** A new non-extractable Ed25519 device key for guest play. */
+  static guestKey(): Promise<CryptoKeyPair>;
   constructor(url: string, options: ConnectOptions);
   readonly url: string;
   readonly rooms: Map<string, Room>;

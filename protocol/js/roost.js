@@ -42,6 +42,7 @@ export const CLOSE_CODES = Object.freeze({
   4003: { name: "heartbeat_timeout", reconnect: true },
   4004: { name: "auth_timeout", reconnect: true },
   4005: { name: "room_restarted", reconnect: true },
+  4006: { name: "user_merged", reconnect: true },
   4500: { name: "bad_token", reconnect: false },
   4501: { name: "token_revoked", reconnect: false },
   4502: { name: "bad_frame", reconnect: false },
@@ -262,12 +263,41 @@ const DEFAULTS = {
 
 /**
  * One session with a Roost server. Make it with `await Roost.connect(url, options)`.
- * Options: `token` (a string, or an async function called at every connect and refresh),
+ * Options: `token` (a string, or an async function called at every connect and refresh), or instead
+ * `guestKey` (an Ed25519 CryptoKeyPair, e.g. from `Roost.guestKey()`: where the server allows guests,
+ * each attempt signs a fresh single-use guest proof with it, PROTOCOL.md §9.3) and `guestName`,
  * `WebSocket` (a constructor; defaults to the global one: pass `ws`'s in Node 20), `hb` (ms),
  * `agent`, `reconnect` (default true), `backoffBaseMs`, `backoffMaxMs`, `refreshMarginMs`,
  * `onError(err)` (handler exceptions and connection-level errors), `onState(state)`.
  */
+const b64url = (bytes) => {
+  let text = "";
+  for (const byte of new Uint8Array(bytes)) text += String.fromCharCode(byte);
+  return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+};
+const b64json = (value) => b64url(new TextEncoder().encode(JSON.stringify(value)));
+
+/**
+ * A guest proof (PROTOCOL.md §9.3): a compact JWS signed by the device key it names, for audience
+ * `aud` (the server's host[:port], what the WebSocket upgrade's Host header says), living 60 s, with
+ * a random single-use jti. WebCrypto Ed25519 (Node 20, Chromium, Firefox, Safari 17).
+ */
+export async function guestProof(keyPair, aud, name, now = Date.now()) {
+  const key = b64url(await crypto.subtle.exportKey("raw", keyPair.publicKey));
+  const iat = Math.floor(now / 1000);
+  const claims = { key, aud, iat, exp: iat + 60, jti: b64url(crypto.getRandomValues(new Uint8Array(16))) };
+  if (name !== undefined) claims.name = name;
+  const input = `${b64json({ alg: "EdDSA", typ: "roost-guest" })}.${b64json(claims)}`;
+  const signature = await crypto.subtle.sign({ name: "Ed25519" }, keyPair.privateKey, new TextEncoder().encode(input));
+  return `${input}.${b64url(signature)}`;
+}
+
 export class Roost {
+  /** A new device key for guest play: keep it (e.g. in IndexedDB; the private half is not extractable). */
+  static async guestKey() {
+    return crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
+  }
+
   static async connect(url, options = {}) {
     const client = new Roost(url, options);
     await client._start();
@@ -277,10 +307,14 @@ export class Roost {
   constructor(url, options) {
     if (typeof url !== "string" || !/^wss?:\/\//.test(url)) throw fail("url must be ws:// or wss://");
     if (url.includes("token=")) throw fail("put the token in the token option, never in the URL");
-    const { token } = options;
-    if (typeof token !== "string" && typeof token !== "function") throw fail("token must be a string or an async function");
+    const { token, guestKey } = options;
+    if (guestKey !== undefined) {
+      if (token !== undefined) throw fail("give token or guestKey, not both");
+      if (!guestKey?.privateKey || !guestKey?.publicKey) throw fail("guestKey must be an Ed25519 CryptoKeyPair");
+    } else if (typeof token !== "string" && typeof token !== "function") throw fail("token must be a string or an async function");
     this.url = url;
     this.options = { ...DEFAULTS, ...options };
+    this._guestKey = guestKey ?? null;
     this._tokenSource = typeof token === "string" ? async () => token : token;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     if (typeof this._WebSocket !== "function") throw fail("no WebSocket constructor: pass options.WebSocket");
@@ -447,7 +481,10 @@ export class Roost {
     return new Promise((settle) => {
       let settled = false;
       const done = (outcome) => { if (!settled) { settled = true; settle(outcome); } };
-      const startToken = this._tokenSource().then((token) => {
+      const credential = this._guestKey
+        ? guestProof(this._guestKey, new URL(this.url).host, this.options.guestName).then((guest) => ({ guest }))
+        : this._tokenSource().then((token) => ({ token }));
+      const startToken = credential.then(({ token, guest }) => {
         if (this.closeError) return done({ error: this.closeError });
         let ws;
         try {
@@ -463,7 +500,7 @@ export class Roost {
           done({ error: new RoostError("connection_lost", "no welcome in time"), retry: true });
         }, this.options.connectTimeoutMs);
         ws.onopen = () => {
-          const hello = { t: "hello", v: PROTOCOL_VERSION, token, hb: this.options.hb, session: this.session ?? undefined, agent: this.options.agent };
+          const hello = { t: "hello", v: PROTOCOL_VERSION, token, guest, hb: this.options.hb, session: this.session ?? undefined, agent: this.options.agent };
           ws.send(encodeFrame(hello));
           this._lastSent = Date.now();
         };
@@ -635,7 +672,7 @@ export class Roost {
 
   _scheduleRefresh() {
     this._clearTimer(this._refreshTimer);
-    if (!this.welcome) return;
+    if (!this.welcome || this._guestKey) return; // a guest reconnects with a fresh proof instead
     const serverOffset = this.welcome.time - Date.now();
     const due = this.welcome.exp * 1000 - serverOffset - this.options.refreshMarginMs - Date.now();
     this._refreshTimer = this._timer(() => {

@@ -4,7 +4,7 @@ import net from "node:net";
 import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
 
-import { CLOSE_CODES, Roost, RoostError, decodeFrame, encodeFrame, mayReconnect, toWire } from "../roost.js";
+import { CLOSE_CODES, Roost, RoostError, decodeFrame, encodeFrame, guestProof, mayReconnect, toWire } from "../roost.js";
 import { startServer } from "./server.js";
 
 let server;
@@ -168,7 +168,7 @@ describe("against roost serve", () => {
       assert.equal(second.readyState, WebSocket.OPEN);
       await assert.rejects(judy.lobby(), (e) => e.code === "closed" && e.closeCode === 4504);
     } finally {
-      second.close();
+      await second.close();
       await judy.close();
     }
   });
@@ -307,3 +307,36 @@ export async function tcpProxy(targetPort) {
     close() { this.cut(); srv.close(); },
   });
 }
+
+describe("guests (roost serve --dev allows them)", () => {
+  test("a device key signs in as a guest, the same key as the same user, and a proof is single use", async () => {
+    const key = await Roost.guestKey();
+    const first = await Roost.connect(server.url, { guestKey: key, guestName: "Pip", WebSocket });
+    const second = await Roost.connect(server.url, { guestKey: key, WebSocket });
+    try {
+      assert.match(first.welcome.user, /^~g[A-Za-z0-9_-]{22}$/);
+      assert.equal(first.welcome.name, "Pip");
+      assert.equal(second.welcome.user, first.welcome.user);
+      const room = await first.create({});
+      await second.join({ room: room.id });
+      // A captured proof replayed on another connection is refused with 4500.
+      const proof = await guestProof(key, new URL(server.url).host);
+      const codes = [];
+      for (let i = 0; i < 2; i++) {
+        const ws = new WebSocket(server.url);
+        ws.binaryType = "arraybuffer";
+        await new Promise((resolve) => ws.on("open", resolve));
+        ws.send(encodeFrame({ t: "hello", v: 1, guest: proof }));
+        codes.push(await new Promise((resolve) => {
+          ws.on("message", () => { ws.close(1000); resolve("welcome"); });
+          ws.on("close", (code) => resolve(code));
+        }));
+      }
+      assert.deepEqual(codes, ["welcome", 4500]);
+    } finally {
+      await first.close();
+      await second.close();
+    }
+    assert.throws(() => new Roost(server.url, { guestKey: key, token: "t", WebSocket }), RoostError);
+  });
+});
