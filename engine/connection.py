@@ -16,7 +16,7 @@ import logging
 import math
 import secrets
 import urllib.parse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from wsproto.events import RejectConnection
@@ -31,9 +31,13 @@ from roost.protocol.frames import (
     Create,
     ErrorReply,
     Hello,
+    InboxHistory,
+    InboxRead,
+    InboxResume,
     Join,
     JoinOrCreate,
     Lobby,
+    MyRooms,
     Ok,
     Pong,
     Refresh,
@@ -360,7 +364,7 @@ class Connection(Peer):
                 self.gateway.auth_failures["bad_hello"] += 1
                 self.close(CloseCode.BAD_FRAME, "first frame must be hello")
                 return
-            self._authenticate(frame)
+            await self._authenticate(frame)
             return
         if self.phase is not Phase.OPEN:
             return
@@ -438,7 +442,7 @@ class Connection(Peer):
             self.close(CloseCode.RATE_LIMITED, "rate limited")
         return False
 
-    def _authenticate(self, hello: Hello) -> None:
+    async def _authenticate(self, hello: Hello) -> None:
         gateway, config = self.gateway, self.config
         if hello.v != PROTOCOL_VERSION:
             gateway.auth_failures["version"] += 1
@@ -466,6 +470,12 @@ class Connection(Peer):
                                            "user": claims.sub, "jti": claims.jti})
             self.close(CloseCode.TOKEN_REVOKED, "revoked")
             return
+        about_user: dict[str, Any] = {}
+        if gateway.inbox is not None:  # the user's inbox head and rooms (PROTOCOL.md §15), from the store
+            head, rooms = await gateway.inbox.welcome(claims.sub)
+            if self.phase is not Phase.AWAIT_HELLO:  # closed meanwhile (auth deadline, shutdown)
+                return
+            about_user = {"inbox": head, "rooms": rooms.rooms, "rooms_next": rooms.next}
         sid, resumed = self._session_for(hello.session, claims, now)
         if gateway.live_sessions(claims.sub, except_sid=sid) >= config.max_sessions_per_user:
             gateway.auth_failures["too_many_sessions"] += 1
@@ -489,6 +499,7 @@ class Connection(Peer):
                     "rooms": config.max_rooms_per_connection, "chat": config.max_chat_chars,
                     "meta": config.max_meta_bytes, "data": config.max_presence_bytes,
                     "chat_meta": config.max_chat_meta_bytes, "state": config.max_state_bytes},
+            **about_user,
         ))
 
     def _session_for(self, session_token: str | None, claims: Claims, now: float) -> tuple[str, bool]:
@@ -523,6 +534,8 @@ class Connection(Peer):
         elif isinstance(frame, Lobby):
             page = gateway.router.lobby(frame.cursor, frame.limit or self.config.page_default)
             self.send_frame(Ok(id=frame.id, result=dump_record(page)))
+        elif isinstance(frame, InboxResume | InboxRead | InboxHistory | MyRooms):
+            await self._inbox_request(frame)
         elif isinstance(frame, AdminRequest):
             result = await gateway.admin.call(frame.op, frame.args, frame.key, remote=self.remote)
             self.send_frame(Ok(id=frame.id, result=result))
@@ -555,6 +568,23 @@ class Connection(Peer):
             if target is None:
                 raise RoomError(ErrorCode.NOT_FOUND, "no such room")
             await self._to_room(target, frame)
+
+    async def _inbox_request(self, frame: InboxResume | InboxRead | InboxHistory | MyRooms) -> None:
+        """The user's own inbox and rooms (engine/inbox.py): resume and read are answered by the
+        inbox writer (in its order), the pages here."""
+        inbox = self.gateway.inbox
+        if inbox is None:
+            raise RoomError(ErrorCode.UNSUPPORTED, "this server has no inboxes")
+        if isinstance(frame, InboxResume):
+            await inbox.resume(self, frame.id, frame.epoch, frame.seq)
+        elif isinstance(frame, InboxRead):
+            await inbox.read(self, frame.id, frame.n)
+        elif isinstance(frame, InboxHistory):
+            page = await inbox.history(self.user, frame.before, frame.limit or self.config.page_default)
+            self.send_frame(Ok(id=frame.id, result=dump_record(page)))
+        else:
+            rooms = await inbox.my_rooms(self.user, frame.cursor, frame.limit or self.config.page_default)
+            self.send_frame(Ok(id=frame.id, result=dump_record(rooms)))
 
     async def _to_room(self, runtime: RoomRuntime, frame: ClientFrame) -> None:
         """Hand a request to its room; wait only when the room's inbox is full (backpressure).

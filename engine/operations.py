@@ -14,10 +14,11 @@ import trio
 
 from roost.protocol.errors import ErrorCode
 from roost.protocol.codec import SERVER_LIMITS
-from roost.protocol.frames import LobbyPage, RoomSnapshot
+from roost.protocol.frames import InboxEvent, LobbyPage, RoomSnapshot
 from roost.protocol.schema import FieldProblem, Opaque
 
 from .errors import RoomError
+from .inbox import InboxService
 from .revocations import Revocations
 from .room import Call, RoomActor
 from .router import Router
@@ -30,9 +31,10 @@ T = TypeVar("T")
 class Operations:
     """Room and token operations for the embedding app and operators."""
 
-    def __init__(self, router: Router, revocations: Revocations) -> None:
+    def __init__(self, router: Router, revocations: Revocations, inbox: InboxService | None = None) -> None:
         self._router = router
         self._revocations = revocations
+        self._inbox = inbox
 
     async def _call(self, room_id: str, fn: Callable[[RoomActor], T]) -> T:
         runtime = self._router.get(room_id)
@@ -79,3 +81,10 @@ class Operations:
     async def revoke_user(self, user: str, until: int) -> None:
         """Revoke every token ``user`` holds now; keep the entry until ``until`` (Unix s)."""
         await self._revocations.revoke_user(user, until)
+
+    async def notify(self, user: str, kind: str, body: Any = None) -> InboxEvent:
+        """Put an entry in ``user``'s personal inbox (PROTOCOL.md §15); returns once it is committed
+        and pushed to every live session of the user that attached its inbox."""
+        if self._inbox is None:
+            raise RoomError(ErrorCode.UNSUPPORTED, "this engine has no inboxes")
+        return await self._inbox.notify(user, kind, body)
