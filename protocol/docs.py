@@ -19,9 +19,15 @@ from .frames import (
     ChatAck,
     ChatMessage,
     HistoryPage,
+    InboxEntry,
+    InboxHead,
+    InboxPage,
+    InboxResumeResult,
     LobbyPage,
     Member,
     MembersPage,
+    MyRoom,
+    MyRoomsPage,
     ResumeResult,
     RoomInfo,
     RoomSnapshot,
@@ -43,6 +49,12 @@ RECORDS: tuple[type[WireRecord], ...] = (
     ChatAck,
     HistoryPage,
     ResumeResult,
+    InboxEntry,
+    InboxHead,
+    InboxPage,
+    InboxResumeResult,
+    MyRoom,
+    MyRoomsPage,
 )
 
 
