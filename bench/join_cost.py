@@ -1,0 +1,84 @@
+"""What the membership index adds to a join: instructions per join, with and without the index write.
+
+``python -m roost.bench.join_cost --joins 2000`` runs ``--joins`` joins, each followed by its leave, of
+distinct users into a room with one other member, through a real room actor (``_handle`` of a ``join`` frame, the turn's ``take_writes`` and
+``commit_now`` on the memory store, the flush of the replies), in one Trio run. ``--no-index`` makes
+``RoomState.touch_membership`` a no-op, so the turn writes no index entry. Wall-clock figures are
+meaningless on a shared machine: compare instruction counts, e.g.::
+
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.idx python -m roost.bench.join_cost --joins 2000
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.no  python -m roost.bench.join_cost --joins 2000 --no-index
+
+and divide the difference of the two totals by 2 × joins (a join and a leave each write one entry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import trio
+
+from roost.config import Config
+from roost.protocol.errors import CloseCode
+from roost.protocol.frames import Join, Leave
+from roost.peer import Peer
+from roost.room import RoomActor, RoomRuntime
+from roost.state import RoomOptions, RoomState
+from roost.store.memory import MemoryStore
+
+
+class _Peer(Peer):
+    def __init__(self, user: str) -> None:
+        self.sid, self.user, self.name = f"s-{user}", user, user
+        self.room_scope = self.role = None
+        self.rooms: set[str] = set()
+        self.pushed = 0
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    @property
+    def last_heard_ms(self) -> int:
+        return 0
+
+    def push(self, data: bytes) -> None:
+        self.pushed += len(data)
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        pass
+
+
+async def _run(joins: int) -> float:
+    config = Config()
+    state = RoomState(room_id="r-bench", code="BENCH", options=RoomOptions(max_members=joins + 1), created=0,
+                      history_limit=config.history_limit, replay_limit=config.replay_events)
+    runtime = RoomRuntime("r-bench", "BENCH", 16)
+    actor = RoomActor(runtime, state, MemoryStore(), config, None, created=True)
+    peers = [_Peer(f"u{i}") for i in range(joins)]
+    started = time.perf_counter()
+    host = _Peer("host")  # keeps the room at two members at most: each join costs the same
+    actor._handle(host, Join(id=0, room="r-bench"), trio.current_time())
+    await actor.finish_turn()
+    for i, peer in enumerate(peers):  # one request per turn, as they normally come
+        actor._handle(peer, Join(id=i, room="r-bench"), trio.current_time())
+        await actor.finish_turn()
+        actor._handle(peer, Leave(id=i, room="r-bench"), trio.current_time())
+        await actor.finish_turn()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--joins", type=int, default=2000)
+    parser.add_argument("--no-index", action="store_true", help="skip the membership index write (baseline)")
+    args = parser.parse_args()
+    if args.no_index:
+        RoomState.touch_membership = lambda self, user: None  # type: ignore[method-assign]
+    elapsed = trio.run(_run, args.joins)
+    print(f"{args.joins} joins + leaves, index {'off' if args.no_index else 'on'}: {elapsed * 1e6 / args.joins:.1f} us per join+leave")
+
+
+if __name__ == "__main__":
+    main()
