@@ -32,7 +32,6 @@ from roost.testing import SERVICE_KEY, TestKeys, start_engine, test_config
 
 from .wire import RawPeer, raw_peer
 
-pytestmark = pytest.mark.filterwarnings("ignore::trio.TrioDeprecationWarning")
 
 
 def largest_body(limit: int) -> dict[str, str]:
