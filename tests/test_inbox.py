@@ -98,6 +98,29 @@ async def test_ops_notify_in_process_and_room_logic_notify(roost_keys: TestKeys,
         assert getattr(info.value, "code", None) is not None and info.value.code.value == "bad_field"
 
 
+async def test_room_logic_notifies_past_the_queue_bound_are_refused_not_dropped(roost_keys: TestKeys, nursery) -> None:
+    class Spammer(RoomLogic):
+        def on_message(self, room: RoomContext, user: str, kind: str, body: Any) -> Any:
+            for k in range(body):
+                room.notify(user, "spam", k)
+            return "sent"
+
+    engine = await start_engine(nursery, test_config(roost_keys, inbox_queue=2, logics={"spam": Spammer}))
+    from roost.testing import connect_client
+    with trio.fail_after(10):
+        ann = await connect_client(nursery, engine.url, roost_keys.token("ann"))
+        await ann.inbox_ready()
+        snap = await ann.create(logic="spam")
+        await ann.send(snap.room, "go", 2)
+        assert [e.body for e in await drain_inbox(ann, 2)] == [0, 1]
+        with pytest.raises(RequestError) as info:
+            await ann.send(snap.room, "go", 3)  # the third one of the turn is refused at once
+        assert info.value.code == "rate_limited" and info.value.retry_ms
+        assert [e.body for e in await drain_inbox(ann, 2)] == [0, 1]  # the two checked ones were posted
+        head = await engine.inbox.head("ann")
+        assert head.seq == 4 and engine.inbox.stats.notifies == 4
+
+
 async def test_notify_without_the_service_credential_is_refused_over_ws_and_http(roost_connect, roost_engine) -> None:
     with trio.fail_after(10):
         eve = await roost_connect("eve")
