@@ -11,6 +11,8 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from roost import Engine
 from roost.client import RequestError
@@ -27,7 +29,9 @@ from roost.protocol.frames import (
     Ok,
     Welcome,
 )
+from roost.inbox import InboxService, _Head, _Notify, entry_key, head_key
 from roost.store.lmdb import LmdbStore
+from roost.store.memory import MemoryStore
 from roost.testing import SERVICE_KEY, TestKeys, start_engine, test_config
 
 from .wire import RawPeer, raw_peer
@@ -468,3 +472,29 @@ async def test_inbox_events_decode_as_frames_a_client_accepts(roost_engine: Engi
         assert frame == event
         admin = AdminRequest(id=9, key=SERVICE_KEY, op=AdminOp.NOTIFY, args={"user": "ann", "kind": "k"})
         assert decode(encode(admin, CLIENT_LIMITS), Sender.CLIENT, CLIENT_LIMITS) == admin
+
+
+# -- the bound as a property ---------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 4096), min_size=1, max_size=60), max_entries=st.integers(1, 10),
+       max_bytes=st.integers(5 * 1024, 20 * 1024))
+def test_the_bound_holds_after_every_notify_and_drops_exactly_the_oldest(sizes: list[int], max_entries: int,
+                                                                          max_bytes: int) -> None:
+    config = test_config(TestKeys(), inbox_max_entries=max_entries, inbox_max_bytes=max_bytes,
+                         max_inbox_body_bytes=4 * 1024)
+    inbox = InboxService(MemoryStore(), config)
+    head = _Head()
+    kept: list[int] = []
+    for size in sizes:
+        writes: list[Any] = []
+        inbox._apply_notify(_Notify("ann", "k", "x" * size, waited=False), head, writes)
+        kept.append(head.seq)
+        deleted = [w.key for w in writes if w.value is None]
+        while len(kept) > len(head.sizes):
+            assert entry_key("ann", kept.pop(0)) in deleted  # oldest first, each one deleted
+        assert len(deleted) == len([k for k in deleted if k.startswith(entry_key("ann", 0)[:-16])])
+        assert len(head.sizes) <= max_entries and head.total <= max_bytes and head.total == sum(head.sizes)
+        assert head.first == kept[0] and head.seq == kept[-1] and writes[-1].key == head_key("ann")
+        assert _Head.unpack(writes[-1].value) == head  # what is stored is what is kept
