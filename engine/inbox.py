@@ -137,12 +137,13 @@ class _Head:
 
 @dataclasses.dataclass(slots=True)
 class InboxStats:
-    """Counters for the admin ``stats`` operation and metrics."""
+    """Counters for metrics (engine/metrics.py reads them at scrape time)."""
 
     notifies: int = 0
     dropped: int = 0
     """Entries dropped by the per-user bound (count or bytes)."""
-    resumes: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    resumes: collections.Counter[str] = dataclasses.field(
+        default_factory=lambda: collections.Counter(replay=0, resync=0))
     """``inbox_resume`` outcomes: ``replay`` or ``resync``."""
 
 

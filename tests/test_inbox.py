@@ -248,6 +248,9 @@ async def test_resume_replays_exactly_what_was_missed_then_goes_live(roost_engin
         assert result.resync and result.head.seq == 6
         await raw.send(InboxResume(id=4, epoch=2, seq=6))
         assert InboxResumeResult.load_fields((await raw.recv()).result, SERVER_LIMITS).resync
+        assert roost_engine.inbox.stats.resumes == {"replay": 2, "resync": 2}
+        metrics = roost_engine.metrics.exposition()[0].decode()
+        assert 'roost_inbox_resumes_total{outcome="resync"} 2.0' in metrics
 
 
 async def test_a_gap_past_the_bound_answers_resync(roost_keys: TestKeys, nursery) -> None:
@@ -302,6 +305,8 @@ async def test_the_bound_by_count_drops_the_oldest_first(roost_keys: TestKeys, n
             await engine.ops.notify("ann", "n", k)
         head = await engine.inbox.head("ann")
         assert (head.seq, head.first, head.unread) == (12, 8, 5)
+        metrics = engine.metrics.exposition()[0].decode()
+        assert "roost_inbox_notifies_total 12.0" in metrics and "roost_inbox_dropped_total 7.0" in metrics
         page = await engine.inbox.history("ann", None, 100)
         assert [e.seq for e in page.entries] == [8, 9, 10, 11, 12] and page.next is None
         assert engine.inbox.stats.dropped == 7
