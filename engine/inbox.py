@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import trio
 
-from roost.protocol.codec import SERVER_LIMITS, dump_record, encode, fit_page, record_size
+from roost.protocol.codec import PAGE_BYTES, SERVER_LIMITS, dump_record, encode, fit_page, record_size
 from roost.protocol.errors import ErrorCode
 from roost.protocol.frames import (
     INBOX_BODY,
@@ -457,7 +457,7 @@ class InboxService:
 
     # -- the user's rooms -------------------------------------------------------------------------
 
-    async def my_rooms(self, user: str, cursor: str | None, limit: int, budget: int | None = None) -> MyRoomsPage:
+    async def my_rooms(self, user: str, cursor: str | None, limit: int) -> MyRoomsPage:
         """A page of the rooms ``user`` is a member of, by room id, with unread chat counts.
 
         From the durable index (rooms write it in their join and leave commits); a room of the
@@ -466,18 +466,15 @@ class InboxService:
         prefix = membership_key(user, "")
         after = membership_key(user, cursor) if cursor is not None else None
         rows = await self._store.scan(TABLE, prefix=prefix, after=after, limit=limit + 1)
-        more_stored = len(rows) > limit
-        rows = rows[:limit]
-        rooms: list[MyRoom] = []
-        for key, _value in rows:
-            room = self._my_room(user, key[len(prefix):])
-            if room is not None:
-                rooms.append(room)
-        chosen, cut = fit_page(rooms, limit, record_size, **({} if budget is None else {"budget": budget}))
+        return self._rooms_page(user, [key[len(prefix):] for key, _value in rows], limit, PAGE_BYTES)
+
+    def _rooms_page(self, user: str, room_ids: list[str], limit: int, budget: int) -> MyRoomsPage:
+        """The page of ``room_ids`` (up to ``limit + 1`` from the index: one more says there are more)."""
+        rooms = [room for room in (self._my_room(user, room_id) for room_id in room_ids[:limit]) if room is not None]
+        chosen, cut = fit_page(rooms, limit, record_size, budget)
         if cut:
             return MyRoomsPage(rooms=tuple(chosen), next=chosen[-1].room)
-        last = rows[-1][0][len(prefix):] if rows else None
-        return MyRoomsPage(rooms=tuple(chosen), next=last if more_stored else None)
+        return MyRoomsPage(rooms=tuple(chosen), next=room_ids[limit - 1] if len(room_ids) > limit else None)
 
     def _my_room(self, user: str, room_id: str) -> MyRoom | None:
         runtime = self.rooms(room_id)
@@ -488,10 +485,19 @@ class InboxService:
                       unread=chat.unread(user))
 
     async def welcome(self, user: str) -> tuple[InboxHead, MyRoomsPage]:
-        """What ``welcome`` tells about ``user``: the inbox head and the first page of its rooms."""
-        head = await self.head(user)
-        page = await self.my_rooms(user, None, self._config.welcome_rooms, budget=_WELCOME_ROOM_BYTES)
-        return head, page
+        """What ``welcome`` tells about ``user``: the inbox head and the first page of its rooms.
+
+        One store read (a handshake pays it): the user's keys sort entries (``/e/``) before the head
+        (``/h``) before the room index (``/m/``), so one range read after the entries has both.
+        """
+        key = user_key(user)
+        limit = self._config.welcome_rooms
+        rows = await self._store.scan(TABLE, prefix=f"{key}/", after=f"{key}/f", limit=limit + 2)
+        index_prefix = membership_key(user, "")
+        head_data = next((value for k, value in rows if k == head_key(user)), None)
+        room_ids = [k[len(index_prefix):] for k, _value in rows if k.startswith(index_prefix)][:limit + 1]
+        head = self._heads.get(user) or _Head.unpack(head_data)  # the actor may have cached a newer one
+        return head.view(), self._rooms_page(user, room_ids, limit, _WELCOME_ROOM_BYTES)
 
 
 def _reply(peer: Peer, frame: Ok | ErrorReply) -> None:
