@@ -556,7 +556,8 @@ class Client:
     # -- events --------------------------------------------------------------------------------
 
     def events(self) -> _EventStream:
-        """Iterate over room events (presence, chat, state, sync...), in order, without duplicates.
+        """Iterate over room events (presence, chat, state, sync...), in order, without duplicates,
+        and the user's inbox events (``InboxEvent``, ``InboxUnread``: no ``room`` field; PROTOCOL.md §15).
 
         The iteration ends when the client closes (a terminal close code or a local close); it
         raises :class:`EventOverflow` or :class:`ProtocolViolation` (after the buffered events) when
