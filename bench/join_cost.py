@@ -15,6 +15,10 @@ and divide the difference of the two totals by 2 × joins (a join and a leave ea
 rooms (``InboxService.welcome``: the inbox head and a page of the room index), from a real LMDB store
 in a temporary directory: the two store reads a handshake now makes (each a hop to LMDB's reader
 thread). Compare ``--welcomes 1000`` with ``--welcomes 1`` under callgrind.
+
+``--handshakes N`` runs N whole handshakes (WebSocket upgrade, ``hello`` with a signed token,
+``welcome``, close) against an engine on LMDB over in-memory streams, for a user with three rooms;
+``--no-welcome`` leaves the inbox out of ``welcome`` (the handshake before item 4), for the share of it.
 """
 
 from __future__ import annotations
@@ -95,12 +99,49 @@ async def _welcomes(count: int) -> float:
     return elapsed
 
 
+async def _handshakes(count: int, welcome: bool) -> float:
+    import trio_websocket
+
+    from roost.app import Engine
+    from roost.protocol.codec import Sender, decode, encode
+    from roost.protocol.frames import PROTOCOL_VERSION, Hello, Welcome
+    from roost.testing import TestKeys, test_config
+
+    keys = TestKeys()
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(test_config(keys), store=LmdbStore(Path(tmp) / "db"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.serve)
+            await engine.store.commit([Write(None, membership_key("u0", f"r{i}"), b"\xa4CODE", table=TABLE)
+                                       for i in range(3)])
+            if not welcome:
+                engine.gateway.inbox = None
+            token = keys.token("u0")
+            started = time.perf_counter()
+            for _ in range(count):
+                async with trio.open_nursery() as client:
+                    ws = await trio_websocket.wrap_client_stream(client, engine.connect_memory(), "localhost", "/")
+                    await ws.send_message(encode(Hello(v=PROTOCOL_VERSION, token=token)))
+                    assert isinstance(decode(await ws.get_message(), Sender.SERVER), Welcome)
+                    await ws.aclose()
+            elapsed = time.perf_counter() - started
+            nursery.cancel_scope.cancel()
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--joins", type=int, default=2000)
     parser.add_argument("--no-index", action="store_true", help="skip the membership index write (baseline)")
     parser.add_argument("--welcomes", type=int, default=0, help="time N welcome reads on LMDB instead")
+    parser.add_argument("--handshakes", type=int, default=0, help="time N whole handshakes on LMDB instead")
+    parser.add_argument("--no-welcome", action="store_true", help="with --handshakes: no inbox in welcome")
     args = parser.parse_args()
+    if args.handshakes:
+        elapsed = trio.run(_handshakes, args.handshakes, not args.no_welcome)
+        what = "without" if args.no_welcome else "with"
+        print(f"{args.handshakes} handshakes on LMDB {what} the inbox in welcome: {elapsed * 1e6 / args.handshakes:.1f} us each")
+        return
     if args.welcomes:
         elapsed = trio.run(_welcomes, args.welcomes)
         print(f"{args.welcomes} welcome reads on LMDB: {elapsed * 1e6 / args.welcomes:.1f} us each")
