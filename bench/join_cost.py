@@ -89,7 +89,7 @@ async def _welcomes(count: int) -> float:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)
             inbox = InboxService(store, Config())
-            await store.commit([Write(None, membership_key("u0", f"r{i}"), b"\xa4CODE", table=TABLE) for i in range(3)])
+            await store.commit([Write(None, membership_key("u0", f"r{i}"), b"\xc0", table=TABLE) for i in range(3)])
             started = time.perf_counter()
             for _ in range(count):
                 head, page = await inbox.welcome("u0")
@@ -112,7 +112,7 @@ async def _handshakes(count: int, welcome: bool) -> float:
         engine = Engine(test_config(keys), store=LmdbStore(Path(tmp) / "db"))
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.serve)
-            await engine.store.commit([Write(None, membership_key("u0", f"r{i}"), b"\xa4CODE", table=TABLE)
+            await engine.store.commit([Write(None, membership_key("u0", f"r{i}"), b"\xc0", table=TABLE)
                                        for i in range(3)])
             if not welcome:
                 engine.gateway.inbox = None

@@ -28,6 +28,9 @@ _CHAT_PREFIX = "chat:"
 _MEMBER_PREFIX = "member:"
 _READ_PREFIX = "read:"
 _EVENT_PREFIX = "ev:"
+_MEMBERSHIP = b"\xc0"
+"""The value of a membership index entry (msgpack nil): the key says it all, and the listing reads the
+room's code from the live room, so a join packs nothing more for the index."""
 
 
 def _pack(value: Any) -> bytes:
@@ -174,7 +177,7 @@ class RoomState:
             writes.append(Write(room, chat_key(n), None))
         for user in sorted(self._dirty_index):
             kept = user in self.presence and not self.closing
-            writes.append(Write(None, membership_key(user, room), _pack(self.code) if kept else None, table="inbox"))
+            writes.append(Write(None, membership_key(user, room), _MEMBERSHIP if kept else None, table="inbox"))
         if self.closing:
             writes.append(Write(room, "meta", None))
             writes.extend(Write(None, membership_key(user, room), None, table="inbox")
