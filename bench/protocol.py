@@ -57,6 +57,11 @@ from roost.protocol.frames import (
     HistoryPage,
     HostChanged,
     HostSet,
+    InboxEvent,
+    InboxHistory,
+    InboxRead,
+    InboxResume,
+    InboxUnread,
     Join,
     JoinOrCreate,
     Kick,
@@ -65,6 +70,7 @@ from roost.protocol.frames import (
     Member,
     Members,
     MessageEvent,
+    MyRooms,
     Ok,
     Phase,
     Ping,
@@ -237,6 +243,10 @@ def sample_frames(fx: Fixtures) -> dict[str, Frame]:
         HostSet(id=18, room=_ROOM, user="user-0002"),
         Resume(id=19, room=_ROOM, epoch=3, seq=1_030),
         AdminRequest(id=20, key="svc_" + "k" * 40, op=AdminOp.ROOMS, args={"limit": 50}),
+        InboxResume(id=21, epoch=1, seq=57),
+        InboxRead(id=22, n=60),
+        InboxHistory(id=23, before=40, limit=20),
+        MyRooms(id=24, cursor=_ROOM, limit=20),
         # server -> client
         Welcome(
             v=PROTOCOL_VERSION,
@@ -262,6 +272,8 @@ def sample_frames(fx: Fixtures) -> dict[str, Frame]:
         MessageEvent(**room_event, kind="move", body={"x": 2, "y": 1}, sender="user-0001"),
         RoomClosed(**room_event, code="closed", message="the host ended the game"),
         Sync(**room_event, snapshot=snapshot, reason="epoch"),
+        InboxEvent(epoch=1, seq=58, ts=_NOW_MS, id="i58", kind="invite", body={"room": _ROOM, "from": "user-0002"}),
+        InboxUnread(read=60, unread=0),
     ]
     samples = {frame.TYPE: frame for frame in frames}
     missing = sorted((set(CLIENT_FRAMES) | set(SERVER_FRAMES)) - set(samples))

@@ -143,6 +143,9 @@ class Admin:
             return self._stats()
         if op in _USER_OPS:
             return dump_record(await self._user_op(op, args))
+        if op is AdminOp.NOTIFY:
+            entry = await ops.notify(_arg(args, "user", str), _arg(args, "kind", str), args.get("body"))
+            return {"id": entry.id, "epoch": entry.epoch, "seq": entry.seq, "ts": entry.ts}
         if op is AdminOp.REVOKE:
             until = _arg(args, "exp", int)
             jti, user = _arg(args, "jti", str, required=False), _arg(args, "user", str, required=False)

@@ -22,6 +22,7 @@ from .admin import Admin
 from .config import Config
 from .gateway import Gateway
 from .http import Exposition, Routes
+from .inbox import InboxService
 from .metrics import Metrics
 from .operations import Operations
 from .revocations import Revocations
@@ -61,6 +62,8 @@ class Engine:
         self.revocations = Revocations(self.store, self.config.wall_clock)
         self.users = Directory(self.store, self.config.wall_clock)
         """The user directory (PROTOCOL.md §15); ``engine.ops`` has its service operations."""
+        self.inbox = InboxService(self.store, self.config)
+        """Every user's personal inbox and room index (engine/inbox.py); ``ops.notify`` writes to it."""
         self._router: Router | None = None
         self._gateway: Gateway | None = None
         self._operations: Operations | None = None
@@ -133,11 +136,13 @@ class Engine:
                 await store_nursery.start(self.store.run)
                 await self.revocations.load()
                 await store_nursery.start(self.users.run)
+                inbox_nursery = await store_nursery.start(self._run_inbox)
                 async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
                     self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone,
-                                                  stats=self.metrics.rooms)
+                                                  stats=self.metrics.rooms, notifier=self.inbox)
                     self._router = Router(config, self._supervisor)
-                    operations = Operations(self._router, self.revocations, self.users)
+                    self.inbox.rooms = self._router.get
+                    operations = Operations(self._router, self.revocations, self.users, self.inbox)
                     admin = Admin(config.service_key, operations, self.statistics,
                                   on_refused=self._service_auth_refused, limits=config.limits)
                     self._gateway = Gateway(config, self._router, self.revocations, admin,
@@ -146,6 +151,9 @@ class Engine:
                     gateway = self._gateway
                     operations.close_sessions = lambda user: gateway.close_user(
                         user, CloseCode.USER_MERGED, "merged into another user")
+                    self._gateway.inbox = self.inbox
+                    by_user = self._gateway.by_user
+                    self.inbox.sessions = lambda user: by_user.get(user, ())
                     async with trio.open_nursery(strict_exception_groups=True) as gateway_nursery:
                         await gateway_nursery.start(self._gateway.run, listener)
                         host, port = listener.getsockname()[:2]
@@ -171,12 +179,22 @@ class Engine:
                     for runtime in list(self._router.rooms.values()):
                         runtime.stop()
                     rooms_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
+                # ...then let the inbox writer commit what is queued (room logic posts with its turns)...
+                self.inbox.stop()
+                inbox_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
                 # ...and stop the store last (its writer has nothing left to write).
                 store_nursery.cancel_scope.cancel()
             log.info("stopped")
         finally:
             listener.close()
             self.address = None
+
+    async def _run_inbox(self, *, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
+        """The inbox writer in a nursery of its own, inside the store's: it stops after the rooms
+        (whose logic posts to it) and before the store (it writes to it)."""
+        async with trio.open_nursery(strict_exception_groups=True) as nursery:
+            await nursery.start(self.inbox.run)
+            task_status.started(nursery)
 
     async def _restore_rooms(self) -> None:
         assert self._router is not None

@@ -72,6 +72,13 @@ from roost.protocol.frames import (
     History,
     HistoryPage,
     HostSet,
+    InboxEvent,
+    InboxHistory,
+    InboxPage,
+    InboxRead,
+    InboxResume,
+    InboxResumeResult,
+    InboxUnread,
     Join,
     JoinOrCreate,
     Kick,
@@ -80,6 +87,8 @@ from roost.protocol.frames import (
     LobbyPage,
     Members,
     MembersPage,
+    MyRooms,
+    MyRoomsPage,
     Ok,
     Phase,
     Ping,
@@ -111,6 +120,7 @@ __all__ = [
     "ClientStatistics",
     "ConnectionClosedError",
     "ConnectionLost",
+    "Event",
     "EventOverflow",
     "HandshakeError",
     "ProtocolViolation",
@@ -140,6 +150,9 @@ server's own rule for expiring silent sessions (PROTOCOL.md §3.2). Without it a
 connection (a phone switching networks) would hang the client forever.
 """
 _FORGET_ON_RESUME = frozenset({ErrorCode.NOT_MEMBER, ErrorCode.NOT_FOUND})
+
+Event = RoomEvent | InboxEvent | InboxUnread
+"""What the event stream carries: room events, and the user's inbox entries and read-cursor moves."""
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -270,6 +283,9 @@ class ClientStatistics:
     """``chat_send`` requests re-sent after a reconnect."""
     pending_requests: int
     buffered_events: int
+    inbox_resyncs: int = 0
+    """``inbox_resume`` answers that said ``resync`` (entries missed while offline were dropped:
+    page ``inbox_history`` again)."""
 
 
 # -- internals -----------------------------------------------------------------------------------
@@ -361,6 +377,9 @@ _RESULT_RECORDS: dict[type[ClientFrame], type[WireRecord]] = {
     ChatSend: ChatAck,
     History: HistoryPage,
     Resume: ResumeResult,
+    InboxResume: InboxResumeResult,
+    InboxHistory: InboxPage,
+    MyRooms: MyRoomsPage,
 }
 _ADMIN_RECORDS: dict[AdminOp, type[WireRecord]] = {
     AdminOp.ROOMS: LobbyPage, AdminOp.ROOM: RoomSnapshot, AdminOp.USERS: UsersPage, AdminOp.USER_AUDIT: AuditPage,
@@ -400,7 +419,7 @@ class _EventStream:
     def __aiter__(self) -> _EventStream:
         return self
 
-    async def __anext__(self) -> RoomEvent:
+    async def __anext__(self) -> Event:
         event = await self._client._receive_event()
         if event is None:
             raise StopAsyncIteration
@@ -480,7 +499,11 @@ class Client:
         self._next_id = 0
         self._pending: dict[int, _Pending] = {}
         self._positions: dict[str, RoomPosition] = {}
-        self._events_send, self._events_recv = trio.open_memory_channel[RoomEvent](event_buffer)
+        self._events_send, self._events_recv = trio.open_memory_channel[Event](event_buffer)
+        self._inbox: RoomPosition | None = None
+        """The last inbox entry processed (epoch, seq): what ``inbox_resume`` continues from."""
+        self._inbox_attached = trio.Event()
+        self._inbox_resyncs = 0
         self._ready_conn: _Connection | None = None
         self._ready_event = trio.Event()
         self._failure: ClientError | None = None
@@ -542,12 +565,14 @@ class Client:
             requests_resent=self._resent,
             pending_requests=len(self._pending),
             buffered_events=self._events_recv.statistics().current_buffer_used,
+            inbox_resyncs=self._inbox_resyncs,
         )
 
     # -- events --------------------------------------------------------------------------------
 
     def events(self) -> _EventStream:
-        """Iterate over room events (presence, chat, state, sync...), in order, without duplicates.
+        """Iterate over room events (presence, chat, state, sync...), in order, without duplicates,
+        and the user's inbox events (``InboxEvent``, ``InboxUnread``: no ``room`` field; PROTOCOL.md §16).
 
         The iteration ends when the client closes (a terminal close code or a local close); it
         raises :class:`EventOverflow` or :class:`ProtocolViolation` (after the buffered events) when
@@ -555,7 +580,7 @@ class Client:
         """
         return _EventStream(self)
 
-    async def next_event(self, kind: str | type[RoomEvent] | None = None) -> RoomEvent:
+    async def next_event(self, kind: str | type[Event] | None = None) -> Event:
         """The next event, or the next one of ``kind`` (a ``t`` value such as ``"chat"``, or a frame
         class), **discarding** the events before it. Meant for tests and scripts.
 
@@ -570,7 +595,7 @@ class Client:
             if kind is None or (event.TYPE == kind if isinstance(kind, str) else isinstance(event, kind)):
                 return event
 
-    async def _receive_event(self) -> RoomEvent | None:
+    async def _receive_event(self) -> Event | None:
         try:
             return await self._events_recv.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
@@ -695,6 +720,43 @@ class Client:
         ``UsersPage`` for ``users``, ``AuditPage`` for ``user_audit``, a map or ``None`` otherwise)."""
         return await self._call(AdminRequest(id=0, key=key, op=AdminOp(op), args=args))
 
+    async def notify(self, key: str, user: str, kind: str, body: Any = None) -> dict[str, Any]:
+        """Put an entry in ``user``'s inbox (admin ``notify``, service credential ``key``); returns its
+        ``id``, ``epoch``, ``seq`` and ``ts`` once it is committed and delivered."""
+        result: dict[str, Any] = await self.admin(key, AdminOp.NOTIFY, {"user": user, "kind": kind, "body": body})
+        return result
+
+    @property
+    def inbox(self) -> RoomPosition | None:
+        """The last inbox entry this client processed (None before its inbox is attached)."""
+        return self._inbox
+
+    async def inbox_ready(self) -> RoomPosition:
+        """Wait until this connection's inbox is attached (right after each welcome: resumed from
+        :attr:`inbox`, or from ``welcome.inbox`` on a first connection) and return the position."""
+        while True:
+            if self._failure is not None:
+                raise _fresh(self._failure)
+            attached = self._inbox_attached
+            await attached.wait()
+            if attached is self._inbox_attached and self._inbox is not None:
+                return self._inbox
+
+    async def inbox_read(self, n: int) -> dict[str, int]:
+        """Move the inbox read cursor to entry ``n``; returns ``read`` and ``unread`` (every other
+        session of the user gets an ``inbox_unread`` event)."""
+        result: dict[str, int] = await self._call(InboxRead(id=0, n=n))
+        return result
+
+    async def inbox_history(self, before: int | None = None, limit: int | None = None) -> InboxPage:
+        """A page of inbox entries with ``seq < before`` (the newest when None), oldest first."""
+        return cast(InboxPage, await self._call(InboxHistory(id=0, before=before, limit=limit)))
+
+    async def my_rooms(self, cursor: str | None = None, limit: int | None = None) -> MyRoomsPage:
+        """A page of the rooms this user is a member of, with unread chat counts (``welcome.rooms``
+        is the first page, ``welcome.rooms_next`` its cursor)."""
+        return cast(MyRoomsPage, await self._call(MyRooms(id=0, cursor=cursor, limit=limit)))
+
     async def refresh(self, token: str) -> None:
         """Present a fresh token for the same user; later reconnects use it too."""
         await self._call(Refresh(id=0, token=token))
@@ -750,6 +812,8 @@ class Client:
         application, or trio-websocket's reader behind it stops answering pings and closes."""
         if isinstance(frame, RoomEvent):
             self._on_event(frame)
+        elif isinstance(frame, InboxEvent | InboxUnread):
+            self._on_inbox(frame)
         elif isinstance(frame, Ok):
             pending = self._pending.pop(frame.id, None)
             if pending is not None:
@@ -785,6 +849,12 @@ class Client:
             record = load_record(record_type, result, self._limits)
             if isinstance(record, RoomSnapshot) and not isinstance(frame, AdminRequest):
                 self._follow(record)
+            elif isinstance(record, InboxResumeResult):
+                if record.resync:  # what was missed is gone: continue from the head
+                    self._inbox_resyncs += 1
+                    self._inbox = RoomPosition(record.head.epoch, record.head.seq)
+                elif self._inbox is None:
+                    self._inbox = RoomPosition(record.head.epoch, record.head.seq - record.replayed)
             return record
         if isinstance(frame, StateSet):
             version = result.get("version") if type(result) is dict else None
@@ -802,6 +872,16 @@ class Client:
         if known is None or known.epoch != snapshot.epoch or known.seq < snapshot.seq:
             self._positions[snapshot.room] = RoomPosition(snapshot.epoch, snapshot.seq)
 
+    def _on_inbox(self, event: InboxEvent | InboxUnread) -> None:
+        """An inbox entry (deduplicated by its position, like room events) or a read-cursor move."""
+        if isinstance(event, InboxEvent):
+            known = self._inbox
+            if known is not None and known.epoch == event.epoch and event.seq <= known.seq:
+                self._duplicates += 1
+                return
+            self._inbox = RoomPosition(event.epoch, event.seq)
+        self._deliver(event)
+
     def _on_event(self, event: RoomEvent) -> None:
         room: str = event.room  # type: ignore[attr-defined]
         if isinstance(event, Sync):
@@ -817,6 +897,9 @@ class Client:
             self._positions[room] = RoomPosition(epoch, seq)
             if isinstance(event, RoomClosed) or (isinstance(event, PresenceDiff) and self.user in event.leave):
                 del self._positions[room]  # gone, or we were removed: nothing to resume
+        self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
         try:
             self._events_send.send_nowait(event)
         except trio.WouldBlock:
@@ -860,6 +943,8 @@ class Client:
         self._ready_conn = None
         if self._ready_event.is_set():
             self._ready_event = trio.Event()
+        if self._inbox_attached.is_set():
+            self._inbox_attached = trio.Event()
         for request_id, pending in list(self._pending.items()):
             if not pending.resend:
                 del self._pending[request_id]
@@ -1023,6 +1108,8 @@ class Client:
                     if task_status is not None:
                         conn.healthy = True
                         self._set_ready(conn)
+                        if welcome.inbox is not None:
+                            tasks.start_soon(self._attach_inbox, conn, welcome)
                         task_status.started()
                     else:
                         tasks.start_soon(self._resume, conn)
@@ -1121,6 +1208,9 @@ class Client:
         """After a reconnect: resume every followed room, re-send in-flight chat_sends, then let
         new requests through. Order matters: the replay must precede anything we send next."""
         resumes: list[tuple[str, _Pending]] = []
+        welcome = self._welcome
+        if welcome is not None and welcome.inbox is not None:
+            resumes.append(("", await self._push_inbox_resume(conn, welcome)))
         for room, position in list(self._positions.items()):
             pending = self._prepare(Resume(id=0, room=room, epoch=position.epoch, seq=position.seq), resend=False)
             self._pending[pending.request_id] = pending
@@ -1132,6 +1222,14 @@ class Client:
         self._set_ready(conn)
         for room, pending in resumes:
             await pending.done.wait()
+            if not room:  # the inbox: a refusal costs its live entries, never the connection
+                if pending.error is None:
+                    self._inbox_attached.set()
+                elif isinstance(pending.error, RequestError):
+                    log.warning("inbox_resume failed: %s", pending.error)
+                else:
+                    return
+                continue
             if isinstance(pending.error, RequestError):
                 if pending.error.code in _FORGET_ON_RESUME:
                     log.info("no longer a member of room %s; stopped following it", room)
@@ -1142,6 +1240,26 @@ class Client:
             if pending.error is not None:  # ConnectionLost: this connection is ending anyway
                 return
         conn.healthy = True
+
+
+    async def _push_inbox_resume(self, conn: _Connection, welcome: Welcome) -> _Pending:
+        """Send ``inbox_resume`` from the last entry processed (a first connection: from the head
+        ``welcome`` gave: entries before it are history, paged with ``inbox_history``)."""
+        assert welcome.inbox is not None
+        position = self._inbox or RoomPosition(welcome.inbox.epoch, welcome.inbox.seq)
+        pending = self._prepare(InboxResume(id=0, epoch=position.epoch, seq=position.seq), resend=False)
+        self._pending[pending.request_id] = pending
+        await conn.push(pending.data)
+        return pending
+
+    async def _attach_inbox(self, conn: _Connection, welcome: Welcome) -> None:
+        """First connection: attach the inbox beside the application's first requests."""
+        pending = await self._push_inbox_resume(conn, welcome)
+        await pending.done.wait()
+        if pending.error is None:
+            self._inbox_attached.set()
+        else:
+            log.warning("inbox_resume failed: %s", pending.error)
 
 
 def _closed_ending(exc: ConnectionClosed) -> _Ending:

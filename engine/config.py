@@ -146,6 +146,18 @@ class Config:
     """Crashes of one room actor tolerated within ``restart_period`` (each restarts it); one more closes the room."""
     restart_period: float = 5.0
     """Window, in seconds, for ``restart_intensity``."""
+
+    # -- inboxes (PROTOCOL.md §16) --
+    inbox_max_entries: int = 200
+    """Entries kept per user inbox; past it the oldest entry is dropped first (a resume from before it gets ``resync``)."""
+    inbox_max_bytes: int = 256 * 1024
+    """Stored bytes of the entries kept per user inbox; past it the oldest entries are dropped first (at least ``max_inbox_body_bytes`` + 1 KiB)."""
+    max_inbox_body_bytes: int = 8 * 1024
+    """Largest ``body`` of one inbox entry (``notify``), in encoded msgpack bytes; at most 32 KiB."""
+    inbox_queue: int = 1024
+    """Notifies queued for the inbox writer before ``notify`` callers wait (room logic gets ``rate_limited``)."""
+    welcome_rooms: int = 20
+    """Rooms of the user listed in ``welcome`` (at most 100); the rest are paged with ``my_rooms``."""
     logics: Mapping[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
     """Room logic factories by name (``create`` names one with ``logic``)."""
 
@@ -158,12 +170,17 @@ class Config:
             raise ConfigError("heartbeat_default_ms must lie between heartbeat_min_ms and heartbeat_max_ms")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port must be 0..65535")
-        for name in ("max_meta_bytes", "max_presence_bytes", "max_chat_meta_bytes", "max_state_bytes"):
+        for name in ("max_meta_bytes", "max_presence_bytes", "max_chat_meta_bytes", "max_state_bytes",
+                     "max_inbox_body_bytes"):
             cap = getattr(SERVER_LIMITS, name)  # what every client accepts from a server
             if getattr(self, name) > cap:
                 raise ConfigError(f"{name} must be at most {cap}")
         if self.page_default > 100:
             raise ConfigError("page_default must be at most 100")
+        if self.welcome_rooms > 100:
+            raise ConfigError("welcome_rooms must be at most 100")
+        if self.inbox_max_bytes < self.max_inbox_body_bytes + 1024:
+            raise ConfigError("inbox_max_bytes must be at least max_inbox_body_bytes + 1024 (one entry at the largest)")
         # Bounds so small that ordinary replies overflow them would close healthy members as slow
         # consumers (a join snapshot is up to ~600 KB: below that, a member with a backlog can be
         # closed by its own join; the default keeps a whole server frame).
@@ -279,6 +296,7 @@ POSITIVE = frozenset({
     "default_max_members", "room_inbox_size", "replay_events", "history_limit", "page_default",
     "restart_period", "room_ttl", "solo_room_ttl", "max_meta_bytes", "max_presence_bytes",
     "max_chat_meta_bytes", "max_state_bytes", "max_http_body_bytes", "guest_ttl", "guest_burst", "guest_proofs",
+    "inbox_max_entries", "inbox_max_bytes", "max_inbox_body_bytes", "inbox_queue", "welcome_rooms",
 })
 """Numeric settings for which 0 makes no sense; every other number must merely not be negative."""
 

@@ -25,7 +25,7 @@ import math
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from wsproto.events import RejectConnection
@@ -40,9 +40,13 @@ from roost.protocol.frames import (
     Create,
     ErrorReply,
     Hello,
+    InboxHistory,
+    InboxRead,
+    InboxResume,
     Join,
     JoinOrCreate,
     Lobby,
+    MyRooms,
     Ok,
     Pong,
     Refresh,
@@ -477,8 +481,7 @@ class Connection(Peer):
                 return None
             if frame.guest is not None and frame.v == PROTOCOL_VERSION and self._query_token is None:
                 return self._guest_sign_in(frame)  # a directory write: awaited, the connection parked
-            self._authenticate(frame)
-            return None
+            return self._authenticate(frame)
         if self.phase is not Phase.OPEN:
             return None
         self.requests += 1
@@ -501,7 +504,9 @@ class Connection(Peer):
     async def _guest_sign_in(self, hello: Hello) -> None:
         claims = await self.gateway.guests.sign_in(self, hello, self._host)
         if claims is not None and self.phase is Phase.AWAIT_HELLO:  # the deadline may have passed
-            self._authenticate(hello, claims)
+            step = self._authenticate(hello, claims)
+            if step is not None:
+                await step
 
     async def _awaited(self, frame: ClientFrame, step: Step) -> None:
         try:
@@ -574,9 +579,10 @@ class Connection(Peer):
             self.close(CloseCode.RATE_LIMITED, "rate limited")
         return False
 
-    def _authenticate(self, hello: Hello, guest: Claims | None = None) -> None:
-        """Open the session of a good ``hello``: its user token's claims, or ``guest``'s (claims the
-        guest sign-in made, engine/guests.py, once its proof was checked)."""
+    def _authenticate(self, hello: Hello, guest: Claims | None = None) -> Step | None:
+        """Check a ``hello``: its user token's claims, or ``guest``'s (claims the guest sign-in made,
+        engine/guests.py, once its proof was checked). With inboxes, the welcome needs the user's
+        inbox head and rooms from the store first: a step (the connection reads nothing meanwhile)."""
         gateway, config = self.gateway, self.config
         if hello.v != PROTOCOL_VERSION:
             gateway.auth_failures["version"] += 1
@@ -610,6 +616,23 @@ class Connection(Peer):
                                            "user": claims.sub, "jti": claims.jti})
             self.close(CloseCode.TOKEN_REVOKED, "revoked")
             return
+        if gateway.inbox is not None:
+            return self._welcome_with_inbox(hello, claims)
+        self._open_session(hello, claims, now, {})
+        return None
+
+    async def _welcome_with_inbox(self, hello: Hello, claims: Claims) -> None:
+        """The user's inbox head and rooms (PROTOCOL.md §16), read from the store, then the session."""
+        assert self.gateway.inbox is not None
+        head, rooms = await self.gateway.inbox.welcome(claims.sub)
+        if self.phase is not Phase.AWAIT_HELLO:  # closed meanwhile (auth deadline, shutdown)
+            return
+        about_user = {"inbox": head, "rooms": rooms.rooms, "rooms_next": rooms.next}
+        self._open_session(hello, claims, self.config.wall_clock(), about_user)
+
+    def _open_session(self, hello: Hello, claims: Claims, now: float, about_user: dict[str, Any]) -> None:
+        """Register the session of an authenticated ``hello`` and send its ``welcome``."""
+        gateway, config = self.gateway, self.config
         sid, resumed = self._session_for(hello.session, claims, now)
         if gateway.live_sessions(claims.sub, except_sid=sid) >= config.max_sessions_per_user:
             gateway.auth_failures["too_many_sessions"] += 1
@@ -633,6 +656,7 @@ class Connection(Peer):
                     "rooms": config.max_rooms_per_connection, "chat": config.max_chat_chars,
                     "meta": config.max_meta_bytes, "data": config.max_presence_bytes,
                     "chat_meta": config.max_chat_meta_bytes, "state": config.max_state_bytes},
+            **about_user,
         ))
 
     def _session_for(self, session_token: str | None, claims: Claims, now: float) -> tuple[str, bool]:
@@ -668,6 +692,8 @@ class Connection(Peer):
         elif isinstance(frame, Lobby):
             page = gateway.router.lobby(frame.cursor, frame.limit or self.config.page_default)
             self.send_frame(Ok(id=frame.id, result=dump_record(page)))
+        elif isinstance(frame, InboxResume | InboxRead | InboxHistory | MyRooms):
+            return self._inbox_request(frame)
         elif isinstance(frame, AdminRequest):
             return self._admin(frame)
         elif isinstance(frame, Create | JoinOrCreate):
@@ -703,6 +729,23 @@ class Connection(Peer):
     async def _admin(self, frame: AdminRequest) -> None:
         result = await self.gateway.admin.call(frame.op, frame.args, frame.key, remote=self.remote)
         self.send_frame(Ok(id=frame.id, result=result))
+
+    async def _inbox_request(self, frame: InboxResume | InboxRead | InboxHistory | MyRooms) -> None:
+        """The user's own inbox and rooms (engine/inbox.py): resume and read are answered by the
+        inbox writer (in its order), the pages here."""
+        inbox = self.gateway.inbox
+        if inbox is None:
+            raise RoomError(ErrorCode.UNSUPPORTED, "this server has no inboxes")
+        if isinstance(frame, InboxResume):
+            await inbox.resume(self, frame.id, frame.epoch, frame.seq)
+        elif isinstance(frame, InboxRead):
+            await inbox.read(self, frame.id, frame.n)
+        elif isinstance(frame, InboxHistory):
+            page = await inbox.history(self.user, frame.before, frame.limit or self.config.page_default)
+            self.send_frame(Ok(id=frame.id, result=dump_record(page)))
+        else:
+            rooms = await inbox.my_rooms(self.user, frame.cursor, frame.limit or self.config.page_default)
+            self.send_frame(Ok(id=frame.id, result=dump_record(rooms)))
 
     async def _then_to_room(self, room: Awaitable[RoomRuntime], frame: ClientFrame) -> None:
         step = self._to_room(await room, frame)

@@ -34,6 +34,7 @@ from .websocket import WsState
 
 if TYPE_CHECKING:
     from .admin import Admin
+    from .inbox import InboxService
 
 __all__ = ["COUNTERS", "Gateway", "close_label"]
 
@@ -95,6 +96,9 @@ class Gateway:
         self.router = router
         self.revocations = revocations
         self.admin = admin
+        self.inbox: InboxService | None = None
+        """Personal inboxes and room index (engine/inbox.py), set by the engine: ``welcome`` and the
+        ``inbox_*`` and ``my_rooms`` requests read it."""
         self.availability = Availability.STARTING
         """STARTING until the engine has restored its rooms (:meth:`serving`), DRAINING from
         :meth:`drain` on: only while SERVING are upgrades accepted and the service API answered."""

@@ -12,11 +12,22 @@ its last committed state and resyncs its members, and after too many crashes clo
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Protocol
 
 from roost.protocol.frames import Member, Phase
 
-__all__ = ["RoomContext", "RoomLogic"]
+__all__ = ["Notifier", "RoomContext", "RoomLogic"]
+
+
+class Notifier(Protocol):
+    """Where room logic's ``notify`` goes (the engine's inbox service, engine/inbox.py)."""
+
+    def check_post(self, user: str, kind: str, body: Any, pending: int) -> None:
+        """Raise RoomError unless an entry like this may be posted (``pending`` are already waiting
+        for this turn's commit)."""
+
+    def post(self, user: str, kind: str, body: Any) -> None:
+        """Queue the entry for the inbox writer (after the room's turn is committed)."""
 
 
 class RoomContext(abc.ABC):
@@ -72,6 +83,15 @@ class RoomContext(abc.ABC):
     @abc.abstractmethod
     def close(self, message: str = "") -> None:
         """Close the room at the end of this turn (members get ``room_closed``)."""
+
+    @abc.abstractmethod
+    def notify(self, user: str, kind: str, body: Any = None) -> None:
+        """Put an entry in ``user``'s personal inbox (PROTOCOL.md §16): an invite, a match found.
+
+        The entry is posted once this turn is committed (a turn that crashes posts nothing) and is
+        then committed and delivered by the inbox writer, in its own order. Raises RoomError
+        (``bad_field``, ``too_large``; ``rate_limited`` when the writer's queue is full) at once.
+        """
 
 
 class RoomLogic:

@@ -147,6 +147,12 @@ FAMILIES: dict[str, Family] = {
     "roost_store_commit_duration_seconds": Family("histogram", "How long do room turns wait for their writes "
                                                   "to be durable?"),
     "roost_revocations": Family("gauge", "How many revocation entries are held?"),
+    # inboxes
+    "roost_inbox_notifies": Family("counter", "How many inbox entries were committed and pushed (notify)?"),
+    "roost_inbox_dropped": Family("counter", "How many inbox entries were dropped by the per-user bound "
+                                  "(oldest first)?"),
+    "roost_inbox_resumes": Family("counter", "Did inbox resumes replay the missed entries or need a resync?",
+                                  "outcome"),
 }
 """Every family :class:`Metrics` exposes (README.md's table is generated from it). Counters count
 since the engine started serving; their samples carry Prometheus's ``_total`` suffix."""
@@ -254,6 +260,10 @@ class Metrics:
         yield _histogram("roost_room_turn_duration_seconds", rooms.turns)
         yield _histogram("roost_store_commit_duration_seconds", rooms.commits)
         yield _family("roost_revocations", len(engine.revocations))
+        inbox = engine.inbox.stats
+        yield _family("roost_inbox_notifies", inbox.notifies)
+        yield _family("roost_inbox_dropped", inbox.dropped)
+        yield _by("roost_inbox_resumes", inbox.resumes.items())
 
 
 def _rewrite(path: str) -> None:

@@ -14,10 +14,11 @@ import trio
 
 from roost.protocol.errors import ErrorCode
 from roost.protocol.codec import SERVER_LIMITS
-from roost.protocol.frames import AuditPage, LobbyPage, RoomSnapshot, User, UsersPage
+from roost.protocol.frames import AuditPage, InboxEvent, LobbyPage, RoomSnapshot, User, UsersPage
 from roost.protocol.schema import FieldProblem, Opaque
 
 from .errors import RoomError
+from .inbox import InboxService
 from .revocations import Revocations
 from .room import Call, RoomActor
 from .router import Router
@@ -64,13 +65,15 @@ T = TypeVar("T")
 class Operations:
     """Room and token operations for the embedding app and operators."""
 
-    def __init__(self, router: Router, revocations: Revocations, users: Directory | None = None) -> None:
+    def __init__(self, router: Router, revocations: Revocations, users: Directory | None = None,
+                 inbox: InboxService | None = None) -> None:
         self._router = router
         self._revocations = revocations
         self.users = users
         """The user directory (None only for a bare Operations built by a test)."""
         self.close_sessions: Callable[[str], None] | None = None
         """Set by the engine: close every live session of a user (4006) once it is merged."""
+        self._inbox = inbox
 
     async def _call(self, room_id: str, fn: Callable[[RoomActor], T]) -> T:
         runtime = self._router.get(room_id)
@@ -190,3 +193,9 @@ class Operations:
     async def user_audit(self, user_id: str, cursor: str | None = None, limit: int = 50) -> AuditPage:
         """A page of one user's audit trail, oldest first."""
         return await self._users().audit(user_id, cursor, min(max(limit, 1), 100))
+    async def notify(self, user: str, kind: str, body: Any = None) -> InboxEvent:
+        """Put an entry in ``user``'s personal inbox (PROTOCOL.md §16); returns once it is committed
+        and pushed to every live session of the user that attached its inbox."""
+        if self._inbox is None:
+            raise RoomError(ErrorCode.UNSUPPORTED, "this engine has no inboxes")
+        return await self._inbox.notify(user, kind, body)

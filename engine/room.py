@@ -74,7 +74,7 @@ from roost.protocol.frames import (
 from .codes import in_scope
 from .config import Config
 from .errors import RoomError
-from .logic import RoomContext, RoomLogic
+from .logic import Notifier, RoomContext, RoomLogic
 from .metrics import RoomStats
 from .outbox import ws_frame
 from .peer import Peer
@@ -173,6 +173,9 @@ class RoomRuntime:
         self.resync_reason: str | None = None
         """Set by the supervisor before a restart: the new actor sends every session a ``sync``."""
         self.crashed_batch: Sequence[Command] = ()
+        self.state: Any = None
+        """The current actor's RoomState: read (never written) between turns, e.g. for the unread
+        chat counts of ``welcome`` (engine/inbox.py). None while asleep (a sleeping room has no member)."""
         self._barred: dict[str, float] | None = None
         """Kicked users by the end of their rejoin cool-down (Trio clock); None until a kick."""
         self.asleep = False
@@ -217,6 +220,7 @@ class RoomRuntime:
         self.asleep = True
         self.reap_at = reap_at
         self._channels = None
+        self.state = None
 
     def inbox_empty(self) -> bool:
         """Whether no command is queued (nor any disconnect notice)."""
@@ -332,6 +336,13 @@ class _Context(RoomContext):
     def close(self, message: str = "") -> None:
         self._actor.close_room("closed", message)
 
+    def notify(self, user: str, kind: str, body: Any = None) -> None:
+        actor = self._actor
+        if actor.notifier is None:
+            raise RoomError(ErrorCode.UNSUPPORTED, "this engine has no inboxes")
+        actor.notifier.check_post(user, kind, body, len(actor.notices))
+        actor.notices.append((user, kind, body))
+
 
 class RoomActor:
     """One incarnation of a room's actor. Built by the supervisor from the last committed state."""
@@ -345,10 +356,15 @@ class RoomActor:
         logic: RoomLogic | None,
         *,
         created: bool = False,
+        notifier: Notifier | None = None,
     ) -> None:
         self._created = created
+        self.notifier = notifier
+        self.notices: list[tuple[str, str, Any]] = []
+        """``notify`` calls of this turn's logic, posted once the turn is committed."""
         self.runtime = runtime
         self.state = state
+        runtime.state = state
         self.store = store
         self.config = config
         self.logic = logic
@@ -493,6 +509,10 @@ class RoomActor:
                 await self.store.commit(writes)
             self._stats.commits.observe(time.perf_counter() - started)
         self._flush()
+        if self.notices:
+            notices, self.notices = self.notices, []
+            for notice in notices:
+                self.notifier.post(*notice)  # type: ignore[union-attr]  # set when notices exist
         calls, self._calls = self._calls, []
         for call, value, error in calls:
             call.resolve(value, error)
@@ -833,6 +853,7 @@ class RoomActor:
             self._attach(peer)
             presence.add(peer.user, peer.name, peer.sid, wall, peer.role)
             state.touch_member(peer.user)
+            state.touch_membership(peer.user)
             if len(presence) >= 2 and not state.shared:
                 state.shared = True
                 state.touch("counters")
@@ -899,6 +920,7 @@ class RoomActor:
         if state.presence.remove(user) is None:
             return
         state.touch_member(user)
+        state.touch_membership(user)
         self._info_dirty = True
         self._diff(leave=[user], reason=reason)
         for peer in [p for p in self.runtime.peers.values() if p.user == user]:

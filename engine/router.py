@@ -66,6 +66,7 @@ class Router:
                           replay_limit=self._config.replay_events)
         runtime = RoomRuntime(room_id, code, self._config.room_inbox_size, stats=self._supervisor.stats,
                               waker=self._waker)
+        runtime.state = state
         self.rooms[room_id] = runtime
         self._codes[code] = room_id
         try:
@@ -81,6 +82,7 @@ class Router:
                               stats=self._supervisor.stats, waker=self._waker)
         runtime.info = state.info()
         runtime.public = state.options.public
+        runtime.state = state  # readable (welcome's unread counts) before its actor first runs
         self.rooms[state.room_id] = runtime
         self._codes[state.code] = state.room_id
         self._supervisor.start_soon(runtime, state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 from typing import Any
 
 import msgpack
@@ -21,12 +22,15 @@ from .chat import ChatLog
 from .presence import Presence
 from .store import Write
 
-__all__ = ["RoomOptions", "RoomState"]
+__all__ = ["RoomOptions", "RoomState", "membership_key", "user_key"]
 
 _CHAT_PREFIX = "chat:"
 _MEMBER_PREFIX = "member:"
 _READ_PREFIX = "read:"
 _EVENT_PREFIX = "ev:"
+_MEMBERSHIP = b"\xc0"
+"""The value of a membership index entry (msgpack nil): the key says it all, and the listing reads the
+room's code from the live room, so a join packs nothing more for the index."""
 
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -49,6 +53,22 @@ def chat_key(n: int) -> str:
 def event_key(seq: int) -> str:
     """Store key of the framed room event ``seq`` (kept for resume)."""
     return f"{_EVENT_PREFIX}{seq:016x}"
+
+
+def user_key(user: str) -> str:
+    """The key prefix of one user's records in the ``inbox`` table (inbox entries, head, room index).
+
+    A digest, not the id: a user id is up to 128 characters of any kind (512 UTF-8 bytes, past LMDB's
+    511-byte keys), and a prefix built from the id itself would let ``alice/`` reach into the records
+    of ``alice``. 128 bits of BLAKE2b: fixed length, no separator to escape, no collision to fear.
+    """
+    return hashlib.blake2b(user.encode(), digest_size=16).hexdigest()
+
+
+def membership_key(user: str, room: str) -> str:
+    """The ``inbox``-table key saying that ``user`` is a member of ``room`` (the durable index of
+    a user's rooms, written by the room in the same commit as the membership itself)."""
+    return f"{user_key(user)}/m/{room}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +119,8 @@ class RoomState:
         """Chat messages to write, with their record bytes when the turn already packed them."""
         self._dirty_members: set[str] = set()
         self._dirty_reads: set[str] = set()
+        self._dirty_index: set[str] = set()
+        """Users who joined or left this turn: their entry of the membership index (table ``inbox``)."""
 
     # -- dirty tracking -----------------------------------------------------------------------
 
@@ -115,6 +137,11 @@ class RoomState:
         """Mark a member's durable record (name, join order, custom data) as new, changed or gone."""
         self._dirty_members.add(user)
 
+    def touch_membership(self, user: str) -> None:
+        """Mark that ``user`` joined or left: the user's membership index entry is written (or
+        deleted) with this turn, in the same batch as the member record (one atomic commit)."""
+        self._dirty_index.add(user)
+
     def touch_read(self, user: str) -> None:
         """Mark a user's read cursor as moved."""
         self._dirty_reads.add(user)
@@ -127,7 +154,7 @@ class RoomState:
     @property
     def dirty(self) -> bool:
         return bool(self._dirty or self._dirty_chat or self._dirty_members or self._dirty_reads or self._new_events
-                    or self.closing or self.chat.trimmed)
+                    or self.closing or self.chat.trimmed or self._dirty_index)
 
     def take_writes(self) -> list[Write]:
         """The store writes for everything changed since the last call.
@@ -173,8 +200,16 @@ class RoomState:
         if self.chat.trimmed:
             for n in self.chat.take_trimmed():
                 add(Write(room, chat_key(n), None))
+        if self._dirty_index:
+            index, presence, closing = self._dirty_index, self.presence, self.closing
+            for user in sorted(index) if len(index) > 1 else index:
+                kept = user in presence and not closing
+                add(Write(None, membership_key(user, room), _MEMBERSHIP if kept else None, table="inbox"))
         if self.closing:
             add(Write(room, "meta", None))
+            writes.extend(Write(None, membership_key(user, room), None, table="inbox")
+                          for user in sorted(self.presence.members) if user not in self._dirty_index)
+        self._dirty_index.clear()
         return writes
 
     def _section(self, name: str) -> Any:

@@ -26,7 +26,7 @@ from roost.protocol.frames import ErrorReply
 
 from .config import Config
 from .errors import RoomError
-from .logic import RoomLogic
+from .logic import Notifier, RoomLogic
 from .metrics import RoomStats
 from .outbox import ws_frame
 from .room import RoomActor, RoomRuntime, empty_ttl
@@ -43,9 +43,11 @@ class Supervisor:
 
     def __init__(
         self, nursery: trio.Nursery, store: Store, config: Config, on_gone: Callable[[RoomRuntime], None],
-        *, stats: RoomStats | None = None,
+        *, stats: RoomStats | None = None, notifier: Notifier | None = None,
     ) -> None:
         self._nursery = nursery
+        self.notifier = notifier
+        """Where room logic's ``notify`` goes (the engine's inbox service)."""
         self._store = store
         self._config = config
         self._on_gone = on_gone
@@ -220,7 +222,7 @@ class Supervisor:
             logic, runtime.kept_logic = runtime.kept_logic, None
             if logic is None:
                 logic = self.make_logic(state.options.logic)
-            actor = RoomActor(runtime, state, self._store, config, logic, created=created)
+            actor = RoomActor(runtime, state, self._store, config, logic, created=created, notifier=self.notifier)
             created = False
             try:
                 await actor.run()

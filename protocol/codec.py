@@ -36,7 +36,7 @@ CLIENT_LIMITS = Limits()
 room meta, presence data and chat meta, 256 KiB game state."""
 SERVER_LIMITS = Limits(
     max_frame_bytes=1024 * 1024, max_meta_bytes=32 * 1024, max_presence_bytes=32 * 1024,
-    max_chat_meta_bytes=32 * 1024,
+    max_chat_meta_bytes=32 * 1024, max_inbox_body_bytes=32 * 1024,
 )
 """Limits for frames sent by the server: 1 MiB frames, and the byte limits at the most a server may be
 configured with (32 KiB each), so a client accepts whatever a server within them sends. At these

@@ -23,9 +23,15 @@ from .frames import (
     HistoryPage,
     Identity,
     LinkedKey,
+    InboxEntry,
+    InboxHead,
+    InboxPage,
+    InboxResumeResult,
     LobbyPage,
     Member,
     MembersPage,
+    MyRoom,
+    MyRoomsPage,
     ResumeResult,
     RoomInfo,
     RoomSnapshot,
@@ -55,6 +61,12 @@ RECORDS: tuple[type[WireRecord], ...] = (
     UsersPage,
     AuditEntry,
     AuditPage,
+    InboxEntry,
+    InboxHead,
+    InboxPage,
+    InboxResumeResult,
+    MyRoom,
+    MyRoomsPage,
 )
 
 

@@ -46,6 +46,18 @@ __all__ = [
     "HistoryPage",
     "HostChanged",
     "HostSet",
+    "InboxEntry",
+    "InboxEvent",
+    "InboxHead",
+    "InboxHistory",
+    "InboxPage",
+    "InboxRead",
+    "InboxResume",
+    "InboxResumeResult",
+    "InboxUnread",
+    "MyRoom",
+    "MyRooms",
+    "MyRoomsPage",
     "InactivePolicy",
     "Join",
     "JoinOrCreate",
@@ -164,6 +176,9 @@ class AdminOp(enum.StrEnum):
     """Page through every user by id: args ``cursor``, ``limit``. Result: a ``UsersPage``."""
     USER_AUDIT = "user_audit"
     """Page through user ``id``'s audit trail, newest last: args ``cursor``, ``limit``. Result: an ``AuditPage``."""
+    NOTIFY = "notify"
+    """Put an entry in one user's inbox and deliver it to the user's live sessions (PROTOCOL.md §16):
+    args ``user``, ``kind``, ``body``; the result is the entry's ``id``, ``epoch``, ``seq``, ``ts``."""
 
 
 # -- shared field specs ------------------------------------------------------------------------
@@ -207,6 +222,9 @@ USER_KEYS = 32
 USER_MERGES = 64
 """Users merged into one that its record lists (the most recent; the audit trail has every one)."""
 USERS_PAGE = 100
+INBOX_BODY = Opaque(max_bytes="max_inbox_body_bytes")
+INBOX_PAGE = 100
+MY_ROOMS_PAGE = 100
 
 
 _T = TypeVar("_T")
@@ -431,6 +449,68 @@ class AuditPage(WireRecord):
     """Result of ``user_audit``: entries oldest first; ``next`` (the last ``n``) null at the end."""
 
     entries: tuple[AuditEntry, ...] = spec_field(ListOf(Record(AuditEntry), USERS_PAGE))
+    next: str | None = spec_field(CURSOR, default=None)
+
+
+@_frame
+class InboxEntry(WireRecord):
+    """One entry of a user's inbox (PROTOCOL.md §16): ``seq`` is its number in the inbox's ``epoch``."""
+
+    id: str = spec_field(MSG_ID)
+    seq: int = spec_field(SEQ)
+    ts: int = spec_field(TIME_MS)
+    kind: str = spec_field(KIND)
+    body: Any = spec_field(INBOX_BODY, default=None)
+
+
+@_frame
+class InboxHead(WireRecord):
+    """Where a user's inbox stands: its newest entry ``seq`` in ``epoch``, the oldest kept
+    (``first``; ``seq + 1`` when none is kept), the read cursor ``read`` and the ``unread`` kept
+    entries after it."""
+
+    epoch: int = spec_field(SEQ)
+    seq: int = spec_field(SEQ)
+    first: int = spec_field(SEQ)
+    read: int = spec_field(SEQ)
+    unread: int = spec_field(COUNT)
+
+
+@_frame
+class InboxPage(WireRecord):
+    """Result of ``inbox_history``: entries oldest first; ``next`` is the ``before`` of the older page."""
+
+    entries: tuple[InboxEntry, ...] = spec_field(ListOf(Record(InboxEntry), INBOX_PAGE))
+    next: int | None = spec_field(SEQ, default=None)
+
+
+@_frame
+class InboxResumeResult(WireRecord):
+    """Result of ``inbox_resume``: ``replayed`` missed ``inbox`` events follow the reply, or, with
+    ``resync``, none do (entries after the position were dropped, or the epoch changed): page the
+    inbox again with ``inbox_history``. ``head`` is the inbox as of the reply."""
+
+    replayed: int = spec_field(COUNT)
+    resync: bool = spec_field(Bool(), default=False)
+    head: InboxHead = spec_field(Record(InboxHead))
+
+
+@_frame
+class MyRoom(WireRecord):
+    """A room the user is a member of, with its chat position for the user (as in a snapshot)."""
+
+    room: str = spec_field(ROOM_ID)
+    code: str = spec_field(ROOM_CODE)
+    chat_n: int = spec_field(SEQ, default=0)
+    read_n: int = spec_field(SEQ, default=0)
+    unread: int = spec_field(COUNT, default=0)
+
+
+@_frame
+class MyRoomsPage(WireRecord):
+    """Result of ``my_rooms``: the user's rooms by id; ``next`` is the ``cursor`` of the next page."""
+
+    rooms: tuple[MyRoom, ...] = spec_field(ListOf(Record(MyRoom), MY_ROOMS_PAGE))
     next: str | None = spec_field(CURSOR, default=None)
 
 
@@ -706,6 +786,46 @@ class AdminRequest(ClientFrame):
     args: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
 
 
+@_frame
+class InboxResume(ClientFrame):
+    """Attach this session to the user's inbox after ``(epoch, seq)``: the server replies ``ok`` with
+    an :class:`InboxResumeResult`, then sends exactly the missed entries in order, then every new one."""
+
+    TYPE: ClassVar[str] = "inbox_resume"
+    id: int = spec_field(REQUEST_ID)
+    epoch: int = spec_field(SEQ)
+    seq: int = spec_field(SEQ)
+
+
+@_frame
+class InboxRead(ClientFrame):
+    """Move the inbox read cursor forward to entry ``n`` (it never moves back)."""
+
+    TYPE: ClassVar[str] = "inbox_read"
+    id: int = spec_field(REQUEST_ID)
+    n: int = spec_field(SEQ)
+
+
+@_frame
+class InboxHistory(ClientFrame):
+    """Page the inbox backwards: entries with ``seq < before`` (newest page when absent)."""
+
+    TYPE: ClassVar[str] = "inbox_history"
+    id: int = spec_field(REQUEST_ID)
+    before: int | None = spec_field(SEQ, default=None)
+    limit: int | None = spec_field(PAGE_LIMIT, default=None)
+
+
+@_frame
+class MyRooms(ClientFrame):
+    """Page the rooms the user is a member of (``welcome.rooms`` is the first page)."""
+
+    TYPE: ClassVar[str] = "my_rooms"
+    id: int = spec_field(REQUEST_ID)
+    cursor: str | None = spec_field(CURSOR, default=None)
+    limit: int | None = spec_field(PAGE_LIMIT, default=None)
+
+
 # -- server → client ---------------------------------------------------------------------------
 
 
@@ -716,6 +836,8 @@ class Welcome(ServerFrame):
     ``session`` is the token to present in a later ``hello`` to take this session over; ``sid`` is
     its id. ``exp`` is the user token's expiry (unix s): refresh before it. ``limits`` tells the
     client the server's limits: ``frame``, ``burst``, ``rooms``, ``chat`` (ints) and ``rate`` (a float).
+    ``inbox`` is where the user's inbox stands (its unread count); ``rooms`` the first page of the
+    user's rooms with their unread chat counts, ``rooms_next`` the ``my_rooms`` cursor of the rest.
     """
 
     TYPE: ClassVar[str] = "welcome"
@@ -729,6 +851,9 @@ class Welcome(ServerFrame):
     time: int = spec_field(TIME_MS)
     resumed: bool = spec_field(Bool(), default=False)
     limits: dict[str, Any] | None = spec_field(OPAQUE_MAP, default=None)
+    inbox: InboxHead | None = spec_field(Record(InboxHead), default=None)
+    rooms: tuple[MyRoom, ...] = spec_field(ListOf(Record(MyRoom), MY_ROOMS_PAGE), default=())
+    rooms_next: str | None = spec_field(CURSOR, default=None)
 
 
 @_frame
@@ -903,6 +1028,29 @@ class Sync(RoomEvent):
     ts: int = spec_field(TIME_MS)
     snapshot: RoomSnapshot = spec_field(Record(RoomSnapshot))
     reason: str | None = spec_field(KIND, default=None)
+
+
+@_frame
+class InboxEvent(ServerFrame):
+    """A new entry of the user's inbox (or a missed one, replayed after ``inbox_resume``). Within
+    one ``epoch`` a user's inbox ``seq`` grows by exactly one per entry."""
+
+    TYPE: ClassVar[str] = "inbox"
+    epoch: int = spec_field(SEQ)
+    seq: int = spec_field(SEQ)
+    ts: int = spec_field(TIME_MS)
+    id: str = spec_field(MSG_ID)
+    kind: str = spec_field(KIND)
+    body: Any = spec_field(INBOX_BODY, default=None)
+
+
+@_frame
+class InboxUnread(ServerFrame):
+    """The inbox read cursor moved (``inbox_read`` from another session of the same user)."""
+
+    TYPE: ClassVar[str] = "inbox_unread"
+    read: int = spec_field(SEQ)
+    unread: int = spec_field(COUNT)
 
 
 def _table(base: type[Frame]) -> dict[str, type[Frame]]:

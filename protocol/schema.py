@@ -54,6 +54,8 @@ class Limits:
         max_presence_bytes: the largest presence ``data`` of one member, in encoded msgpack bytes.
         max_chat_meta_bytes: the largest chat message ``meta``, in encoded msgpack bytes.
         max_state_bytes: the largest game ``state``, in encoded msgpack bytes.
+        max_inbox_body_bytes: the largest ``body`` of one inbox entry (``notify``), in encoded
+            msgpack bytes.
 
     The byte limits exist because these values are copied into every page and snapshot that lists
     their record: a count limit alone lets 20 rooms of 62 KB ``meta`` make every lobby page too large
@@ -68,10 +70,12 @@ class Limits:
     max_presence_bytes: int = 16 * 1024
     max_chat_meta_bytes: int = 16 * 1024
     max_state_bytes: int = 256 * 1024
+    max_inbox_body_bytes: int = 8 * 1024
 
     def __post_init__(self) -> None:
         if (self.max_frame_bytes < 64 or self.max_depth < 1 or self.max_chat_chars < 1
-                or min(self.max_meta_bytes, self.max_presence_bytes, self.max_chat_meta_bytes, self.max_state_bytes) < 1):
+                or min(self.max_meta_bytes, self.max_presence_bytes, self.max_chat_meta_bytes, self.max_state_bytes,
+                        self.max_inbox_body_bytes) < 1):
             raise ValueError("limits must be positive (max_frame_bytes >= 64)")
 
 

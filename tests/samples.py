@@ -22,12 +22,24 @@ from roost.protocol.frames import (
     HistoryPage,
     HostChanged,
     HostSet,
+    InboxEntry,
+    InboxEvent,
+    InboxHead,
+    InboxHistory,
+    InboxPage,
+    InboxRead,
+    InboxResume,
+    InboxResumeResult,
+    InboxUnread,
     Join,
     JoinOrCreate,
     Kick,
     Leave,
     Lobby,
     LobbyPage,
+    MyRoom,
+    MyRooms,
+    MyRoomsPage,
     Member,
     Members,
     MembersPage,
@@ -86,6 +98,10 @@ SNAPSHOT = RoomSnapshot(
     created=TS,
 )
 
+INBOX_ENTRY = InboxEntry(id="i7", seq=7, ts=TS, kind="invite", body={"room": "r-7f3a", "from": "u-bob"})
+INBOX_HEAD = InboxHead(epoch=1, seq=7, first=1, read=5, unread=2)
+MY_ROOM = MyRoom(room="r-7f3a", code="K7M2QX9P", chat_n=17, read_n=15, unread=2)
+
 RECORDS: dict[str, WireRecord] = {
     "Member": ANN,
     "ChatMessage": MESSAGE,
@@ -96,6 +112,12 @@ RECORDS: dict[str, WireRecord] = {
     "ChatAck": ChatAck(id="m-17", n=17, ts=TS),
     "HistoryPage": HistoryPage(messages=(MESSAGE,), next=16),
     "ResumeResult": ResumeResult(replayed=3),
+    "InboxEntry": INBOX_ENTRY,
+    "InboxHead": INBOX_HEAD,
+    "InboxPage": InboxPage(entries=(INBOX_ENTRY,), next=6),
+    "InboxResumeResult": InboxResumeResult(replayed=2, head=INBOX_HEAD),
+    "MyRoom": MY_ROOM,
+    "MyRoomsPage": MyRoomsPage(rooms=(MY_ROOM,), next="r-7f3a"),
 }
 
 CLIENT: dict[str, Frame] = {
@@ -121,6 +143,10 @@ CLIENT: dict[str, Frame] = {
     "host_set": HostSet(id=18, room="r-7f3a", user="u-bob"),
     "resume": Resume(id=19, room="r-7f3a", epoch=1, seq=42),
     "admin": AdminRequest(id=20, key="svc-secret", op=AdminOp.CLOSE, args={"room": "r-7f3a"}),
+    "inbox_resume": InboxResume(id=21, epoch=1, seq=5),
+    "inbox_read": InboxRead(id=22, n=7),
+    "inbox_history": InboxHistory(id=23, before=6, limit=20),
+    "my_rooms": MyRooms(id=24, cursor="r-7f3a", limit=20),
 }
 
 SERVER: dict[str, Frame] = {
@@ -148,4 +174,6 @@ SERVER: dict[str, Frame] = {
     "message": MessageEvent(room="r-7f3a", epoch=1, seq=50, ts=TS, kind="move", body={"x": 1}, sender="u-ann"),
     "room_closed": RoomClosed(room="r-7f3a", epoch=1, seq=51, ts=TS, code="internal", message="room crashed"),
     "sync": Sync(room="r-7f3a", epoch=2, seq=0, ts=TS, snapshot=SNAPSHOT, reason="restarted"),
+    "inbox": InboxEvent(epoch=1, seq=7, ts=TS, id="i7", kind="invite", body={"room": "r-7f3a", "from": "u-bob"}),
+    "inbox_unread": InboxUnread(read=7, unread=0),
 }

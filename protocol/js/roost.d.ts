@@ -58,9 +58,18 @@ export interface LobbyPage { rooms: RoomInfo[]; next?: string }
 export interface MembersPage { members: Member[]; next?: string }
 export interface ChatAck { id: string; n: number; ts: number; dup?: boolean }
 export interface HistoryPage { messages: ChatMessage[]; next?: number }
+export interface InboxHead { epoch: number; seq: number; first: number; read: number; unread: number }
+export interface InboxEntry { id: string; seq: number; ts: number; kind: string; body?: Opaque }
+export interface InboxPage { entries: InboxEntry[]; next?: number }
+export interface MyRoom { room: string; code: string; chat_n?: number; read_n?: number; unread?: number }
+export interface MyRoomsPage { rooms: MyRoom[]; next?: string }
+export interface InboxEvent { t: "inbox"; epoch: number; seq: number; ts: number; id: string; kind: string; body?: Opaque }
+export interface InboxUnreadEvent { t: "inbox_unread"; read: number; unread: number }
 export interface Welcome {
   t: "welcome"; v: number; sid: string; session: string; user: string; name: string; hb: number; exp: number;
   time: number; resumed?: boolean; limits?: { [key: string]: number };
+  /** The user's inbox as of the welcome (§16): its unread count. */
+  inbox?: InboxHead; rooms?: MyRoom[]; rooms_next?: string;
 }
 
 interface EventBase { room: string; epoch: number; seq: number; ts: number }
@@ -118,6 +127,7 @@ export interface ConnectOptions {
 export type ClientState = "connecting" | "open" | "reconnecting" | "closed";
 export interface ClientStats {
   connects: number; reconnects: number; resent: number; duplicates: number; gaps: number; events: number; pings: number;
+  inboxResyncs: number;
 }
 type RoomRef = string | Room;
 interface CreateOptions { public?: boolean; max?: number; logic?: string; inactive?: Inactive; meta?: { [key: string]: Sendable } }
@@ -139,6 +149,11 @@ export declare class Roost {
   readonly user: string | undefined;
   readonly sid: string | undefined;
   readonly connected: boolean;
+  /** The last inbox entry processed (null until the inbox is attached). */
+  readonly inbox: { epoch: number; seq: number } | null;
+  on(type: "inbox", handler: (entry: InboxEvent) => void): () => void;
+  on(type: "inbox_unread", handler: (event: InboxUnreadEvent) => void): () => void;
+  on(type: "inbox_resync", handler: (head: InboxHead) => void): () => void;
   on(type: "state", handler: (state: ClientState) => void): () => void;
   on(type: "welcome", handler: (welcome: Welcome) => void): () => void;
   on(type: "error", handler: (error: unknown) => void): () => void;
@@ -163,6 +178,10 @@ export declare class Roost {
   kick(room: RoomRef, user: string): Promise<void>;
   hostSet(room: RoomRef, user: string): Promise<void>;
   admin(key: string, op: string, args?: { [key: string]: Sendable }): Promise<Opaque>;
+  notify(key: string, user: string, kind: string, body?: Sendable): Promise<{ id: string; epoch: number; seq: number; ts: number }>;
+  inboxRead(n: number): Promise<{ read: number; unread: number }>;
+  inboxHistory(options?: { before?: number; limit?: number }): Promise<InboxPage>;
+  myRooms(options?: { cursor?: string; limit?: number }): Promise<MyRoomsPage>;
   refresh(token?: string): Promise<{ exp: number }>;
   request(frame: { t: string; [key: string]: Sendable }, options?: { resend?: boolean }): Promise<Opaque>;
   close(): Promise<void>;

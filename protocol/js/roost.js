@@ -323,7 +323,9 @@ export class Roost {
     this.session = null;
     this.state = "connecting";
     this.closeError = null;
-    this.stats = { connects: 0, reconnects: 0, resent: 0, duplicates: 0, gaps: 0, events: 0, pings: 0 };
+    this.stats = { connects: 0, reconnects: 0, resent: 0, duplicates: 0, gaps: 0, events: 0, pings: 0, inboxResyncs: 0 };
+    /** The last inbox entry processed, `{ epoch, seq }` (§16): what `inbox_resume` continues from. */
+    this.inbox = null;
     this._nextId = 0;
     this._pending = new Map();
     this._ws = null;
@@ -338,7 +340,9 @@ export class Roost {
   get sid() { return this.welcome?.sid; }
   get connected() { return this.state === "open"; }
 
-  /** Client-level events: "state" (connecting/open/reconnecting/closed), "welcome", "error", "pong". */
+  /** Client-level events: "state" (connecting/open/reconnecting/closed), "welcome", "error", "pong",
+   * "inbox" (an entry of the user's inbox), "inbox_unread" (the read cursor moved on another device),
+   * "inbox_resync" (entries missed while offline were dropped: page `inboxHistory` again). */
   on(type, handler) {
     if (!this._listeners.has(type)) this._listeners.set(type, new Set());
     this._listeners.get(type).add(handler);
@@ -402,6 +406,13 @@ export class Roost {
   kick(room, user) { return this.request({ t: "kick", room: roomId(room), user }); }
   hostSet(room, user) { return this.request({ t: "host_set", room: roomId(room), user }); }
   admin(key, op, args) { return this.request({ t: "admin", key, op, args }); }
+  /** Put an entry in `user`'s inbox (admin `notify`, service credential `key`): `{ id, epoch, seq, ts }`. */
+  notify(key, user, kind, body) { return this.admin(key, "notify", { user, kind, body }); }
+  /** Move the inbox read cursor to entry `n`: `{ read, unread }` (other devices get "inbox_unread"). */
+  inboxRead(n) { return this.request({ t: "inbox_read", n }); }
+  inboxHistory({ before, limit } = {}) { return this.request({ t: "inbox_history", before, limit }); }
+  /** The user's rooms with unread chat counts (`welcome.rooms` is the first page, `rooms_next` its cursor). */
+  myRooms({ cursor, limit } = {}) { return this.request({ t: "my_rooms", cursor, limit }); }
 
   /** Post a message; resolves with its ChatAck once committed. Re-sent with its cid after a reconnect. */
   chatSend(room, text, { meta, cid } = {}) {
@@ -559,7 +570,9 @@ export class Roost {
     this._emit("welcome", welcome);
     this._startHeartbeat(welcome.hb);
     this._scheduleRefresh();
+    const inbox = welcome.inbox ? this._attachInbox(welcome.inbox) : null;
     if (reconnecting) await this._recover(welcome.resumed === true);
+    if (inbox) await inbox;
     this._setState("open");
     for (const pending of this._pending.values()) {
       if (pending.deferred) { pending.deferred = false; this._transmit(pending.data); }
@@ -602,6 +615,25 @@ export class Roost {
     await Promise.all(replies);
   }
 
+  /** Attach the inbox (§16): resume after the last entry processed, or (a first connection) from the
+   * head `welcome.inbox` gave; entries before it are history (`inboxHistory`). A refusal costs the live
+   * entries, never the connection. */
+  async _attachInbox(head) {
+    const from = this.inbox ?? { epoch: head.epoch, seq: head.seq };
+    this.inbox = from; // the replay that follows the ok continues from here
+    try {
+      const result = await this._direct({ t: "inbox_resume", epoch: from.epoch, seq: from.seq });
+      if (result.resync) {
+        this.inbox = { epoch: result.head.epoch, seq: result.head.seq };
+        this.stats.inboxResyncs += 1;
+        this._emit("inbox_resync", result.head);
+      }
+    } catch (err) {
+      if (err?.code === "connection_lost") return;
+      this._report(err);
+    }
+  }
+
   /** A request sent on the current socket at once, not queued behind readiness (for resume). */
   _direct(frame) {
     this._nextId = (this._nextId % MAX_REQUEST_ID) + 1;
@@ -622,6 +654,21 @@ export class Roost {
         room.active = false;
         this.rooms.delete(room.id);
       }
+      return;
+    }
+    if (frame.t === "inbox") {
+      const known = this.inbox;
+      if (known && known.epoch === frame.epoch && frame.seq <= known.seq) {
+        this.stats.duplicates += 1;
+        return;
+      }
+      this.inbox = { epoch: frame.epoch, seq: frame.seq };
+      this.stats.events += 1;
+      this._emit("inbox", frame);
+      return;
+    }
+    if (frame.t === "inbox_unread") {
+      this._emit("inbox_unread", frame);
       return;
     }
     if (frame.t === "ok" || frame.t === "error") {

@@ -1,5 +1,5 @@
 // Compiled by `tsc --noEmit` only: the declarations describe a real use of the client.
-import Roost, { RoostError, type ChatEvent } from "../roost.js";
+import Roost, { RoostError, type ChatEvent, type InboxEvent } from "../roost.js";
 
 async function demo(url: string): Promise<void> {
   const client = await Roost.connect(url, { token: async () => "token" });
@@ -10,5 +10,9 @@ async function demo(url: string): Promise<void> {
   const version: number = await client.stateSet(room, { version: room.snapshot.version, state: { n: 1n } });
   try { await client.join({ code: "ABCD1234" }); } catch (err) { if (err instanceof RoostError) console.log(err.code, err.retryMs); }
   console.log(ack.n, version, client.stats.reconnects);
+  client.on("inbox", (entry: InboxEvent) => console.log(entry.kind, entry.seq, client.welcome?.inbox?.unread));
+  const page = await client.inboxHistory({ limit: 10 });
+  const rooms = await client.myRooms({ cursor: client.welcome?.rooms_next });
+  console.log(page.entries.length, rooms.rooms.map((r) => r.unread), (await client.inboxRead(1)).unread);
 }
 void demo;
