@@ -147,7 +147,7 @@ class RoomRuntime:
 
     __slots__ = ("_barred", "_channels", "_inbox_size", "_waker", "asleep", "closed", "code", "control",
                  "crashed_batch", "info", "kept_logic", "peers", "public", "reap_at", "reap_queued",
-                 "resync_reason", "room_id", "stats", "stopping")
+                 "resync_reason", "room_id", "state", "stats", "stopping")
 
     def __init__(self, room_id: str, code: str, inbox_size: int, *, stats: RoomStats | None = None,
                  waker: Callable[[RoomRuntime], bool] | None = None) -> None:
