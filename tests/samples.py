@@ -6,6 +6,7 @@ from roost.protocol.codec import dump_record
 from roost.protocol.frames import (
     AdminOp,
     AdminRequest,
+    Bye,
     ChatAck,
     ChatDelete,
     ChatDeleted,
@@ -14,7 +15,10 @@ from roost.protocol.frames import (
     ChatEvent,
     ChatMessage,
     ChatSend,
+    ChatStatus,
+    ChatStatusPage,
     Create,
+    Delivered,
     ErrorReply,
     Frame,
     Hello,
@@ -32,6 +36,7 @@ from roost.protocol.frames import (
     Members,
     MembersPage,
     MessageEvent,
+    MessageStatus,
     Ok,
     Phase,
     Ping,
@@ -41,6 +46,7 @@ from roost.protocol.frames import (
     PresenceStatus,
     Read,
     ReadReceipt,
+    Receipts,
     Refresh,
     Resume,
     ResumeResult,
@@ -51,6 +57,7 @@ from roost.protocol.frames import (
     StateEvent,
     StateSet,
     Status,
+    StatusList,
     Sync,
     Typing,
     Welcome,
@@ -96,6 +103,8 @@ RECORDS: dict[str, WireRecord] = {
     "ChatAck": ChatAck(id="m-17", n=17, ts=TS),
     "HistoryPage": HistoryPage(messages=(MESSAGE,), next=16),
     "ResumeResult": ResumeResult(replayed=3),
+    "MessageStatus": MessageStatus(n=17, delivered=2, read=1, of=3),
+    "ChatStatusPage": ChatStatusPage(n=17, delivered=2, read=1, of=3, users=("u-bob", "u-cat"), next="u-cat"),
 }
 
 CLIENT: dict[str, Frame] = {
@@ -121,6 +130,9 @@ CLIENT: dict[str, Frame] = {
     "host_set": HostSet(id=18, room="r-7f3a", user="u-bob"),
     "resume": Resume(id=19, room="r-7f3a", epoch=1, seq=42),
     "admin": AdminRequest(id=20, key="svc-secret", op=AdminOp.CLOSE, args={"room": "r-7f3a"}),
+    "delivered": Delivered(id=21, room="r-7f3a", n=17),
+    "chat_status": ChatStatus(id=22, room="r-7f3a", n=17, who=StatusList.READ, cursor="u-bob", limit=50),
+    "bye": Bye(),
 }
 
 SERVER: dict[str, Frame] = {
@@ -148,4 +160,5 @@ SERVER: dict[str, Frame] = {
     "message": MessageEvent(room="r-7f3a", epoch=1, seq=50, ts=TS, kind="move", body={"x": 1}, sender="u-ann"),
     "room_closed": RoomClosed(room="r-7f3a", epoch=1, seq=51, ts=TS, code="internal", message="room crashed"),
     "sync": Sync(room="r-7f3a", epoch=2, seq=0, ts=TS, snapshot=SNAPSHOT, reason="restarted"),
+    "receipts": Receipts(room="r-7f3a", msgs=(MessageStatus(n=17, delivered=2, read=1, of=3),)),
 }
