@@ -113,6 +113,8 @@ class Config:
     """How long a dropped session keeps its memberships (shown ``offline``) for a resume."""
     typing_timeout: float = 5.0
     """A typing indicator not renewed for this long is cleared."""
+    receipt_window: float = 0.25
+    """Delivered cursors and ``receipts`` to authors are batched per room over this window (one commit, one frame per author)."""
     room_inbox_size: int = 256
     """Commands queued for one room actor before senders wait."""
     replay_events: int = 1000
@@ -266,7 +268,7 @@ POSITIVE = frozenset({
     "max_rooms_per_connection", "max_sessions_per_user", "outbox_max_frames", "outbox_max_bytes",
     "default_max_members", "room_inbox_size", "replay_events", "history_limit", "page_default",
     "restart_period", "room_ttl", "solo_room_ttl", "max_meta_bytes", "max_presence_bytes",
-    "max_chat_meta_bytes", "max_state_bytes", "max_http_body_bytes",
+    "max_chat_meta_bytes", "max_state_bytes", "max_http_body_bytes", "receipt_window",
 })
 """Numeric settings for which 0 makes no sense; every other number must merely not be negative."""
 

@@ -26,6 +26,7 @@ __all__ = ["RoomOptions", "RoomState"]
 _CHAT_PREFIX = "chat:"
 _MEMBER_PREFIX = "member:"
 _READ_PREFIX = "read:"
+_DELIVERED_PREFIX = "dlv:"
 _EVENT_PREFIX = "ev:"
 
 
@@ -95,6 +96,10 @@ class RoomState:
         """Chat messages to write, with their record bytes when the turn already packed them."""
         self._dirty_members: set[str] = set()
         self._dirty_reads: set[str] = set()
+        self.flush_delivered = False
+        """Set by the actor's receipt window: commit the delivered cursors that moved even if nothing
+        else changed. Without it a cursor move makes no commit of its own (no fsync per move): its
+        ``dlv:`` record rides with the room's next commit, at the latest at the window's end."""
 
     # -- dirty tracking -----------------------------------------------------------------------
 
@@ -123,7 +128,7 @@ class RoomState:
     @property
     def dirty(self) -> bool:
         return bool(self._dirty or self._dirty_chat or self._dirty_members or self._dirty_reads or self._new_events
-                    or self.closing or self.chat.trimmed)
+                    or self.closing or self.chat.trimmed or (self.flush_delivered and self.chat.delivered.unwritten))
 
     def take_writes(self) -> list[Write]:
         """The store writes for everything changed since the last call."""
@@ -140,6 +145,9 @@ class RoomState:
             writes.append(Write(room, _MEMBER_PREFIX + user, None if entry is None else _pack(entry.to_record())))
         for user in sorted(self._dirty_reads):
             writes.append(Write(room, _READ_PREFIX + user, _pack(self.chat.read.get(user, 0))))
+        for user, n in self.chat.delivered.take_unwritten():  # every commit takes them: no extra fsync
+            writes.append(Write(room, _DELIVERED_PREFIX + user, _pack(n)))
+        self.flush_delivered = False
         limit = self.replay.maxlen or 0
         for seq, data in self._new_events:
             writes.append(Write(room, event_key(seq), data))
@@ -187,6 +195,7 @@ class RoomState:
         # One pass over the records, by kind (keys of one kind sort in their natural order).
         members: list[dict[str, Any]] = []
         read: dict[str, int] = {}
+        delivered: dict[str, int] = {}
         messages: list[tuple[str, bytes]] = []
         events: list[tuple[str, bytes]] = []
         for key, value in records.items():
@@ -198,6 +207,8 @@ class RoomState:
                 members.append(_unpack(value))
             elif key.startswith(_READ_PREFIX):
                 read[key[len(_READ_PREFIX) :]] = _unpack(value)
+            elif key.startswith(_DELIVERED_PREFIX):
+                delivered[key[len(_DELIVERED_PREFIX) :]] = _unpack(value)
         state.host = _unpack(records["host"]) if "host" in records else None
         state.presence.restore(members, now, grace)
         if "game" in records:
@@ -210,7 +221,8 @@ class RoomState:
         # Stored messages were validated when they were written: rebuild them without re-checking
         # (a third of the cost of a restart otherwise).
         messages.sort()
-        state.chat.restore([ChatMessage(**_unpack(value)) for _key, value in messages], read, counters["chat_n"])
+        state.chat.restore([ChatMessage(**_unpack(value)) for _key, value in messages], read, counters["chat_n"],
+                           delivered)
         events.sort()
         state.replay.extend(
             (seq, data) for seq, data in ((int(key[len(_EVENT_PREFIX) :], 16), value) for key, value in events)

@@ -150,7 +150,8 @@ class Supervisor:
                                  history_limit=config.history_limit, replay_limit=config.replay_events)
 
     def _answer_crashed_turn(self, runtime: RoomRuntime) -> None:
-        batch, runtime.crashed_batch = runtime.crashed_batch, []
+        # Held ``delivered`` oks too: their moves died with the uncommitted state (engine/room.py).
+        batch, runtime.crashed_batch, runtime.held = [*runtime.held, *runtime.crashed_batch], [], []
         error = RoomError(ErrorCode.INTERNAL, "the room failed while handling this request; it did not take effect")
         for command in batch:
             runtime.refuse(command, error)
