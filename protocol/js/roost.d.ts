@@ -78,7 +78,14 @@ export type RoomEvent =
   | PresenceEvent | ChatEvent | ChatEditedEvent | ChatDeletedEvent | ReceiptEvent | HostEvent | StateEvent
   | MessageEvent | RoomClosedEvent | SyncEvent;
 export type RoomEventType = RoomEvent["t"];
-type EventOf<K extends RoomEventType | "*"> = K extends "*" ? RoomEvent : Extract<RoomEvent, { t: K }>;
+/** The status of one of one's own messages (PROTOCOL.md §15.1): of `of` other members, how many have it. */
+export interface MessageStatus { n: number; delivered: number; read: number; of: number }
+/** Not a room event (no seq, never replayed): sent to an author, at most once per receipt window. */
+export interface ReceiptsFrame { t: "receipts"; room: string; msgs: MessageStatus[] }
+export interface ChatStatusPage extends MessageStatus { users?: string[]; next?: string }
+export type RoomFrame = RoomEvent | ReceiptsFrame;
+export type RoomFrameType = RoomFrame["t"];
+type EventOf<K extends RoomFrameType | "*"> = K extends "*" ? RoomFrame : Extract<RoomFrame, { t: K }>;
 
 export declare class Room {
   readonly client: Roost;
@@ -89,9 +96,9 @@ export declare class Room {
   readonly epoch: number;
   readonly seq: number;
   readonly active: boolean;
-  on<K extends RoomEventType | "*">(type: K, handler: (event: EventOf<K>, room: Room) => void): () => void;
-  off<K extends RoomEventType | "*">(type: K, handler: (event: EventOf<K>, room: Room) => void): void;
-  next<K extends RoomEventType | "*">(type?: K, filter?: (event: EventOf<K>) => boolean, timeoutMs?: number): Promise<EventOf<K>>;
+  on<K extends RoomFrameType | "*">(type: K, handler: (event: EventOf<K>, room: Room) => void): () => void;
+  off<K extends RoomFrameType | "*">(type: K, handler: (event: EventOf<K>, room: Room) => void): void;
+  next<K extends RoomFrameType | "*">(type?: K, filter?: (event: EventOf<K>) => boolean, timeoutMs?: number): Promise<EventOf<K>>;
 }
 
 export type TokenSource = string | (() => Promise<string>);
@@ -107,12 +114,16 @@ export interface ConnectOptions {
   /** Refresh this long before `exp` (default 60 000). */
   refreshMarginMs?: number;
   connectTimeoutMs?: number;
+  /** Report delivered cursors by itself (default true): the newest chat number per room, one in flight. */
+  deliver?: boolean;
   onError?: (error: unknown) => void;
   onState?: (state: ClientState) => void;
 }
 export type ClientState = "connecting" | "open" | "reconnecting" | "closed";
 export interface ClientStats {
   connects: number; reconnects: number; resent: number; duplicates: number; gaps: number; events: number; pings: number;
+  /** `delivered` frames the client sent by itself. */
+  delivered: number;
 }
 type RoomRef = string | Room;
 interface CreateOptions { public?: boolean; max?: number; logic?: string; inactive?: Inactive; meta?: { [key: string]: Sendable } }
@@ -148,6 +159,8 @@ export declare class Roost {
   chatDelete(room: RoomRef, msg: string): Promise<void>;
   history(room: RoomRef, options?: { before?: number; limit?: number }): Promise<HistoryPage>;
   read(room: RoomRef, n: number): Promise<void>;
+  delivered(room: RoomRef, n: number): Promise<void>;
+  chatStatus(room: RoomRef, n: number, options?: { who?: "delivered" | "read"; cursor?: string; limit?: number }): Promise<ChatStatusPage>;
   stateSet(room: RoomRef, options: { version: number; state?: Sendable; phase?: Phase }): Promise<number>;
   send(room: RoomRef, kind: string, body?: Sendable): Promise<Opaque>;
   kick(room: RoomRef, user: string): Promise<void>;
@@ -156,5 +169,7 @@ export declare class Roost {
   refresh(token?: string): Promise<{ exp: number }>;
   request(frame: { t: string; [key: string]: Sendable }, options?: { resend?: boolean }): Promise<Opaque>;
   close(): Promise<void>;
+  /** End the session now (`bye`): rooms see it leave at once (reason "ended"); it cannot be resumed. */
+  end(timeoutMs?: number): Promise<void>;
 }
 export default Roost;

@@ -9,6 +9,9 @@ async function demo(url: string): Promise<void> {
   const ack = await client.chatSend(room, "hi", { meta: { at: new Date() } });
   const version: number = await client.stateSet(room, { version: room.snapshot.version, state: { n: 1n } });
   try { await client.join({ code: "ABCD1234" }); } catch (err) { if (err instanceof RoostError) console.log(err.code, err.retryMs); }
-  console.log(ack.n, version, client.stats.reconnects);
+  room.on("receipts", (frame) => frame.msgs.forEach((s) => console.log(s.n, s.delivered, s.read, s.of)));
+  const status = await client.chatStatus(room, ack.n, { who: "read", limit: 10 });
+  console.log(ack.n, version, client.stats.reconnects, client.stats.delivered, status.users?.length, status.next);
+  await client.end();
 }
 void demo;
