@@ -11,7 +11,7 @@ import trio.testing
 
 from roost import Config
 from roost.client import RequestError
-from roost.protocol.codec import load_record
+from roost.protocol.codec import encode, load_record
 from roost.protocol.errors import CloseCode
 from roost.protocol.frames import (
     Bye,
@@ -27,7 +27,7 @@ from roost.protocol.frames import (
 from roost.receipts import Census, DeliveryCursors
 from roost.store.lmdb import LmdbStore
 from roost.testing import TestKeys, connect_client, start_engine, test_config
-from tests.wire import raw_peer
+from tests.wire import client_frame, raw_peer
 
 
 async def three_in_a_room(roost_connect, **options):
@@ -259,7 +259,7 @@ async def test_end_of_one_session_keeps_the_member_with_another_live_session(
 def test_chat_status_page_record_is_bounded() -> None:
     users = tuple(f"{i:0128d}" for i in range(100))
     page = ChatStatusPage(n=1, delivered=100, read=100, of=100, users=users, next=users[-1])
-    from roost.protocol.codec import SERVER_LIMITS, dump_record, encode
+    from roost.protocol.codec import SERVER_LIMITS, dump_record
 
     assert load_record(ChatStatusPage, dump_record(page)) == page
     assert len(encode(Ok(id=1, result=dump_record(page)), SERVER_LIMITS)) < SERVER_LIMITS.max_frame_bytes // 4
@@ -301,3 +301,47 @@ async def test_the_client_reports_the_latest_number_one_in_flight_per_room(
         third = await conn.recv()
         assert isinstance(third, Delivered) and third.n == 106
         assert client.statistics().delivered_sent == (2 if first.n == 105 else 3)
+
+
+async def test_a_held_delivered_is_answered_internal_when_the_room_crashes_before_its_commit(
+    autojump_clock: trio.testing.MockClock, roost_keys: TestKeys, nursery
+) -> None:
+    from roost.protocol.frames import Send
+    from tests.logics import Fragile
+
+    engine = await start_engine(nursery, test_config(roost_keys, logics={"fragile": Fragile}))
+    ann = await connect_client(nursery, engine.url, roost_keys.token("ann"), stream=_memory(engine))
+    snap = await ann.create(logic="fragile")
+    for i in range(3):
+        await ann.chat_send(snap.room, f"m{i}")
+    bob = await raw_peer(nursery, stream=engine.connect_memory())
+    await bob.hello(roost_keys.token("bob"))
+    await bob.send(JoinOrCreate(id=1, code=snap.code))
+    await bob.recv_until(Ok)
+    # One write: the three requests reach the room in one turn, so the held cursors are also in the
+    # turn that crashes (answered once, not twice). Written under trio-websocket, which only reads here.
+    frames = (Delivered(id=2, room=snap.room, n=2), Delivered(id=3, room=snap.room, n=3),
+              Send(id=4, room=snap.room, kind="boom"))
+    await bob.ws._stream.send_all(b"".join(client_frame(encode(f)) for f in frames))
+    replies: dict[int, list[str]] = {}
+    while len(replies) < 3:
+        frame = await bob.recv()
+        if isinstance(frame, ErrorReply | Ok) and frame.id in (2, 3, 4):
+            replies.setdefault(frame.id, []).append(getattr(frame, "code", "ok"))
+    assert replies == {2: ["internal"], 3: ["internal"], 4: ["internal"]}  # each answered once
+    status = await ann.chat_status(snap.room, 2)  # the moves died with the turn: nothing stored
+    assert status.delivered == 0
+    await bob.send(Delivered(id=5, room=snap.room, n=3))  # the next report carries it again
+    while True:  # nothing answered twice before it
+        frame = await bob.recv()
+        assert not (isinstance(frame, ErrorReply | Ok) and frame.id in (2, 3, 4))
+        if isinstance(frame, Ok) and frame.id == 5:
+            break
+    assert (await ann.chat_status(snap.room, 3)).delivered == 1
+
+
+def _memory(engine):
+    async def connect() -> trio.abc.Stream:
+        return engine.connect_memory()
+
+    return connect
