@@ -345,3 +345,16 @@ def _memory(engine):
         return engine.connect_memory()
 
     return connect
+
+
+def test_the_receipts_bench_counts_frames_per_message(capsys: pytest.CaptureFixture[str]) -> None:
+    from roost.bench.__main__ import BENCHES, main
+    from roost.bench import receipts as receipts_bench
+
+    assert BENCHES["receipts"] is receipts_bench
+    assert main(["receipts", "--members", "4", "--messages", "10"]) == 0
+    row = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["members"] == 4 and row["all_delivered_seen"] is True
+    # one in flight per member and room: a few delivered frames per member, not one per message
+    assert 3 <= row["delivered_frames_in"] <= 3 * 3 and row["receipts_frames_out"] <= 4
+    assert row["broadcast_design_frames"] == 3 * 4 * 10
