@@ -730,8 +730,12 @@ class Client:
         """End the session now (``bye``, PROTOCOL.md §15): the server removes this session from every
         room it is in at once (others see it leave with reason ``ended``, not after the reconnect
         grace), its session token no longer resumes, and it closes the connection with 1000. Then
-        the client is closed, as by :meth:`aclose`. Without a live connection, it just closes."""
+        the client is closed, as by :meth:`aclose`. While reconnecting it waits (``disconnect_timeout``
+        at most) for the connection; without one it just closes (the rooms then keep the grace)."""
         conn = self._ready_conn
+        if conn is None and self._failure is None:
+            with trio.move_on_after(self._disconnect_timeout), contextlib.suppress(ClientError):
+                conn = await self._wait_ready()
         if conn is not None and self._failure is None:
             self._reconnect = False  # the server's 1000 ends the client even if a drop came first
             await conn.push(encode(Bye()))

@@ -28,6 +28,7 @@ import trio
 from roost.protocol.codec import SERVER_LIMITS, dump_record, encode
 from roost.protocol.errors import ErrorCode, LocalProtocolError
 from roost.protocol.frames import (
+    RECEIPTS_MAX,
     ChatAck,
     ChatDelete,
     ChatDeleted,
@@ -75,7 +76,6 @@ from roost.protocol.frames import (
     Sync,
     Typing,
 )
-from roost.protocol.frames import RECEIPTS_MAX
 
 from .codes import in_scope
 from .config import Config
@@ -308,8 +308,9 @@ class RoomActor:
         self._tick_at: float | None = None
         self._reap_at: float | None = None
         self._receipts_at: float | None = None
-        self._window_ended = False
         """When the armed receipt window ends (None: none armed; one at a time)."""
+        self._window_ended = False
+        """Set by the window's timer for the turn's end: the held ``delivered`` oks go out then."""
         self._info_dirty = runtime.info is None
         self._stats = runtime.stats
         self.joining: Peer | None = None
@@ -741,6 +742,7 @@ class RoomActor:
         ``RECEIPTS_MAX``). Frames per window: one per online author, not one per move per member."""
         state = self.state
         self._window_ended = True
+        state.flush_delivered = True
         chat = state.chat
         changed = chat.delivered.take_changed()
         if changed is None or not chat.messages:
