@@ -42,6 +42,7 @@ from roost.protocol.frames import (
     SERVER_FRAMES,
     AdminOp,
     AdminRequest,
+    Bye,
     ChatDelete,
     ChatDeleted,
     ChatEdit,
@@ -49,7 +50,9 @@ from roost.protocol.frames import (
     ChatEvent,
     ChatMessage,
     ChatSend,
+    ChatStatus,
     Create,
+    Delivered,
     ErrorReply,
     Frame,
     Hello,
@@ -65,6 +68,7 @@ from roost.protocol.frames import (
     Member,
     Members,
     MessageEvent,
+    MessageStatus,
     Ok,
     Phase,
     Ping,
@@ -74,6 +78,7 @@ from roost.protocol.frames import (
     PresenceStatus,
     Read,
     ReadReceipt,
+    Receipts,
     Refresh,
     Resume,
     RoomClosed,
@@ -82,6 +87,7 @@ from roost.protocol.frames import (
     StateEvent,
     StateSet,
     Status,
+    StatusList,
     Sync,
     Typing,
     Welcome,
@@ -237,6 +243,9 @@ def sample_frames(fx: Fixtures) -> dict[str, Frame]:
         HostSet(id=18, room=_ROOM, user="user-0002"),
         Resume(id=19, room=_ROOM, epoch=3, seq=1_030),
         AdminRequest(id=20, key="svc_" + "k" * 40, op=AdminOp.ROOMS, args={"limit": 50}),
+        Delivered(id=21, room=_ROOM, n=1_000),
+        ChatStatus(id=22, room=_ROOM, n=1_000, who=StatusList.READ, limit=50),
+        Bye(),
         # server -> client
         Welcome(
             v=PROTOCOL_VERSION,
@@ -262,6 +271,7 @@ def sample_frames(fx: Fixtures) -> dict[str, Frame]:
         MessageEvent(**room_event, kind="move", body={"x": 2, "y": 1}, sender="user-0001"),
         RoomClosed(**room_event, code="closed", message="the host ended the game"),
         Sync(**room_event, snapshot=snapshot, reason="epoch"),
+        Receipts(room=_ROOM, msgs=tuple(MessageStatus(n=n, delivered=12, read=7, of=19) for n in range(990, 1_001))),
     ]
     samples = {frame.TYPE: frame for frame in frames}
     missing = sorted((set(CLIENT_FRAMES) | set(SERVER_FRAMES)) - set(samples))
