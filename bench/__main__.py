@@ -17,6 +17,7 @@ from . import durable as durable_bench
 from . import fanout as fanout_bench
 from . import memory as memory_bench
 from . import protocol as protocol_bench
+from . import receipts as receipts_bench
 from . import restart as restart_bench
 from . import users as users_bench
 
@@ -40,6 +41,7 @@ BENCHES: dict[str, BenchModule] = {
     "crash": crash_bench,
     "autobahn": autobahn_bench,
     "users": users_bench,
+    "receipts": receipts_bench,
 }
 """Subcommand name -> benchmark module."""
 

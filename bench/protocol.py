@@ -42,6 +42,7 @@ from roost.protocol.frames import (
     SERVER_FRAMES,
     AdminOp,
     AdminRequest,
+    Bye,
     ChatDelete,
     ChatDeleted,
     ChatEdit,
@@ -49,7 +50,9 @@ from roost.protocol.frames import (
     ChatEvent,
     ChatMessage,
     ChatSend,
+    ChatStatus,
     Create,
+    Delivered,
     ErrorReply,
     Frame,
     Hello,
@@ -71,6 +74,7 @@ from roost.protocol.frames import (
     Members,
     MessageEvent,
     MyRooms,
+    MessageStatus,
     Ok,
     Phase,
     Ping,
@@ -80,6 +84,7 @@ from roost.protocol.frames import (
     PresenceStatus,
     Read,
     ReadReceipt,
+    Receipts,
     Refresh,
     Resume,
     RoomClosed,
@@ -88,6 +93,7 @@ from roost.protocol.frames import (
     StateEvent,
     StateSet,
     Status,
+    StatusList,
     Sync,
     Typing,
     Welcome,
@@ -247,6 +253,9 @@ def sample_frames(fx: Fixtures) -> dict[str, Frame]:
         InboxRead(id=22, n=60),
         InboxHistory(id=23, before=40, limit=20),
         MyRooms(id=24, cursor=_ROOM, limit=20),
+        Delivered(id=25, room=_ROOM, n=1_000),
+        ChatStatus(id=26, room=_ROOM, n=1_000, who=StatusList.READ, limit=50),
+        Bye(),
         # server -> client
         Welcome(
             v=PROTOCOL_VERSION,
@@ -274,6 +283,7 @@ def sample_frames(fx: Fixtures) -> dict[str, Frame]:
         Sync(**room_event, snapshot=snapshot, reason="epoch"),
         InboxEvent(epoch=1, seq=58, ts=_NOW_MS, id="i58", kind="invite", body={"room": _ROOM, "from": "user-0002"}),
         InboxUnread(read=60, unread=0),
+        Receipts(room=_ROOM, msgs=tuple(MessageStatus(n=n, delivered=12, read=7, of=19) for n in range(990, 1_001))),
     ]
     samples = {frame.TYPE: frame for frame in frames}
     missing = sorted((set(CLIENT_FRAMES) | set(SERVER_FRAMES)) - set(samples))

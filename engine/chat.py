@@ -16,6 +16,7 @@ from roost.protocol.errors import ErrorCode
 from roost.protocol.frames import ChatMessage
 
 from .errors import RoomError
+from .receipts import DeliveryCursors
 
 __all__ = ["ChatLog"]
 
@@ -23,7 +24,7 @@ __all__ = ["ChatLog"]
 class ChatLog:
     """Messages of one room, oldest first, with per-user read cursors."""
 
-    __slots__ = ("_by_cid", "_limit", "_sizes", "last_n", "messages", "read", "trimmed")
+    __slots__ = ("_by_cid", "_limit", "_sizes", "delivered", "last_n", "messages", "read", "trimmed")
 
     def __init__(self, limit: int) -> None:
         self.messages: collections.deque[ChatMessage] = collections.deque()
@@ -32,6 +33,8 @@ class ChatLog:
         """Encoded size of message ``n``, measured when a page first needs it (a message changes only
         by edit or delete, which forget it): paging the same history again measures nothing."""
         self.read: dict[str, int] = {}
+        self.delivered = DeliveryCursors()
+        """Delivered cursors beside the read ones, and which statuses changed (engine/receipts.py)."""
         self.last_n = 0
         self._limit = limit
         self.trimmed: list[int] = []
@@ -130,9 +133,11 @@ class ChatLog:
         """Move ``user``'s cursor forward to ``n`` (capped at the newest). Returns the new cursor, or
         None when it did not move."""
         n = min(n, self.last_n)
-        if n <= self.read.get(user, 0):
+        current = self.read.get(user, 0)
+        if n <= current:
             return None
         self.read[user] = n
+        self.delivered.note(current + 1, n)  # read counts changed (delivered too, past the delivered cursor)
         return n
 
     def unread(self, user: str) -> int:
@@ -151,9 +156,11 @@ class ChatLog:
         trimmed, self.trimmed = self.trimmed, []
         return trimmed
 
-    def restore(self, messages: list[ChatMessage], read: dict[str, int], last_n: int) -> None:
+    def restore(self, messages: list[ChatMessage], read: dict[str, int], last_n: int,
+                delivered: dict[str, int] | None = None) -> None:
         """Reload from durable records (oldest first)."""
         for message in messages:
             self._append(message)
         self.read.update(read)
+        self.delivered.restore(delivered or {})
         self.last_n = max(last_n, self.messages[-1].n if self.messages else 0)

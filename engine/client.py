@@ -60,12 +60,17 @@ from roost.protocol.frames import (
     AdminOp,
     AdminRequest,
     AuditPage,
+    Bye,
     ChatAck,
     ChatDelete,
     ChatEdit,
+    ChatEvent,
     ChatSend,
+    ChatStatus,
+    ChatStatusPage,
     ClientFrame,
     Create,
+    Delivered,
     ErrorReply,
     Frame,
     Hello,
@@ -96,6 +101,7 @@ from roost.protocol.frames import (
     PresenceDiff,
     PresenceSet,
     Read,
+    Receipts,
     Refresh,
     Resume,
     ResumeResult,
@@ -105,6 +111,7 @@ from roost.protocol.frames import (
     Send,
     StateSet,
     Status,
+    StatusList,
     Sync,
     Typing,
     User,
@@ -151,7 +158,7 @@ connection (a phone switching networks) would hang the client forever.
 """
 _FORGET_ON_RESUME = frozenset({ErrorCode.NOT_MEMBER, ErrorCode.NOT_FOUND})
 
-Event = RoomEvent | InboxEvent | InboxUnread
+Event = RoomEvent | InboxEvent | InboxUnread | Receipts
 """What the event stream carries: room events, and the user's inbox entries and read-cursor moves."""
 
 
@@ -286,6 +293,8 @@ class ClientStatistics:
     inbox_resyncs: int = 0
     """``inbox_resume`` answers that said ``resync`` (entries missed while offline were dropped:
     page ``inbox_history`` again)."""
+    delivered_sent: int = 0
+    """``delivered`` cursors sent by the client itself (coalesced: one in flight per room)."""
 
 
 # -- internals -----------------------------------------------------------------------------------
@@ -354,6 +363,8 @@ class _Connection:
         self.aborted: _Ending | None = None
         self.healthy = False
         self.alive = True
+        self.ready = trio.Event()
+        """Set once requests may go (after the resumes were sent): when ``delivered`` may go."""
 
     async def push(self, data: bytes) -> None:
         """Queue bytes for the writer. A dead connection swallows them: the supervisor settles the
@@ -380,6 +391,7 @@ _RESULT_RECORDS: dict[type[ClientFrame], type[WireRecord]] = {
     InboxResume: InboxResumeResult,
     InboxHistory: InboxPage,
     MyRooms: MyRoomsPage,
+    ChatStatus: ChatStatusPage,
 }
 _ADMIN_RECORDS: dict[AdminOp, type[WireRecord]] = {
     AdminOp.ROOMS: LobbyPage, AdminOp.ROOM: RoomSnapshot, AdminOp.USERS: UsersPage, AdminOp.USER_AUDIT: AuditPage,
@@ -457,6 +469,7 @@ class Client:
         disconnect_timeout: float,
         ssl_context: ssl.SSLContext | None,
         limits: Limits,
+        deliver: bool = True,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -516,6 +529,15 @@ class Client:
         self._duplicates = 0
         self._pings = 0
         self._resent = 0
+        self._deliver = deliver
+        self._delivery_want: dict[str, int] = {}
+        """Per room, the newest chat number received: the delivered cursor to report."""
+        self._delivery_acked: dict[str, int] = {}
+        """Per room, the newest delivered cursor the server acknowledged."""
+        self._delivery_ids: dict[int, tuple[str, int]] = {}
+        """The ``delivered`` requests in flight (at most one per room), by request id."""
+        self._delivery_wakeup = trio.Event()
+        self._delivered_sent = 0
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -566,6 +588,7 @@ class Client:
             pending_requests=len(self._pending),
             buffered_events=self._events_recv.statistics().current_buffer_used,
             inbox_resyncs=self._inbox_resyncs,
+            delivered_sent=self._delivered_sent,
         )
 
     # -- events --------------------------------------------------------------------------------
@@ -577,6 +600,9 @@ class Client:
         The iteration ends when the client closes (a terminal close code or a local close); it
         raises :class:`EventOverflow` or :class:`ProtocolViolation` (after the buffered events) when
         events were lost. There is one stream per client: concurrent readers share it.
+
+        ``receipts`` frames (the delivery status of this user's own messages, PROTOCOL.md §17) come
+        in the same stream: they are not room events (no ``seq``), so nothing resumes them.
         """
         return _EventStream(self)
 
@@ -693,6 +719,22 @@ class Client:
         """Move the read cursor forward to chat number ``n``."""
         await self._call(Read(id=0, room=room, n=n))
 
+    async def delivered(self, room: str, n: int) -> None:
+        """Move the delivered cursor forward to chat number ``n`` by hand. The client already does
+        it by itself for every ``chat`` event it receives unless opened with ``deliver=False``."""
+        await self._call(Delivered(id=0, room=room, n=n))
+
+    async def chat_status(
+        self, room: str, n: int, who: StatusList | str | None = None, cursor: str | None = None,
+        limit: int | None = None,
+    ) -> ChatStatusPage:
+        """The delivery status of chat message ``n``: how many other members have it delivered and
+        read; with ``who`` (``"delivered"`` or ``"read"``), one page of those members' ids too
+        (pass ``page.next`` as ``cursor`` for the next). The author's own live view comes as
+        ``receipts`` frames in :attr:`events`."""
+        frame = ChatStatus(id=0, room=room, n=n, who=_enum_or_none(StatusList, who), cursor=cursor, limit=limit)
+        return cast(ChatStatusPage, await self._call(frame))
+
     async def set_state(self, room: str, version: int, state: Any = None, phase: Phase | str | None = None) -> int:
         """Compare-and-set the game state (host only); returns the new version.
 
@@ -762,6 +804,23 @@ class Client:
         await self._call(Refresh(id=0, token=token))
         self._token = token
 
+    async def end(self) -> None:
+        """End the session now (``bye``, PROTOCOL.md §17): the server removes this session from every
+        room it is in at once (others see it leave with reason ``ended``, not after the reconnect
+        grace), its session token no longer resumes, and it closes the connection with 1000. Then
+        the client is closed, as by :meth:`aclose`. While reconnecting it waits (``disconnect_timeout``
+        at most) for the connection; without one it just closes (the rooms then keep the grace)."""
+        conn = self._ready_conn
+        if conn is None and self._failure is None:
+            with trio.move_on_after(self._disconnect_timeout), contextlib.suppress(ClientError):
+                conn = await self._wait_ready()
+        if conn is not None and self._failure is None:
+            self._reconnect = False  # the server's 1000 ends the client even if a drop came first
+            await conn.push(encode(Bye()))
+            with trio.move_on_after(self._disconnect_timeout):
+                await self._stopped.wait()  # the server's Close (1000) ends the supervisor
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Close the connection (code 1000: not a leave, rooms keep the member for the grace period)
         and wait until the client's tasks are done. Idempotent."""
@@ -791,11 +850,16 @@ class Client:
         """Give the frame a fresh id and encode it, so a bad argument fails before anything waits."""
         if not any(f.name == "id" for f in dataclasses.fields(frame)):  # type: ignore[arg-type]
             raise TypeError(f"{frame.TYPE} is not a request (it has no id)")
+        request_id = self._new_id()
+        frame = dataclasses.replace(frame, id=request_id)  # type: ignore[type-var]
+        return _Pending(frame, request_id, encode(frame, self._send_limits), resend=resend)
+
+    def _new_id(self) -> int:
         self._next_id = self._next_id % _MAX_REQUEST_ID + 1
-        while self._next_id in self._pending:  # only after 2**32 requests, with one still waiting
+        # only after 2**32 requests, with one still waiting
+        while self._next_id in self._pending or self._next_id in self._delivery_ids:
             self._next_id = self._next_id % _MAX_REQUEST_ID + 1
-        frame = dataclasses.replace(frame, id=self._next_id)  # type: ignore[type-var]
-        return _Pending(frame, self._next_id, encode(frame, self._send_limits), resend=resend)
+        return self._next_id
 
     async def _wait_ready(self) -> _Connection:
         while True:
@@ -818,6 +882,10 @@ class Client:
             pending = self._pending.pop(frame.id, None)
             if pending is not None:
                 self._settle_ok(pending, frame.result)
+            elif frame.id in self._delivery_ids:
+                room, n = self._delivery_ids.pop(frame.id)
+                self._delivery_acked[room] = max(self._delivery_acked.get(room, 0), n)
+                self._delivery_wakeup.set()  # the room's next cursor (the latest n) may go now
         elif isinstance(frame, ErrorReply):
             if frame.id is None:
                 log.warning("server reported a connection-level error: %s %s", frame.code, frame.message)
@@ -825,6 +893,13 @@ class Client:
             pending = self._pending.pop(frame.id, None)
             if pending is not None:
                 pending.fail(RequestError(frame.code, frame.message, frame.retry_ms, frame.id))
+            elif frame.id in self._delivery_ids:
+                # Not retried now (a rate limit would loop): the room's next chat event sends the latest n.
+                room, _n = self._delivery_ids.pop(frame.id)
+                if frame.code in _FORGET_ON_RESUME:
+                    self._delivery_want.pop(room, None)
+        elif isinstance(frame, Receipts):
+            self._hand_over(frame)
         elif isinstance(frame, Pong):
             self._last_pong = frame
         else:  # a second welcome
@@ -863,6 +938,8 @@ class Client:
             return version
         if isinstance(frame, Leave):
             self._positions.pop(frame.room, None)
+            self._delivery_want.pop(frame.room, None)
+            self._delivery_acked.pop(frame.room, None)
         return result
 
     def _follow(self, snapshot: RoomSnapshot) -> None:
@@ -880,7 +957,7 @@ class Client:
                 self._duplicates += 1
                 return
             self._inbox = RoomPosition(event.epoch, event.seq)
-        self._deliver(event)
+        self._hand_over(event)
 
     def _on_event(self, event: RoomEvent) -> None:
         room: str = event.room  # type: ignore[attr-defined]
@@ -897,9 +974,37 @@ class Client:
             self._positions[room] = RoomPosition(epoch, seq)
             if isinstance(event, RoomClosed) or (isinstance(event, PresenceDiff) and self.user in event.leave):
                 del self._positions[room]  # gone, or we were removed: nothing to resume
-        self._deliver(event)
+                self._delivery_want.pop(room, None)
+                self._delivery_acked.pop(room, None)
+            elif isinstance(event, ChatEvent) and self._deliver and event.msg.user != self.user:
+                self._want_delivered(room, event.msg.n)
+        self._hand_over(event)
 
-    def _deliver(self, event: Event) -> None:
+    def _want_delivered(self, room: str, n: int) -> None:
+        """Note that chat message ``n`` reached this device; the delivery task reports the latest
+        number per room, one ``delivered`` in flight per room (a burst of events costs a frame or two)."""
+        if n > self._delivery_want.get(room, 0):
+            self._delivery_want[room] = n
+            self._delivery_wakeup.set()
+
+    async def _report_delivered(self, conn: _Connection) -> None:
+        """The one task per connection that sends ``delivered`` cursors: for each room, the newest
+        number received, when none is in flight there and it is past what the server acknowledged."""
+        await conn.ready.wait()
+        while True:
+            await self._delivery_wakeup.wait()
+            self._delivery_wakeup = trio.Event()
+            busy = {room for room, _n in self._delivery_ids.values()}
+            for room, n in list(self._delivery_want.items()):
+                if room in busy or n <= self._delivery_acked.get(room, 0) or room not in self._positions:
+                    continue
+                request_id = self._new_id()
+                self._delivery_ids[request_id] = (room, n)
+                self._delivered_sent += 1
+                await conn.push(encode(Delivered(id=request_id, room=room, n=n), self._send_limits))
+
+    def _hand_over(self, event: Event) -> None:
+        """Queue an event (or a ``receipts`` frame) for the application, never blocking the reader."""
         try:
             self._events_send.send_nowait(event)
         except trio.WouldBlock:
@@ -945,6 +1050,8 @@ class Client:
             self._ready_event = trio.Event()
         if self._inbox_attached.is_set():
             self._inbox_attached = trio.Event()
+        self._delivery_ids.clear()  # their oks will not come: the next connection reports again
+        self._delivery_wakeup.set()
         for request_id, pending in list(self._pending.items()):
             if not pending.resend:
                 del self._pending[request_id]
@@ -954,6 +1061,7 @@ class Client:
         if conn.alive and self._failure is None:
             self._ready_conn = conn
             self._ready_event.set()
+            conn.ready.set()
 
     def _can_reconnect(self, code: int) -> bool:
         reusable_transport = not self._stream_given or self._stream_factory is not None
@@ -1105,6 +1213,7 @@ class Client:
                 async with trio.open_nursery(strict_exception_groups=True) as tasks:
                     tasks.start_soon(self._writer, conn, outbox_recv)
                     tasks.start_soon(self._heartbeat, conn)
+                    tasks.start_soon(self._report_delivered, conn)
                     if task_status is not None:
                         conn.healthy = True
                         self._set_ready(conn)
@@ -1300,6 +1409,7 @@ async def open_client(
     disconnect_timeout: float = 2.0,
     ssl_context: ssl.SSLContext | None = None,
     limits: Limits = SERVER_LIMITS,
+    deliver: bool = True,
 ) -> AsyncIterator[Client]:
     """Connect to a Roost server and yield a :class:`Client` once it is welcomed.
 
@@ -1326,6 +1436,8 @@ async def open_client(
             with :class:`EventOverflow` instead of blocking its reader (see the module docstring).
         connect_timeout / disconnect_timeout: bounds on connecting up to ``welcome`` and on the
             close handshake (trio-websocket's own defaults are 60 s).
+        deliver: report the delivered cursor by itself (``delivered``, PROTOCOL.md §17) for every
+            room's ``chat`` events of others: coalesced, the latest number, one in flight per room.
 
     Raises:
         HandshakeError: the first connection ended before ``welcome`` (bad token: 4500, expired:
@@ -1351,6 +1463,7 @@ async def open_client(
         disconnect_timeout=disconnect_timeout,
         ssl_context=ssl_context,
         limits=limits,
+        deliver=deliver,
     )
     handshake_error: HandshakeError | None = None
     with client._events_recv:

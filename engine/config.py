@@ -125,6 +125,8 @@ class Config:
     """How long a dropped session keeps its memberships (shown ``offline``) for a resume."""
     typing_timeout: float = 5.0
     """A typing indicator not renewed for this long is cleared."""
+    receipt_window: float = 0.25
+    """Delivered cursors and ``receipts`` to authors are batched per room over this window (one commit, one frame per author)."""
     room_inbox_size: int = 256
     """Commands queued for one room actor before senders wait."""
     replay_events: int = 1000
@@ -296,7 +298,7 @@ POSITIVE = frozenset({
     "default_max_members", "room_inbox_size", "replay_events", "history_limit", "page_default",
     "restart_period", "room_ttl", "solo_room_ttl", "max_meta_bytes", "max_presence_bytes",
     "max_chat_meta_bytes", "max_state_bytes", "max_http_body_bytes", "guest_ttl", "guest_burst", "guest_proofs",
-    "inbox_max_entries", "inbox_max_bytes", "max_inbox_body_bytes", "inbox_queue", "welcome_rooms",
+    "inbox_max_entries", "inbox_max_bytes", "max_inbox_body_bytes", "inbox_queue", "welcome_rooms", "receipt_window",
 })
 """Numeric settings for which 0 makes no sense; every other number must merely not be negative."""
 

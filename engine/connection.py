@@ -36,6 +36,7 @@ from roost.protocol.errors import CloseCode, ErrorCode, LocalProtocolError, Remo
 from roost.protocol.frames import (
     PROTOCOL_VERSION,
     AdminRequest,
+    Bye,
     ClientFrame,
     Create,
     ErrorReply,
@@ -689,6 +690,8 @@ class Connection(Peer):
             self.send_error(None, ErrorCode.INVALID_STATE, "already authenticated")
         elif isinstance(frame, Refresh):
             self._refresh(frame)
+        elif isinstance(frame, Bye):
+            self._bye()
         elif isinstance(frame, Lobby):
             page = gateway.router.lobby(frame.cursor, frame.limit or self.config.page_default)
             self.send_frame(Ok(id=frame.id, result=dump_record(page)))
@@ -801,6 +804,19 @@ class Connection(Peer):
         self._set_token_deadline(claims, now)
         self._rearm_watchdog()  # the new exp may be earlier than the old one
         self.send_frame(Ok(id=frame.id, result={"exp": claims.exp}))
+
+    def _bye(self) -> None:
+        """End the session now (PROTOCOL.md §17): the gateway forgets it (its session token no longer
+        resumes), every room it is attached to removes its presence at once (reason ``ended``,
+        not after the grace), and the connection closes with 1000. The rooms are told before the
+        close, so the drop that the close would report never reaches them (``rooms`` is emptied)."""
+        self.gateway.end_session(self)
+        for room_id in list(self.rooms):
+            runtime = self.gateway.router.get(room_id)
+            if runtime is not None:
+                runtime.notify_end(self)
+        self.rooms.clear()
+        self.close(CloseCode.NORMAL, "bye")
 
     def _end_sessions(self) -> None:
         """Tell every room this session dropped (once), and leave the gateway's registry."""

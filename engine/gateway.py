@@ -112,6 +112,9 @@ class Gateway:
         self._dropped: collections.OrderedDict[str, float] = collections.OrderedDict()
         """Sessions whose connection ended, by sid, with when (Trio clock), oldest first; kept for one
         reconnect grace: what ``session_kept`` needs to answer ``welcome.resumed`` truthfully."""
+        self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
+        """Sessions ended with ``bye``, by sid, with when (Trio clock), oldest first; kept for one
+        reconnect grace (longer than any other answer ``session_kept`` could give): never resumed."""
         self._started = -math.inf
         self.stats: collections.Counter[str] = collections.Counter(dict.fromkeys(COUNTERS, 0))
         """Event counters for admin ``stats``: every name of COUNTERS is there from the start (0), so a
@@ -247,13 +250,25 @@ class Gateway:
         self.by_user[connection.user].add(connection)
         self.stats["sessions_opened"] += 1
 
+    def end_session(self, connection: Connection) -> None:
+        """The session of ``connection`` ended itself (``bye``): it will not be resumed."""
+        now = trio.current_time()
+        self._dropped.pop(connection.sid, None)
+        self._ended[connection.sid] = now
+        self._ended.move_to_end(connection.sid)
+        horizon = now - self.config.reconnect_grace
+        while self._ended and next(iter(self._ended.values())) <= horizon:
+            self._ended.popitem(last=False)
+        self.unregister(connection)
+
     def unregister(self, connection: Connection) -> None:
         """A session's connection ended: its memberships now live on only for the reconnect grace."""
         if self.by_sid.get(connection.sid) is connection:
             del self.by_sid[connection.sid]
             now = trio.current_time()
-            self._dropped[connection.sid] = now
-            self._dropped.move_to_end(connection.sid)
+            if connection.sid not in self._ended:  # a session ended with bye is not kept for a resume
+                self._dropped[connection.sid] = now
+                self._dropped.move_to_end(connection.sid)
             horizon = now - self.config.reconnect_grace
             while self._dropped and next(iter(self._dropped.values())) <= horizon:
                 self._dropped.popitem(last=False)
@@ -272,6 +287,8 @@ class Gateway:
         another session of the same user beyond this session's grace reads as not kept (``join``
         then reattaches it).
         """
+        if sid in self._ended:
+            return False
         if sid in self.by_sid:
             return True
         dropped = self._dropped.get(sid, self._started)

@@ -78,7 +78,7 @@ class Histogram:
 class RoomStats:
     """Counters every room actor of one engine updates (once per turn, or per request at most)."""
 
-    __slots__ = ("commits", "errors", "inbox_high", "resumes", "turns")
+    __slots__ = ("commits", "errors", "inbox_high", "receipts", "resumes", "turns")
 
     def __init__(self) -> None:
         self.turns = Histogram(TURN_BUCKETS)
@@ -89,6 +89,8 @@ class RoomStats:
         """Error replies rooms sent, by error code."""
         self.resumes: collections.Counter[str] = collections.Counter(replay=0, resync=0)
         """Accepted ``resume`` requests by outcome: ``replay`` (the missed events) or ``resync``."""
+        self.receipts = 0
+        """``receipts`` frames built (one per online author per receipt window, §17)."""
         self.inbox_high = 0
         """The most commands one room found queued at the start of a turn, since start: the inbox's
         high-water mark, exactly (a queue only grows between two takes, so it is deepest when taken)."""
@@ -140,6 +142,7 @@ FAMILIES: dict[str, Family] = {
                                  "crashed too often, failed: could not be recovered)?", "reason"),
     "roost_rooms_crashed": Family("counter", "How many times did a room actor crash (and restart)?"),
     "roost_resumes": Family("counter", "Did resumes replay the missed events or need a resync?", "outcome"),
+    "roost_receipts": Family("counter", "How many receipts frames (delivery status batches) went to authors?"),
     "roost_room_inbox_depth_high_water": Family("gauge", "How many commands did one room find queued at the start "
                                                 "of a turn, at most?"),
     "roost_room_turn_duration_seconds": Family("histogram", "How long do room turns take, from their first "
@@ -256,6 +259,7 @@ class Metrics:
         yield _family("roost_rooms_crashed", supervisor.restarts if supervisor is not None else 0)
         rooms = self.rooms
         yield _by("roost_resumes", rooms.resumes.items())
+        yield _family("roost_receipts", rooms.receipts)
         yield _family("roost_room_inbox_depth_high_water", rooms.inbox_high)
         yield _histogram("roost_room_turn_duration_seconds", rooms.turns)
         yield _histogram("roost_store_commit_duration_seconds", rooms.commits)

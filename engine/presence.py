@@ -142,6 +142,15 @@ class Presence:
             entry.typing_until = None
         return entry.signature() != before
 
+    def end(self, user: str, sid: str) -> bool:
+        """Session ``sid`` ended itself (``bye``): forget it. Returns True when the member still has a
+        live session (it stays), False when it has none (the caller removes it: no grace)."""
+        entry = self.members.get(user)
+        if entry is None:
+            return False
+        entry.sessions.pop(sid, None)
+        return entry.live_sessions > 0
+
     def remove(self, user: str) -> MemberEntry | None:
         """The member leaves for good."""
         return self.members.pop(user, None)

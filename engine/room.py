@@ -28,6 +28,7 @@ import trio
 from roost.protocol.codec import SERVER_LIMITS, dump_record, encode
 from roost.protocol.errors import ErrorCode, LocalProtocolError
 from roost.protocol.frames import (
+    RECEIPTS_MAX,
     ChatAck,
     ChatDelete,
     ChatDeleted,
@@ -36,8 +37,11 @@ from roost.protocol.frames import (
     ChatEvent,
     ChatMessage,
     ChatSend,
+    ChatStatus,
+    ChatStatusPage,
     ClientFrame,
     Create,
+    Delivered,
     ErrorReply,
     History,
     HistoryPage,
@@ -58,6 +62,7 @@ from roost.protocol.frames import (
     PresenceSet,
     Read,
     ReadReceipt,
+    Receipts,
     Resume,
     ResumeResult,
     RoomClosed,
@@ -67,6 +72,7 @@ from roost.protocol.frames import (
     ServerFrame,
     StateEvent,
     StateSet,
+    StatusList,
     Sync,
     Typing,
 )
@@ -78,10 +84,11 @@ from .logic import Notifier, RoomContext, RoomLogic
 from .metrics import RoomStats
 from .outbox import ws_frame
 from .peer import Peer
+from .receipts import Census, by_author
 from .state import RoomState
 from .store import Store
 
-__all__ = ["Call", "Disconnected", "Request", "RoomActor", "RoomRuntime", "empty_ttl"]
+__all__ = ["Call", "Disconnected", "Ended", "Request", "RoomActor", "RoomRuntime", "empty_ttl"]
 
 log = logging.getLogger("roost.room")
 
@@ -100,6 +107,13 @@ class Request:
 @dataclasses.dataclass(slots=True)
 class Disconnected:
     """A session's connection ended (not a leave: the member enters its reconnect grace)."""
+
+    peer: Peer
+
+
+@dataclasses.dataclass(slots=True)
+class Ended:
+    """A session ended itself (``bye``): no reconnect grace, its presence leaves now (reason ``ended``)."""
 
     peer: Peer
 
@@ -146,7 +160,7 @@ class RoomRuntime:
     """
 
     __slots__ = ("_barred", "_channels", "_inbox_size", "_waker", "asleep", "closed", "code", "control",
-                 "crashed_batch", "info", "kept_logic", "peers", "public", "reap_at", "reap_queued",
+                 "crashed_batch", "held", "info", "kept_logic", "peers", "public", "reap_at", "reap_queued",
                  "resync_reason", "room_id", "state", "stats", "stopping")
 
     def __init__(self, room_id: str, code: str, inbox_size: int, *, stats: RoomStats | None = None,
@@ -160,8 +174,8 @@ class RoomRuntime:
         """Starts an actor for this room (the supervisor's ``wake``); False when it cannot (shutdown)."""
         self._channels: tuple[trio.MemorySendChannel[Command], trio.MemoryReceiveChannel[Command]] | None = (
             trio.open_memory_channel[Command](inbox_size))
-        self.control: collections.deque[Disconnected] | None = None
-        """Disconnect notices for the actor (created on the first one)."""
+        self.control: collections.deque[Disconnected | Ended] | None = None
+        """Disconnect and session-end notices for the actor (created on the first one)."""
         self.peers: dict[str, Peer] = {}
         """Attached sessions by sid."""
         self.public = False
@@ -176,6 +190,10 @@ class RoomRuntime:
         self.state: Any = None
         """The current actor's RoomState: read (never written) between turns, e.g. for the unread
         chat counts of ``welcome`` (engine/inbox.py). None while asleep (a sleeping room has no member)."""
+        self.held: list[Request] = []
+        """``delivered`` requests whose cursor moved and whose ``ok`` waits for the commit that stores
+        it (at the latest at the end of the receipt window). Here, not on the actor: a crash answers
+        them ``internal`` with the crashed turn (their moves were never committed)."""
         self._barred: dict[str, float] | None = None
         """Kicked users by the end of their rejoin cool-down (Trio clock); None until a kick."""
         self.asleep = False
@@ -286,6 +304,18 @@ class RoomRuntime:
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self._channels[0].send_nowait(None)  # a full inbox means the actor is awake anyway
 
+    def notify_end(self, peer: Peer) -> None:
+        """Called by a connection whose session ends itself (``bye``); like ``notify_disconnect``,
+        never blocks, never lost, and handled before any request queued behind it. Attached rooms
+        are awake (a room sleeps only without a session), so a sleeping one has nothing to end."""
+        if self._channels is None:
+            return
+        if self.control is None:
+            self.control = collections.deque()
+        self.control.append(Ended(peer))
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._channels[0].send_nowait(None)
+
 
 class _Context(RoomContext):
     """The RoomContext room logic sees: a thin view over the actor."""
@@ -379,6 +409,10 @@ class RoomActor:
         self._close: tuple[str, str] | None = None
         self._tick_at: float | None = None
         self._reap_at: float | None = None
+        self._receipts_at: float | None = None
+        """When the armed receipt window ends (None: none armed; one at a time)."""
+        self._window_ended = False
+        """Set by the window's timer for the turn's end: the held ``delivered`` oks go out then."""
         self._info_dirty = runtime.info is None
         self._stats = runtime.stats
         self.joining: Peer | None = None
@@ -465,7 +499,11 @@ class RoomActor:
         now = trio.current_time()
         self._fire_timers(now)
         while self.runtime.control:
-            self._on_disconnect(self.runtime.control.popleft().peer, now)
+            item = self.runtime.control.popleft()
+            if isinstance(item, Ended):
+                self._on_end(item.peer)
+            else:
+                self._on_disconnect(item.peer, now)
         for command in batch:
             if command is None:
                 continue
@@ -502,6 +540,16 @@ class RoomActor:
         """
         if self._close is not None:
             self._emit_close()
+        held = self.runtime.held
+        if held and (self._window_ended or self.runtime.stopping or self._close is not None):
+            # The held oks go out after this commit, which stores every moved delivered cursor. Only
+            # at a window's end (or a stop): a busy room commits every turn, and an ok per commit
+            # would let a client send a cursor per event; this way it sends one per window at most.
+            self.state.flush_delivered = True
+            self.runtime.held = []
+            for request in held:
+                self._ok(request.peer, request.frame.id)  # type: ignore[attr-defined]
+        self._window_ended = False
         if self.state.dirty:
             writes = self.state.take_writes()
             started = time.perf_counter()
@@ -550,6 +598,9 @@ class RoomActor:
             if kind == "typing":
                 if presence.typing_due(user, now):
                     self._diff(update=[user])
+            elif kind == "receipts":
+                self._receipts_at = None
+                self._send_receipts()
             elif kind == "reap":
                 if deadline == self._reap_at:  # else stale: disarmed by a join (or re-armed earlier)
                     self._reap_at = None
@@ -784,7 +835,83 @@ class RoomActor:
         if moved is not None:
             self.state.touch_read(peer.user)
             self.emit(ReadReceipt, user=peer.user, n=moved, validate=False)
+            self._arm_receipts(now)
         self._ok(peer, frame.id)
+
+    # -- delivery status (engine/receipts.py, PROTOCOL.md §17) -------------------------------------
+
+    def _on_delivered(self, peer: Peer, frame: Delivered, now: float) -> None:
+        """Move the delivered cursor. A move is not a room event and makes no commit of its own: its
+        ``ok`` is held until the commit that stores it (the room's next, or the window's end)."""
+        chat = self.state.chat
+        moved = chat.delivered.mark(peer.user, frame.n, last_n=chat.last_n, read=chat.read.get(peer.user, 0))
+        if moved is None:  # behind the cursor, a repeat, or nothing new: nothing to store
+            self._ok(peer, frame.id)
+            return
+        self.runtime.held.append(Request(peer, frame))
+        self._arm_receipts(now)
+
+    def _arm_receipts(self, now: float) -> None:
+        """Open the receipt window (one at a time, on the room's one timer heap: no task per member)."""
+        if self._receipts_at is None:
+            self._receipts_at = now + self.config.receipt_window
+            self._arm(self._receipts_at, "receipts", "")
+
+    def _send_receipts(self) -> None:
+        """End of a receipt window: store the moved cursors, and send each author with an attached
+        session one ``receipts`` frame of its messages whose status changed (the newest
+        ``RECEIPTS_MAX``). Frames per window: one per online author, not one per move per member."""
+        state = self.state
+        self._window_ended = True
+        state.flush_delivered = True
+        chat = state.chat
+        changed = chat.delivered.take_changed()
+        if changed is None or not chat.messages:
+            return
+        sessions: dict[str, list[Peer]] = {}
+        for peer in self.runtime.peers.values():
+            sessions.setdefault(peer.user, []).append(peer)
+        lo, hi = max(changed[0], chat.messages[0].n), min(changed[1], chat.last_n)
+        newest_first = (m for m in (chat.get(n) for n in range(hi, lo - 1, -1)) if m is not None)
+        pages = by_author(newest_first, sessions.keys(), RECEIPTS_MAX)
+        if not pages:
+            return
+        census = Census(state.presence.members.keys(), chat.read, chat.delivered)
+        for author, messages in pages.items():
+            frame = Receipts(room=state.room_id, msgs=tuple(census.status(m) for m in messages))
+            data = ws_frame(encode(frame, SERVER_LIMITS, validate=False))
+            for peer in sessions[author]:
+                self._entries.append((peer, data))
+            self._stats.receipts += 1
+
+    def _on_chat_status(self, peer: Peer, frame: ChatStatus, now: float) -> None:
+        chat = self.state.chat
+        message = chat.get(frame.n)
+        if message is None or message.deleted:
+            raise RoomError(ErrorCode.NOT_FOUND, f"no message {frame.n}")
+        census = Census(self.state.presence.members.keys(), chat.read, chat.delivered)
+        status = census.status(message)
+        users: list[str] = []
+        cursor: str | None = None
+        if frame.who is not None:
+            users, cursor = census.users(message, read=frame.who is StatusList.READ, after=frame.cursor,
+                                         limit=frame.limit or self.config.page_default)
+        page = ChatStatusPage(n=status.n, delivered=status.delivered, read=status.read, of=status.of,
+                              users=tuple(users), next=cursor)
+        self._ok(peer, frame.id, dump_record(page))
+
+    def _on_end(self, peer: Peer) -> None:
+        """A session ended itself (``bye``): what its reconnect grace would do, now, with its own
+        reason. Another live session of the same user keeps the member (this session just goes)."""
+        if self.runtime.peers.get(peer.sid) is not peer:
+            return  # not attached here any more (left, kicked, closed)
+        self._detach(peer)
+        presence = self.state.presence
+        if presence.end(peer.user, peer.sid):
+            self.state.touch_member(peer.user)
+            self._diff(update=[peer.user])
+        else:
+            self._remove_member(peer.user, consented=True, reason="ended")
 
     def _on_state_set(self, peer: Peer, frame: StateSet, now: float) -> None:
         self._host_only(peer, "change the game state")
@@ -1156,6 +1283,8 @@ _HANDLERS: dict[type[ClientFrame], _Handler] = {
     ChatDelete: RoomActor._on_chat_delete,
     History: RoomActor._on_history,
     Read: RoomActor._on_read,
+    Delivered: RoomActor._on_delivered,
+    ChatStatus: RoomActor._on_chat_status,
     Leave: RoomActor._on_leave,
     Members: RoomActor._on_members,
     PresenceSet: RoomActor._on_presence_set,

@@ -27,6 +27,7 @@ __all__ = ["RoomOptions", "RoomState", "membership_key", "user_key"]
 _CHAT_PREFIX = "chat:"
 _MEMBER_PREFIX = "member:"
 _READ_PREFIX = "read:"
+_DELIVERED_PREFIX = "dlv:"
 _EVENT_PREFIX = "ev:"
 _MEMBERSHIP = b"\xc0"
 """The value of a membership index entry (msgpack nil): the key says it all, and the listing reads the
@@ -121,6 +122,10 @@ class RoomState:
         self._dirty_reads: set[str] = set()
         self._dirty_index: set[str] = set()
         """Users who joined or left this turn: their entry of the membership index (table ``inbox``)."""
+        self.flush_delivered = False
+        """Set by the actor's receipt window: commit the delivered cursors that moved even if nothing
+        else changed. Without it a cursor move makes no commit of its own (no fsync per move): its
+        ``dlv:`` record rides with the room's next commit, at the latest at the window's end."""
 
     # -- dirty tracking -----------------------------------------------------------------------
 
@@ -154,7 +159,8 @@ class RoomState:
     @property
     def dirty(self) -> bool:
         return bool(self._dirty or self._dirty_chat or self._dirty_members or self._dirty_reads or self._new_events
-                    or self.closing or self.chat.trimmed or self._dirty_index)
+                    or self.closing or self.chat.trimmed or self._dirty_index
+                    or (self.flush_delivered and self.chat.delivered.unwritten))
 
     def take_writes(self) -> list[Write]:
         """The store writes for everything changed since the last call.
@@ -190,6 +196,9 @@ class RoomState:
             for user in sorted(reads) if len(reads) > 1 else reads:
                 add(Write(room, _READ_PREFIX + user, _pack(read.get(user, 0))))
             reads.clear()
+        for user, n in self.chat.delivered.take_unwritten():  # every commit takes them: no extra fsync
+            add(Write(room, _DELIVERED_PREFIX + user, _pack(n)))
+        self.flush_delivered = False
         if self._new_events:
             limit = self.replay.maxlen or 0
             for seq, data in self._new_events:
@@ -243,6 +252,7 @@ class RoomState:
         # One pass over the records, by kind (keys of one kind sort in their natural order).
         members: list[dict[str, Any]] = []
         read: dict[str, int] = {}
+        delivered: dict[str, int] = {}
         messages: list[tuple[str, bytes]] = []
         events: list[tuple[str, bytes]] = []
         for key, value in records.items():
@@ -254,6 +264,8 @@ class RoomState:
                 members.append(_unpack(value))
             elif key.startswith(_READ_PREFIX):
                 read[key[len(_READ_PREFIX) :]] = _unpack(value)
+            elif key.startswith(_DELIVERED_PREFIX):
+                delivered[key[len(_DELIVERED_PREFIX) :]] = _unpack(value)
         state.host = _unpack(records["host"]) if "host" in records else None
         state.presence.restore(members, now, grace)
         if "game" in records:
@@ -266,7 +278,8 @@ class RoomState:
         # Stored messages were validated when they were written: rebuild them without re-checking
         # (a third of the cost of a restart otherwise).
         messages.sort()
-        state.chat.restore([ChatMessage(**_unpack(value)) for _key, value in messages], read, counters["chat_n"])
+        state.chat.restore([ChatMessage(**_unpack(value)) for _key, value in messages], read, counters["chat_n"],
+                           delivered)
         events.sort()
         state.replay.extend(
             (seq, data) for seq, data in ((int(key[len(_EVENT_PREFIX) :], 16), value) for key, value in events)

@@ -29,7 +29,7 @@ from .errors import RoomError
 from .logic import Notifier, RoomLogic
 from .metrics import RoomStats
 from .outbox import ws_frame
-from .room import RoomActor, RoomRuntime, empty_ttl
+from .room import Request, RoomActor, RoomRuntime, empty_ttl
 from .state import RoomState
 from .store import Store
 
@@ -276,7 +276,12 @@ class Supervisor:
                                  history_limit=config.history_limit, replay_limit=config.replay_events)
 
     def _answer_crashed_turn(self, runtime: RoomRuntime) -> None:
-        batch, runtime.crashed_batch = runtime.crashed_batch, []
+        # Held ``delivered`` oks too: their moves died with the uncommitted state (engine/room.py). One
+        # held in the crashed turn itself is in both lists: answered once.
+        batch, held = runtime.crashed_batch, runtime.held
+        in_batch = {id(command.frame) for command in batch if isinstance(command, Request)}
+        batch = [*(request for request in held if id(request.frame) not in in_batch), *batch]
+        runtime.crashed_batch, runtime.held = [], []
         error = RoomError(ErrorCode.INTERNAL, "the room failed while handling this request; it did not take effect")
         for command in batch:
             runtime.refuse(command, error)

@@ -8,7 +8,7 @@ results; they have no ``t`` key.
 
 Conventions (documented in PROTOCOL.md):
 
-- every request a client sends, except ``hello`` and ``ping``, carries a client-chosen ``id``; the
+- every request a client sends, except ``hello``, ``ping`` and ``bye``, carries a client-chosen ``id``; the
   server answers it with exactly one ``ok`` or ``error`` carrying the same ``id``;
 - every room event carries ``room``, ``epoch``, ``seq`` and ``ts`` (server time, ms since the Unix
   epoch); within one ``epoch`` a room's ``seq`` grows by exactly one per event;
@@ -29,6 +29,7 @@ __all__ = [
     "SERVER_FRAMES",
     "AdminOp",
     "AdminRequest",
+    "Bye",
     "ChatAck",
     "ChatDelete",
     "ChatDeleted",
@@ -37,8 +38,11 @@ __all__ = [
     "ChatEvent",
     "ChatMessage",
     "ChatSend",
+    "ChatStatus",
+    "ChatStatusPage",
     "ClientFrame",
     "Create",
+    "Delivered",
     "ErrorReply",
     "Frame",
     "Hello",
@@ -68,6 +72,7 @@ __all__ = [
     "Member",
     "Members",
     "MembersPage",
+    "MessageStatus",
     "MessageEvent",
     "Ok",
     "Phase",
@@ -78,6 +83,7 @@ __all__ = [
     "PresenceStatus",
     "Read",
     "ReadReceipt",
+    "Receipts",
     "Refresh",
     "Resume",
     "ResumeResult",
@@ -90,6 +96,7 @@ __all__ = [
     "StateEvent",
     "StateSet",
     "Status",
+    "StatusList",
     "Sync",
     "Typing",
     "Welcome",
@@ -225,6 +232,9 @@ USERS_PAGE = 100
 INBOX_BODY = Opaque(max_bytes="max_inbox_body_bytes")
 INBOX_PAGE = 100
 MY_ROOMS_PAGE = 100
+RECEIPTS_MAX = 100
+"""Message statuses in one ``receipts`` frame at most (the newest changed ones; older: ``chat_status``)."""
+STATUS_PAGE = 100
 
 
 _T = TypeVar("_T")
@@ -514,6 +524,30 @@ class MyRoomsPage(WireRecord):
     next: str | None = spec_field(CURSOR, default=None)
 
 
+@_frame
+class MessageStatus(WireRecord):
+    """Delivery status of chat message ``n``: how many of the ``of`` other members have it delivered
+    (their delivered or read cursor is at ``n`` or past it) and how many have read it."""
+
+    n: int = spec_field(SEQ)
+    delivered: int = spec_field(COUNT)
+    read: int = spec_field(COUNT)
+    of: int = spec_field(COUNT)
+
+
+@_frame
+class ChatStatusPage(WireRecord):
+    """Result of ``chat_status``: the message's counts and, when ``who`` was asked, one page of the
+    members (user ids, ascending) counted in it; ``next`` is the ``cursor`` for the next page."""
+
+    n: int = spec_field(SEQ)
+    delivered: int = spec_field(COUNT)
+    read: int = spec_field(COUNT)
+    of: int = spec_field(COUNT)
+    users: tuple[str, ...] = spec_field(ListOf(USER_ID, STATUS_PAGE), default=())
+    next: str | None = spec_field(USER_ID, default=None)
+
+
 # -- client → server ---------------------------------------------------------------------------
 
 
@@ -713,6 +747,47 @@ class Read(ClientFrame):
 
 
 @_frame
+class Delivered(ClientFrame):
+    """Move one's delivered cursor forward to chat number ``n``: every message up to ``n`` has reached
+    this user's device. Never moves back nor past the newest message. Clients send the latest ``n``
+    only, one in flight per room; the ``ok`` follows the commit that stored it (§17)."""
+
+    TYPE: ClassVar[str] = "delivered"
+    id: int = spec_field(REQUEST_ID)
+    room: str = spec_field(ROOM_ID)
+    n: int = spec_field(SEQ)
+
+
+class StatusList(enum.StrEnum):
+    """Which members ``chat_status`` lists: those that have the message delivered, or read."""
+
+    DELIVERED = "delivered"
+    READ = "read"
+
+
+@_frame
+class ChatStatus(ClientFrame):
+    """The delivery status of one chat message (counts; and a page of who, when ``who`` is given)."""
+
+    TYPE: ClassVar[str] = "chat_status"
+    id: int = spec_field(REQUEST_ID)
+    room: str = spec_field(ROOM_ID)
+    n: int = spec_field(Int(1, MAX_SAFE_INT))
+    who: StatusList | None = spec_field(Enum(StatusList), default=None)
+    cursor: str | None = spec_field(USER_ID, default=None)
+    limit: int | None = spec_field(PAGE_LIMIT, default=None)
+
+
+@_frame
+class Bye(ClientFrame):
+    """End this session now (not a drop): every room it is attached to sees it leave at once
+    (``presence`` ``reason: "ended"``), its session token no longer resumes, and the server closes
+    the connection with 1000 (§17)."""
+
+    TYPE: ClassVar[str] = "bye"
+
+
+@_frame
 class StateSet(ClientFrame):
     """Host only: compare-and-set the game state and/or phase. ``version`` is the current one."""
 
@@ -893,8 +968,8 @@ class PresenceDiff(RoomEvent):
     """Presence changes: members that joined, whose entry changed, and that left.
 
     ``reason`` says why the members in ``leave`` left when they did not leave themselves or time out:
-    ``kicked`` (removed by the host or an operator). A kicked user's sessions receive this diff as
-    their last event of the room.
+    ``kicked`` (removed by the host or an operator), ``ended`` (its last session ended with ``bye``).
+    A kicked user's sessions receive this diff as their last event of the room.
     """
 
     TYPE: ClassVar[str] = "presence"
@@ -957,6 +1032,16 @@ class ReadReceipt(RoomEvent):
     ts: int = spec_field(TIME_MS)
     user: str = spec_field(USER_ID)
     n: int = spec_field(SEQ)
+
+
+@_frame
+class Receipts(ServerFrame):
+    """Delivery status of the recipient's own messages that changed (not a room event: no ``seq``,
+    sent only to the author's sessions, at most once per room per ``receipt_window``, §17)."""
+
+    TYPE: ClassVar[str] = "receipts"
+    room: str = spec_field(ROOM_ID)
+    msgs: tuple[MessageStatus, ...] = spec_field(ListOf(Record(MessageStatus), RECEIPTS_MAX))
 
 
 @_frame

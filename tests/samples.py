@@ -6,6 +6,7 @@ from roost.protocol.codec import dump_record
 from roost.protocol.frames import (
     AdminOp,
     AdminRequest,
+    Bye,
     ChatAck,
     ChatDelete,
     ChatDeleted,
@@ -14,7 +15,10 @@ from roost.protocol.frames import (
     ChatEvent,
     ChatMessage,
     ChatSend,
+    ChatStatus,
+    ChatStatusPage,
     Create,
+    Delivered,
     ErrorReply,
     Frame,
     Hello,
@@ -44,6 +48,7 @@ from roost.protocol.frames import (
     Members,
     MembersPage,
     MessageEvent,
+    MessageStatus,
     Ok,
     Phase,
     Ping,
@@ -53,6 +58,7 @@ from roost.protocol.frames import (
     PresenceStatus,
     Read,
     ReadReceipt,
+    Receipts,
     Refresh,
     Resume,
     ResumeResult,
@@ -63,6 +69,7 @@ from roost.protocol.frames import (
     StateEvent,
     StateSet,
     Status,
+    StatusList,
     Sync,
     Typing,
     Welcome,
@@ -118,6 +125,8 @@ RECORDS: dict[str, WireRecord] = {
     "InboxResumeResult": InboxResumeResult(replayed=2, head=INBOX_HEAD),
     "MyRoom": MY_ROOM,
     "MyRoomsPage": MyRoomsPage(rooms=(MY_ROOM,), next="r-7f3a"),
+    "MessageStatus": MessageStatus(n=17, delivered=2, read=1, of=3),
+    "ChatStatusPage": ChatStatusPage(n=17, delivered=2, read=1, of=3, users=("u-bob", "u-cat"), next="u-cat"),
 }
 
 CLIENT: dict[str, Frame] = {
@@ -147,6 +156,9 @@ CLIENT: dict[str, Frame] = {
     "inbox_read": InboxRead(id=22, n=7),
     "inbox_history": InboxHistory(id=23, before=6, limit=20),
     "my_rooms": MyRooms(id=24, cursor="r-7f3a", limit=20),
+    "delivered": Delivered(id=25, room="r-7f3a", n=17),
+    "chat_status": ChatStatus(id=26, room="r-7f3a", n=17, who=StatusList.READ, cursor="u-bob", limit=50),
+    "bye": Bye(),
 }
 
 SERVER: dict[str, Frame] = {
@@ -176,4 +188,5 @@ SERVER: dict[str, Frame] = {
     "sync": Sync(room="r-7f3a", epoch=2, seq=0, ts=TS, snapshot=SNAPSHOT, reason="restarted"),
     "inbox": InboxEvent(epoch=1, seq=7, ts=TS, id="i7", kind="invite", body={"room": "r-7f3a", "from": "u-bob"}),
     "inbox_unread": InboxUnread(read=7, unread=0),
+    "receipts": Receipts(room="r-7f3a", msgs=(MessageStatus(n=17, delivered=2, read=1, of=3),)),
 }

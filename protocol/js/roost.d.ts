@@ -87,7 +87,14 @@ export type RoomEvent =
   | PresenceEvent | ChatEvent | ChatEditedEvent | ChatDeletedEvent | ReceiptEvent | HostEvent | StateEvent
   | MessageEvent | RoomClosedEvent | SyncEvent;
 export type RoomEventType = RoomEvent["t"];
-type EventOf<K extends RoomEventType | "*"> = K extends "*" ? RoomEvent : Extract<RoomEvent, { t: K }>;
+/** The status of one of one's own messages (PROTOCOL.md §17.1): of `of` other members, how many have it. */
+export interface MessageStatus { n: number; delivered: number; read: number; of: number }
+/** Not a room event (no seq, never replayed): sent to an author, at most once per receipt window. */
+export interface ReceiptsFrame { t: "receipts"; room: string; msgs: MessageStatus[] }
+export interface ChatStatusPage extends MessageStatus { users?: string[]; next?: string }
+export type RoomFrame = RoomEvent | ReceiptsFrame;
+export type RoomFrameType = RoomFrame["t"];
+type EventOf<K extends RoomFrameType | "*"> = K extends "*" ? RoomFrame : Extract<RoomFrame, { t: K }>;
 
 export declare class Room {
   readonly client: Roost;
@@ -98,9 +105,9 @@ export declare class Room {
   readonly epoch: number;
   readonly seq: number;
   readonly active: boolean;
-  on<K extends RoomEventType | "*">(type: K, handler: (event: EventOf<K>, room: Room) => void): () => void;
-  off<K extends RoomEventType | "*">(type: K, handler: (event: EventOf<K>, room: Room) => void): void;
-  next<K extends RoomEventType | "*">(type?: K, filter?: (event: EventOf<K>) => boolean, timeoutMs?: number): Promise<EventOf<K>>;
+  on<K extends RoomFrameType | "*">(type: K, handler: (event: EventOf<K>, room: Room) => void): () => void;
+  off<K extends RoomFrameType | "*">(type: K, handler: (event: EventOf<K>, room: Room) => void): void;
+  next<K extends RoomFrameType | "*">(type?: K, filter?: (event: EventOf<K>) => boolean, timeoutMs?: number): Promise<EventOf<K>>;
 }
 
 export type TokenSource = string | (() => Promise<string>);
@@ -121,6 +128,8 @@ export interface ConnectOptions {
   /** Refresh this long before `exp` (default 60 000). */
   refreshMarginMs?: number;
   connectTimeoutMs?: number;
+  /** Report delivered cursors by itself (default true): the newest chat number per room, one in flight. */
+  deliver?: boolean;
   onError?: (error: unknown) => void;
   onState?: (state: ClientState) => void;
 }
@@ -128,6 +137,8 @@ export type ClientState = "connecting" | "open" | "reconnecting" | "closed";
 export interface ClientStats {
   connects: number; reconnects: number; resent: number; duplicates: number; gaps: number; events: number; pings: number;
   inboxResyncs: number;
+  /** `delivered` frames the client sent by itself. */
+  delivered: number;
 }
 type RoomRef = string | Room;
 interface CreateOptions { public?: boolean; max?: number; logic?: string; inactive?: Inactive; meta?: { [key: string]: Sendable } }
@@ -173,6 +184,8 @@ export declare class Roost {
   chatDelete(room: RoomRef, msg: string): Promise<void>;
   history(room: RoomRef, options?: { before?: number; limit?: number }): Promise<HistoryPage>;
   read(room: RoomRef, n: number): Promise<void>;
+  delivered(room: RoomRef, n: number): Promise<void>;
+  chatStatus(room: RoomRef, n: number, options?: { who?: "delivered" | "read"; cursor?: string; limit?: number }): Promise<ChatStatusPage>;
   stateSet(room: RoomRef, options: { version: number; state?: Sendable; phase?: Phase }): Promise<number>;
   send(room: RoomRef, kind: string, body?: Sendable): Promise<Opaque>;
   kick(room: RoomRef, user: string): Promise<void>;
@@ -185,5 +198,7 @@ export declare class Roost {
   refresh(token?: string): Promise<{ exp: number }>;
   request(frame: { t: string; [key: string]: Sendable }, options?: { resend?: boolean }): Promise<Opaque>;
   close(): Promise<void>;
+  /** End the session now (`bye`): rooms see it leave at once (reason "ended"); it cannot be resumed. */
+  end(timeoutMs?: number): Promise<void>;
 }
 export default Roost;

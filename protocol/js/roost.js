@@ -172,6 +172,9 @@ export function decodeFrame(data) {
 const ROOM_EVENTS = new Set([
   "presence", "chat", "chat_edited", "chat_deleted", "receipt", "host", "state", "message", "room_closed", "sync",
 ]);
+/** Frames a room's handlers get besides its events: `receipts` (the status of one's own messages,
+ * PROTOCOL.md §17.1) is not a room event (no seq, never replayed). */
+const ROOM_FRAMES = new Set([...ROOM_EVENTS, "receipts"]);
 
 /**
  * A room this client follows: its last processed (epoch, seq) and its event subscriptions.
@@ -190,7 +193,7 @@ export class Room {
   }
 
   on(type, handler) {
-    if (type !== "*" && !ROOM_EVENTS.has(type)) throw fail(`unknown room event ${type}`);
+    if (type !== "*" && !ROOM_FRAMES.has(type)) throw fail(`unknown room event ${type}`);
     if (!this._handlers.has(type)) this._handlers.set(type, new Set());
     this._handlers.get(type).add(handler);
     return () => this.off(type, handler);
@@ -237,6 +240,11 @@ export class Room {
       this.seq = event.seq;
     }
     this.client.stats.events += 1;
+    if (event.t === "chat" && event.msg.user !== this.client.user) this.client._wantDelivered(this.id, event.msg.n);
+    this._notify(event);
+  }
+
+  _notify(event) {
     for (const type of [event.t, "*"]) {
       for (const handler of [...(this._handlers.get(type) ?? [])]) {
         try {
@@ -259,6 +267,7 @@ const DEFAULTS = {
   backoffMaxMs: 10000,
   refreshMarginMs: 60000,
   connectTimeoutMs: 10000,
+  deliver: true,
 };
 
 /**
@@ -268,6 +277,7 @@ const DEFAULTS = {
  * each attempt signs a fresh single-use guest proof with it, PROTOCOL.md §9.3) and `guestName`,
  * `WebSocket` (a constructor; defaults to the global one: pass `ws`'s in Node 20), `hb` (ms),
  * `agent`, `reconnect` (default true), `backoffBaseMs`, `backoffMaxMs`, `refreshMarginMs`,
+ * `deliver` (default true: report delivered cursors by itself, §17.1),
  * `onError(err)` (handler exceptions and connection-level errors), `onState(state)`.
  */
 const b64url = (bytes) => {
@@ -323,9 +333,11 @@ export class Roost {
     this.session = null;
     this.state = "connecting";
     this.closeError = null;
-    this.stats = { connects: 0, reconnects: 0, resent: 0, duplicates: 0, gaps: 0, events: 0, pings: 0, inboxResyncs: 0 };
+    this.stats = { connects: 0, reconnects: 0, resent: 0, duplicates: 0, gaps: 0, events: 0, pings: 0, inboxResyncs: 0, delivered: 0 };
     /** The last inbox entry processed, `{ epoch, seq }` (§16): what `inbox_resume` continues from. */
     this.inbox = null;
+    /** Per room: the newest chat number received (`want`), the newest acknowledged, one in flight. */
+    this._delivery = new Map();
     this._nextId = 0;
     this._pending = new Map();
     this._ws = null;
@@ -387,6 +399,7 @@ export class Roost {
   }
 
   async leave(room) {
+    this._delivery.delete(roomId(room));
     const id = roomId(room);
     await this.request({ t: "leave", room: id });
     const followed = this.rooms.get(id);
@@ -400,6 +413,10 @@ export class Roost {
   typing(room, on) { return this.request({ t: "typing", room: roomId(room), on: Boolean(on) }); }
   history(room, { before, limit } = {}) { return this.request({ t: "history", room: roomId(room), before, limit }); }
   read(room, n) { return this.request({ t: "read", room: roomId(room), n }); }
+  /** Move the delivered cursor by hand (the client does it by itself unless `deliver: false`). */
+  delivered(room, n) { return this.request({ t: "delivered", room: roomId(room), n }); }
+  /** One message's status: `{n, delivered, read, of, users?, next?}`; `who`: "delivered" | "read" pages the ids. */
+  chatStatus(room, n, { who, cursor, limit } = {}) { return this.request({ t: "chat_status", room: roomId(room), n, who, cursor, limit }); }
   chatEdit(room, msg, text) { return this.request({ t: "chat_edit", room: roomId(room), msg, text }); }
   chatDelete(room, msg) { return this.request({ t: "chat_delete", room: roomId(room), msg }); }
   send(room, kind, body) { return this.request({ t: "send", room: roomId(room), kind, body }); }
@@ -467,6 +484,48 @@ export class Roost {
   /** Close for good with 1000 (the session stays resumable for the grace; `leave` ends memberships). */
   async close() {
     this._shutdown(new RoostError("closed", "the client was closed", { closeCode: 1000 }));
+  }
+
+  /**
+   * End the session now (`bye`, §17.2): its rooms see it leave at once (reason "ended", no grace), its
+   * session token no longer resumes, and the server closes with 1000. Resolves once closed.
+   */
+  async end(timeoutMs = 2000) {
+    if (this.closeError) return;
+    this.options.reconnect = false;
+    if (this.state === "open" && this._transmit(encodeFrame({ t: "bye" }))) {
+      await new Promise((resolve) => {
+        const off = this.on("closed", () => { clearTimeout(timer); off(); resolve(); });
+        const timer = setTimeout(() => { off(); resolve(); }, timeoutMs);
+      });
+    }
+    this._shutdown(new RoostError("closed", "the session was ended", { closeCode: 1000 }));
+  }
+
+  // -- delivered cursors (§17.1): the latest number per room, at most one in flight ----------------
+
+  _wantDelivered(room, n) {
+    if (!this.options.deliver) return;
+    const entry = this._delivery.get(room) ?? { want: 0, acked: 0, busy: false };
+    if (n <= entry.want) return;
+    entry.want = n;
+    this._delivery.set(room, entry);
+    this._pumpDelivered(room);
+  }
+
+  _pumpDelivered(room) {
+    const entry = this._delivery.get(room);
+    if (!entry || entry.busy || entry.want <= entry.acked || this.state !== "open" || !this.rooms.has(room)) return;
+    const n = entry.want;
+    entry.busy = true;
+    this.stats.delivered += 1;
+    this.request({ t: "delivered", room, n }).then(
+      () => { entry.busy = false; entry.acked = Math.max(entry.acked, n); this._pumpDelivered(room); },
+      (err) => {
+        entry.busy = false; // not retried now (a rate limit would loop): the next chat event reports again
+        if (err.code === "not_member" || err.code === "not_found") this._delivery.delete(room);
+      },
+    );
   }
 
   // -- connection --------------------------------------------------------------------------------
@@ -577,6 +636,7 @@ export class Roost {
     for (const pending of this._pending.values()) {
       if (pending.deferred) { pending.deferred = false; this._transmit(pending.data); }
     }
+    for (const room of this._delivery.keys()) this._pumpDelivered(room);
   }
 
   /** After a reconnect: resume (or rejoin) every followed room, then re-send in-flight chat_sends. */
@@ -653,6 +713,7 @@ export class Roost {
       if (frame.t === "room_closed" || (frame.t === "presence" && (frame.leave ?? []).includes(this.user))) {
         room.active = false;
         this.rooms.delete(room.id);
+        this._delivery.delete(room.id);
       }
       return;
     }
@@ -669,6 +730,10 @@ export class Roost {
     }
     if (frame.t === "inbox_unread") {
       this._emit("inbox_unread", frame);
+      return;
+    }
+    if (frame.t === "receipts") {
+      this.rooms.get(frame.room)?._notify(frame);
       return;
     }
     if (frame.t === "ok" || frame.t === "error") {

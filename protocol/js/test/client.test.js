@@ -189,8 +189,9 @@ describe("against roost serve", () => {
       const pending = erin.chatSend(room, "mine", { cid: "cid-1" });
       const ack = await pending; // its chat event precedes its ok (§3.1); it may beat the resumes' oks
       if (erin.state !== "open") await new Promise((resolve) => erin.on("state", (s) => s === "open" && resolve()));
+      const after = room.next("chat", (e) => e.msg.text === "after"); // before the send: it may beat frank's ok
       await frank.chatSend(room.id, "after");
-      await room.next("chat", (e) => e.msg.text === "after");
+      await after;
       assert.deepEqual(texts.filter((t) => t !== "mine"), ["before", "during 1", "during 2", "after"]);
       assert.equal(texts.filter((t) => t === "mine").length, 1);
       assert.equal(ack.n >= 2, true);
@@ -338,5 +339,58 @@ describe("guests (roost serve --dev allows them)", () => {
       await second.close();
     }
     assert.throws(() => new Roost(server.url, { guestKey: key, token: "t", WebSocket }), RoostError);
+  });
+});
+
+describe("delivery status and ending a session (§17)", () => {
+  test("three members: delivered cursors sent by the client itself, receipts to the author, chatStatus", async () => {
+    const [ann, bob, cat] = [await connect("ann15"), await connect("bob15"), await connect("cat15")];
+    try {
+      const room = await ann.create();
+      await bob.join(room.id);
+      await cat.join(room.id);
+      const statuses = new Map();
+      room.on("receipts", (frame) => { for (const s of frame.msgs) statuses.set(s.n, [s.delivered, s.read, s.of]); });
+      const allDelivered = room.next("receipts", (f) => f.msgs.some((s) => s.n === 20 && s.delivered === 2));
+      for (let i = 0; i < 20; i++) await ann.chatSend(room, `line ${i}`);
+      await allDelivered;
+      assert.deepEqual(statuses.get(20), [2, 0, 2]);
+      assert.ok(bob.stats.delivered >= 1 && bob.stats.delivered < 20, `bob sent ${bob.stats.delivered} delivered frames`);
+      const read = room.next("receipts", (f) => f.msgs.some((s) => s.n === 5 && s.read === 1));
+      await bob.read(bob.rooms.get(room.id), 5);
+      await read;
+      const page = await ann.chatStatus(room, 5, { who: "read" });
+      assert.deepEqual([page.delivered, page.read, page.of, page.users], [2, 1, 2, ["bob15"]]);
+      await assert.rejects(ann.chatStatus(room, 999), (e) => e.code === "not_found");
+    } finally {
+      await Promise.all([ann.close(), bob.close(), cat.close()]);
+    }
+  });
+
+  test("end(): the others see the member leave at once with reason ended, and the session cannot resume", async () => {
+    const ann = await connect("ann16");
+    const bob = await connect("bob16");
+    try {
+      const room = await ann.create();
+      await bob.join(room.id);
+      const session = bob.session;
+      const left = room.next("presence", (e) => (e.leave ?? []).includes("bob16"));
+      await bob.end();
+      assert.equal(bob.state, "closed");
+      assert.equal((await left).reason, "ended");
+      // the ended session's token: a new session, not resumed
+      const ws = new WebSocket(server.url);
+      ws.binaryType = "arraybuffer";
+      await new Promise((resolve) => ws.once("open", resolve));
+      const welcome = new Promise((resolve) => ws.once("message", (data) => resolve(decodeFrame(new Uint8Array(data)))));
+      ws.send(encodeFrame({ t: "hello", v: 1, token: await server.token("bob16"), session }));
+      const frame = await welcome;
+      assert.equal(frame.t, "welcome");
+      assert.equal(frame.resumed, false);
+      assert.notEqual(frame.sid, bob.welcome.sid);
+      ws.close();
+    } finally {
+      await ann.close();
+    }
   });
 });

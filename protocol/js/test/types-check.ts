@@ -14,5 +14,9 @@ async function demo(url: string): Promise<void> {
   const page = await client.inboxHistory({ limit: 10 });
   const rooms = await client.myRooms({ cursor: client.welcome?.rooms_next });
   console.log(page.entries.length, rooms.rooms.map((r) => r.unread), (await client.inboxRead(1)).unread);
+  room.on("receipts", (frame) => frame.msgs.forEach((s) => console.log(s.n, s.delivered, s.read, s.of)));
+  const status = await client.chatStatus(room, ack.n, { who: "read", limit: 10 });
+  console.log(ack.n, version, client.stats.reconnects, client.stats.delivered, status.users?.length, status.next);
+  await client.end();
 }
 void demo;
