@@ -468,6 +468,14 @@ class InboxService:
         rows = await self._store.scan(TABLE, prefix=prefix, after=after, limit=limit + 1)
         return self._rooms_page(user, [key[len(prefix):] for key, _value in rows], limit, PAGE_BYTES)
 
+    async def room_ids(self, user: str) -> list[str]:
+        """Every room of ``user``'s membership index, by id (all pages): for a merge of two users."""
+        prefix, after, found = membership_key(user, ""), None, []
+        while rows := await self._store.scan(TABLE, prefix=prefix, after=after, limit=100):
+            found += [key[len(prefix):] for key, _value in rows]
+            after = rows[-1][0]
+        return found
+
     def _rooms_page(self, user: str, room_ids: list[str], limit: int, budget: int) -> MyRoomsPage:
         """The page of ``room_ids`` (up to ``limit + 1`` from the index: one more says there are more)."""
         rooms = [room for room in (self._my_room(user, room_id) for room_id in room_ids[:limit]) if room is not None]

@@ -30,12 +30,18 @@ _ROOM_QUERIES = 32
 """Rooms asked at once by :func:`rooms_of`."""
 
 
-async def rooms_of(router: Router, user: str) -> list[RoomRuntime]:
+async def rooms_of(router: Router, user: str, inbox: InboxService | None = None) -> list[RoomRuntime]:
     """The live rooms where ``user`` is a member (offline members in their grace included).
 
-    Asks every live room, in its own turn (32 at a time): O(rooms), paid only by a merge. The one
-    place that finds a user's rooms: a per-user membership index (the inbox work) replaces this body.
+    With inboxes, the candidates are the rooms of the user's durable membership index (engine/inbox.py);
+    without, every live room — O(rooms), and it wakes sleeping rooms, so only for a bare engine. Each
+    candidate is asked in its own turn (32 at a time): the index may lag a turn behind the room.
     """
+    if inbox is not None:
+        candidates = [runtime for room_id in await inbox.room_ids(user)
+                      if (runtime := router.get(room_id)) is not None]
+    else:
+        candidates = list(router.rooms.values())
     found: list[RoomRuntime] = []
     limiter = trio.CapacityLimiter(_ROOM_QUERIES)
 
@@ -54,7 +60,7 @@ async def rooms_of(router: Router, user: str) -> list[RoomRuntime]:
                 found.append(runtime)
 
     async with trio.open_nursery(strict_exception_groups=True) as nursery:
-        for runtime in list(router.rooms.values()):
+        for runtime in candidates:
             if not runtime.closed:
                 nursery.start_soon(ask, runtime)
     return found
@@ -167,7 +173,7 @@ class Operations:
         """Move ``old``'s memberships to ``new`` in every live room; close ``old``'s sessions. Returns
         how many rooms moved."""
         moved = 0
-        for runtime in await rooms_of(self._router, old):
+        for runtime in await rooms_of(self._router, old, self._inbox):
             try:
                 if await self._call(runtime.room_id, lambda actor: actor.merge_member(old, new, name)):
                     moved += 1
