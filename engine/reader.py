@@ -143,16 +143,21 @@ class Reader:
         scope = connection.parked
         assert isinstance(scope, trio.CancelScope)
         crashed = False
-        with scope:
-            try:
-                while step is not None:
-                    await step
-                    step = None if connection.ended else connection.resume()
-            except Exception:
-                connection.failed()
-                crashed = True
+        try:
+            with scope:
+                try:
+                    while step is not None:
+                        await step
+                        step = None if connection.ended else connection.resume()
+                except Exception:
+                    connection.failed()
+                    crashed = True
+        except BaseException:  # cancelled from outside (the engine stops at once): close, as serve() would
+            connection.parked = False
+            await self._closed(connection)
+            raise
         connection.parked = None
-        if crashed or connection.ended or scope.cancel_called:
+        if crashed or connection.ended or scope.cancel_called or self._epoll.closed:
             connection.parked = False
             await self._wind_down(connection)
             return

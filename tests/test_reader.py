@@ -259,6 +259,33 @@ async def test_a_peer_gone_while_parked_ends_cleanly(autojump_clock, caplog) -> 
     assert "Traceback" not in caplog.text
 
 
+async def test_an_engine_cancelled_at_once_closes_parked_and_idle_sockets(autojump_clock) -> None:
+    """Cancelling serve (no graceful shutdown) with one connection parked in a call that never ends
+    and one idle: both sockets are closed (each peer reads end of stream), nothing escapes."""
+    keys = TestKeys(clock=lambda: T0 + trio.current_time())
+    async with trio.open_nursery() as nursery:
+        engine = Engine(mock_config(keys))
+        await nursery.start(engine.serve)
+
+        async def never(*args: Any, **kwargs: Any) -> Any:
+            await trio.sleep_forever()
+
+        engine.gateway.admin.call = never  # type: ignore[method-assign]
+        parked, idle = Peer(engine, "parked"), Peer(engine, "idle")
+        await parked.send(UPGRADE + hello(keys.token("alice"), 300_000)
+                          + client_frame(encode(AdminRequest(id=1, key=SERVICE_KEY, op="stats"))))
+        await idle.send(UPGRADE + hello(keys.token("bob"), 300_000))
+        assert isinstance(await parked.reply(), Welcome)
+        assert isinstance(await idle.reply(), Welcome)
+        await trio.testing.wait_all_tasks_blocked()
+        assert engine.gateway.reader is not None and engine.gateway.reader.parks == 1
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(5):
+        await parked.eof()
+        await idle.eof()
+    assert not engine.gateway.connections
+
+
 Script = list[tuple[str, int]]
 """One connection's requests: ("chat" | "admin", admin delay in ms)."""
 
