@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -135,8 +136,8 @@ class Engine:
             async with trio.open_nursery(strict_exception_groups=True) as store_nursery:
                 await store_nursery.start(self.store.run)
                 await self.revocations.load()
-                await store_nursery.start(self.users.run)
-                inbox_nursery = await store_nursery.start(self._run_inbox)
+                users_nursery = await store_nursery.start(self._run_inside, self.users.run)
+                inbox_nursery = await store_nursery.start(self._run_inside, self.inbox.run)
                 async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
                     self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone,
                                                   stats=self.metrics.rooms, notifier=self.inbox)
@@ -182,6 +183,8 @@ class Engine:
                 # ...then let the inbox writer commit what is queued (room logic posts with its turns)...
                 self.inbox.stop()
                 inbox_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
+                # ...and the directory (a turn in flight is committed: a store leader is shielded)...
+                users_nursery.cancel_scope.cancel()
                 # ...and stop the store last (its writer has nothing left to write).
                 store_nursery.cancel_scope.cancel()
             log.info("stopped")
@@ -189,11 +192,14 @@ class Engine:
             listener.close()
             self.address = None
 
-    async def _run_inbox(self, *, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
-        """The inbox writer in a nursery of its own, inside the store's: it stops after the rooms
-        (whose logic posts to it) and before the store (it writes to it)."""
+    async def _run_inside(self, run: Callable[..., Awaitable[None]], *,
+                          task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
+        """A store user (the inbox writer, the directory) in a nursery of its own, inside the store's,
+        so it stops after the rooms (whose logic posts to it) and before the store. The trap: in the
+        store's own nursery it would be cancelled with the store, and a commit of its last turn could
+        reach a store that is already closing ("the store is not running")."""
         async with trio.open_nursery(strict_exception_groups=True) as nursery:
-            await nursery.start(self.inbox.run)
+            await nursery.start(run)
             task_status.started(nursery)
 
     async def _restore_rooms(self) -> None:
