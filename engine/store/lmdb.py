@@ -315,7 +315,24 @@ class LmdbStore(Store):
             raise pending.error
 
     async def _lead(self, me: _Pending) -> None:
-        """Write groups until ``me`` is durable and someone waiting can take the lead (or none is left)."""
+        """Write groups until ``me`` is durable and someone waiting can take the lead (or none is left).
+
+        The leader counts as a user of the environment from its commit window on, like a thread: a
+        store cancelled together with its committers (an engine cancelled at once) waits for it in
+        ``run`` instead of closing LMDB between the window and the hop, which failed the group with
+        "the store is not running" although the store was still open when it was queued.
+        """
+        self._threads += 1
+        if self._threads == 1:
+            self._threads_done = trio.Event()
+        try:
+            await self._lead_groups(me)
+        finally:
+            self._threads -= 1
+            if not self._threads:
+                self._threads_done.set()
+
+    async def _lead_groups(self, me: _Pending) -> None:
         group: list[_Pending] = []
         try:
             while True:
