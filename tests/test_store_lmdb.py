@@ -484,3 +484,19 @@ async def test_a_leader_interrupted_by_a_base_exception_leaves_no_committer_wait
     assert not store._leading and not store._queue
     await store.commit([Write("after", "k", b"1")])
     assert await store.load_room("after") == {"k": b"1"}
+
+
+async def test_a_committer_cancelled_with_the_store_sees_cancelled_not_an_error(tmp_path: Path) -> None:
+    """An engine cancelled at once cancels the store and its committers together: a commit that comes
+    after the store's run ended raises the caller's Cancelled (a clean cancel), not "the store is not
+    running" (which crashed the directory's nursery out of a test that only cancelled the engine)."""
+    store = LmdbStore(tmp_path / "db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await trio.testing.wait_all_tasks_blocked()  # store.run sees its cancel and ends
+        with pytest.raises(trio.Cancelled):
+            await store.commit([Write("r1", "meta", b"m")])
+    with pytest.raises(RuntimeError):  # not cancelled: the error says why
+        await store.commit([Write("r1", "meta", b"m")])

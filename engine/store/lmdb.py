@@ -297,6 +297,10 @@ class LmdbStore(Store):
         is ever left without a writer.
         """
         if not self._running:
+            # A committer cancelled with the store (an engine cancelled at once) sees its Cancelled,
+            # not this error: cancellation is what stopped both, and raising a RuntimeError out of a
+            # cancelled task turns a clean cancel into a crash of its nursery.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise RuntimeError("the store is not running")
         self._queue.append(pending)
         if self._leading:
