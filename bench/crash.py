@@ -54,8 +54,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class _Server:
-    """One ``roost serve`` process on a fixed port and data directory."""
+class DevServer:
+    """One ``roost serve --dev`` process on a fixed port and data directory (tests/test_inbox_crash.py
+    kills one too). ``start`` returns the ``ROOST_*`` lines it printed, through the service key."""
 
     def __init__(self, data: Path, port: int) -> None:
         self.data, self.port = data, port
@@ -72,7 +73,7 @@ class _Server:
         stdout = self.process.stdout
         assert stdout is not None
         with trio.fail_after(30):
-            while len(lines) < 3:
+            while "ROOST_SERVICE_KEY" not in lines:
                 line = await trio.to_thread.run_sync(stdout.readline)
                 if not line:
                     raise RuntimeError("the server exited during start-up")
@@ -128,7 +129,7 @@ async def crash_cycles(data: Path, *, cycles: int, writers: int = 3, seed: int |
     rng = random.Random(seed)
     result = CrashResult(cycles=cycles)
     port = _free_port()
-    server = _Server(data, port)
+    server = DevServer(data, port)
     acked: dict[str, list[tuple[str, int]]] = {f"w{i}": [] for i in range(writers)}
     try:
         lines = await server.start()

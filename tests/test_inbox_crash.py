@@ -4,60 +4,20 @@ in seq order, and the user's room index is back too."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import trio
 
-from roost.bench.crash import _free_port
+from roost.bench.crash import DevServer, _free_port
 from roost.client import ClientError, open_client
 from roost.keys import read_private_key
 from roost.protocol.frames import InboxEntry, InboxResume
 from roost.protocol.tokens import new_claims, sign
 
 
-class _Server:
-    """One ``roost serve --dev`` process on a fixed port and data directory."""
-
-    def __init__(self, data: Path, port: int) -> None:
-        self.data, self.port = data, port
-        self.process: subprocess.Popen[str] | None = None
-
-    async def start(self) -> dict[str, str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROOST_RATE": "100000", "ROOST_BURST": "100000"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", str(self.port), "--data", str(self.data),
-             "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-        )
-        stdout = self.process.stdout
-        assert stdout is not None
-        lines: dict[str, str] = {}
-        with trio.fail_after(30):
-            while "ROOST_SERVICE_KEY" not in lines:
-                line = await trio.to_thread.run_sync(stdout.readline)
-                if not line:
-                    raise RuntimeError("the server exited during start-up")
-                key, _, value = line.strip().partition("=")
-                lines[key] = value
-        return lines
-
-    async def kill(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGKILL)
-        await trio.to_thread.run_sync(self.process.wait)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.process = None
-
-
 async def test_acknowledged_entries_survive_sigkill_and_reach_the_user_in_order(tmp_path: Path) -> None:
-    server = _Server(tmp_path / "data", _free_port())
+    server = DevServer(tmp_path / "data", _free_port())
     acked: list[tuple[int, int]] = []  # (seq, j) in acknowledgement order
     try:
         with trio.fail_after(90):
