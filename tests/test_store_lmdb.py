@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 import time
 from pathlib import Path
 
@@ -264,7 +263,7 @@ _OPS = st.lists(st.one_of(st.just("dispose"), st.integers(0, 3)), min_size=1, ma
 ``log:<i - 2>`` after ``k`` checkpoints; ``"dispose"`` = dispose of the room."""
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rooms=st.lists(_OPS, min_size=1, max_size=6), releases=st.lists(st.integers(0, 4), min_size=1, max_size=8),
        failing=st.sets(st.integers(0, 12), max_size=3), grouped=st.booleans())
 async def test_group_commit_acknowledges_exactly_what_is_durable(
@@ -346,24 +345,6 @@ async def test_group_commit_acknowledges_exactly_what_is_durable(
             step += 1
             await trio.sleep(0)
 
-    # release() keeps the loop thread busy, so each GIL hand-off to the writer thread waits out the
-    # switch interval (5 ms: most of this test's time); a short one keeps the interleavings, not the wait.
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.0001)
-    try:
-        await _interleave(store, release, room, rooms, done, stored, expected)
-        stats = store.statistics()
-    finally:
-        sys.setswitchinterval(interval)
-    commits = sum(len(ops) for ops in rooms)
-    assert stats.commits == commits - len(failed_commits)
-    assert len(failed_commits) == sum(sizes[index] for index in failing if index < len(sizes))
-    assert len(sizes) == len(groups)
-    if not grouped:
-        assert len(groups) == commits  # one transaction per commit
-
-
-async def _interleave(store, release, room, rooms, done, stored, expected) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         nursery.start_soon(release)
@@ -373,7 +354,14 @@ async def _interleave(store, release, room, rooms, done, stored, expected) -> No
         done.set()
         for r in range(len(rooms)):
             assert stored(f"r{r}") == expected[f"r{r}"]
+        stats = store.statistics()
         nursery.cancel_scope.cancel()
+    commits = sum(len(ops) for ops in rooms)
+    assert stats.commits == commits - len(failed_commits)
+    assert len(failed_commits) == sum(sizes[index] for index in failing if index < len(sizes))
+    assert len(sizes) == len(groups)
+    if not grouped:
+        assert len(groups) == commits  # one transaction per commit
 
 
 @pytest.mark.parametrize("others", [["cancelled"], ["cancelled", "waiting"]])
