@@ -263,7 +263,7 @@ _OPS = st.lists(st.one_of(st.just("dispose"), st.integers(0, 3)), min_size=1, ma
 ``log:<i - 2>`` after ``k`` checkpoints; ``"dispose"`` = dispose of the room."""
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rooms=st.lists(_OPS, min_size=1, max_size=6), releases=st.lists(st.integers(0, 4), min_size=1, max_size=8),
        failing=st.sets(st.integers(0, 12), max_size=3), grouped=st.booleans())
 async def test_group_commit_acknowledges_exactly_what_is_durable(
