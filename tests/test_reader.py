@@ -29,7 +29,7 @@ from roost.protocol.frames import (
     AdminRequest, ChatSend, ErrorReply, Hello, JoinOrCreate, Ok, Ping, Pong, Refresh, Welcome,
 )
 from roost.testing import SERVICE_KEY, TestKeys, test_config
-from tests.wire import client_frame, raw_peer, server_frames
+from tests.wire import ServerFrames, client_frame, raw_peer
 
 UPGRADE = (
     b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -52,9 +52,7 @@ class Peer:
         assert reader is not None, "the gateway runs a reader on this system"
         reader.add(SocketTransport(theirs), name)
         self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-        self.buffer = bytearray()
-        self.upgraded = False
-        self.frames: list[tuple[int, bytes]] = []
+        self.frames = ServerFrames()
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
@@ -65,16 +63,8 @@ class Peer:
             data = await self.stream.receive_some(65536)
             if not data:
                 return None
-            self.buffer += data
-            if not self.upgraded:
-                end = self.buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    continue
-                assert self.buffer.startswith(b"HTTP/1.1 101"), bytes(self.buffer[:80])
-                del self.buffer[: end + 4]
-                self.upgraded = True
-            self.frames.extend(server_frames(self.buffer))
-        return self.frames.pop(0)
+            self.frames.feed(data)
+        return self.frames.popleft()
 
     async def reply(self) -> Any:
         frame = await self.frame()

@@ -108,6 +108,27 @@ def server_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
         del buffer[: offset + size]
     return frames
 
+class ServerFrames(collections.deque[tuple[int, bytes]]):
+    """What a raw client reads: the 101 response (checked, then dropped), then complete server
+    frames, (opcode, payload) in order, as bytes arrive in any split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer = bytearray()
+        self.upgraded = False
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            assert self.buffer.startswith(b"HTTP/1.1 101"), bytes(self.buffer[:80])
+            del self.buffer[: end + 4]
+            self.upgraded = True
+        self.extend(server_frames(self.buffer))
+
+
 
 class SlowMember:
     """A member over a raw TCP socket with a tiny receive buffer, read by hand a little at a time.
@@ -118,9 +139,7 @@ class SlowMember:
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.buffer = bytearray()
-        self.upgraded = False
-        self.frames: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.frames = ServerFrames()
 
     @classmethod
     async def join(cls, address: tuple[str, int], token: str, room: str, *, rcvbuf: int = 4096) -> SlowMember:
@@ -148,16 +167,8 @@ class SlowMember:
         while not self.frames:
             data = await self.stream.receive_some(chunk)
             if not data:
-                assert not self.buffer, f"the stream ended inside a frame ({len(self.buffer)} bytes)"
+                assert not self.frames.buffer, f"the stream ended inside a frame ({len(self.frames.buffer)} bytes)"
                 return None
-            self.buffer += data
-            if not self.upgraded:
-                end = self.buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    continue
-                assert self.buffer.startswith(b"HTTP/1.1 101"), bytes(self.buffer[:80])
-                del self.buffer[: end + 4]
-                self.upgraded = True
-            self.frames.extend(server_frames(self.buffer))
+            self.frames.feed(data)
             await trio.sleep(pause)
         return self.frames.popleft()
