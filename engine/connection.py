@@ -764,7 +764,7 @@ class Connection(Peer):
         """
         request = Request(self, frame)
         try:
-            runtime.send_channel.send_nowait(request)
+            runtime.inbox.send_nowait(request)
         except trio.WouldBlock:
             return self._to_full_room(runtime, request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -773,7 +773,7 @@ class Connection(Peer):
 
     async def _to_full_room(self, runtime: RoomRuntime, request: Request) -> None:
         try:
-            await runtime.send_channel.send(request)
+            await runtime.inbox.send(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise RoomError(ErrorCode.NOT_FOUND, "the room is closed") from None
 

@@ -49,7 +49,7 @@ async def rooms_of(router: Router, user: str, inbox: InboxService | None = None)
         async with limiter:
             call = Call(lambda actor: user in actor.state.presence)
             try:
-                await runtime.send_channel.send(call)
+                await runtime.inbox.send(call)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
             try:
@@ -87,7 +87,7 @@ class Operations:
             raise RoomError(ErrorCode.NOT_FOUND, "no such room")
         call = Call(fn)
         try:
-            await runtime.send_channel.send(call)
+            await runtime.inbox.send(call)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise RoomError(ErrorCode.NOT_FOUND, "the room is closed") from None
         result: T = await call.wait()

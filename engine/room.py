@@ -1,9 +1,12 @@
 """The room actor: the only writer of one room's state.
 
-One task per room runs :meth:`RoomActor.run`: it waits for commands on one bounded inbox (or for the
-next deadline of its one timer heap), takes everything already queued as one *turn*, applies it to
-the pure :class:`~roost.state.RoomState`, commits the turn's writes to the store, and only then
-releases the turn's replies and events (nothing is acknowledged before it is durable).
+A room's actor is driven by the engine's one turn scheduler (engine/scheduler.py), not by a task
+of its own: commands queue on the room's bounded :class:`Inbox`, which puts the actor on the
+scheduler's ready list once; a scheduler pass takes everything already queued for each ready room
+as one *turn*, applies it to the pure :class:`~roost.state.RoomState`, commits the writes of every
+turn of the pass in one store commit, and only then releases each turn's replies and events
+(nothing is acknowledged before it is durable). Timers (typing, reconnect grace, receipts, the
+reaper, logic ticks) stay in each actor's own heap; the scheduler keeps only each actor's earliest.
 
 Fan-out follows reference/stack-limits.md §A.8: each event is msgpack-encoded and WebSocket-framed
 once; at the end of the turn every attached session gets one ``push`` of the same bytes (a direct
@@ -13,7 +16,6 @@ non-blocking socket write), with no task or channel hop per recipient.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import heapq
 import logging
@@ -86,7 +88,7 @@ from .outbox import ws_frame
 from .peer import Peer
 from .receipts import Census, by_author
 from .state import RoomState
-from .store import Store
+from .store import Store, Write
 
 __all__ = ["Call", "Disconnected", "Ended", "Request", "RoomActor", "RoomRuntime", "empty_ttl"]
 
@@ -144,6 +146,75 @@ class Call:
 Command = Request | Call | None  # None only wakes the actor (control queue)
 
 
+class Inbox:
+    """A room's bounded FIFO of commands, read by the turn scheduler (engine/scheduler.py).
+
+    The API of the trio memory channel it replaced, as far as senders use it (``send_nowait``,
+    ``send``, ``close``), but no task waits on its other end: a put *pokes* the room's actor, which
+    queues it once on the scheduler's ready list; its turns then take what is queued. The trap it
+    removes: a receiving task per room made every command a task wake (a memory-channel hop,
+    ~53 k instructions) and every commit a follower's wake, paid per message at low per-room rates.
+    """
+
+    __slots__ = ("_capacity", "_queue", "_space", "closed", "owner")
+
+    def __init__(self, capacity: int) -> None:
+        self._queue: collections.deque[Command] = collections.deque()
+        self._capacity = max(capacity, 1)
+        self._space: trio.lowlevel.ParkingLot | None = None
+        """Senders waiting for room (created on the first: a full inbox is rare)."""
+        self.closed = False
+        self.owner: RoomActor | None = None
+        """The actor whose turns take this inbox (None while the room is being started or reloaded:
+        commands wait here; the scheduler pokes the actor when it registers it)."""
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def send_nowait(self, command: Command) -> None:
+        """Queue ``command``; raises ``trio.WouldBlock`` when full, ``trio.ClosedResourceError`` once closed."""
+        if self.closed:
+            raise trio.ClosedResourceError("the room's inbox is closed")
+        if len(self._queue) >= self._capacity:
+            raise trio.WouldBlock
+        self._queue.append(command)
+        owner = self.owner
+        if owner is not None and not owner.queued:
+            owner.poke()
+
+    async def send(self, command: Command) -> None:
+        """Queue ``command``, waiting while the inbox is full (backpressure); a checkpoint either way."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                self.send_nowait(command)
+            except trio.WouldBlock:
+                if self._space is None:
+                    self._space = trio.lowlevel.ParkingLot()
+                await self._space.park()
+                continue
+            break
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def take(self, limit: int) -> list[Command]:
+        """Up to ``limit`` queued commands, oldest first (a turn's batch); wakes waiting senders."""
+        queue = self._queue
+        if len(queue) <= limit:
+            batch = list(queue)
+            queue.clear()
+        else:
+            batch = [queue.popleft() for _ in range(limit)]
+        if batch and self._space is not None and self._space.statistics().tasks_waiting:
+            self._space.unpark(count=len(batch))
+        return batch
+
+    def close(self) -> None:
+        """Take no more commands (queued ones stay, to be refused); waiting senders get ClosedResourceError."""
+        self.closed = True
+        if self._space is not None:
+            self._space.unpark_all()
+
+
 class RoomRuntime:
     """What outlives one actor incarnation: the inbox, attached sessions, the lobby entry.
 
@@ -159,8 +230,8 @@ class RoomRuntime:
     where it saw its inbox empty, and a wake happens only while it is asleep.
     """
 
-    __slots__ = ("_barred", "_channels", "_inbox_size", "_waker", "asleep", "closed", "code", "control",
-                 "crashed_batch", "held", "info", "kept_logic", "peers", "public", "reap_at", "reap_queued",
+    __slots__ = ("_barred", "_inbox", "_inbox_size", "_waker", "asleep", "closed", "code", "control",
+                 "crashed_batch", "failures", "held", "info", "kept_logic", "peers", "public", "reap_at", "reap_queued",
                  "resync_reason", "room_id", "state", "stats", "stopping")
 
     def __init__(self, room_id: str, code: str, inbox_size: int, *, stats: RoomStats | None = None,
@@ -172,8 +243,7 @@ class RoomRuntime:
         self._inbox_size = inbox_size
         self._waker = waker
         """Starts an actor for this room (the supervisor's ``wake``); False when it cannot (shutdown)."""
-        self._channels: tuple[trio.MemorySendChannel[Command], trio.MemoryReceiveChannel[Command]] | None = (
-            trio.open_memory_channel[Command](inbox_size))
+        self._inbox: Inbox | None = Inbox(inbox_size)
         self.control: collections.deque[Disconnected | Ended] | None = None
         """Disconnect and session-end notices for the actor (created on the first one)."""
         self.peers: dict[str, Peer] = {}
@@ -204,20 +274,38 @@ class RoomRuntime:
         """The deadline of this room's entry in the supervisor's sleepers heap (one at a time)."""
         self.kept_logic: Any = None
         """While asleep: the room's logic instance (it may hold state of its own that no store has)."""
+        self.failures: collections.deque[float] | None = None
+        """When its actors crashed (Trio clock), within the supervisor's restart period."""
 
     @property
-    def send_channel(self) -> trio.MemorySendChannel[Command]:
+    def inbox(self) -> Inbox:
         """The inbox. Reading it wakes a sleeping room: whoever asks for it has a command for it."""
         if self.asleep:
             self.wake()
-        assert self._channels is not None
-        return self._channels[0]
+        assert self._inbox is not None
+        return self._inbox
 
-    @property
-    def receive_channel(self) -> trio.MemoryReceiveChannel[Command]:
-        """The actor's end of the inbox."""
-        assert self._channels is not None
-        return self._channels[1]
+    def attach_actor(self, actor: RoomActor | None) -> None:
+        """Make ``actor`` the one whose turns take the inbox (None: no actor takes it now)."""
+        if self._inbox is not None:
+            self._inbox.owner = actor
+
+    def inbox_owner(self) -> RoomActor | None:
+        """The actor whose turns take the inbox now (None: asleep, starting or reloading)."""
+        return self._inbox.owner if self._inbox is not None else None
+
+    def take(self, limit: int) -> list[Command]:
+        """The actor's end of the inbox: up to ``limit`` queued commands."""
+        return self._inbox.take(limit) if self._inbox is not None else []
+
+    def queued(self) -> int:
+        """Commands waiting in the inbox."""
+        return len(self._inbox) if self._inbox is not None else 0
+
+    def _poke(self) -> None:
+        inbox = self._inbox
+        if inbox is not None and inbox.owner is not None and not inbox.owner.queued:
+            inbox.owner.poke()
 
     def wake(self) -> None:
         """Give a sleeping room a fresh inbox and an actor (synchronously: see the class docstring).
@@ -227,23 +315,22 @@ class RoomRuntime:
         """
         if not self.asleep:
             return
-        self._channels = trio.open_memory_channel[Command](self._inbox_size)
+        self._inbox = Inbox(self._inbox_size)
         self.asleep = False
         if self._waker is None or not self._waker(self):
             self.asleep = True
-            self._channels[0].close()
+            self._inbox.close()
 
     def sleep(self, reap_at: float) -> None:
         """Called by an idle actor as its last step: drop the inbox (seen empty in this same step)."""
         self.asleep = True
         self.reap_at = reap_at
-        self._channels = None
+        self._inbox = None
         self.state = None
 
     def inbox_empty(self) -> bool:
         """Whether no command is queued (nor any disconnect notice)."""
-        return (not self.control and self._channels is not None
-                and self._channels[1].statistics().current_buffer_used == 0)
+        return not self.control and self._inbox is not None and not self._inbox
 
     def bar(self, user: str, until: float) -> None:
         """Refuse ``user``'s joins until ``until`` (a kick's cool-down). Expired entries go here, so
@@ -274,47 +361,40 @@ class RoomRuntime:
 
     def refuse_queued(self, error: RoomError) -> None:
         """Take no more commands and answer every queued one with ``error`` (closing, shutdown)."""
-        if self._channels is None:  # asleep: nothing is queued
+        inbox = self._inbox
+        if inbox is None:  # asleep: nothing is queued
             return
-        send, receive = self._channels
-        send.close()
-        while True:
-            try:
-                command = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return
-            self.refuse(command, error)
+        inbox.close()
+        while inbox:
+            for command in inbox.take(len(inbox)):
+                self.refuse(command, error)
 
     def stop(self) -> None:
         """Ask the actor to return after its current turn (graceful shutdown; the room is kept).
         A sleeping room has no actor and nothing to finish: it is not woken."""
         self.stopping = True
-        if self._channels is not None:
-            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-                self._channels[0].send_nowait(None)
+        self._poke()
 
     def notify_disconnect(self, peer: Peer) -> None:
         """Called by a connection as it ends; never blocks, never lost. A sleeping room has no
         attached session (it sleeps only without one), so there is nothing to tell it."""
-        if self._channels is None:
+        if self._inbox is None:
             return
         if self.control is None:
             self.control = collections.deque()
         self.control.append(Disconnected(peer))
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self._channels[0].send_nowait(None)  # a full inbox means the actor is awake anyway
+        self._poke()
 
     def notify_end(self, peer: Peer) -> None:
         """Called by a connection whose session ends itself (``bye``); like ``notify_disconnect``,
         never blocks, never lost, and handled before any request queued behind it. Attached rooms
         are awake (a room sleeps only without a session), so a sleeping one has nothing to end."""
-        if self._channels is None:
+        if self._inbox is None:
             return
         if self.control is None:
             self.control = collections.deque()
         self.control.append(Ended(peer))
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self._channels[0].send_nowait(None)
+        self._poke()
 
 
 class _Context(RoomContext):
@@ -420,46 +500,69 @@ class RoomActor:
         self._may_sleep = not created
         """A created room is not put to sleep before its first turn: the request that created it
         (its creator's join) is on its way, and a sleep would only make it reload what it just wrote."""
+        self.scheduler: Any = None
+        """The TurnScheduler running this actor's turns (set when it registers the actor)."""
+        self.queued = False
+        """On the scheduler's ready list now (poked once, until its next step)."""
+        self.registered = False
+        """Its turns are run by the scheduler (False before it registers and once it let it go)."""
+        self.timer_at: float | None = None
+        """The deadline of this actor's current entry in the scheduler's timer heap (one live at a time)."""
+        self._running = False
+        self._stepped = False
+        self._started_at = 0.0
 
-    # -- the loop ---------------------------------------------------------------------------------
+    # -- driven by the turn scheduler (engine/scheduler.py) -------------------------------------
 
-    async def run(self) -> None:
-        """Serve the room until it closes. Raises whatever a turn raised (the supervisor restarts)."""
-        self._start()
-        await self.finish_turn()
-        receive = self.runtime.receive_channel
+    def poke(self) -> None:
+        """Queue this actor, once, on its scheduler's ready list: its inbox or its control queue got
+        something, or a timer of its came due. Called synchronously by whoever queued the command."""
+        self.queued = True
+        assert self.scheduler is not None
+        self.scheduler.ready(self)
+
+    def step(self, now: float) -> list[Write]:
+        """One turn up to its commit: start the actor on its first turn, fire what is due, take what is
+        queued and apply it. Returns the writes the scheduler commits (with every other room's of the
+        same pass) before :meth:`after_commit` releases the turn's replies and events.
+
+        Raises whatever the turn raised: the scheduler hands the room to its supervisor, which rebuilds
+        it from the last commit (none of this turn's effects were committed nor sent).
+        """
+        self.queued = False
+        self._started_at = time.perf_counter()
+        runtime = self.runtime
+        first = not self._running
+        if first:
+            self._running = True
+            self._start()
+        batch = runtime.take(_TURN_MAX)
+        depth = len(batch)
+        if depth >= _TURN_MAX:  # the rest is still queued: the inbox was deeper than one turn
+            depth += runtime.queued()
         stats = self._stats
-        turns = stats.turns
-        while not self.runtime.closed and not self.runtime.stopping:
-            batch: list[Command] = []
-            deadline = self._next_deadline()
-            if self._may_sleep and self._idle(deadline):
-                self.runtime.sleep(deadline)  # no checkpoint since the inbox was seen empty
-                return
-            if deadline == math.inf:  # no timer armed: no cancel scope needed (the common case)
-                batch.append(await receive.receive())
-            else:
-                with trio.move_on_at(deadline):
-                    batch.append(await receive.receive())
-            started = time.perf_counter()  # a turn is timed from its first command (not the wait for it)
-            while len(batch) < _TURN_MAX:
-                try:
-                    batch.append(receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            depth = len(batch)
-            if depth >= _TURN_MAX:  # the rest is still queued: the inbox was deeper than one turn
-                depth += receive.statistics().current_buffer_used
-            if depth > stats.inbox_high:
-                stats.inbox_high = depth
-            self.runtime.crashed_batch = batch
-            self._turn(batch)
-            await self.finish_turn()
-            self.runtime.crashed_batch = ()
+        if depth > stats.inbox_high:
+            stats.inbox_high = depth
+        runtime.crashed_batch = batch
+        self._stepped = not first or bool(batch)
+        self._turn(batch, now)
+        return self._before_commit()
+
+    def after_commit(self) -> None:
+        """The turn's writes are durable: release its output (see :meth:`_release`)."""
+        self._release()
+        self.runtime.crashed_batch = ()
+        if self._stepped:
             self._may_sleep = True
-            turns.observe(time.perf_counter() - started)
-        if self.runtime.stopping and not self.runtime.closed:
-            self.runtime.refuse_queued(RoomError(ErrorCode.INVALID_STATE, "the server is shutting down"))
+            self._stats.turns.observe(time.perf_counter() - self._started_at)
+
+    def next_deadline(self) -> float:
+        """When this actor must run again with nothing queued: its earliest timer (``inf``: none)."""
+        return self._next_deadline()
+
+    def may_sleep(self, deadline: float) -> bool:
+        """Whether the room can hibernate now (see :meth:`_idle`); a created room not before its first turn."""
+        return self._may_sleep and self._idle(deadline)
 
     def _idle(self, deadline: float) -> bool:
         """Whether the room has nothing to do but wait for its reaper: no member (so no attached
@@ -495,8 +598,7 @@ class RoomActor:
             if self.runtime.peers.get(peer.sid) is peer:
                 self._sync_to(peer, reason)
 
-    def _turn(self, batch: list[Command]) -> None:
-        now = trio.current_time()
+    def _turn(self, batch: list[Command], now: float) -> None:
         self._fire_timers(now)
         while self.runtime.control:
             item = self.runtime.control.popleft()
@@ -533,11 +635,16 @@ class RoomActor:
             self._error(command.peer, getattr(command.frame, "id", None), error)
 
     async def finish_turn(self) -> None:
-        """Commit the turn's writes, then release its replies and events.
+        """Commit the turn's writes, then release its replies and events: a turn run outside the
+        scheduler (a room closed after too many crashes; benches driving one actor)."""
+        writes = self._before_commit()
+        if writes and not self.store.commit_now(writes):
+            await self.store.commit(writes)
+        self._release()
 
-        The commit is timed here, around ``commit_now``/``commit`` (the store-commit histogram): what a
-        turn waits for, group-commit queueing included, without a hook in any store.
-        """
+    def _before_commit(self) -> list[Write]:
+        """The end of a turn that goes into its commit: the close event, the held ``delivered`` oks
+        whose cursors this commit stores, and the turn's writes."""
         if self._close is not None:
             self._emit_close()
         held = self.runtime.held
@@ -550,12 +657,11 @@ class RoomActor:
             for request in held:
                 self._ok(request.peer, request.frame.id)  # type: ignore[attr-defined]
         self._window_ended = False
-        if self.state.dirty:
-            writes = self.state.take_writes()
-            started = time.perf_counter()
-            if not self.store.commit_now(writes):
-                await self.store.commit(writes)
-            self._stats.commits.observe(time.perf_counter() - started)
+        return self.state.take_writes() if self.state.dirty else []
+
+    def _release(self) -> None:
+        """After the commit: the turn's frames to their sessions, logic's notices to the inbox
+        service, in-process calls answered, the lobby entry refreshed; a closed room disposed."""
         self._flush()
         if self.notices:
             notices, self.notices = self.notices, []

@@ -70,7 +70,7 @@ class Router:
         self.rooms[room_id] = runtime
         self._codes[code] = room_id
         try:
-            await self._supervisor.start(runtime, state, created=True)
+            self._supervisor.start(runtime, state, created=True)
         except BaseException:
             self.forget(runtime)
             raise

@@ -1,14 +1,16 @@
 """Supervision of room actors: one_for_one, transient, with a restart-intensity window (as OTP).
 
-Each room runs in its own supervised task in one nursery. A room actor that raises is rebuilt from
-the last committed state (its members stay connected and get a ``sync``); the requests of the turn
-that crashed are answered ``internal`` (their effects were never committed nor sent). More than
-``restart_intensity`` crashes within ``restart_period`` seconds close the room with a ``room_closed``
-event; other rooms never notice. A normal return (the room closed) is not restarted.
+Every awake room's turns are run by one :class:`~roost.scheduler.TurnScheduler` (no task per room);
+the supervisor does everything asynchronous about a room around it, each in a short task of its own
+in the rooms' nursery: loading a woken room, rebuilding a crashed one, disposing a closed one. A room
+actor whose turn raises is rebuilt from the last committed state (its members stay connected and get
+a ``sync``); the requests of the turn that crashed are answered ``internal`` (their effects were never
+committed nor sent). More than ``restart_intensity`` crashes within ``restart_period`` seconds close
+the room with a ``room_closed`` event; other rooms never notice. A room that closed is not restarted.
 
-A room with nothing to do hibernates (see :class:`~roost.room.RoomRuntime`): its actor returns and
-its task ends, and the supervisor keeps its reap deadline in one heap served by one task (no task
-per sleeping room); when a deadline comes the room is woken, and its actor reaps it as before.
+A room with nothing to do hibernates (see :class:`~roost.room.RoomRuntime`): the scheduler lets its
+actor go, and the supervisor keeps its reap deadline in one heap served by one task (no task per
+sleeping room); when a deadline comes the room is woken, and its actor reaps it as before.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .logic import Notifier, RoomLogic
 from .metrics import RoomStats
 from .outbox import ws_frame
 from .room import Request, RoomActor, RoomRuntime, empty_ttl
+from .scheduler import TurnScheduler
 from .state import RoomState
 from .store import Store
 
@@ -74,6 +77,9 @@ class Supervisor:
         """The sleeper reaper's wait while it runs (its deadline is the heap's first)."""
         self._reaper_running = False
         self._stopping = False
+        self.scheduler = TurnScheduler(store, self.stats, self._actor_done)
+        """Runs every awake room's turns (started here, in the rooms' nursery)."""
+        nursery.start_soon(self.scheduler.run)
 
     def make_logic(self, name: str | None) -> RoomLogic | None:
         """A fresh logic instance for a room (a restart gets a new one: the old may be corrupt)."""
@@ -85,19 +91,31 @@ class Supervisor:
         logic: RoomLogic = factory()
         return logic
 
-    async def start(self, runtime: RoomRuntime, state: RoomState, *, created: bool) -> None:
-        """Start supervising a room; returns once its actor is ready to take commands."""
+    def start(self, runtime: RoomRuntime, state: RoomState, *, created: bool) -> None:
+        """Start supervising a new room: its actor takes commands from now on (its first turn runs
+        in the scheduler's next pass; commands sent meanwhile wait in its inbox)."""
         self.created += 1
-        await self._nursery.start(self._supervise, runtime, state, created)
+        self._register(runtime, state, created)
 
     def start_soon(self, runtime: RoomRuntime, state: RoomState) -> None:
-        """Start supervising a restored room without waiting for it: requests wait in its inbox
-        until the actor runs (restart recovery starts thousands of rooms; one scheduler round trip
-        each would dominate)."""
+        """Start supervising a restored room (restart recovery): no task, no await, so thousands of
+        rooms come back in one go; each actor's first turn runs in the scheduler's next pass."""
         self.restored += 1
         if self._restores_asleep(runtime, state):
             return
-        self._nursery.start_soon(self._supervise, runtime, state, False)
+        try:
+            self._register(runtime, state, False)
+        except Exception:
+            self._fail(runtime)
+
+    def _register(self, runtime: RoomRuntime, state: RoomState, created: bool) -> None:
+        """Build the room's actor (with the logic kept through its sleep, or a fresh instance) and
+        hand it to the scheduler."""
+        logic, runtime.kept_logic = runtime.kept_logic, None
+        if logic is None:
+            logic = self.make_logic(state.options.logic)
+        actor = RoomActor(runtime, state, self._store, self._config, logic, created=created, notifier=self.notifier)
+        self.scheduler.register(actor)
 
     def _restores_asleep(self, runtime: RoomRuntime, state: RoomState) -> bool:
         """Put a restored room straight to sleep when its actor would only go to sleep: no member, no
@@ -119,7 +137,7 @@ class Supervisor:
         if self._stopping:
             return False
         try:
-            self._nursery.start_soon(self._supervise, runtime, None, False)
+            self._nursery.start_soon(self._wake, runtime)
         except RuntimeError:  # the rooms' nursery is closed: the engine has stopped
             return False
         self.wakes += 1
@@ -130,6 +148,7 @@ class Supervisor:
         """Graceful shutdown: wake no room any more and end the sleeper reaper (rooms asleep have
         nothing to finish: their state is committed)."""
         self._stopping = True
+        self.scheduler.stop()
         if self._reaper is not None:
             self._reaper.cancel()
 
@@ -191,69 +210,77 @@ class Supervisor:
             self._reaper = None
             self._reaper_running = False
 
-    async def _supervise(
-        self,
-        runtime: RoomRuntime,
-        state: RoomState | None,
-        created: bool,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        try:
-            await self._supervise_loop(runtime, state, created)
-        except Exception:
-            runtime.asleep = False  # it did not get to sleep
-            # Recovery itself failed (the store cannot be read, the logic is gone from the config...):
-            # this room closes; the engine and every other room go on.
-            log.exception("room %s could not be recovered: closing it", runtime.room_id,
-                          extra={"room": runtime.room_id, "event": "room_abandoned"})
-            self.closed["failed"] += 1
-            self._abandon(runtime)
-        finally:
-            if not runtime.asleep:  # asleep: the room is kept (no checkpoint since it fell asleep)
-                self._on_gone(runtime)
+    # -- what happens to a room around its turns ----------------------------------------------------
 
-    async def _supervise_loop(self, runtime: RoomRuntime, state: RoomState | None, created: bool) -> None:
-        config = self._config
-        if state is None:  # a sleeping room woken: its commands wait in its inbox meanwhile
+    async def _wake(self, runtime: RoomRuntime) -> None:
+        """A sleeping room got a command (or its reaper is due): load its state, then its actor runs
+        what waits in its inbox, in order."""
+        try:
             state = await self._reload(runtime)
-        failures: collections.deque[float] | None = None
-        while True:
-            logic, runtime.kept_logic = runtime.kept_logic, None
-            if logic is None:
-                logic = self.make_logic(state.options.logic)
-            actor = RoomActor(runtime, state, self._store, config, logic, created=created, notifier=self.notifier)
-            created = False
-            try:
-                await actor.run()
-            except Exception:
-                log.exception("room %s crashed", runtime.room_id, extra={"room": runtime.room_id, "event": "room_crashed"})
-            else:
-                if runtime.asleep:  # idle: no task until a command or its reaper wakes it
-                    self._sleep(runtime, actor.logic)
-                    return
-                if runtime.closed:  # closed for good (not a shutdown): every key goes too
-                    self.closed[actor.close_reason or "closed"] += 1
-                    await self._store.dispose_room(runtime.room_id)
-                return
+            self._register(runtime, state, False)
+        except Exception:
+            self._fail(runtime)
+
+    def _actor_done(self, actor: RoomActor, outcome: str) -> None:
+        """The scheduler let ``actor`` go (see ``TurnScheduler``): what becomes of its room."""
+        runtime = actor.runtime
+        if outcome == "asleep":  # idle: no actor until a command or its reaper wakes it
+            self._sleep(runtime, actor.logic)
+        elif outcome == "closed":  # closed for good (not a shutdown): every key goes too
+            self.closed[actor.close_reason or "closed"] += 1
+            self._nursery.start_soon(self._dispose, runtime)
+        elif outcome == "stopped":  # a graceful shutdown: the room is kept, what is queued refused
+            if not runtime.closed:
+                runtime.refuse_queued(RoomError(ErrorCode.INVALID_STATE, "the server is shutting down"))
+            self._on_gone(runtime)
+        else:  # crashed (called inside the scheduler's ``except``: the traceback is logged there)
             self.restarts += 1
             actor.rollback_attachments()
             self._answer_crashed_turn(runtime)
             now = trio.current_time()
+            failures = runtime.failures
             if failures is None:
-                failures = collections.deque()
+                failures = runtime.failures = collections.deque()
             failures.append(now)
-            while failures and failures[0] < now - config.restart_period:
+            while failures and failures[0] < now - self._config.restart_period:
                 failures.popleft()
+            self._nursery.start_soon(self._recover, runtime, len(failures))
+
+    async def _recover(self, runtime: RoomRuntime, crashes: int) -> None:
+        """Rebuild a crashed room from its last commit, or close it when it crashed too often."""
+        config = self._config
+        try:
             state = await self._reload(runtime)
-            if len(failures) > config.restart_intensity:
-                log.error("room %s crashed %d times in %.1fs: closing it", runtime.room_id, len(failures),
+            if crashes > config.restart_intensity:
+                log.error("room %s crashed %d times in %.1fs: closing it", runtime.room_id, crashes,
                           config.restart_period, extra={"room": runtime.room_id, "event": "room_closed_after_crashes",
-                                                        "crashes": len(failures)})
+                                                        "crashes": crashes})
                 await self._close_after_crashes(runtime, state)
                 self.closed[ErrorCode.INTERNAL.value] += 1
+                self._on_gone(runtime)
                 return
             runtime.resync_reason = "restarted"
+            self._register(runtime, state, False)
+        except Exception:
+            self._fail(runtime)
+
+    async def _dispose(self, runtime: RoomRuntime) -> None:
+        try:
+            await self._store.dispose_room(runtime.room_id)
+        except Exception:
+            self._fail(runtime)
+            return
+        self._on_gone(runtime)
+
+    def _fail(self, runtime: RoomRuntime) -> None:
+        """Recovery itself failed (the store cannot be read, the logic is gone from the config...):
+        this room closes; the engine and every other room go on. Called inside the ``except``."""
+        runtime.asleep = False  # it did not get to sleep
+        log.exception("room %s could not be recovered: closing it", runtime.room_id,
+                      extra={"room": runtime.room_id, "event": "room_abandoned"})
+        self.closed["failed"] += 1
+        self._abandon(runtime)
+        self._on_gone(runtime)
 
     def _abandon(self, runtime: RoomRuntime) -> None:
         """Last resort: refuse everything queued and let the attached sessions know the room is gone."""

@@ -29,6 +29,7 @@ from roost.client import Client, RequestError, open_client
 from roost.errors import RoomError
 from roost.logic import RoomContext, RoomLogic
 from roost.room import RoomActor
+from roost.scheduler import TurnScheduler
 from roost.store.memory import MemoryStore
 from roost.testing import TestKeys, start_engine, test_config
 
@@ -75,37 +76,33 @@ class Counting(RoomLogic):
 
 @contextlib.contextmanager
 def one_actor_per_room() -> Iterator[list[str]]:
-    """Record every moment a room has two running actors (an assertion in the actor would only
-    crash the room, which the supervisor would hide by restarting it)."""
+    """Record every moment a room has two actors registered with the turn scheduler (an assertion in
+    the actor would only crash the room, which the supervisor would hide by restarting it)."""
     running: collections.Counter[str] = collections.Counter()
     violations: list[str] = []
-    original = RoomActor.run
+    register, leave = TurnScheduler.register, TurnScheduler._leave
 
-    async def run(actor: RoomActor) -> None:
+    def counted_register(scheduler: TurnScheduler, actor: RoomActor) -> None:
         room = actor.runtime.room_id
         running[room] += 1
         if running[room] > 1:
             violations.append(room)
-        try:
-            await original(actor)
-        finally:
-            running[room] -= 1
+        register(scheduler, actor)
 
-    with mock.patch.object(RoomActor, "run", run):
+    def counted_leave(scheduler: TurnScheduler, actor: RoomActor, outcome: str) -> None:
+        running[actor.runtime.room_id] -= 1
+        leave(scheduler, actor, outcome)
+
+    with mock.patch.object(TurnScheduler, "register", counted_register), \
+            mock.patch.object(TurnScheduler, "_leave", counted_leave):
         yield violations
 
 
-def room_tasks() -> int:
-    """Supervised room tasks alive now (each room awake has one)."""
-    count = 0
-    pending = [trio.lowlevel.current_root_task()]
-    while pending:
-        task = pending.pop()
-        if getattr(task.coro, "cr_code", None) is not None and task.coro.cr_code.co_name == "_supervise":
-            count += 1
-        for nursery in task.child_nurseries:
-            pending.extend(nursery.child_tasks)
-    return count
+def awake_actors(engine: Engine) -> int:
+    """Room actors whose turns the engine's scheduler runs now (each room awake has one; a room
+    asleep has none, and no task either: no room has a task of its own)."""
+    assert engine._supervisor is not None
+    return engine._supervisor.scheduler.actors
 
 
 def config_for(keys: TestKeys, **overrides: Any) -> Config:
@@ -357,7 +354,7 @@ async def test_an_idle_empty_room_holds_no_task_and_wakes_with_its_state(
     autojump_clock: trio.testing.MockClock, roost_engine: Engine, roost_keys: TestKeys
 ) -> None:
     async with clients(roost_engine, roost_keys, "ann", "bob") as (ann, bob):
-        tasks = room_tasks()
+        tasks = awake_actors(roost_engine)
         snapshot = await ann.create(public=True, meta={"map": "dust"})
         room = snapshot.room
         for i in range(3):
@@ -365,7 +362,7 @@ async def test_an_idle_empty_room_holds_no_task_and_wakes_with_its_state(
         await ann.leave(room)
         runtime = roost_engine.router.get(room)
         assert runtime is not None and runtime.asleep
-        assert room_tasks() == tasks  # no task of its own
+        assert awake_actors(roost_engine) == tasks  # no actor
         assert roost_engine._supervisor.asleep == 1
         samples = scrape(roost_engine)
         assert value(samples, "roost_rooms_asleep") == 1 and value(samples, "roost_rooms_live") == 1
@@ -373,7 +370,7 @@ async def test_an_idle_empty_room_holds_no_task_and_wakes_with_its_state(
         again = await bob.join(room=room)  # wakes it: the state comes back from the store
         assert again.chat_n == 3 and again.meta == {"map": "dust"} and again.epoch == snapshot.epoch
         assert again.seq > snapshot.seq and [m.user for m in again.members] == ["bob"]
-        assert not runtime.asleep and room_tasks() == tasks + 1
+        assert not runtime.asleep and awake_actors(roost_engine) == tasks + 1
         samples = scrape(roost_engine)
         assert value(samples, "roost_rooms_asleep") == 0 and value(samples, "roost_room_wakes_total") == wakes + 1
         assert [m.text for m in (await bob.history(room)).messages] == ["m0", "m1", "m2"]
@@ -488,7 +485,7 @@ async def test_restored_empty_rooms_sleep_and_shutdown_leaves_them_asleep(
     engine = await start_engine(nursery, roost_config, store=store)
     assert set(engine.router.rooms) == set(rooms)
     assert all(engine.router.rooms[r].asleep for r in rooms)
-    assert room_tasks() == 0 and engine._supervisor.wakes == 0  # restored asleep: no actor ran
+    assert awake_actors(engine) == 0 and engine._supervisor.wakes == 0  # restored asleep: no actor ran
     assert [i.members for i in engine.router.lobby(None, 50).rooms] == [0] * 5
     await trio.sleep(3)
     async with clients(engine, roost_keys, "bob") as (bob,):

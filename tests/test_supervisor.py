@@ -135,7 +135,7 @@ async def test_a_stopped_room_answers_everything_queued(roost_engine) -> None:
     runtime = await roost_engine.router.create(RoomOptions())
     calls = [Call(lambda actor, i=i: actor.publish("k", i)) for i in range(200)]
     for call in calls:
-        runtime.send_channel.send_nowait(call)
+        runtime.inbox.send_nowait(call)
     runtime.stop()
     with trio.fail_after(5):
         outcomes = []

@@ -1,0 +1,216 @@
+"""The turn scheduler: one task runs every awake room's turns, a pass at a time, one commit per pass.
+
+Each room used to be a task of its own that awaited its inbox, ran a turn and awaited its own commit.
+At the rates where rooms see one message at a time (inbound-path.md §1.3 and §5.6) that was paid per
+message: a task wake to hand the command over (~53 k instructions), a commit window and a follower's
+wake to get the commit back (~80 k more), and at low rates a transaction and its two fsyncs of its own
+for every turn. Here one task does the same work for every room:
+
+1. it parks until some room is *ready* (its inbox or control queue got something: the put pokes
+   the actor, which queues itself once) or until the earliest room timer is due;
+2. a *pass* takes the ready list as it stands, and runs each room's turn (``RoomActor.step``):
+   synchronously, one room after another, so each room still has exactly one writer;
+3. it commits the writes of every turn of the pass as **one** store batch (one transaction, one
+   fsync pair with LMDB; a synchronous apply with the memory store), and only then releases every
+   turn's replies and events (``after_commit``): nothing is acknowledged before it is durable;
+4. a room whose turn wrote nothing is released before the commit: its output depends only on
+   state already committed (an earlier pass's commit completed before this pass began).
+
+Rooms that receive more while a pass commits are ready again at once and run in the next pass: a
+busy engine commits rarely and in large groups, an idle one pays one wake and one commit for a lone
+message, never a task per room. A turn that raises, or whose commit fails, hands its room to the
+supervisor (``on_done(actor, "crashed")``), which rebuilds it from the last commit; other rooms of
+the same pass are not affected by a turn that raised (only by a commit that failed, which none of
+them got). Everything asynchronous about a room (its first load, a wake from hibernation, a restart,
+disposing a closed room) stays with the supervisor, which registers the actor here when it is ready.
+
+The trap: a turn must never await. Everything a turn does is synchronous (the handlers of
+engine/room.py); a turn that needs I/O returns a step to its caller or posts work elsewhere (the
+inbox service's notices), so the scheduler never holds other rooms behind one room's wait.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import trio
+
+from .metrics import RoomStats
+from .room import RoomActor
+from .store import Store, Write
+
+__all__ = ["TurnScheduler"]
+
+log = logging.getLogger("roost.supervisor")
+
+
+class TurnScheduler:
+    """Runs the turns of every registered room actor (see the module docstring)."""
+
+    def __init__(self, store: Store, stats: RoomStats, on_done: Callable[[RoomActor, str], None]) -> None:
+        self._store = store
+        self._stats = stats
+        self._on_done = on_done
+        """Told when an actor leaves the scheduler: ``asleep``, ``closed``, ``stopped`` or ``crashed``
+        (the supervisor takes it from there; for ``crashed`` it is called inside the ``except``)."""
+        self._ready: list[RoomActor] = []
+        self._timers: list[tuple[float, int, RoomActor]] = []
+        """(deadline, tie-breaker, actor): each registered actor's earliest timer; an entry whose
+        actor's ``timer_at`` differs is stale (the actor ran since, or left) and is dropped."""
+        self._seq = 0
+        self._parked: trio.lowlevel.Task | None = None
+        self.actors = 0
+        """Actors registered now (awake rooms)."""
+        self.passes = 0
+        """Passes run (a pass: the turns of every room ready at its start, and one commit)."""
+        self._stopping = False
+        self._ended = False
+
+    # -- what the supervisor and the actors call ---------------------------------------------------
+
+    def register(self, actor: RoomActor) -> None:
+        """Run ``actor``'s turns from now on; its first turn (its start) runs in the next pass.
+        After the scheduler ended (engine shutdown), the room is stopped instead: everything queued
+        is refused, as by an actor told to stop."""
+        if self._ended:
+            self._on_done(actor, "stopped")
+            return
+        actor.scheduler = self
+        actor.registered = True
+        actor.runtime.attach_actor(actor)
+        self.actors += 1
+        actor.poke()
+
+    def ready(self, actor: RoomActor) -> None:
+        """``actor`` has something to do (``RoomActor.poke``): run it in the next pass."""
+        self._ready.append(actor)
+        task = self._parked
+        if task is not None:
+            self._parked = None
+            trio.lowlevel.reschedule(task)
+
+    def stop(self) -> None:
+        """Graceful shutdown: end once no actor is registered (each stops after its current turn,
+        as its room's ``stop`` asks)."""
+        self._stopping = True
+        if self._parked is not None:
+            task, self._parked = self._parked, None
+            trio.lowlevel.reschedule(task)
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run passes until stopped with no actor left (or cancelled)."""
+        try:
+            while True:
+                if not self._ready:
+                    if self._stopping and not self.actors:
+                        return
+                    await self._park()
+                await self._pass(trio.current_time())
+        finally:
+            self._ended = True
+
+    async def _park(self) -> None:
+        """Wait for a poke, or for the earliest timer (stale entries dropped first)."""
+        timers = self._timers
+        while timers and timers[0][2].timer_at != timers[0][0]:
+            heapq.heappop(timers)
+        deadline = timers[0][0] if timers else math.inf
+        self._parked = trio.lowlevel.current_task()
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            self._parked = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        if deadline == math.inf:
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            with trio.move_on_at(deadline):
+                await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _pass(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _seq, actor = heapq.heappop(timers)
+            if actor.timer_at == deadline:
+                actor.timer_at = None
+                if not actor.queued:
+                    actor.poke()
+        batch, self._ready = self._ready, []
+        if not batch:
+            return
+        self.passes += 1
+        writes: list[Write] = []
+        waiting: list[RoomActor] = []
+        for actor in batch:
+            if not actor.registered:  # it crashed or left after it was queued
+                continue
+            try:
+                turn_writes = actor.step(now)
+            except Exception:
+                self._crashed(actor)
+                continue
+            if turn_writes:
+                writes.extend(turn_writes)
+                waiting.append(actor)
+            else:
+                self._release(actor)
+        if not writes:
+            return
+        started = time.perf_counter()
+        store = self._store
+        try:
+            if not store.commit_now(writes):
+                await store.commit(writes)
+        except Exception:
+            # The group failed (logged by the store): no turn of it took effect. Each room restarts
+            # from its last commit, its requests answered ``internal``, as after a turn that raised.
+            for actor in waiting:
+                self._crashed(actor)
+            return
+        self._stats.commits.observe(time.perf_counter() - started)
+        for actor in waiting:
+            self._release(actor)
+
+    def _release(self, actor: RoomActor) -> None:
+        """After the turn's commit: its output out, then what the room does next."""
+        try:
+            actor.after_commit()
+        except Exception:
+            self._crashed(actor)
+            return
+        runtime = actor.runtime
+        if runtime.closed:
+            self._leave(actor, "closed")
+        elif runtime.stopping:
+            self._leave(actor, "stopped")
+        elif runtime.queued() or runtime.control:
+            if not actor.queued:
+                actor.poke()
+        else:
+            deadline = actor.next_deadline()
+            if actor.may_sleep(deadline):
+                runtime.sleep(deadline)  # in the step that saw its inbox empty: no command can be lost
+                self._leave(actor, "asleep")
+            elif deadline != math.inf and deadline != actor.timer_at:
+                actor.timer_at = deadline
+                self._seq += 1
+                heapq.heappush(self._timers, (deadline, self._seq, actor))
+
+    def _crashed(self, actor: RoomActor) -> None:
+        room = actor.runtime.room_id
+        log.exception("room %s crashed", room, extra={"room": room, "event": "room_crashed"})
+        self._leave(actor, "crashed")
+
+    def _leave(self, actor: RoomActor, outcome: str) -> None:
+        actor.registered = False
+        actor.timer_at = None
+        if actor.runtime.inbox_owner() is actor:
+            actor.runtime.attach_actor(None)
+        self.actors -= 1
+        self._on_done(actor, outcome)
