@@ -223,7 +223,7 @@ class RoomRuntime:
     **Hibernation** (as Durable Objects' and Phoenix's): a room with nothing to do (no member, no
     armed timer but its reaper, an empty inbox) holds no task, no inbox and no state: it is this
     record, ``asleep``, with its lobby entry and its reap deadline (its state is in the store). The
-    first command that reaches it wakes it: :attr:`send_channel` opens a fresh inbox and asks the
+    first command that reaches it wakes it: :attr:`inbox` opens a fresh inbox and asks the
     supervisor for an actor, which reloads the state from the store while the commands wait in the
     inbox, in order. Both transitions are synchronous (no checkpoint between the check and the
     change), which is what keeps exactly one actor per room: the actor goes to sleep only in a step

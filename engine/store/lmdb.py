@@ -283,18 +283,18 @@ class LmdbStore(Store):
     async def _enqueue(self, pending: _Pending) -> None:
         """Queue ``pending``; return once its group's transaction is durable (or raise its error).
 
-        Leader and followers, no writer task: the first committer finding no group under way leads.
-        It yields one scheduler pass (the commit window: every room made runnable in this pass runs
-        its turn and queues its batch behind it; no timer, so a lone commit at a low rate is written
-        at once), takes the queue as one group, writes it in one thread hop and wakes its followers.
+        Leader and followers, no writer task: the first committer finding no group under way leads at
+        once: it takes the queue as one group, writes it in one thread hop and wakes its followers.
         Commits queued meanwhile form the next group: the leader hands the lead to the first of them
         still waiting, which writes it when it wakes (a wake it needed anyway). This spares the Event
         hand-offs to and from a writer task (two task wakes per group; inbound-path.md counts ~44 k
-        instructions each): a lone commit costs the committer one pass and one thread hop.
+        instructions each): a lone commit costs the committer one thread hop. There is no commit
+        window (a scheduler pass waited for more committers once): the rooms' commits already come
+        gathered, one per pass of the turn scheduler (engine/scheduler.py), and the window cost a
+        whole scheduler pass per group (33 k of 643 k instructions per lone message, bench cgloop).
 
         A follower's wait is cancellable (its batch is still written: it was queued; nobody is told).
-        A leader's is not: its pass is cancel-shielded and its thread hop uncancellable, so no group
-        is ever left without a writer.
+        A leader's is not: its thread hop is uncancellable, so no group is ever left without a writer.
         """
         if not self._running:
             # A committer cancelled with the store (an engine cancelled at once) sees its Cancelled,
@@ -321,9 +321,9 @@ class LmdbStore(Store):
     async def _lead(self, me: _Pending) -> None:
         """Write groups until ``me`` is durable and someone waiting can take the lead (or none is left).
 
-        The leader counts as a user of the environment from its commit window on, like a thread: a
+        The leader counts as a user of the environment from the moment it leads, like a thread: a
         store cancelled together with its committers (an engine cancelled at once) waits for it in
-        ``run`` instead of closing LMDB between the window and the hop, which failed the group with
+        ``run`` instead of closing LMDB between its lead and its hop, which failed the group with
         "the store is not running" although the store was still open when it was queued.
         """
         self._threads += 1
@@ -341,7 +341,6 @@ class LmdbStore(Store):
         try:
             while True:
                 if self._group_commit:
-                    await trio.lowlevel.cancel_shielded_checkpoint()  # the commit window: one pass
                     group, self._queue = self._queue, []
                 else:
                     group, self._queue = self._queue[:1], self._queue[1:]
