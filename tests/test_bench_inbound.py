@@ -1,7 +1,7 @@
 """Keep ``python -m roost.bench inbound`` (and its ``--layers`` table) from rotting without valgrind.
 
 The suite has no valgrind time to spare: the loops run natively (``--tool none``) against a real engine
-subprocess, ``--layers`` compiles and installs its wrappers there (so a renamed engine function fails
+subprocess, ``--layers`` compiles (gcc) and installs its wrappers there (so a renamed engine function fails
 here, not as an empty row of the table), and the table is built from a small callgrind dump written
 out below, whose figures are known by hand.
 """
@@ -9,7 +9,6 @@ out below, whose figures are known by hand.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -32,7 +31,6 @@ def test_dispatcher_knows_inbound_and_refuses_bad_shapes(capsys: pytest.CaptureF
     capsys.readouterr()
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="--layers compiles its wrappers with gcc")
 def test_both_loops_run_natively_and_every_layer_is_on_the_path(capsys: pytest.CaptureFixture[str]) -> None:
     """Rounds with the layer wrappers (each layer's functions called while messages flow), then the
     in-flight loop on the memory store: each measures what it was asked to."""
