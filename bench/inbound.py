@@ -203,7 +203,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--senders", type=_positive, default=None,
                         help="in-flight loop: members per room each keeping one chat_send in flight")
     parser.add_argument("--layers", action="store_true", help="the per-layer table (callgrind; needs gcc)")
-    parser.add_argument("--top", type=int, default=15, help="with --layers: functions by exclusive Ir")
+    parser.add_argument("--top", type=int, default=None,
+                        help="print the N functions with the most exclusive Ir (default 15 with --layers, else 0)")
     parser.add_argument("--keep", default=None, help="copy the callgrind dump here (for callgrind_annotate)")
     parser.add_argument("--tool", choices=("callgrind", "perf", "strace", "none"), default="callgrind")
     parser.add_argument("--timeout", type=float, default=900.0, help="bound on each wait, in s (default 900)")
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     for rooms, members in shapes:
         keep = args.keep if args.keep is None or len(shapes) == 1 else f"{args.keep}.{rooms}x{members}"
         result = measure(args, rooms, members, keep)
-        if "layers" in result:
+        if "table" in result:
             print(result.pop("table"))
             print()
         print(json.dumps(result), flush=True)
@@ -328,19 +329,22 @@ def _callgrind_figures(args: argparse.Namespace, tmp: Path, measured: int, keep:
         # "totals:" (at the end) or "summary:" (in the header, 0 in some dumps): the larger is the dump's.
         ir += max((int(value) for value in re.findall(r"^(?:totals|summary): (\d+)", text, re.M)), default=0)
     figures: dict[str, Any] = {"ir": ir, "ir_per_message": round(ir / measured)}
-    if args.layers:
+    count = args.top if args.top is not None else (15 if args.layers else 0)
+    if args.layers or count:
         dump = layer_table.parse_dump("\n".join(texts))
         dump.total = ir
-        rows = layer_table.layer_table(dump, measured)
-        top = layer_table.top_exclusive(dump, measured, args.top)
+        top = layer_table.top_exclusive(dump, measured, count)
         loop = f"in flight, {args.senders}/room" if args.senders else "rounds"
-        table = layer_table.render(rows, title=f"{shape}, {args.store}, {loop}: {measured} messages")
-        lines = [table]
+        title = f"{shape}, {args.store}, {loop}: {measured} messages"
+        lines = [f"### {title}"]
+        if args.layers:
+            rows = layer_table.layer_table(dump, measured)
+            lines = [layer_table.render(rows, title=title)]
+            figures["layers"] = {title: round(per) for title, per, _, _ in rows}
         if top:
             lines += ["", f"Top {len(top)} functions by exclusive Ir/msg:", "",
                       "| function | object | Ir/msg |", "|---|---|--:|"]
             lines += [f"| `{fn}` | {ob} | {per / 1000:,.1f} k |" for fn, ob, per in top]
-        figures["layers"] = {title: round(per) for title, per, _, _ in rows}
         figures["top"] = [[fn, ob, round(per)] for fn, ob, per in top]
         figures["table"] = "\n".join(lines)
     return figures

@@ -15,11 +15,16 @@ no layer encloses it; the enclosing layer is a thread-local that the symbols set
 thread has its own), and a layer's own cost is the inclusive cost of all its symbols minus that of
 the symbols ``L_<x>__in__<layer>`` directly inside it. GC is plain C (``gc_collect_main``): the dump
 separates its contexts by their callers (``--separate-callers``, :data:`GC_DEPTH` deep) and each
-collection is subtracted from the innermost layer on its call chain. The residual is the total minus
-every layer and GC: Trio's scheduler, task steps, the reader's glue, the actor loop.
+collection is subtracted from the innermost layer on its call chain. Trio's share is split the same
+way: each task step (the ``send`` into a woken task's coroutine: all async code between two awaits,
+the room actor's loop, ``finish_turn``, the LMDB leader) goes through a symbol too, wrapped when
+:meth:`Runner.reschedule` queues it, so the residual, the total minus every layer and GC, is what runs
+outside every step: Trio's run loop itself, and the writer thread's loop around its transaction.
 
-The wrappers cost instructions of their own (a C call and a thread-local swap, ~100 per call): the
-total of a ``--layers`` run is a little above a plain run's, and the table says by how much.
+The wrappers cost instructions of their own, inside the rows (a C call, a thread-local swap, and
+entering the Python function from C instead of the interpreter's inlined call: a few hundred per
+call; a wake also wraps its step in Python, ~4 k): the total of a ``--layers`` run is 1–5 % above a
+plain run's (``bench inbound`` without ``--layers``); the calls column says where the calls are.
 """
 
 from __future__ import annotations
@@ -50,13 +55,19 @@ class Layer:
 
 
 LAYERS: tuple[Layer, ...] = (
+    Layer("poll", "Trio I/O wait (`EpollIOManager.get_events` + `process_events`, user side)",
+          ("trio._core._io_epoll:EpollIOManager.get_events", "trio._core._io_epoll:EpollIOManager.process_events")),
+    Layer("steps", "task steps: async code between awaits (each `coro.send`; every async def's own work)",
+          ("trio._core._run:Task.coro.send",)),
+    Layer("reader", "reader pass glue (`Reader._read_ready`: epoll, `feed`, `resume`, `_on_frame`, `_dispatch`)",
+          ("roost.reader:Reader._read_ready",)),
     Layer("recv", "socket read (`recv_now`, user side)", ("roost.outbox:SocketTransport.recv_now",)),
     Layer("frame", "WebSocket frame parse (`WebSocket.receive` steps: header, C mask)",
           ("roost.websocket:WebSocket.receive",), iterator=True),
-    Layer("unpackb", "msgpack decode (C `msgpack.unpackb`)", ("msgpack:unpackb",)),
+    Layer("unpackb", "msgpack decode (C `msgpack.unpackb`, its `object_pairs_hook` inside)", ("msgpack:unpackb",)),
     Layer("decode", "schema walk (`codec.decode` minus `unpackb`: dict to ChatSend)", ("roost.connection:decode",)),
     Layer("rate", "rate limit (`Connection._take_token`)", ("roost.connection:Connection._take_token",)),
-    Layer("handoff", "hand-off to the room (`Connection._to_room`: Request, `send_nowait`, wake)",
+    Layer("handoff", "hand-off to the room (`Connection._to_room`: Request, `send_nowait`)",
           ("roost.connection:Connection._to_room",)),
     Layer("turn", "room turn minus encode (`RoomActor._turn`: chat.send, record, seq, replay)",
           ("roost.room:RoomActor._turn",)),
@@ -67,6 +78,9 @@ LAYERS: tuple[Layer, ...] = (
     Layer("txn", "LMDB transaction in the writer thread (`LmdbStore._write_plan`)",
           ("roost.store.lmdb:LmdbStore._write_plan",)),
     Layer("flush", "fan-out flush (`RoomActor._flush`: Outbox.push, `send`)", ("roost.room:RoomActor._flush",)),
+    Layer("wake", "task wake (`Runner.reschedule`, and wrapping the woken step)",
+          ("trio._core._run:Runner.reschedule",)),
+    Layer("clock", "`trio.current_time()` called by the engine", ("trio:current_time",)),
 )
 """The layers, each a set of synchronous functions (an ``async def`` would count only the creation
 of its coroutine: its work runs in the scheduler's ``send``)."""
@@ -195,6 +209,8 @@ def install(workdir: Path) -> Callable[[], dict[str, int]]:
     native = _build(workdir)
     for index, layer in enumerate(LAYERS):
         for target in layer.targets:
+            if layer.key == "steps":
+                continue  # wrapped per wake, below (the send of each woken task's coroutine)
             module_name, _, path = target.partition(":")
             owner: Any = importlib.import_module(module_name)
             *parents, attr = path.split(".")
@@ -207,6 +223,14 @@ def install(workdir: Path) -> Callable[[], dict[str, int]]:
                 def steps(*args: Any, _original: Any = original, _index: int = index, **kwargs: Any) -> Any:
                     return native.wrap(_original(*args, **kwargs), _index, True)
                 setattr(owner, attr, steps)
+            elif layer.key == "wake":
+                steps = next(i for i, other in enumerate(LAYERS) if other.key == "steps")
+
+                def reschedule(runner: Any, task: Any, *rest: Any, _original: Any = original,
+                               _steps: int = steps) -> None:
+                    _original(runner, task, *rest)
+                    task._next_send_fn = native.wrap(task._next_send_fn, _steps, False)
+                setattr(owner, attr, native.wrap(reschedule, index, False))
             else:
                 setattr(owner, attr, native.wrap(original, index, False))
 
@@ -326,7 +350,8 @@ def layer_table(dump: Dump, messages: int) -> list[tuple[str, float, str, float 
         where += f"; {gc_cut / messages:,.0f} Ir/msg of it under call chains cut at {GC_DEPTH} callers"
     rows.append(("cyclic GC (`gc_collect_main`, wherever it ran)", gc_total / messages, where, gc_calls / messages))
     residual = dump.total - layered - gc_total
-    rows.append(("residual: Trio scheduling, task steps, reader and actor glue", residual / messages,
+    rows.append(("residual: Trio's run loop between task steps (run queue, deadlines, `context.run`), "
+                 "the writer thread's loop", residual / messages,
                  "total minus the rows above", None))
     rows.append(("**total**", dump.total / messages, "every thread of the server process", None))
     return rows

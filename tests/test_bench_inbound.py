@@ -99,7 +99,7 @@ def test_the_layer_table_counts_nothing_twice() -> None:
     assert rows["room turn minus encode"] == (500 - 120 - 60) / 10  # its GC and its encode are their own rows
     assert rows["encode"] == 12.0
     assert rows["cyclic GC"] == 10.0
-    assert rows["residual: Trio scheduling, task steps, reader and actor glue"] == (1150 - 320 - 120 - 100) / 10
+    assert [per for title, per in rows.items() if title.startswith("residual")] == [(1150 - 320 - 120 - 100) / 10]
     assert sum(per for title, per in rows.items() if title != "**total**") == rows["**total**"] == 115.0
     top = layers.top_exclusive(dump, 10, 2)
     assert top == [("L_turn__in__top", "libpython.so", 32.0), ("_PyObject_Free", "libpython.so", 31.0)]
