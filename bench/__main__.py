@@ -15,6 +15,7 @@ from . import autobahn as autobahn_bench
 from . import crash as crash_bench
 from . import durable as durable_bench
 from . import fanout as fanout_bench
+from . import inbound as inbound_bench
 from . import memory as memory_bench
 from . import protocol as protocol_bench
 from . import receipts as receipts_bench
@@ -42,6 +43,7 @@ BENCHES: dict[str, BenchModule] = {
     "autobahn": autobahn_bench,
     "users": users_bench,
     "receipts": receipts_bench,
+    "inbound": inbound_bench,
 }
 """Subcommand name -> benchmark module."""
 

@@ -85,15 +85,3 @@ def test_dispatcher_knows_both_and_refuses_bad_options(capsys: pytest.CaptureFix
             build_parser().parse_args(bad)
     assert durable_bench.run(_args(durable_bench, "--clients", "5", "--rooms", "2")) == 2, "N must be a multiple of R"
     capsys.readouterr()
-
-
-@pytest.mark.parametrize("store", ["lmdb", "memory"])
-def test_the_callgrind_loop_runs_natively(store: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """``python -m roost.bench.cgloop`` without valgrind (the suite has no valgrind to spare): a real
-    engine, a closed loop of acknowledged chat_sends, the count it measures over."""
-    from roost.bench import cgloop
-
-    assert cgloop.main([store, "2", "2", "--warmup", "5", "--acks", "20", "--no-valgrind", "--timeout", "60"]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith(f"{store} 2x2, 1 sender(s)/room: ") and " acks, " in line and line.endswith("(native)")
-    assert int(line.split(": ")[1].split(" acks")[0]) >= 20
