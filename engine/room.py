@@ -511,6 +511,8 @@ class RoomActor:
         self._running = False
         self._stepped = False
         self._started_at = 0.0
+        self._turn_ms: int | None = None
+        self._in_turn = False
 
     # -- driven by the turn scheduler (engine/scheduler.py) -------------------------------------
 
@@ -545,8 +547,13 @@ class RoomActor:
             stats.inbox_high = depth
         runtime.crashed_batch = batch
         self._stepped = not first or bool(batch)
-        self._turn(batch, now)
-        return self._before_commit()
+        self._in_turn = True
+        try:
+            self._turn(batch, now)
+            return self._before_commit()
+        finally:
+            self._in_turn = False
+            self._turn_ms = None
 
     def after_commit(self) -> None:
         """The turn's writes are durable: release its output (see :meth:`_release`)."""
@@ -722,7 +729,14 @@ class RoomActor:
     # -- output -----------------------------------------------------------------------------------
 
     def now_ms(self) -> int:
-        return int(self.config.wall_clock() * 1000)
+        """The wall clock in ms, read once per turn: every timestamp of one turn is the same (a chat
+        turn asked for it three times per message)."""
+        ms = self._turn_ms
+        if ms is None:
+            ms = int(self.config.wall_clock() * 1000)
+            if self._in_turn:
+                self._turn_ms = ms
+        return ms
 
     def emit(self, event_type: type[RoomEvent], *, validate: bool = True, **fields: Any) -> None:
         """Broadcast a room event: next seq, encoded and framed once, kept for resume.
@@ -1355,8 +1369,13 @@ def empty_ttl(config: Config, shared: bool) -> float:
     return config.room_ttl if shared else min(config.solo_room_ttl, config.room_ttl)
 
 
+_packer = msgpack.Packer(use_bin_type=True)
+"""Reused (``autoreset``: each ``pack`` returns its own bytes, and a failed one resets it): ``msgpack.packb``
+builds a Packer per call, three times per chat message. The loop thread's only: not thread-safe."""
+
+
 def _packb(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    return _packer.pack(value)
 
 
 def _message_map(m: ChatMessage) -> dict[str, Any]:
