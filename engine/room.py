@@ -189,7 +189,9 @@ class RoomRuntime:
         self.crashed_batch: Sequence[Command] = ()
         self.state: Any = None
         """The current actor's RoomState: read (never written) between turns, e.g. for the unread
-        chat counts of ``welcome`` (engine/inbox.py). None while asleep (a sleeping room has no member)."""
+        chat counts of ``welcome`` (engine/inbox.py). None while asleep (a sleeping room has no member),
+        except for a room restored with members, asleep until its first reconnect grace ends with its
+        state kept for the actor that wakes (engine/supervisor.py ``_restores_waiting``)."""
         self.held: list[Request] = []
         """``delivered`` requests whose cursor moved and whose ``ok`` waits for the commit that stores
         it (at the latest at the end of the receipt window). Here, not on the actor: a crash answers
@@ -197,7 +199,7 @@ class RoomRuntime:
         self._barred: dict[str, float] | None = None
         """Kicked users by the end of their rejoin cool-down (Trio clock); None until a kick."""
         self.asleep = False
-        """No actor, no inbox, no state in memory: see the class docstring."""
+        """No actor, no inbox, no state in memory (but see :attr:`state`): see the class docstring."""
         self.reap_at: float | None = None
         """While asleep: when its reaper is due (Trio clock); the supervisor wakes it then."""
         self.reap_queued: float | None = None
