@@ -164,7 +164,7 @@ class RoomRuntime:
                  "resync_reason", "room_id", "state", "stats", "stopping")
 
     def __init__(self, room_id: str, code: str, inbox_size: int, *, stats: RoomStats | None = None,
-                 waker: Callable[[RoomRuntime], bool] | None = None) -> None:
+                 waker: Callable[[RoomRuntime], bool] | None = None, inbox: bool = True) -> None:
         self.room_id = room_id
         self.code = code
         self.stats = stats or RoomStats()
@@ -173,7 +173,9 @@ class RoomRuntime:
         self._waker = waker
         """Starts an actor for this room (the supervisor's ``wake``); False when it cannot (shutdown)."""
         self._channels: tuple[trio.MemorySendChannel[Command], trio.MemoryReceiveChannel[Command]] | None = (
-            trio.open_memory_channel[Command](inbox_size))
+            trio.open_memory_channel[Command](inbox_size) if inbox else None)
+        """None until :meth:`open_inbox` with ``inbox=False`` (a restored room: most restore asleep,
+        and a channel is a tenth of a room's restore), and while asleep."""
         self.control: collections.deque[Disconnected | Ended] | None = None
         """Disconnect and session-end notices for the actor (created on the first one)."""
         self.peers: dict[str, Peer] = {}
@@ -220,6 +222,11 @@ class RoomRuntime:
         """The actor's end of the inbox."""
         assert self._channels is not None
         return self._channels[1]
+
+    def open_inbox(self) -> None:
+        """Give the room an inbox if it has none (one created with ``inbox=False``, before its actor)."""
+        if self._channels is None:
+            self._channels = trio.open_memory_channel[Command](self._inbox_size)
 
     def wake(self) -> None:
         """Give a sleeping room a fresh inbox and an actor (synchronously: see the class docstring).

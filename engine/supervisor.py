@@ -104,6 +104,7 @@ class Supervisor:
         self.restored += 1
         if self._restores_asleep(runtime, state) or self._restores_waiting(runtime, state):
             return
+        runtime.open_inbox()  # the router restores rooms without one (most need none: asleep)
         self._nursery.start_soon(self._supervise, runtime, state, False)
 
     def _restores_asleep(self, runtime: RoomRuntime, state: RoomState) -> bool:

@@ -606,3 +606,23 @@ async def test_a_member_back_within_the_grace_wakes_the_restored_room_with_its_k
             assert {m.user for m in (await engine.ops.snapshot(room)).members} == {"bob"}
             assert (await bob.chat_send(room, "three")).n == 3
     assert violations == []
+
+
+async def test_a_room_with_logic_is_restored_with_its_actor_and_an_inbox(
+    autojump_clock: trio.testing.MockClock, roost_keys: TestKeys, roost_config: Config, nursery: trio.Nursery
+) -> None:
+    """The router restores every room without an inbox (most restore asleep); one that gets its actor
+    at once (logic: an actor handles its instance) gets its inbox with it, and serves."""
+    store = MemoryStore()
+    async with trio.open_nursery() as first:
+        engine = await start_engine(first, roost_config, store=store)
+        async with clients(engine, roost_keys, "ann") as (ann,):
+            room = (await ann.create(logic="counting")).room
+        engine.request_shutdown()
+    engine = await start_engine(nursery, roost_config, store=store)
+    runtime = engine.router.rooms[room]
+    assert not runtime.asleep and room_tasks() == 1
+    async with clients(engine, roost_keys, "ann") as (ann,):
+        await ann.join(room=room)
+        # a fresh logic instance (its own state is in no store), and ann's join re-attached a member
+        assert await ann.request({"t": "send", "id": 0, "room": room, "kind": "count"}) == {"joins": 0}
