@@ -16,7 +16,6 @@ import socket
 from typing import TYPE_CHECKING
 
 import trio
-import trio.testing
 
 from roost.protocol.errors import CloseCode
 from roost.protocol.tokens import SessionSigner
@@ -201,6 +200,10 @@ class Gateway:
         """Serve one connection over an in-memory stream; returns the client's end (test kit, embedding)."""
         if self._nursery is None:
             raise RuntimeError("the gateway is not running")
+        # Imported here, not with the module: trio.testing imports pytest when it is installed
+        # (trio.testing._raises_group), 70-100 ms of every ``roost serve`` start for a test helper.
+        import trio.testing
+
         client, server = trio.testing.memory_stream_pair()
         self._nursery.start_soon(self.serve_transport, StreamTransport(server), "memory")
         return client

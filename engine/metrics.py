@@ -13,6 +13,10 @@ Each engine has its own ``CollectorRegistry``, never the process-wide ``REGISTRY
 process (tests do it all the time) must not collide or mix their numbers.
 
 The families, their names and help texts are :data:`FAMILIES` (README.md's table is generated from it).
+
+``prometheus_client`` is imported at the first scrape, not with this module: with its exposition
+(``http.server``, ``email``, ``wsgiref``) it is ~30 ms of CPU, a tenth of every ``roost serve`` start,
+for an endpoint that may never be scraped.
 """
 
 from __future__ import annotations
@@ -25,11 +29,10 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.registry import CollectorRegistry
-
 if TYPE_CHECKING:
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+    from prometheus_client.registry import CollectorRegistry
+
     from .app import Engine
 
 __all__ = ["COMMIT_BUCKETS", "FAMILIES", "TURN_BUCKETS", "Family", "Histogram", "Metrics", "RoomStats", "markdown_table"]
@@ -162,6 +165,8 @@ since the engine started serving; their samples carry Prometheus's ``_total`` su
 
 
 def _family(name: str, value: float) -> Metric:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
     family = FAMILIES[name]
     if family.kind == "counter":
         return CounterMetricFamily(name, family.help, value=value)
@@ -169,6 +174,8 @@ def _family(name: str, value: float) -> Metric:
 
 
 def _by(name: str, counts: Iterable[tuple[object, int]]) -> CounterMetricFamily:
+    from prometheus_client.core import CounterMetricFamily
+
     family = FAMILIES[name]
     metric = CounterMetricFamily(name, family.help, labels=[family.label or ""])
     for key, count in sorted((str(key), count) for key, count in counts):
@@ -177,6 +184,8 @@ def _by(name: str, counts: Iterable[tuple[object, int]]) -> CounterMetricFamily:
 
 
 def _histogram(name: str, histogram: Histogram) -> HistogramMetricFamily:
+    from prometheus_client.core import HistogramMetricFamily
+
     bounds = [repr(float(bound)) for bound in histogram.bounds] + ["+Inf"]
     return HistogramMetricFamily(name, FAMILIES[name].help,
                                  buckets=list(zip(bounds, histogram.cumulative(), strict=True)),
@@ -199,12 +208,22 @@ class Metrics:
         self._engine = engine
         self.rooms = RoomStats()
         """Shared by every room actor of this engine (through the supervisor and each RoomRuntime)."""
-        self.registry = CollectorRegistry()
-        """This engine's own registry (never ``prometheus_client.REGISTRY``)."""
-        self.registry.register(self)
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """This engine's own registry (never ``prometheus_client.REGISTRY``), made at first use."""
+        if self._registry is None:
+            from prometheus_client.registry import CollectorRegistry
+
+            self._registry = CollectorRegistry()
+            self._registry.register(self)
+        return self._registry
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format (0.0.4) of every metric now, and its content type."""
+        from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
         return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
 
     def collect(self) -> Iterator[Metric]:

@@ -235,7 +235,7 @@ class RoomRuntime:
                  "resync_reason", "room_id", "state", "stats", "stopping")
 
     def __init__(self, room_id: str, code: str, inbox_size: int, *, stats: RoomStats | None = None,
-                 waker: Callable[[RoomRuntime], bool] | None = None) -> None:
+                 waker: Callable[[RoomRuntime], bool] | None = None, inbox: bool = True) -> None:
         self.room_id = room_id
         self.code = code
         self.stats = stats or RoomStats()
@@ -243,7 +243,9 @@ class RoomRuntime:
         self._inbox_size = inbox_size
         self._waker = waker
         """Starts an actor for this room (the supervisor's ``wake``); False when it cannot (shutdown)."""
-        self._inbox: Inbox | None = Inbox(inbox_size)
+        self._inbox: Inbox | None = Inbox(inbox_size) if inbox else None
+        """None until :meth:`open_inbox` with ``inbox=False`` (a restored room: most restore asleep),
+        and while asleep."""
         self.control: collections.deque[Disconnected | Ended] | None = None
         """Disconnect and session-end notices for the actor (created on the first one)."""
         self.peers: dict[str, Peer] = {}
@@ -259,7 +261,9 @@ class RoomRuntime:
         self.crashed_batch: Sequence[Command] = ()
         self.state: Any = None
         """The current actor's RoomState: read (never written) between turns, e.g. for the unread
-        chat counts of ``welcome`` (engine/inbox.py). None while asleep (a sleeping room has no member)."""
+        chat counts of ``welcome`` (engine/inbox.py). None while asleep (a sleeping room has no member),
+        except for a room restored with members, asleep until its first reconnect grace ends with its
+        state kept for the actor that wakes (engine/supervisor.py ``_restores_waiting``)."""
         self.held: list[Request] = []
         """``delivered`` requests whose cursor moved and whose ``ok`` waits for the commit that stores
         it (at the latest at the end of the receipt window). Here, not on the actor: a crash answers
@@ -267,7 +271,7 @@ class RoomRuntime:
         self._barred: dict[str, float] | None = None
         """Kicked users by the end of their rejoin cool-down (Trio clock); None until a kick."""
         self.asleep = False
-        """No actor, no inbox, no state in memory: see the class docstring."""
+        """No actor, no inbox, no state in memory (but see :attr:`state`): see the class docstring."""
         self.reap_at: float | None = None
         """While asleep: when its reaper is due (Trio clock); the supervisor wakes it then."""
         self.reap_queued: float | None = None
@@ -306,6 +310,11 @@ class RoomRuntime:
         inbox = self._inbox
         if inbox is not None and inbox.owner is not None and not inbox.owner.queued:
             inbox.owner.poke()
+
+    def open_inbox(self) -> None:
+        """Give the room an inbox if it has none (one created with ``inbox=False``, before its actor)."""
+        if self._inbox is None:
+            self._inbox = Inbox(self._inbox_size)
 
     def wake(self) -> None:
         """Give a sleeping room a fresh inbox and an actor (synchronously: see the class docstring).

@@ -79,7 +79,7 @@ class Router:
     def restore(self, state: RoomState) -> RoomRuntime:
         """Bring back a room from the store (restart recovery); its actor starts soon after."""
         runtime = RoomRuntime(state.room_id, state.code, self._config.room_inbox_size,
-                              stats=self._supervisor.stats, waker=self._waker)
+                              stats=self._supervisor.stats, waker=self._waker, inbox=False)
         runtime.info = state.info()
         runtime.public = state.options.public
         runtime.state = state  # readable (welcome's unread counts) before its actor first runs

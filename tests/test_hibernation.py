@@ -534,3 +534,92 @@ async def test_a_graceful_shutdown_does_not_wait_for_sleeping_rooms(
         engine.request_shutdown()
     assert trio.current_time() - started < roost_config.close_timeout
     assert set(await store.room_ids()) == {room}  # kept (it was not reaped, only stopped)
+
+
+async def _two_members_room(store: MemoryStore, config: Config, keys: TestKeys) -> str:
+    """A room ann created and bob joined, two messages of which bob read one; then a graceful
+    shutdown after both disconnected (they stay members: the restart brings them back dropped)."""
+    async with trio.open_nursery() as first:
+        engine = await start_engine(first, config, store=store)
+        async with clients(engine, keys, "ann", "bob") as (ann, bob):
+            room = (await ann.create(public=True)).room
+            await bob.join(room=room)
+            await ann.chat_send(room, "one")
+            await ann.chat_send(room, "two")
+            await bob.read(room, 1)
+        engine.request_shutdown()
+    return room
+
+
+async def test_a_room_restored_with_members_waits_without_a_task_and_expires_them_after_the_grace(
+    autojump_clock: trio.testing.MockClock, roost_keys: TestKeys, roost_config: Config, nursery: trio.Nursery
+) -> None:
+    """No actor runs for it at the restart (no task, no store load), yet everything reads its kept
+    state (lobby, unread counts); the sleeper reaper wakes it when the reconnect grace ends, exactly
+    then, and its actor expires both members from that kept state; emptied, it sleeps again and is
+    reaped a room_ttl later."""
+    store = SlowLoads()
+    room = await _two_members_room(store, roost_config, roost_keys)
+    with one_actor_per_room() as violations:
+        engine = await start_engine(nursery, roost_config, store=store)
+        restarted = trio.current_time()
+        runtime = engine.router.rooms[room]
+        assert runtime.asleep and awake_actors(engine) == 0 and engine._supervisor.wakes == 0
+        assert len(runtime.state.presence) == 2
+        assert [i.members for i in engine.router.lobby(None, 50).rooms] == [2]
+        assert [(r.chat_n, r.unread) for r in (await engine.inbox.my_rooms("bob", None, 10)).rooms] == [(2, 1)]
+        await trio.sleep(roost_config.reconnect_grace - 0.01)
+        assert runtime.asleep and awake_actors(engine) == 0 and len(runtime.state.presence) == 2
+        await trio.sleep(0.02)  # the grace has ended: woken, both expired (the wake read no store)
+        assert trio.current_time() - restarted < roost_config.reconnect_grace + 0.02
+        assert engine._supervisor.wakes == 1 and store.loads == 0
+        assert not [key for key in await store.load_room(room) if key.startswith("member:")]
+        assert [i.members for i in engine.router.lobby(None, 50).rooms] == [0]
+        assert runtime.asleep and runtime.state is None  # emptied: asleep as any empty room
+        await trio.sleep(ROOM_TTL + 1)  # shared (two members once): reaped a room_ttl after emptying
+        assert room not in engine.router.rooms and await store.load_room(room) == {}
+    assert violations == []
+
+
+async def test_a_member_back_within_the_grace_wakes_the_restored_room_with_its_kept_state(
+    autojump_clock: trio.testing.MockClock, roost_keys: TestKeys, roost_config: Config, nursery: trio.Nursery
+) -> None:
+    """bob's join wakes the room before the grace ends: its actor takes the kept state (no store
+    load), bob's read cursor and the chat are there, and ann, who did not come back, is expired at the
+    end of the grace that began at the restart (not at bob's wake)."""
+    store = SlowLoads(passes=3)
+    room = await _two_members_room(store, roost_config, roost_keys)
+    with one_actor_per_room() as violations:
+        engine = await start_engine(nursery, roost_config, store=store)
+        restarted = trio.current_time()
+        await trio.sleep(1.0)
+        async with clients(engine, roost_keys, "bob") as (bob,):
+            snapshot = await bob.join(room=room)
+            assert (snapshot.chat_n, snapshot.read_n, snapshot.unread, snapshot.member_count) == (2, 1, 1, 2)
+            assert store.loads == 0 and engine._supervisor.wakes == 1
+            await trio.sleep(restarted + roost_config.reconnect_grace - 0.01 - trio.current_time())
+            assert {m.user for m in (await engine.ops.snapshot(room)).members} == {"ann", "bob"}
+            await trio.sleep(0.02)
+            assert {m.user for m in (await engine.ops.snapshot(room)).members} == {"bob"}
+            assert (await bob.chat_send(room, "three")).n == 3
+    assert violations == []
+
+
+async def test_a_room_with_logic_is_restored_with_its_actor_and_an_inbox(
+    autojump_clock: trio.testing.MockClock, roost_keys: TestKeys, roost_config: Config, nursery: trio.Nursery
+) -> None:
+    """The router restores every room without an inbox (most restore asleep); one that gets its actor
+    at once (logic: an actor handles its instance) gets its inbox with it, and serves."""
+    store = MemoryStore()
+    async with trio.open_nursery() as first:
+        engine = await start_engine(first, roost_config, store=store)
+        async with clients(engine, roost_keys, "ann") as (ann,):
+            room = (await ann.create(logic="counting")).room
+        engine.request_shutdown()
+    engine = await start_engine(nursery, roost_config, store=store)
+    runtime = engine.router.rooms[room]
+    assert not runtime.asleep and awake_actors(engine) == 1
+    async with clients(engine, roost_keys, "ann") as (ann,):
+        await ann.join(room=room)
+        # a fresh logic instance (its own state is in no store), and ann's join re-attached a member
+        assert await ann.request({"t": "send", "id": 0, "room": room, "kind": "count"}) == {"joins": 0}
