@@ -167,6 +167,7 @@ class Connection(Peer):
         self._close_deadline = math.inf
         self._heartbeat = config.heartbeat_default_ms / 1000
         self._last_heard = now
+        self._fed_at = now
         self._token_deadline = math.inf
         self._tokens = float(config.burst)
         self._tokens_at = now
@@ -358,16 +359,18 @@ class Connection(Peer):
                 await step
                 step = self.resume()
 
-    def feed(self, data: bytes) -> Step | None:
+    def feed(self, data: bytes, now: float | None = None) -> Step | None:
         """Handle ``data`` from the peer as far as it goes without awaiting.
 
         Returns None when every message in it is handled; else the step to await first (a request
         that waits for an admin call, a room's creation, a full room inbox, or an HTTP exchange), then
         call :meth:`resume` (and again for each step it returns) before feeding more bytes. Stop
-        feeding once :attr:`ended`. Both drivers call this: the rules live here once.
+        feeding once :attr:`ended`. Both drivers call this: the rules live here once. ``now`` is the
+        Trio clock when the caller has read it already (the reader, once per pass for every socket).
         """
+        self._fed_at = now = trio.current_time() if now is None else now
         if self.phase is not Phase.CLOSING:  # the answer to our Close is not activity (last_seen)
-            self._last_heard = trio.current_time()
+            self._last_heard = now
         self._messages = self.websocket.receive(data)
         return self.resume()
 
@@ -564,7 +567,7 @@ class Connection(Peer):
     def _spend_token(self) -> bool:
         """Take one token; False when over the rate (closes 4001 once over for ``rate_close_after``)."""
         config = self.config
-        now = trio.current_time()
+        now = self._fed_at  # the time the request's bytes were fed (no clock read per request)
         self._tokens = min(float(config.burst), self._tokens + (now - self._tokens_at) * config.rate)
         self._tokens_at = now
         if self._tokens >= 1:

@@ -233,6 +233,7 @@ class Reader:
 
     def _read_ready(self) -> None:
         by_fd = self._by_fd
+        now = trio.current_time()  # once per pass: every connection fed in it shares it
         for fd, _ in self._epoll.poll(0):
             connection = by_fd.get(fd)
             if connection is None:
@@ -244,7 +245,7 @@ class Reader:
                 self.end(connection)
                 continue
             try:
-                step = connection.feed(data)
+                step = connection.feed(data, now)
             except Exception:
                 connection.failed()
                 self.end(connection)
