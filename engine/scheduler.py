@@ -47,6 +47,11 @@ __all__ = ["TurnScheduler"]
 
 log = logging.getLogger("roost.supervisor")
 
+_PASS_MAX = 512
+"""Rooms whose turns one pass runs at most: the rest stay ready, in order, for the next pass. Bounds
+the time from a pass's first turn to its commit (a broadcast to every room, or the first pass after
+a restart, readies thousands at once), and lets the reader run between passes."""
+
 
 class TurnScheduler:
     """Runs the turns of every registered room actor (see the module docstring)."""
@@ -111,7 +116,11 @@ class TurnScheduler:
                     if self._stopping and not self.actors:
                         return
                     await self._park()
-                await self._pass(trio.current_time())
+                if not await self._pass(trio.current_time()) and self._ready:
+                    # Nothing awaited and more is ready: yield before the next pass, or rooms that
+                    # keep getting ready (a deep inbox, a store that commits at once, more rooms
+                    # than one pass takes) would hold the reader and every other task off.
+                    await trio.lowlevel.checkpoint()
         finally:
             self._ended = True
 
@@ -133,7 +142,9 @@ class TurnScheduler:
             with trio.move_on_at(deadline):
                 await trio.lowlevel.wait_task_rescheduled(abort)
 
-    async def _pass(self, now: float) -> None:
+    async def _pass(self, now: float) -> bool:
+        """Run the turns of the rooms ready now (at most ``_PASS_MAX``), commit, release. Returns
+        whether it awaited (a store whose ``commit_now`` applies at once never does)."""
         timers = self._timers
         while timers and timers[0][0] <= now:
             deadline, _seq, actor = heapq.heappop(timers)
@@ -141,9 +152,12 @@ class TurnScheduler:
                 actor.timer_at = None
                 if not actor.queued:
                     actor.poke()
-        batch, self._ready = self._ready, []
+        if len(self._ready) <= _PASS_MAX:
+            batch, self._ready = self._ready, []
+        else:
+            batch, self._ready = self._ready[:_PASS_MAX], self._ready[_PASS_MAX:]
         if not batch:
-            return
+            return False
         self.passes += 1
         writes: list[Write] = []
         waiting: list[RoomActor] = []
@@ -161,21 +175,24 @@ class TurnScheduler:
             else:
                 self._release(actor)
         if not writes:
-            return
+            return False
         started = time.perf_counter()
         store = self._store
+        awaited = False
         try:
             if not store.commit_now(writes):
+                awaited = True
                 await store.commit(writes)
         except Exception:
             # The group failed (logged by the store): no turn of it took effect. Each room restarts
             # from its last commit, its requests answered ``internal``, as after a turn that raised.
             for actor in waiting:
                 self._crashed(actor)
-            return
+            return awaited
         self._stats.commits.observe(time.perf_counter() - started)
         for actor in waiting:
             self._release(actor)
+        return awaited
 
     def _release(self, actor: RoomActor) -> None:
         """After the turn's commit: its output out, then what the room does next."""

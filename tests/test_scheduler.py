@@ -206,3 +206,30 @@ def test_every_call_is_answered_once_and_only_after_its_commit(
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_pass_takes_at_most_pass_max_rooms_and_other_tasks_run_between(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    from roost.scheduler import _PASS_MAX
+
+    engine = await start_engine(nursery, test_config(TestKeys()), store=MemoryStore())  # commits at once
+    rooms = [await engine.router.create(RoomOptions()) for _ in range(_PASS_MAX + 10)]
+    await trio.sleep(1)
+    assert engine._supervisor is not None
+    scheduler = engine._supervisor.scheduler
+    passes = scheduler.passes
+    seen: list[int] = []
+
+    async def watch() -> None:  # another task: must get turns between the scheduler's passes
+        for _ in range(4):
+            seen.append(scheduler.passes - passes)
+            await trio.lowlevel.checkpoint()
+
+    calls = [peek() for _ in rooms]
+    for runtime, call in zip(rooms, calls):
+        runtime.inbox.send_nowait(call)
+    nursery.start_soon(watch)
+    for call in calls:
+        await call.wait()
+    assert scheduler.passes - passes == 2  # _PASS_MAX rooms, then the other ten
+    assert 1 in seen  # the watcher ran after the first pass, before the second
