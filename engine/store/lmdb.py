@@ -291,7 +291,8 @@ class LmdbStore(Store):
         instructions each): a lone commit costs the committer one thread hop. There is no commit
         window (a scheduler pass waited for more committers once): the rooms' commits already come
         gathered, one per pass of the turn scheduler (engine/scheduler.py), and the window cost a
-        whole scheduler pass per group (33 k of 643 k instructions per lone message, bench cgloop).
+        whole scheduler pass per group (33 k of 643 k instructions per lone message:
+        ``bench inbound --rooms 1 --members 10 --senders 1``).
 
         A follower's wait is cancellable (its batch is still written: it was queued; nobody is told).
         A leader's is not: its thread hop is uncancellable, so no group is ever left without a writer.
