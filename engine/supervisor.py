@@ -84,7 +84,7 @@ class Supervisor:
         """The sleeper reaper's wait while it runs (its deadline is the heap's first)."""
         self._reaper_running = False
         self._stopping = False
-        self.scheduler = TurnScheduler(store, self.stats, self._actor_done)
+        self.scheduler = TurnScheduler(store, self.stats, self._actor_done, linger=config.commit_linger)
         """Runs every awake room's turns (started here, in the rooms' nursery)."""
         nursery.start_soon(self.scheduler.run)
 

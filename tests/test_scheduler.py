@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from unittest import mock
 
 import msgpack
 import pytest
@@ -38,6 +39,8 @@ class GatedStore(MemoryStore):
         self.failing = failing
         self.gate: trio.Event | None = None
         self.batches: list[list[Write]] = []
+        self.began: list[float] = []
+        """When each commit began (Trio clock)."""
 
     def commit_now(self, batch: Sequence[Write]) -> bool:
         return False
@@ -45,6 +48,7 @@ class GatedStore(MemoryStore):
     async def commit(self, batch: Sequence[Write]) -> None:
         index = len(self.batches)
         self.batches.append(list(batch))
+        self.began.append(trio.current_time())
         if self.gate is not None:
             await self.gate.wait()
         for _ in range(self.pauses[index % len(self.pauses)]):
@@ -84,6 +88,7 @@ async def outcome(runtime: RoomRuntime, call: Call) -> Any:
 
 
 async def engine_with(nursery: trio.Nursery, store: GatedStore, **overrides: Any) -> Engine:
+    overrides.setdefault("commit_linger", 0.0)
     return await start_engine(nursery, test_config(TestKeys(), restart_intensity=10_000, **overrides), store=store)
 
 
@@ -208,28 +213,64 @@ def test_every_call_is_answered_once_and_only_after_its_commit(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-async def test_a_pass_takes_at_most_pass_max_rooms_and_other_tasks_run_between(
+async def test_a_pass_takes_at_most_pass_max_rooms_and_yields_before_the_next(
         autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    """More rooms ready than one pass takes, on a store that commits at once (no await in the pass):
+    two passes, and the scheduler checkpoints between them, so the reader and every other task run."""
     from roost.scheduler import _PASS_MAX
 
-    engine = await start_engine(nursery, test_config(TestKeys()), store=MemoryStore())  # commits at once
+    engine = await start_engine(nursery, test_config(TestKeys()), store=MemoryStore())
     rooms = [await engine.router.create(RoomOptions()) for _ in range(_PASS_MAX + 10)]
     await trio.sleep(1)
     assert engine._supervisor is not None
     scheduler = engine._supervisor.scheduler
     passes = scheduler.passes
-    seen: list[int] = []
+    yielded_after: list[int] = []  # the scheduler's own checkpoints, by passes run so far
+    checkpoint = trio.lowlevel.checkpoint
 
-    async def watch() -> None:  # another task: must get turns between the scheduler's passes
-        for _ in range(4):
-            seen.append(scheduler.passes - passes)
-            await trio.lowlevel.checkpoint()
+    async def counted() -> None:
+        if trio.lowlevel.current_task().name.endswith("TurnScheduler.run"):
+            yielded_after.append(scheduler.passes - passes)
+        await checkpoint()
 
     calls = [peek() for _ in rooms]
-    for runtime, call in zip(rooms, calls):
-        runtime.inbox.send_nowait(call)
-    nursery.start_soon(watch)
-    for call in calls:
-        await call.wait()
+    with mock.patch.object(trio.lowlevel, "checkpoint", counted):
+        for runtime, call in zip(rooms, calls):
+            runtime.inbox.send_nowait(call)
+        for call in calls:
+            await call.wait()
     assert scheduler.passes - passes == 2  # _PASS_MAX rooms, then the other ten
-    assert 1 in seen  # the watcher ran after the first pass, before the second
+    assert 1 in yielded_after  # between the first pass and the second
+
+
+async def test_under_load_a_commit_lingers_for_more_turns_and_a_lone_one_does_not(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    store = GatedStore()
+    engine = await engine_with(nursery, store, commit_linger=0.01)
+    rooms = [await engine.router.create(RoomOptions()) for _ in range(3)]
+    await trio.sleep(1)  # the creations committed long ago: the next commit has nothing to wait for
+    first = len(store.batches)
+    lone = publish(0)
+    rooms[0].inbox.send_nowait(lone)
+    await lone.wait()
+    assert store.began[first] == trio.current_time()  # began at once: no wait at a low rate
+    # A commit of one room's turn is not load: the next one, right behind it, does not wait either.
+    alone = publish(1)
+    rooms[1].inbox.send_nowait(alone)
+    await alone.wait()
+    assert store.began[first + 1] == trio.current_time()
+    # Load: a commit of two rooms' turns. The turns made within the linger after it share the next
+    # commit, which begins a linger after that one began.
+    both = [publish(2), publish(3)]
+    rooms[0].inbox.send_nowait(both[0])
+    rooms[1].inbox.send_nowait(both[1])
+    for call in both:
+        await call.wait()
+    calls = [publish(4), publish(5)]
+    rooms[1].inbox.send_nowait(calls[0])
+    await trio.sleep(0.004)
+    rooms[2].inbox.send_nowait(calls[1])
+    assert [await call.wait() for call in calls] == [3, 1]
+    assert len(store.batches) == first + 4
+    assert store.began[first + 3] == pytest.approx(store.began[first + 2] + 0.01)
+    assert {write.room for write in store.batches[first + 3]} == {rooms[1].room_id, rooms[2].room_id}
