@@ -23,6 +23,28 @@ async def store(nursery: trio.Nursery, tmp_path: Path) -> LmdbStore:
     return store
 
 
+def before_group_writes(store: LmdbStore, hook) -> None:
+    """Run ``hook()`` in the writer thread before each group is written (the log's append, or the
+    LMDB transaction of a store without the log); it may block, or raise to fail the write. The
+    store must be open (its log exists from then)."""
+    if store._log is not None:
+        append = store._log.append
+
+        def gated_append(record: bytes) -> None:
+            hook()
+            append(record)
+
+        store._log.append = gated_append  # type: ignore[method-assign]
+    else:
+        write_plan = store._write_plan
+
+        def gated_plan(disposed, plan) -> None:
+            hook()
+            write_plan(disposed, plan)
+
+        store._write_plan = gated_plan  # type: ignore[method-assign]
+
+
 async def test_commit_then_read_back(store: LmdbStore) -> None:
     await store.commit([Write("r1", "meta", b"m"), Write("r1", "chat:1", b"c1"), Write("r2", "meta", b"x"),
                         Write(None, "rev:jti:a", b"1")])
@@ -89,12 +111,14 @@ async def test_concurrent_commits_share_transactions(store: LmdbStore) -> None:
 
 
 async def test_a_full_map_grows_and_nothing_is_lost(nursery: trio.Nursery, tmp_path: Path) -> None:
-    store = LmdbStore(tmp_path / "small", map_size=256 * 1024)
+    """The map fills in a checkpoint (the log applied to LMDB): it grows there, and the checkpoint
+    is retried in the same transaction's place."""
+    store = LmdbStore(tmp_path / "small", map_size=256 * 1024, checkpoint_bytes=100_000)
     await nursery.start(store.run)
     for i in range(40):
         await store.commit([Write("big", f"k{i}", bytes([i]) * 20_000)])
-    assert store.map_growths >= 1
     records = await store.load_room("big")
+    assert store.map_growths >= 1 and store.checkpoints >= 2
     assert len(records) == 40 and all(records[f"k{i}"] == bytes([i]) * 20_000 for i in range(40))
 
 
@@ -233,10 +257,15 @@ def damage_every_page_but_the_main_root(path: Path) -> None:
 
 
 async def test_a_damaged_page_is_a_store_error_not_an_lmdb_one(tmp_path: Path) -> None:
+    """Opening reads the log's position in LMDB (its ``wal`` database): the damage is found there,
+    before anything is served, and said as the store's error; a store without the log finds it at
+    its first read."""
     await _store_with_rooms(tmp_path / "db")
     damage_every_page_but_the_main_root(tmp_path / "db")
+    with pytest.raises(StoreOpenError, match=r"^cannot open the store in .*: MDB_CORRUPTED: "):
+        LmdbStore(tmp_path / "db").open()
     async with trio.open_nursery() as nursery:
-        store = LmdbStore(tmp_path / "db")
+        store = LmdbStore(tmp_path / "db", log=False)
         await nursery.start(store.run)
         with pytest.raises(StoreFailed, match=r"^cannot read the store in .*: MDB_CORRUPTED: "):
             await store.load_all_rooms()
@@ -265,32 +294,36 @@ _OPS = st.lists(st.one_of(st.just("dispose"), st.integers(0, 3)), min_size=1, ma
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rooms=st.lists(_OPS, min_size=1, max_size=6), releases=st.lists(st.integers(0, 4), min_size=1, max_size=8),
-       failing=st.sets(st.integers(0, 12), max_size=3), grouped=st.booleans())
+       failing=st.sets(st.integers(0, 12), max_size=3), grouped=st.booleans(), logged=st.booleans(),
+       checkpoint_bytes=st.sampled_from([1, 200, 1 << 20]))
 async def test_group_commit_acknowledges_exactly_what_is_durable(
-    tmp_path: Path, rooms: list[list[int | str]], releases: list[int], failing: set[int], grouped: bool
+    tmp_path: Path, rooms: list[list[int | str]], releases: list[int], failing: set[int], grouped: bool,
+    logged: bool, checkpoint_bytes: int,
 ) -> None:
     """Many rooms commit (and dispose) in random interleavings while the writer's thread finishes at
-    random moments and some transactions fail: every acknowledged write is in LMDB when its commit
-    returns, a room's writes land in its commit order, and a failing transaction fails exactly the
-    commits of its group (their writes absent, every other commit unaffected)."""
+    random moments and some writes fail: every acknowledged write is durable when its commit returns
+    (in LMDB once the log is applied, at checkpoints of random frequency), a room's writes land in
+    its commit order, and a failing write fails exactly the commits of its group (their writes
+    absent, every other commit unaffected) — with the log, also every group after it: after a failed
+    log write the store writes nothing more (see ``LmdbStore._log_group``)."""
     import threading
 
     import lmdb
 
-    store = LmdbStore(tmp_path / f"db-{len(os.listdir(tmp_path))}", group_commit=grouped)
+    store = LmdbStore(tmp_path / f"db-{len(os.listdir(tmp_path))}", group_commit=grouped, log=logged,
+                      checkpoint_bytes=checkpoint_bytes)
+    store.open()
     gate = threading.Semaphore(0)
-    groups: list[int] = []  # commits per transaction attempted, in order
-    real = store._write_plan
+    groups: list[int] = []  # group writes attempted, in order
 
-    def gated(disposed, plan) -> None:  # in the worker thread
+    def gated() -> None:  # in the worker thread
         gate.acquire()
         index = len(groups)
-        groups.append(len(disposed) + sum(len(d) + len(p) for _db, d, p in plan))
+        groups.append(index)
         if index in failing:
-            raise lmdb.Error("injected failure")
-        real(disposed, plan)
+            raise OSError(5, "injected failure") if logged else lmdb.Error("injected failure")
 
-    store._write_plan = gated  # type: ignore[method-assign]
+    before_group_writes(store, gated)
     sizes: list[int] = []  # commits per group, in order (one group is written at a time)
     real_group = store._write_group
 
@@ -305,6 +338,7 @@ async def test_group_commit_acknowledges_exactly_what_is_durable(
 
     def stored(room: str) -> dict[str, bytes]:
         assert store._env is not None
+        store._apply_upto(store._seq)  # what a checkpoint would write (or a restart replay)
         with store._env.begin(db=store._rooms_db) as txn:
             prefix = room.encode() + b"\x00"
             return {bytes(k)[len(prefix):].decode(): bytes(v) for k, v in txn.cursor() if bytes(k).startswith(prefix)}
@@ -358,10 +392,15 @@ async def test_group_commit_acknowledges_exactly_what_is_durable(
         nursery.cancel_scope.cancel()
     commits = sum(len(ops) for ops in rooms)
     assert stats.commits == commits - len(failed_commits)
-    assert len(failed_commits) == sum(sizes[index] for index in failing if index < len(sizes))
-    assert len(sizes) == len(groups)
-    if not grouped:
-        assert len(groups) == commits  # one transaction per commit
+    if logged and failing & set(groups):
+        first = min(failing & set(groups))  # the first failed write: no group is written after it
+        assert len(groups) == first + 1
+        assert len(failed_commits) == sum(sizes[first:])
+    else:
+        assert len(failed_commits) == sum(sizes[index] for index in failing if index < len(sizes))
+        assert len(sizes) == len(groups)
+        if not grouped:
+            assert len(groups) == commits  # one transaction per commit
 
 
 @pytest.mark.parametrize("others", [["cancelled"], ["cancelled", "waiting"]])
@@ -376,13 +415,7 @@ async def test_a_cancelled_committer_neither_loses_its_batch_nor_stalls_the_next
     store = LmdbStore(tmp_path / "db")
     await nursery.start(store.run)
     gate = threading.Event()
-    real = store._write_plan
-
-    def gated(disposed, plan) -> None:  # in the worker thread
-        gate.wait(10)
-        real(disposed, plan)
-
-    store._write_plan = gated  # type: ignore[method-assign]
+    before_group_writes(store, lambda: gate.wait(10))
     returned: list[str] = []
 
     async def commit(name: str, scope: trio.CancelScope | None = None) -> None:
@@ -420,13 +453,7 @@ async def test_a_disposal_in_a_group_drops_the_writes_before_it_and_keeps_the_on
     await nursery.start(store.run)
     await store.commit([Write("r1", "old", b"stored"), Write("r10", "meta", b"other room")])
     gate = threading.Event()
-    real = store._write_plan
-
-    def gated(disposed, plan) -> None:  # in the writer thread
-        gate.wait(10)
-        real(disposed, plan)
-
-    store._write_plan = gated  # type: ignore[method-assign]
+    before_group_writes(store, lambda: gate.wait(10))
     groups = store.groups
     with trio.fail_after(30):  # a bound, not a timing
         async with trio.open_nursery() as committers:

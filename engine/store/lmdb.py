@@ -29,19 +29,22 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import logging
+import os
 import queue
 import socket
 import threading
-import logging
-import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
+import msgpack
 import trio
 
 from . import TABLES, Store, StoreError, StoreStatistics, Write
+from .wal import Log, LogGap, encode_record
 
 __all__ = ["LOCK_NAME", "LmdbStore", "StoreError", "StoreFailed", "StoreLocked", "StoreOpenError"]
 
@@ -54,6 +57,15 @@ _SEP = b"\x00"
 
 LOCK_NAME = "roost.lock"
 """The lock file in the store directory: ``flock``-ed by the owning process, which writes its pid in it."""
+
+_APPLIED = b"applied"
+"""Key, in LMDB's ``wal`` database, of the seq of the last log record applied (8 bytes, little-endian)."""
+
+_Plan = list[tuple[str, list[bytes], list[tuple[bytes, bytes]]]]
+"""A group's writes by database name (``rooms``, ``global`` or a table): (name, keys to delete, puts)."""
+
+_Logged = tuple[int, list[bytes], _Plan]
+"""A logged group not yet applied to LMDB: (seq, disposed room prefixes, plan)."""
 
 
 class StoreOpenError(StoreError):
@@ -126,9 +138,15 @@ class LmdbStore(Store):
         map_size: int = 1 << 30,
         max_map_size: int = 1 << 40,
         group_commit: bool = True,
+        log: bool = True,
+        checkpoint_bytes: int = 4 << 20,
+        checkpoint_interval: float = 1.0,
     ) -> None:
-        """``group_commit=False`` writes each commit in its own transaction (one fsync each): only
-        for the benchmark's baseline."""
+        """``group_commit=False`` writes each commit on its own (one fsync each): only for the
+        benchmark's baselines. ``log=False`` commits every group straight to LMDB, as before the
+        log (its two fsyncs and scattered pages per group): also only for benchmarks. A checkpoint
+        applies the log to LMDB once ``checkpoint_bytes`` were logged since the last one, or
+        ``checkpoint_interval`` seconds after it (whichever comes first), or when a read needs it."""
         self.path = Path(path)
         self._group_commit = group_commit
         self._map_size = map_size
@@ -138,6 +156,9 @@ class LmdbStore(Store):
         self._rooms_db: Any = None
         self._global_db: Any = None
         self._table_dbs: dict[str, Any] = {}
+        self._dbs: dict[str, Any] = {}
+        """Every database a plan names, by name: ``rooms``, ``global`` and each table."""
+        self._wal_db: Any = None
         self._queue: list[_Pending] = []
         self._writer: _WriterThread | None = None
         self._leading = False
@@ -150,6 +171,39 @@ class LmdbStore(Store):
         self._writes = 0
         self._groups = 0
         self.map_growths = 0
+        # -- the log (engine/store/wal.py) and its checkpoints --
+        self._use_log = log
+        self._log: Log | None = None
+        self._checkpoint_bytes = checkpoint_bytes
+        self._checkpoint_interval = checkpoint_interval
+        self._seq = 0
+        """The seq of the last record logged (durable)."""
+        self._applied = 0
+        """The seq of the last record applied to LMDB (``wal/applied`` there)."""
+        self._unapplied: list[_Logged] = []
+        """Logged groups not yet applied, in seq order. The loop appends; a checkpoint thread applies
+        a prefix and deletes it (``_apply_upto``, under ``_apply_lock``): both single list operations."""
+        self._logged_bytes = 0
+        """Bytes logged to the active segment since the last checkpoint began."""
+        self._last_checkpoint = time.monotonic()
+        self._appending = False
+        """A record is being written (the writer thread uses the log's offset: no switch meanwhile)."""
+        self._applying = False
+        self._inactive_clean = True
+        """Every record of the inactive segment is applied: a switch may overwrite it."""
+        self._checkpoint_wanted = False
+        self._apply_lock = threading.Lock()
+        self._apply_limiter = trio.CapacityLimiter(1)
+        self._applied_event = trio.Event()
+        """Set (and replaced) whenever a checkpoint ends, well or not."""
+        self._apply_error: BaseException | None = None
+        self._log_error: StoreFailed | None = None
+        self._tables_logged: dict[tuple[str, bytes], tuple[int, bytes | None]] = {}
+        """Table records logged but not yet applied: ``(table, key) -> (seq, value or None)``. ``get``
+        reads them here, so a user or inbox lookup never waits for a checkpoint."""
+        self._nursery: trio.Nursery | None = None
+        self.checkpoints = 0
+        """Checkpoints done since start (transactions that applied the log to LMDB)."""
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -173,16 +227,44 @@ class LmdbStore(Store):
             self._rooms_db = env.open_db(b"rooms")
             self._global_db = env.open_db(b"global")
             self._table_dbs = {name: env.open_db(name.encode()) for name in TABLES}
+            self._wal_db = env.open_db(b"wal")
+            self._dbs = {"rooms": self._rooms_db, "global": self._global_db, **self._table_dbs}
             info = env.info()
-        except (lmdb.Error, StoreOpenError) as exc:
+            self._env = env
+            self._map_size = info["map_size"]
+            if self._use_log:
+                self._recover()
+        except (lmdb.Error, StoreOpenError, OSError, LogGap) as exc:
+            self._env = None
+            if self._log is not None:
+                self._log.close()
+                self._log = None
             if env is not None:
                 env.close()
             self._unlock()
             if isinstance(exc, StoreOpenError):
                 raise
-            raise StoreOpenError(f"cannot open the store in {self.path}: {_lmdb_reason(exc)}") from None
-        self._env = env
-        self._map_size = info["map_size"]
+            if isinstance(exc, lmdb.Error):
+                raise StoreOpenError(f"cannot open the store in {self.path}: {_lmdb_reason(exc)}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StoreOpenError(f"cannot open the store in {self.path}: {reason}") from None
+
+    def _recover(self) -> None:
+        """Open the log and apply to LMDB what it holds beyond LMDB's last applied record (the
+        groups acknowledged since the last checkpoint before a crash), in one transaction."""
+        assert self._env is not None
+        with self._env.begin(db=self._wal_db) as txn:
+            raw = txn.get(_APPLIED)
+        applied = 0 if raw is None else int.from_bytes(raw, "little")
+        wal = self._log = Log(self.path)
+        wal.open()
+        records = wal.recover(applied)
+        if records:
+            self._unapplied = [_decode_logged(seq, payload) for seq, payload in records]
+            self._apply_upto(records[-1][0])
+        self.replayed = len(records)
+        """Log records applied when the store opened (groups acknowledged after the last checkpoint)."""
+        self._seq = self._applied = wal.last_seq
 
     def _check_length(self, env: lmdb.Environment) -> None:
         """Refuse a ``data.mdb`` shorter than the pages its meta page counts (a truncated copy). The
@@ -200,6 +282,14 @@ class LmdbStore(Store):
         so while one still runs this does nothing (the process keeps both until it exits)."""
         if self._threads:
             return
+        if self._env is not None and self._unapplied and self._log_error is None:
+            try:  # a clean stop leaves LMDB complete (the log would replay it at the next open anyway)
+                self._apply_upto(self._seq)
+            except Exception:
+                log.exception("store checkpoint at close failed (the log keeps the writes)")
+        log_, self._log = self._log, None
+        if log_ is not None:
+            log_.close()
         env, self._env = self._env, None
         if env is not None:
             env.close()
@@ -240,10 +330,16 @@ class LmdbStore(Store):
         self.open()
         self._running = True
         try:
-            task_status.started()
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while True:  # a checkpoint at least every interval while anything is unapplied
+                    await trio.sleep(self._checkpoint_interval)
+                    if self._unapplied and not self._appending:
+                        self._start_checkpoint()
         finally:
             self._running = False
+            self._nursery = None
             # Closing the environment while a worker thread is inside a transaction "may crash the
             # interpreter" (py-lmdb): wait for every thread first (they finish; none is abandoned).
             with trio.move_on_after(10, shield=True):
@@ -380,41 +476,182 @@ class LmdbStore(Store):
             raise exc
 
     async def _write_group(self, group: list[_Pending]) -> None:
-        """Plan the group's transaction on the loop, then run it in one thread hop.
+        """Plan the group's transaction on the loop, then log it (or, without the log, write it to
+        LMDB) in one thread hop.
 
         Everything that is Python work (encoding keys, each key's last write, the put and delete
-        lists) happens here, so the thread only calls into LMDB: every py-lmdb call releases the GIL
-        and must take it back, and while the loop is busy each retake can wait a switch interval
-        (stack-limits §A.3, the GIL convoy). A full map is grown and the write retried inside the same
-        hop (``_write_plan``).
+        lists, the log record) happens here, so the thread only calls into C: every py-lmdb call
+        releases the GIL and must take it back, and while the loop is busy each retake can wait a
+        switch interval (stack-limits §A.3, the GIL convoy). A full map is grown and the write
+        retried inside the same hop (``_write_plan``).
         """
-        disposed, plan, writes = _plan(group, self._rooms_db, self._global_db, self._table_dbs)
-        await self._hop(self._write_plan, disposed, plan)
+        disposed, plan, writes = _plan(group)
+        if self._log is None:
+            await self._hop(self._write_plan, disposed, plan)
+        else:
+            await self._log_group(disposed, plan)
         self._commits += len(group)
         self._writes += writes
         self._groups += 1
 
-    def _write_plan(self, disposed: list[bytes], plan: list[tuple[Any, list[bytes], list[tuple[bytes, bytes]]]]) -> None:
-        """In the worker thread: one transaction applying ``plan``; on a full map, grow and redo it."""
+    async def _log_group(self, disposed: list[bytes], plan: _Plan) -> None:
+        """Make the group durable as one log record; it reaches LMDB at a later checkpoint.
+
+        The trap: after a failed write or ``fdatasync`` of the log nothing is known of what reached
+        the disk, and a retried ``fsync`` can succeed over pages the kernel already dropped
+        ("fsyncgate"): the store writes nothing more (every later commit fails, so rooms answer
+        ``internal``), and a restart replays what the log holds."""
+        if self._log_error is not None:
+            raise self._log_error
+        log_ = self._log
+        assert log_ is not None
+        if self._checkpoint_wanted or self._checkpoint_due():
+            self._start_checkpoint()  # no record is being written: the one leader is here
+        seq = self._seq + 1
+        record = encode_record(seq, _pack_logged(disposed, plan))
+        self._appending = True
+        try:
+            await self._hop(log_.append, record)
+        except OSError as exc:
+            self._log_error = StoreFailed(f"cannot write the store's log in {self.path}: {exc.strerror or exc}")
+            log.error("store log write failed: %s; no further commits until a restart", exc)
+            raise self._log_error from None
+        finally:
+            self._appending = False
+        self._seq = seq
+        self._unapplied.append((seq, disposed, plan))
+        self._logged_bytes += len(record)
+        tables = self._tables_logged
+        for name, deletes, puts in plan:
+            if name in self._table_dbs:
+                for key in deletes:
+                    tables[name, key] = (seq, None)
+                for key, value in puts:
+                    tables[name, key] = (seq, value)
+        if self._checkpoint_wanted or self._checkpoint_due():
+            self._start_checkpoint()
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def _checkpoint_due(self) -> bool:
+        return bool(self._unapplied) and not self._applying and (
+            self._logged_bytes >= self._checkpoint_bytes
+            or time.monotonic() - self._last_checkpoint >= self._checkpoint_interval)
+
+    def _start_checkpoint(self) -> None:
+        """Begin applying every logged record to LMDB, in a task of the store's own.
+
+        Called only while no record is being written (the log's offset is the writer's). Appends
+        switch to the other segment first, so the one left holds exactly the records being applied;
+        after a failed checkpoint the inactive segment still holds unapplied records, so the retry
+        applies without switching (overwriting it would lose them)."""
+        if self._applying or self._nursery is None or not self._unapplied:
+            self._checkpoint_wanted = bool(self._unapplied)
+            return
+        assert self._log is not None and not self._appending
+        if self._inactive_clean:
+            self._log.switch()
+            self._inactive_clean = False
+        self._applying = True
+        self._checkpoint_wanted = False
+        self._logged_bytes = 0
+        self._last_checkpoint = time.monotonic()
+        self._nursery.start_soon(self._checkpoint, self._seq)
+
+    async def _checkpoint(self, limit: int) -> None:
+        try:
+            await self._in_thread(self._apply_upto, limit, limiter=self._apply_limiter)
+        except Exception as exc:  # retried at the next one; reads waiting for it fail meanwhile
+            log.exception("store checkpoint failed (the log keeps the writes)")
+            self._apply_error = exc
+        else:
+            self._apply_error = None
+            self._inactive_clean = True
+            self.checkpoints += 1
+            applied = self._applied
+            tables = self._tables_logged
+            for key in [key for key, (seq, _value) in tables.items() if seq <= applied]:
+                del tables[key]
+        finally:
+            self._applying = False
+            event, self._applied_event = self._applied_event, trio.Event()
+            event.set()
+        if self._checkpoint_wanted and not self._appending:
+            self._start_checkpoint()
+
+    def _apply_upto(self, limit: int) -> None:
+        """Apply the logged groups up to seq ``limit`` to LMDB in one transaction (any thread; under
+        ``_apply_lock``, so two callers apply in seq order and never twice)."""
+        with self._apply_lock:
+            pending = self._unapplied
+            count = 0
+            while count < len(pending) and pending[count][0] <= limit:
+                count += 1
+            if not count:
+                return
+            items = pending[:count]
+            self._write_logged(items)
+            del pending[:count]  # one operation: the loop may append meanwhile, never delete
+            self._applied = items[-1][0]
+
+    def _write_logged(self, items: list[_Logged]) -> None:
+        assert self._env is not None
+        last = items[-1][0].to_bytes(8, "little")
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for _seq, disposed, plan in items:
+                        self._apply_plan(txn, disposed, plan)
+                    txn.put(_APPLIED, last, db=self._wal_db)
+                return
+            except lmdb.MapFullError:  # the transaction was aborted: nothing of it is written
+                self._grow()
+
+    async def _caught_up(self) -> None:
+        """Wait until LMDB holds every group logged so far (a read's view: what was acknowledged).
+
+        Raises :class:`StoreFailed` when the checkpoint it waited for failed."""
+        if self._log is None:
+            return
+        target = self._seq
+        while self._applied < target:
+            event = self._applied_event
+            if self._appending:
+                self._checkpoint_wanted = True  # the writer starts it after its record
+            else:
+                self._start_checkpoint()
+            await event.wait()
+            if self._applied < target and self._apply_error is not None:
+                raise StoreFailed(f"cannot read the store in {self.path}: its log could not be applied "
+                                  f"({self._apply_error})")
+
+    def _write_plan(self, disposed: list[bytes], plan: _Plan) -> None:
+        """In the worker thread: one transaction applying ``plan``; on a full map, grow and redo it
+        (without the log)."""
         assert self._env is not None
         while True:
             try:
                 with self._env.begin(write=True) as txn:
-                    for prefix in disposed:
-                        cursor = txn.cursor(db=self._rooms_db)
-                        if cursor.set_range(prefix):
-                            while cursor.key().startswith(prefix):
-                                if not cursor.delete():
-                                    break
-                    for db, deletes, puts in plan:
-                        for key in deletes:
-                            txn.delete(key, db=db)
-                        # putmulti: one call into C for all the group's puts (py-lmdb retakes the GIL per call).
-                        if puts:
-                            txn.cursor(db=db).putmulti(puts)
+                    self._apply_plan(txn, disposed, plan)
                 return
             except lmdb.MapFullError:  # the transaction was aborted: nothing of it is written
                 self._grow()
+
+    def _apply_plan(self, txn: Any, disposed: list[bytes], plan: _Plan) -> None:
+        for prefix in disposed:
+            cursor = txn.cursor(db=self._rooms_db)
+            if cursor.set_range(prefix):
+                while cursor.key().startswith(prefix):
+                    if not cursor.delete():
+                        break
+        dbs = self._dbs
+        for name, deletes, puts in plan:
+            db = dbs[name]
+            for key in deletes:
+                txn.delete(key, db=db)
+            # putmulti: one call into C for all the group's puts (py-lmdb retakes the GIL per call).
+            if puts:
+                txn.cursor(db=db).putmulti(puts)
 
     async def _hop(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` in the store's writer thread: one wake-up of this task, nothing else.
@@ -473,6 +710,7 @@ class LmdbStore(Store):
     # -- reads ------------------------------------------------------------------------------------
 
     async def load_room(self, room: str) -> dict[str, bytes]:
+        await self._caught_up()
         return await self._in_thread(self._load_room_sync, room, limiter=self._read_limiter)
 
     def _load_room_sync(self, room: str) -> dict[str, bytes]:
@@ -490,6 +728,7 @@ class LmdbStore(Store):
 
     async def load_all_rooms(self) -> dict[str, dict[str, bytes]]:
         """Every room's records in one pass (restart recovery)."""
+        await self._caught_up()
         return await self._in_thread(self._load_all_sync, limiter=self._read_limiter)
 
     def _load_all_sync(self) -> dict[str, dict[str, bytes]]:
@@ -510,6 +749,7 @@ class LmdbStore(Store):
         return rooms
 
     async def load_global(self) -> dict[str, bytes]:
+        await self._caught_up()
         return await self._in_thread(self._load_global_sync, limiter=self._read_limiter)
 
     def _load_global_sync(self) -> dict[str, bytes]:
@@ -518,6 +758,11 @@ class LmdbStore(Store):
             return {bytes(k).decode(): bytes(v) for k, v in txn.cursor()}
 
     async def get(self, table: str, key: str) -> bytes | None:
+        if self._tables_logged:
+            logged = self._tables_logged.get((table, key.encode()))
+            if logged is not None:  # logged, not yet applied: this is what a checkpoint will write
+                await trio.lowlevel.checkpoint()
+                return logged[1]
         return await self._in_thread(self._get_sync, table, key, limiter=self._read_limiter)
 
     def _get_sync(self, table: str, key: str) -> bytes | None:
@@ -528,6 +773,7 @@ class LmdbStore(Store):
 
     async def scan(self, table: str, *, prefix: str = "", after: str | None = None,
                    limit: int = 100) -> list[tuple[str, bytes]]:
+        await self._caught_up()
         return await self._in_thread(self._scan_sync, table, prefix, after, limit, limiter=self._read_limiter)
 
     def _scan_sync(self, table: str, prefix: str, after: str | None, limit: int) -> list[tuple[str, bytes]]:
@@ -551,6 +797,7 @@ class LmdbStore(Store):
         return out
 
     async def room_ids(self) -> list[str]:
+        await self._caught_up()
         return await self._in_thread(self._room_ids_sync, limiter=self._read_limiter)
 
     def _room_ids_sync(self) -> list[str]:
@@ -566,8 +813,11 @@ class LmdbStore(Store):
         return ids
 
     def keys(self) -> Iterator[tuple[str | None, str]]:
-        """Every stored (room, key), for tests and tools (synchronous: not for the event loop)."""
+        """Every stored (room, key), for tests and tools (synchronous: not for the event loop; it
+        applies what the log holds first, in the calling thread)."""
         assert self._env is not None
+        if self._unapplied:
+            self._apply_upto(self._seq)
         with self._env.begin() as txn:
             for key, _value in txn.cursor(db=self._rooms_db):
                 room, _, name = bytes(key).partition(_SEP)
@@ -580,15 +830,15 @@ class LmdbStore(Store):
 
     @property
     def groups(self) -> int:
-        """LMDB transactions written (each holds one or more commits)."""
+        """Groups written (each holds one or more commits): log records (each one ``fdatasync``), or
+        LMDB transactions without the log."""
         return self._groups
 
 
-def _plan(group: Sequence[_Pending], rooms_db: Any, global_db: Any, table_dbs: dict[str, Any]
-          ) -> tuple[list[bytes], list[tuple[Any, list[bytes], list[tuple[bytes, bytes]]]], int]:
-    """The group's transaction: the key prefixes of disposed rooms (deleted first), then (db, keys to
-    delete, (key, value) puts) per database; and the count of writes. It ends as the writes applied
-    one by one would.
+def _plan(group: Sequence[_Pending]) -> tuple[list[bytes], _Plan, int]:
+    """The group's transaction: the key prefixes of disposed rooms (deleted first), then (database
+    name, keys to delete, (key, value) puts) per database; and the count of writes. It ends as the
+    writes applied one by one would.
 
     A disposal drops the writes to its room queued before it (they would be deleted) and keeps the
     ones after it (they run after the prefix is deleted).
@@ -628,14 +878,25 @@ def _plan(group: Sequence[_Pending], rooms_db: Any, global_db: Any, table_dbs: d
                 prefix_room, prefix = room, room.encode() + _SEP
             last[prefix + write.key.encode()] = write.value
     plan = []
-    spaces = [(rooms_db, last), (global_db, global_last)]
-    spaces += [(table_dbs[name], final) for name, final in tables.items()]
-    for db, final in spaces:
+    spaces = [("rooms", last), ("global", global_last), *tables.items()]
+    for name, final in spaces:
         if final:
             deletes = [key for key, value in final.items() if value is None]
             puts = [(key, value) for key, value in final.items() if value is not None]
-            plan.append((db, deletes, puts))
+            plan.append((name, deletes, puts))
     return disposed, plan, count
+
+
+def _pack_logged(disposed: list[bytes], plan: _Plan) -> bytes:
+    """A group's log payload: msgpack of ``[disposed, plan]`` (tuples as arrays, keys and values as bin)."""
+    return msgpack.packb([disposed, plan], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _decode_logged(seq: int, payload: bytes) -> _Logged:
+    disposed, plan = msgpack.unpackb(payload, raw=False)
+    return seq, disposed, [(name, deletes, [(key, value) for key, value in puts]) for name, deletes, puts in plan]
+
+
 
 
 def _lmdb_reason(exc: lmdb.Error) -> str:
