@@ -188,8 +188,8 @@ def serve_once(data: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("damage", ["pages", "records"])
 async def test_a_store_that_fails_while_restoring(tmp_path: Path, damage: str) -> None:
-    """LMDB opens it, then a read fails (a damaged page) or a record does not decode: one line, and
-    no start (dropping the room would lose what was acknowledged)."""
+    """A damaged page (found as the store opens: it reads the log's position in LMDB) or a record
+    that does not decode: one line, and no start (dropping the room would lose what was acknowledged)."""
     data = tmp_path / "data"
     async with trio.open_nursery() as nursery:
         store = LmdbStore(data / "db")
@@ -203,7 +203,7 @@ async def test_a_store_that_fails_while_restoring(tmp_path: Path, damage: str) -
     assert (result.returncode, result.stdout, "Traceback" in result.stderr) == (2, "", False), result.stderr
     line = result.stderr.splitlines()[-1]
     if damage == "pages":
-        assert line.startswith(f"roost: error: cannot read the store in {data / 'db'}: MDB_CORRUPTED: ")
+        assert line.startswith(f"roost: error: cannot open the store in {data / 'db'}: MDB_CORRUPTED: ")
     else:
         assert line.startswith("roost: error: cannot restore room r0: its stored records do not decode (")
 
