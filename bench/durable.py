@@ -8,8 +8,8 @@ the LMDB commit holding the message is durable, PROTOCOL.md §6) immediately tri
 ``chat_send``. It counts the acks that arrive during D seconds after ``--warmup``. Then it does the
 same against baselines, one run after the other, each on a fresh data directory:
 
-- ``message`` (the baseline of the ``ratio``): the store writes **one LMDB transaction, hence one
-  fsync, per chat message**: ``LmdbStore(group_commit=False)``, and each room turn's batch split so
+- ``message`` (the baseline of the ``ratio``): the store writes **one group, hence one fsync, per
+  chat message**: ``LmdbStore(group_commit=False)``, and each room turn's batch split so
   that every ``chat:<n>`` record is committed on its own (the turn's other records go with its last
   message). The room actor still acknowledges only after all of them are durable.
 - ``turn``: plain ``LmdbStore(group_commit=False)``: one transaction per room-actor turn. A turn takes
@@ -17,6 +17,9 @@ same against baselines, one run after the other, each on a fresh data directory:
   room a turn already carries many messages: this shows how much batching the room actor alone gives.
 - ``memory``: the same engine on the in-memory store (no disk at all): the ceiling, and
   ``memory_ratio`` = group commit / memory, acked/s, is durability's price (issue 9: >= 0.8).
+- ``direct``: group commit written straight into LMDB, without the store's log
+  (``LmdbStore(log=False)``: one LMDB transaction, two syncs and every dirty page per group):
+  ``direct_ratio`` = group commit / direct is what the log buys.
 
 The engine's own ``LmdbStore`` (group commit) merges the turns of all rooms queued since its last
 write into one transaction.
@@ -36,7 +39,8 @@ Method:
 - ``errors`` counts everything abnormal from the first connect on: ``error`` replies, Close frames,
   lost connections, setup failures.
 - The server reports on exit how many commits (room turns, or messages for ``message``) and LMDB
-  transactions it wrote: ``commits_per_txn`` is the group size group commit achieved.
+  groups it wrote (``transactions``: log records, or LMDB transactions for ``direct``):
+  ``commits_per_txn`` is the group size group commit achieved.
 - Everything is bounded: setup by ``--setup-timeout``, each run by warm-up + seconds + drain, each
   server by SIGTERM then SIGKILL. Nothing here asserts on timings.
 
@@ -91,13 +95,14 @@ from .fanout import _Member as Member
 __all__ = ["AckLoad", "PerMessageLmdbStore", "add_arguments", "collect", "run", "serve_main"]
 
 SERVER_START_TIMEOUT = 30.0
-STORES = ("group", "memory", "message", "turn")
+STORES = ("group", "memory", "message", "turn", "direct")
 """Store modes of the server: the engine's group commit, then the baselines."""
 STORE_LABELS = {
     "group": "group commit",
     "memory": "memory store",
     "message": "1 txn/message",
     "turn": "1 txn/turn",
+    "direct": "no log",
 }
 METRICS = ("acked_per_s", "p50_ms", "p99_ms", "server_cpu_util", "loadgen_cpu_util", "errors")
 """Keys present for every store mode (the table shows these)."""
@@ -148,6 +153,8 @@ def make_store(path: Path, mode: str) -> LmdbStore:
         return LmdbStore(path, group_commit=False)
     if mode == "message":
         return PerMessageLmdbStore(path)
+    if mode == "direct":
+        return LmdbStore(path, log=False)
     raise ValueError(f"unknown store mode {mode!r}")
 
 
@@ -433,6 +440,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     base = runs.get("message")
     turn = runs.get("turn")
     memory = runs.get("memory")
+    direct = runs.get("direct")
     ratio = None
     if base is not None and base["acked_per_s"]:
         ratio = round(group["acked_per_s"] / base["acked_per_s"], 2)
@@ -449,6 +457,11 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         memory_ratio=(round(group["acked_per_s"] / memory["acked_per_s"], 2)
                       if memory and memory["acked_per_s"] else None),
         memory_server_cpu_util=memory["server_cpu_util"] if memory else None,
+        direct_acked_per_s=direct["acked_per_s"] if direct else None,
+        direct_ratio=(round(group["acked_per_s"] / direct["acked_per_s"], 2)
+                      if direct and direct["acked_per_s"] else None),
+        direct_p50_ms=direct["p50_ms"] if direct else None,
+        direct_server_cpu_util=direct["server_cpu_util"] if direct else None,
         errors=sum(run["errors"] for run in runs.values()),
         clients=args.clients,
         rooms=args.rooms,
@@ -510,9 +523,9 @@ def render_table(result: dict[str, Any]) -> str:
 
 def _baselines(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in ("memory", "message", "turn")]
+    unknown = [name for name in names if name not in ("memory", "message", "turn", "direct")]
     if unknown or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError("a comma-separated subset of: memory, message, turn")
+        raise argparse.ArgumentTypeError("a comma-separated subset of: memory, message, turn, direct")
     return names
 
 
@@ -537,10 +550,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most this long after the window for acks still in flight (default 10)")
     parser.add_argument("--setup-timeout", type=_seconds(1, 600), default=60.0,
                         help="bound on connecting and joining all clients (default 60)")
-    parser.add_argument("--baselines", type=_baselines, default=["memory", "message", "turn"],
+    parser.add_argument("--baselines", type=_baselines, default=["memory", "message", "turn", "direct"],
                         help="baseline store modes to run after group commit: memory (the in-memory store: "
-                             "memory_ratio's baseline), message (1 LMDB txn per message: the ratio's baseline), "
-                             "turn (1 txn per room turn); default memory,message,turn")
+                             "memory_ratio's baseline), message (1 fsync per message: the ratio's baseline), "
+                             "turn (1 fsync per room turn), direct (group commit straight into LMDB, without "
+                             "the store's log: direct_ratio's baseline); default memory,message,turn,direct")
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (default 0)")
     parser.add_argument("--loadgen-cpu", type=int, default=1, help="CPU this process is pinned to (default 1)")
     parser.add_argument("--no-pin", action="store_true", help="pin nothing")

@@ -42,7 +42,8 @@ def test_durable_bench_runs_group_commit_the_memory_store_and_both_baselines(cap
     assert result["acked_per_s"] > 0 and result["baseline_acked_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["acked_per_s"] / result["baseline_acked_per_s"], rel=0.01)
     assert (result["clients"], result["rooms"], result["window"], result["sync"]) == (4, 2, 2, True)
-    assert set(result["runs"]) == {"group", "memory", "message", "turn"}
+    assert set(result["runs"]) == {"group", "memory", "message", "turn", "direct"}
+    assert result["direct_ratio"] == pytest.approx(result["acked_per_s"] / result["direct_acked_per_s"], abs=0.006)
     assert result["memory_acked_per_s"] > 0
     assert result["memory_ratio"] == pytest.approx(result["acked_per_s"] / result["memory_acked_per_s"], abs=0.006)
     assert "transactions" not in result["runs"]["memory"].get("store", {}) or \
@@ -55,6 +56,7 @@ def test_durable_bench_runs_group_commit_the_memory_store_and_both_baselines(cap
     assert store["memory"]["commits"] > 0
     assert store["group"]["commits"] >= store["group"]["transactions"] > 0
     assert store["turn"]["commits"] == store["turn"]["transactions"], "one transaction per room turn"
+    assert store["direct"]["commits"] >= store["direct"]["transactions"] > 0
     assert store["message"]["transactions"] >= result["runs"]["message"]["acked"], "one transaction per message"
 
 
@@ -76,7 +78,7 @@ def test_restart_bench_restores_every_room(capsys: pytest.CaptureFixture[str]) -
 def test_dispatcher_knows_both_and_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert BENCHES["durable"] is durable_bench and BENCHES["restart"] is restart_bench
     args = build_parser().parse_args(["durable"])
-    assert (args.clients, args.rooms, args.window, args.seconds, args.baselines) == (200, 20, 4, 10.0, ["memory", "message", "turn"])
+    assert (args.clients, args.rooms, args.window, args.seconds, args.baselines) == (200, 20, 4, 10.0, ["memory", "message", "turn", "direct"])
     args = build_parser().parse_args(["restart"])
     assert (args.rooms, args.messages, args.members, args.prepare) == (10_000, 2, 2, "clone")
     for bad in (["durable", "--window", "0"], ["durable", "--baselines", "nope"], ["restart", "--rooms", "0"],
