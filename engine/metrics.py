@@ -43,7 +43,8 @@ one that takes 100 ms stalls every member of its room."""
 
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """Upper bounds (seconds) of the store-commit histogram: the memory store commits in microseconds,
-LMDB in about a millisecond plus the group-commit wait; seconds mean a sick disk."""
+LMDB (one log record and its fdatasync) in a fraction of a millisecond plus the group-commit wait;
+seconds mean a sick disk."""
 
 
 class Histogram:
