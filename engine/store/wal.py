@@ -125,7 +125,9 @@ class Log:
             os.close(fd)
 
     def recover(self, applied: int) -> list[tuple[int, bytes]]:
-        """The records after seq ``applied``, in order; the appends then start afresh after them.
+        """The records after seq ``applied``, in order. The appends then start at the start of
+        ``log.0``: the caller applies these records before it logs anything, so neither segment holds
+        anything needed after that, and their old records cannot continue the new chain (seqs).
 
         Raises :class:`LogGap` when they do not follow ``applied`` (or each other) without a gap:
         a log that lost a record in the middle must not be replayed around the hole."""
@@ -143,11 +145,6 @@ class Log:
         so no record of an older cycle can ever continue a new chain."""
         self.active, self.offset = 0, 0
         return records
-
-    def clear_recovered(self) -> None:
-        """After the recovered records were applied: both segments hold nothing that is needed, and
-        appends start at the start of ``log.0`` (its old records cannot continue the new chain: seqs)."""
-        self.active, self.offset = 0, 0
 
     def append(self, record: bytes) -> None:
         """Write ``record`` after the last one and make it durable (``fdatasync``). Raises ``OSError``;
