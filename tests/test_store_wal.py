@@ -320,3 +320,20 @@ async def test_a_failed_checkpoint_keeps_its_segment_until_one_succeeds(tmp_path
         assert again.replayed == 11
         assert len(await again.load_room("r")) == 11
         nursery.cancel_scope.cancel()
+
+
+async def test_a_second_claimant_never_touches_the_log(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The directory's lock is taken before the log is opened: a second store on it (another server
+    started by mistake) is refused without reading, replaying or truncating a byte of the log the
+    first one is appending to."""
+    from roost.store.lmdb import StoreLocked
+
+    first = LmdbStore(tmp_path / "db", checkpoint_interval=3600)
+    await nursery.start(first.run)
+    await first.commit([Write("r", "a", b"1")])
+    before = [(tmp_path / "db" / name).read_bytes() for name in ("log.0", "log.1")]
+    with pytest.raises(StoreLocked):
+        LmdbStore(tmp_path / "db").open()
+    assert [(tmp_path / "db" / name).read_bytes() for name in ("log.0", "log.1")] == before
+    await first.commit([Write("r", "b", b"2")])
+    assert await first.load_room("r") == {"a": b"1", "b": b"2"}
