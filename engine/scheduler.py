@@ -144,43 +144,66 @@ class TurnScheduler:
 
     async def run(self) -> None:
         """Run passes until stopped with no actor left (or cancelled); the timer task runs alongside
-        and ends with it."""
+        and ends with it.
+
+        One coroutine for the whole loop, the park and the commit inline (a pass's turns are
+        :meth:`_turns`, synchronous): every level of ``await`` between a task's step and its wait is
+        walked on each resume, and a lone message resumes this task twice (its poke, its commit);
+        a helper coroutine per park and per pass cost ~6 k instructions per lone message. The park
+        is a bare ``wait_task_rescheduled`` (no cancel scope: a poke ends it, a timer pokes through
+        the timer task)."""
+        me = trio.lowlevel.current_task()
+        clock = trio.current_time
+        park = trio.lowlevel.wait_task_rescheduled
         try:
             async with trio.open_nursery(strict_exception_groups=True) as timer:
                 timer.start_soon(self._timer)
                 try:
-                    await self._loop()
+                    while True:
+                        if not self._ready:
+                            if self._stopping and not self.actors:
+                                return
+                            self._parked = me  # until a poke (ready, stop, a timer's), see _unpark
+                            await park(self._unpark)
+                        now = clock()  # once per pass, unless it lingers
+                        linger_until = self._last_commit + self._linger
+                        if linger_until > now:
+                            await self._linger_till(linger_until)  # more turns for the next commit (see 5. above)
+                            now = clock()
+                        writes, waiting = self._turns(now)
+                        awaited = False
+                        if writes:  # the pass's one commit, then every waiting turn released
+                            started = time.perf_counter()
+                            store = self._store
+                            try:
+                                if not store.commit_now(writes):
+                                    awaited = True
+                                    self._last_commit = clock() if len(waiting) >= _LINGER_ROOMS else -math.inf
+                                    await store.commit(writes)
+                            except Exception:
+                                # The group failed (logged by the store): no turn of it took effect.
+                                # Each room restarts from its last commit, its requests answered
+                                # ``internal``, as after a turn that raised.
+                                for actor in waiting:
+                                    self._crashed(actor)
+                            else:
+                                self._stats.commits.observe(time.perf_counter() - started)
+                                for actor in waiting:
+                                    self._release(actor)
+                        if not awaited and self._ready:
+                            # Nothing awaited and more is ready: yield before the next pass, or rooms
+                            # that keep getting ready (a deep inbox, a store that commits at once, more
+                            # rooms than one pass takes) would hold the reader and every other task off.
+                            await trio.lowlevel.checkpoint()
                 finally:
                     timer.cancel_scope.cancel()
         finally:
             self._ended = True
 
-    async def _loop(self) -> None:
-        while True:
-            if not self._ready:
-                if self._stopping and not self.actors:
-                    return
-                await self._park()
-            now = trio.current_time()  # once per pass, unless it lingers
-            linger_until = self._last_commit + self._linger
-            if linger_until > now:
-                await self._linger_till(linger_until)  # more turns for the next commit (see 5. above)
-                now = trio.current_time()
-            if not await self._pass(now) and self._ready:
-                # Nothing awaited and more is ready: yield before the next pass, or rooms that
-                # keep getting ready (a deep inbox, a store that commits at once, more rooms
-                # than one pass takes) would hold the reader and every other task off.
-                await trio.lowlevel.checkpoint()
-
     def _unpark(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        """The park's abort (cancelled while parked): no poke may reschedule this task any more."""
         self._parked = None
         return trio.lowlevel.Abort.SUCCEEDED
-
-    async def _park(self) -> None:
-        """Wait for a poke: a room got something, or the timer task poked a room whose timer is due.
-        No cancel scope (see the module docstring): only a poke or a cancellation ends it."""
-        self._parked = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._unpark)
 
     def _unlinger(self, _raise_cancel: object) -> trio.lowlevel.Abort:
         self._lingering = None
@@ -243,9 +266,10 @@ class TurnScheduler:
         finally:
             self._wait = None  # ended with the run loop: nothing to move any more
 
-    async def _pass(self, now: float) -> bool:
-        """Run the turns of the rooms ready now (at most ``_PASS_MAX``), commit, release. Returns
-        whether it awaited (a store whose ``commit_now`` applies at once never does)."""
+    def _turns(self, now: float) -> tuple[list[Write], list[RoomActor]]:
+        """A pass up to its commit: run the turns of the rooms ready now (at most ``_PASS_MAX``),
+        release each turn that wrote nothing. Returns the pass's writes and the actors whose turns
+        wait for their commit (:meth:`run` commits, then releases them)."""
         timers = self._timers
         if timers and timers[0][0] <= now:  # due while this task was busy: fire now, not at the timer's wake
             self._due(now)
@@ -253,11 +277,11 @@ class TurnScheduler:
             batch, self._ready = self._ready, []
         else:
             batch, self._ready = self._ready[:_PASS_MAX], self._ready[_PASS_MAX:]
-        if not batch:
-            return False
-        self.passes += 1
         writes: list[Write] = []
         waiting: list[RoomActor] = []
+        if not batch:
+            return writes, waiting
+        self.passes += 1
         for actor in batch:
             if not actor.registered:  # it crashed or left after it was queued
                 continue
@@ -271,26 +295,7 @@ class TurnScheduler:
                 waiting.append(actor)
             else:
                 self._release(actor)
-        if not writes:
-            return False
-        started = time.perf_counter()
-        store = self._store
-        awaited = False
-        try:
-            if not store.commit_now(writes):
-                awaited = True
-                self._last_commit = trio.current_time() if len(waiting) >= _LINGER_ROOMS else -math.inf
-                await store.commit(writes)
-        except Exception:
-            # The group failed (logged by the store): no turn of it took effect. Each room restarts
-            # from its last commit, its requests answered ``internal``, as after a turn that raised.
-            for actor in waiting:
-                self._crashed(actor)
-            return awaited
-        self._stats.commits.observe(time.perf_counter() - started)
-        for actor in waiting:
-            self._release(actor)
-        return awaited
+        return writes, waiting
 
     def _release(self, actor: RoomActor) -> None:
         """After the turn's commit: its output out, then what the room does next."""
