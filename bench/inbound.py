@@ -19,6 +19,12 @@ Two loops:
   message at a time in the whole server (a lone commit per message), ``10 10`` ten rooms committing
   concurrently: the commit path's figure (group commit). ``--warmup`` acks first, then ``--messages``.
 
+``--grace`` gives every room a pending timer for the measurement: one more member per room joins and
+drops its connection (no Close) before the warm-up, and stays in its reconnect grace (the server's
+``reconnect_grace`` is an hour, longer than any run). Without it the measured rooms have no timer at
+all (every member is online, nobody types, no receipt window opens): the scheduler's park then needs
+no deadline, which is not how a room with members lives in real use.
+
 ``--layers`` adds the per-layer table (markdown) of the measured messages: frame parse, msgpack
 decode, schema walk, rate limit, hand-off, room turn, encode, durable records, LMDB plan and
 transaction, flush, GC and the residual, exact instruction counts, none counted twice (how:
@@ -85,7 +91,7 @@ def serve(argv: list[str]) -> int:
     keys = TestKeys()
     Path(args.data, "tokens.json").write_text(json.dumps([keys.token(f"u{i}") for i in range(args.tokens)]))
     config = test_config(keys, rate=1e6, burst=1_000_000, heartbeat_default_ms=300_000,
-                         max_pending_handshakes=1000)
+                         max_pending_handshakes=1000, reconnect_grace=3600.0)
     if args.store == "lmdb":
         store: Any = LmdbStore(Path(args.data) / "db")
         store.open()
@@ -159,6 +165,16 @@ def _rounds(gen: Any, count: int, timeout: float) -> int:
     return acked
 
 
+def _drop(gen: Any, members: list[Any]) -> None:
+    """Close these members' sockets without a Close (each room's member enters its reconnect grace),
+    then give the server a moment to see it (the presence diffs it sends are read and ignored)."""
+    for m in members:
+        gen._lose(m, "dropped", count=False)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        gen._poll(0.05)
+
+
 def _wait_acks(gen: Any, count: int, timeout: float) -> None:
     """In flight: poll until ``count`` acks in all (bounded by ``timeout``)."""
     deadline = time.monotonic() + timeout
@@ -202,6 +218,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rounds before measuring (default 5); acks with --senders (default 200)")
     parser.add_argument("--senders", type=_positive, default=None,
                         help="in-flight loop: members per room each keeping one chat_send in flight")
+    parser.add_argument("--grace", action="store_true",
+                        help="one more member per room drops its connection first: every room has a timer")
     parser.add_argument("--layers", action="store_true", help="the per-layer table (callgrind; needs gcc)")
     parser.add_argument("--top", type=int, default=None,
                         help="print the N functions with the most exclusive Ir (default 15 with --layers, else 0)")
@@ -229,12 +247,13 @@ def measure(args: argparse.Namespace, rooms: int, members: int, keep: str | None
     from .fanout import ServerProcess
 
     total = rooms * members
+    joining = rooms * (members + 1) if args.grace else total  # member i is in room i % rooms
     in_flight = args.senders is not None
     warmup = args.warmup if args.warmup is not None else (200 if in_flight else 5)
     with tempfile.TemporaryDirectory(prefix="roost-inbound-") as tmp:
         out = Path(tmp) / "callgrind.out"
         server_argv = [sys.executable, "-m", "roost.bench.inbound", "--serve", "--store", args.store,
-                       "--data", tmp, "--tokens", str(total), *(["--layers"] if args.layers else [])]
+                       "--data", tmp, "--tokens", str(joining), *(["--layers"] if args.layers else [])]
         if args.tool == "callgrind":
             extra = layer_table.valgrind_options() if args.layers else []
             server_argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
@@ -246,12 +265,14 @@ def measure(args: argparse.Namespace, rooms: int, members: int, keep: str | None
         try:
             url = server.read_announcement(["ROOST_URL"], min(300.0, args.timeout))["ROOST_URL"]
             tokens = json.loads(Path(tmp, "tokens.json").read_text())
-            gen = _generator(url, tokens, rooms, members)
+            gen = _generator(url, tokens, rooms, members + 1 if args.grace else members)
             try:
                 gen.w_start, gen.w_end, gen.counting = 0, 1 << 62, 1
                 gen.setup(min(300.0, args.timeout))
-                if gen.result.joined != total:
-                    raise RuntimeError(f"only {gen.result.joined} of {total} members joined ({gen.result.error_kinds})")
+                if gen.result.joined != joining:
+                    raise RuntimeError(f"only {gen.result.joined} of {joining} members joined ({gen.result.error_kinds})")
+                if args.grace:
+                    _drop(gen, gen.members[total:])
                 if in_flight:
                     gen.in_flight = True
                     for m in gen.members[: rooms * min(args.senders, members)]:  # member i is in room i % rooms
@@ -286,6 +307,7 @@ def measure(args: argparse.Namespace, rooms: int, members: int, keep: str | None
         finally:
             server.stop()
         result: dict[str, Any] = {"rooms": rooms, "members": members, "store": args.store,
+                                  **({"grace": rooms} if args.grace else {}),
                                   "loop": f"in flight, {args.senders} per room" if in_flight else "rounds",
                                   "messages": measured, "tool": args.tool}
         if args.tool == "callgrind":

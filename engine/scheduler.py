@@ -6,8 +6,8 @@ message: a task wake to hand the command over (~53 k instructions), a commit win
 wake to get the commit back (~80 k more), and at low rates a transaction and its two fsyncs of its own
 for every turn. Here one task does the same work for every room:
 
-1. it parks until some room is *ready* (its inbox or control queue got something: the put pokes
-   the actor, which queues itself once) or until the earliest room timer is due;
+1. it parks until some room is *ready*: its inbox or control queue got something (the put pokes
+   the actor, which queues itself once), or its earliest timer came due (the timer task pokes it);
 2. a *pass* takes the ready list as it stands, and runs each room's turn (``RoomActor.step``):
    synchronously, one room after another, so each room still has exactly one writer;
 3. it commits the writes of every turn of the pass as **one** store batch (one transaction, one
@@ -32,6 +32,16 @@ supervisor (``on_done(actor, "crashed")``), which rebuilds it from the last comm
 the same pass are not affected by a turn that raised (only by a commit that failed, which none of
 them got). Everything asynchronous about a room (its first load, a wake from hibernation, a restart,
 disposing a closed room) stays with the supervisor, which registers the actor here when it is ready.
+
+Timers (each room's earliest, and the linger) are kept by a second task, :meth:`_timer`, which
+sleeps in one cancel scope until the first of them and pokes the rooms that are due (the run loop
+itself, parked or lingering, waits with no cancel scope at all). The trap it avoids: a park inside
+``trio.move_on_at(deadline)`` builds, registers and tears down a cancel scope (and its deadline in
+Trio's heap) on every park, i.e. on every lone message of a room that has any timer (a member in
+its reconnect grace, someone typing, a receipt window): ~60 k instructions of ~560 k measured
+(``bench inbound --grace``). The timer task's scope lives until its deadline comes: a message
+whose room keeps its earliest timer costs it nothing, and an earlier timer only moves the scope's
+deadline (the reader's timer does the same, engine/reader.py).
 
 The trap: a turn must never await. Everything a turn does is synchronous (the handlers of
 engine/room.py); a turn that needs I/O returns a step to its caller or posts work elsewhere (the
@@ -85,6 +95,13 @@ class TurnScheduler:
         actor's ``timer_at`` differs is stale (the actor ran since, or left) and is dropped."""
         self._seq = 0
         self._parked: trio.lowlevel.Task | None = None
+        """The run loop, while it waits for a poke (woken by :meth:`ready`, :meth:`stop` and timers)."""
+        self._lingering: trio.lowlevel.Task | None = None
+        """The run loop, while it lingers until ``_linger_until`` (woken by the timer task only)."""
+        self._linger_until = -math.inf
+        self._wait: trio.CancelScope | None = None
+        """The timer task's sleep, while it sleeps: its deadline is never later than the first live
+        timer nor the linger (:meth:`_wake_by` moves it earlier)."""
         self.actors = 0
         """Actors registered now (awake rooms)."""
         self.passes = 0
@@ -126,45 +143,102 @@ class TurnScheduler:
     # -- the loop ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run passes until stopped with no actor left (or cancelled)."""
+        """Run passes until stopped with no actor left (or cancelled); the timer task runs alongside
+        and ends with it.
+
+        One coroutine for the whole loop, the park and the commit inline (a pass's turns are
+        :meth:`_turns`, synchronous): every level of ``await`` between a task's step and its wait is
+        walked on each resume, and a lone message resumes this task twice (its poke, its commit);
+        a helper coroutine per park and per pass cost ~6 k instructions per lone message. The park
+        is a bare ``wait_task_rescheduled`` (no cancel scope: a poke ends it, a timer pokes through
+        the timer task)."""
+        me = trio.lowlevel.current_task()
+        clock = trio.current_time
+        park = trio.lowlevel.wait_task_rescheduled
         try:
-            while True:
-                if not self._ready:
-                    if self._stopping and not self.actors:
-                        return
-                    await self._park()
-                linger_until = self._last_commit + self._linger
-                if linger_until > trio.current_time():
-                    await trio.sleep_until(linger_until)  # more turns for the next commit (see 5. above)
-                if not await self._pass(trio.current_time()) and self._ready:
-                    # Nothing awaited and more is ready: yield before the next pass, or rooms that
-                    # keep getting ready (a deep inbox, a store that commits at once, more rooms
-                    # than one pass takes) would hold the reader and every other task off.
-                    await trio.lowlevel.checkpoint()
+            async with trio.open_nursery(strict_exception_groups=True) as timer:
+                timer.start_soon(self._timer)
+                try:
+                    while True:
+                        if not self._ready:
+                            if self._stopping and not self.actors:
+                                return
+                            self._parked = me  # until a poke (ready, stop, a timer's), see _unpark
+                            await park(self._unpark)
+                        now = clock()  # once per pass, unless it lingers
+                        linger_until = self._last_commit + self._linger
+                        if linger_until > now:
+                            await self._linger_till(linger_until)  # more turns for the next commit (see 5. above)
+                            now = clock()
+                        writes, waiting = self._turns(now)
+                        awaited = False
+                        if writes:  # the pass's one commit, then every waiting turn released
+                            started = time.perf_counter()
+                            store = self._store
+                            try:
+                                if not store.commit_now(writes):
+                                    awaited = True
+                                    self._last_commit = clock() if len(waiting) >= _LINGER_ROOMS else -math.inf
+                                    await store.commit(writes)
+                            except Exception:
+                                # The group failed (logged by the store): no turn of it took effect.
+                                # Each room restarts from its last commit, its requests answered
+                                # ``internal``, as after a turn that raised.
+                                for actor in waiting:
+                                    self._crashed(actor)
+                            else:
+                                self._stats.commits.observe(time.perf_counter() - started)
+                                for actor in waiting:
+                                    self._release(actor)
+                        if not awaited and self._ready:
+                            # Nothing awaited and more is ready: yield before the next pass, or rooms
+                            # that keep getting ready (a deep inbox, a store that commits at once, more
+                            # rooms than one pass takes) would hold the reader and every other task off.
+                            await trio.lowlevel.checkpoint()
+                finally:
+                    timer.cancel_scope.cancel()
         finally:
             self._ended = True
 
-    async def _park(self) -> None:
-        """Wait for a poke, or for the earliest timer (stale entries dropped first)."""
+    def _unpark(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        """The park's abort (cancelled while parked): no poke may reschedule this task any more."""
+        self._parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _unlinger(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._lingering = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def _linger_till(self, deadline: float) -> None:
+        """Sleep until ``deadline`` whatever gets ready meanwhile (that is the point of lingering):
+        only the timer task wakes it (or a cancellation), as ``trio.sleep_until`` would."""
+        self._linger_until = deadline
+        self._lingering = trio.lowlevel.current_task()
+        self._wake_by(deadline)
+        await trio.lowlevel.wait_task_rescheduled(self._unlinger)
+
+    # -- timers ------------------------------------------------------------------------------------
+
+    def _wake_by(self, deadline: float) -> None:
+        """Make sure the timer task is awake at ``deadline``: move its sleep's deadline earlier if
+        it is later (while it is not asleep it reads the heap and the linger before it sleeps)."""
+        wait = self._wait
+        if wait is not None and deadline < wait.deadline:
+            wait.deadline = deadline
+
+    def _first_timer(self) -> float:
+        """The earliest live timer (stale entries at the top dropped), or the linger's end if it is
+        earlier; ``inf`` when there is neither."""
         timers = self._timers
         while timers and timers[0][2].timer_at != timers[0][0]:
             heapq.heappop(timers)
-        deadline = timers[0][0] if timers else math.inf
-        self._parked = trio.lowlevel.current_task()
+        first = timers[0][0] if timers else math.inf
+        if self._lingering is not None and self._linger_until < first:
+            return self._linger_until
+        return first
 
-        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
-            self._parked = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        if deadline == math.inf:
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        else:
-            with trio.move_on_at(deadline):
-                await trio.lowlevel.wait_task_rescheduled(abort)
-
-    async def _pass(self, now: float) -> bool:
-        """Run the turns of the rooms ready now (at most ``_PASS_MAX``), commit, release. Returns
-        whether it awaited (a store whose ``commit_now`` applies at once never does)."""
+    def _due(self, now: float) -> None:
+        """Poke every actor whose timer is due at ``now`` (each once: its entry is spent)."""
         timers = self._timers
         while timers and timers[0][0] <= now:
             deadline, _seq, actor = heapq.heappop(timers)
@@ -172,15 +246,42 @@ class TurnScheduler:
                 actor.timer_at = None
                 if not actor.queued:
                     actor.poke()
+
+    async def _timer(self) -> None:
+        """Sleep until the first timer (or the linger's end), poke what is due, end a linger that is
+        over, again. One scope per sleep, not per park: a deadline armed meanwhile only moves it
+        (:meth:`_wake_by`); a stale first entry costs one wake of this task, never of the run loop."""
+        try:
+            while True:
+                with trio.CancelScope(deadline=self._first_timer()) as wait:
+                    self._wait = wait
+                    await trio.sleep_forever()
+                self._wait = None
+                now = trio.current_time()
+                self._due(now)
+                lingering = self._lingering
+                if lingering is not None and self._linger_until <= now:
+                    self._lingering = None
+                    trio.lowlevel.reschedule(lingering)
+        finally:
+            self._wait = None  # ended with the run loop: nothing to move any more
+
+    def _turns(self, now: float) -> tuple[list[Write], list[RoomActor]]:
+        """A pass up to its commit: run the turns of the rooms ready now (at most ``_PASS_MAX``),
+        release each turn that wrote nothing. Returns the pass's writes and the actors whose turns
+        wait for their commit (:meth:`run` commits, then releases them)."""
+        timers = self._timers
+        if timers and timers[0][0] <= now:  # due while this task was busy: fire now, not at the timer's wake
+            self._due(now)
         if len(self._ready) <= _PASS_MAX:
             batch, self._ready = self._ready, []
         else:
             batch, self._ready = self._ready[:_PASS_MAX], self._ready[_PASS_MAX:]
-        if not batch:
-            return False
-        self.passes += 1
         writes: list[Write] = []
         waiting: list[RoomActor] = []
+        if not batch:
+            return writes, waiting
+        self.passes += 1
         for actor in batch:
             if not actor.registered:  # it crashed or left after it was queued
                 continue
@@ -194,26 +295,7 @@ class TurnScheduler:
                 waiting.append(actor)
             else:
                 self._release(actor)
-        if not writes:
-            return False
-        started = time.perf_counter()
-        store = self._store
-        awaited = False
-        try:
-            if not store.commit_now(writes):
-                awaited = True
-                self._last_commit = trio.current_time() if len(waiting) >= _LINGER_ROOMS else -math.inf
-                await store.commit(writes)
-        except Exception:
-            # The group failed (logged by the store): no turn of it took effect. Each room restarts
-            # from its last commit, its requests answered ``internal``, as after a turn that raised.
-            for actor in waiting:
-                self._crashed(actor)
-            return awaited
-        self._stats.commits.observe(time.perf_counter() - started)
-        for actor in waiting:
-            self._release(actor)
-        return awaited
+        return writes, waiting
 
     def _release(self, actor: RoomActor) -> None:
         """After the turn's commit: its output out, then what the room does next."""
@@ -239,6 +321,7 @@ class TurnScheduler:
                 actor.timer_at = deadline
                 self._seq += 1
                 heapq.heappush(self._timers, (deadline, self._seq, actor))
+                self._wake_by(deadline)
 
     def _crashed(self, actor: RoomActor) -> None:
         room = actor.runtime.room_id

@@ -47,6 +47,19 @@ def test_both_loops_run_natively_and_every_layer_is_on_the_path(capsys: pytest.C
     assert in_flight["loop"] == "in flight, 1 per room" and in_flight["messages"] >= 10
 
 
+def test_grace_drops_one_member_per_room_and_measures_the_others(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--grace``: one more member per room joins and drops its connection (its room keeps a timer);
+    both loops then measure the R x P members that stayed (a round waits for their deliveries only)."""
+    assert BENCHES["inbound"].run(build_parser().parse_args(
+        ["inbound", "--tool", "none", "--grace", "--shapes", "2x2", "--messages", "8", "--warmup", "1"])) == 0
+    assert BENCHES["inbound"].run(build_parser().parse_args(
+        ["inbound", "--tool", "none", "--grace", "--store", "memory", "--rooms", "2", "--members", "2",
+         "--senders", "1", "--warmup", "4", "--messages", "10"])) == 0
+    rounds, in_flight = _json_lines(capsys.readouterr().out)
+    assert (rounds["grace"], rounds["loop"], rounds["messages"]) == (2, "rounds", 8)
+    assert (in_flight["grace"], in_flight["loop"]) == (2, "in flight, 1 per room") and in_flight["messages"] >= 10
+
+
 # A dump shaped like callgrind's (compressed names, two layers nested, one GC run inside a layer,
 # one outside): 1150 Ir in all over 10 messages.
 _DUMP = """\

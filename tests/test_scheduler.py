@@ -5,11 +5,18 @@ The property test drives several tasks sending in-process calls to a few rooms w
 commits take a drawn number of scheduler passes and some of them fail: every call is answered once,
 an acknowledged write is in the store when its answer arrives, and no two acknowledged events of a
 room share a seq (an output released for a turn whose commit failed would).
+
+The timer tests drive the scheduler itself with :class:`Alarm` actors (a room actor's interface to
+the scheduler, with timers set by the test) on MockClock: the run loop parks with no cancel scope,
+so a timer fires only because the timer task woke on time (one armed earlier than the one it sleeps
+toward, or later); a linger lasts its whole length whatever comes due meanwhile; the timer task ends
+with the run loop, whether it stops or is cancelled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 from unittest import mock
 
@@ -20,13 +27,18 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from roost import Config
 from roost.app import Engine
 from roost.errors import RoomError
+from roost.metrics import RoomStats
+from roost.protocol.frames import JoinOrCreate, PresenceDiff, PresenceStatus
 from roost.room import Call, RoomActor, RoomRuntime
+from roost.scheduler import TurnScheduler
 from roost.state import RoomOptions
 from roost.store import Write
 from roost.store.memory import MemoryStore
-from roost.testing import TestKeys, start_engine, test_config
+from roost.testing import Connect, TestKeys, start_engine, test_config
+from tests.wire import raw_peer
 
 
 class GatedStore(MemoryStore):
@@ -274,3 +286,278 @@ async def test_under_load_a_commit_lingers_for_more_turns_and_a_lone_one_does_no
     assert len(store.batches) == first + 4
     assert store.began[first + 3] == pytest.approx(store.began[first + 2] + 0.01)
     assert {write.room for write in store.batches[first + 3]} == {rooms[1].room_id, rooms[2].room_id}
+
+
+# -- timers and the linger (the timer task) ------------------------------------------------------------
+
+
+class _AlarmRuntime:
+    """The part of a RoomRuntime the scheduler reads: never closed nor stopping (unless the test says),
+    nothing queued but what :meth:`Alarm.send` counts."""
+
+    def __init__(self, name: str) -> None:
+        self.room_id = name
+        self.closed = False
+        self.stopping = False
+        self.control: tuple[()] = ()
+        self.pending = 0
+        self._owner: object = None
+
+    def attach_actor(self, actor: object) -> None:
+        self._owner = actor
+
+    def inbox_owner(self) -> object:
+        return self._owner
+
+    def queued(self) -> int:
+        return self.pending
+
+    def sleep(self, deadline: float) -> None:
+        raise AssertionError("an Alarm never hibernates")
+
+
+class Alarm:
+    """A stand-in for a RoomActor: ``deadlines`` are its timers (the test sets them), each turn
+    records when it ran and which timers it found due; a command (:meth:`send`) makes its turn write."""
+
+    def __init__(self, name: str, deadlines: Sequence[float] = ()) -> None:
+        self.runtime = _AlarmRuntime(name)
+        self.deadlines = sorted(deadlines)
+        self.scheduler: TurnScheduler | None = None
+        self.queued = False
+        self.registered = False
+        self.timer_at: float | None = None
+        self.turns: list[float] = []
+        """The scheduler's ``now`` of each turn."""
+        self.fired: list[tuple[float, float]] = []
+        """(deadline, when its turn ran) of every timer found due."""
+
+    def poke(self) -> None:
+        self.queued = True
+        assert self.scheduler is not None
+        self.scheduler.ready(self)  # type: ignore[arg-type]
+
+    def send(self) -> None:
+        self.runtime.pending += 1
+        if not self.queued:
+            self.poke()
+
+    def arm(self, deadline: float) -> None:
+        """A command that arms a timer: its turn runs in the next pass, then the scheduler reads it."""
+        self.deadlines = sorted([*self.deadlines, deadline])
+        if not self.queued:
+            self.poke()
+
+    def step(self, now: float) -> list[Write]:
+        self.queued = False
+        self.turns.append(now)
+        while self.deadlines and self.deadlines[0] <= now:
+            self.fired.append((self.deadlines.pop(0), now))
+        pending, self.runtime.pending = self.runtime.pending, 0
+        return [Write(self.runtime.room_id, "n", str(len(self.turns)).encode())] if pending else []
+
+    def after_commit(self) -> None:
+        pass
+
+    def next_deadline(self) -> float:
+        return self.deadlines[0] if self.deadlines else math.inf
+
+    def may_sleep(self, deadline: float) -> bool:
+        return False
+
+
+def scheduler_tasks(nursery: trio.Nursery) -> list[str]:
+    """The names of every task in ``nursery``, and in their nurseries, depth first."""
+    names = []
+    for task in nursery.child_tasks:
+        names.append(task.name.rpartition(".")[2])
+        for inner in task.child_nurseries:
+            names += scheduler_tasks(inner)
+    return sorted(names)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let other tasks run (no clock time passes) until ``condition`` holds."""
+    for _ in range(1000):
+        if condition():
+            return
+        await trio.sleep(0)
+    raise AssertionError("still not, after 1000 checkpoints")
+
+
+def scheduler_with(store: MemoryStore | None = None, linger: float = 0.0) -> tuple[TurnScheduler, list[str]]:
+    outcomes: list[str] = []
+    scheduler = TurnScheduler(store if store is not None else MemoryStore(), RoomStats(),
+                              lambda actor, outcome: outcomes.append(f"{actor.runtime.room_id} {outcome}"),
+                              linger=linger)
+    return scheduler, outcomes
+
+
+async def test_a_timer_fires_on_time_whether_armed_before_or_after_the_one_the_timer_sleeps_toward(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    scheduler, _ = scheduler_with()
+    nursery.start_soon(scheduler.run)
+    t0 = trio.current_time()
+    late, early, later = Alarm("late", [t0 + 10]), Alarm("early"), Alarm("later")
+    for alarm in (late, early, later):
+        scheduler.register(alarm)  # type: ignore[arg-type]
+    await trio.sleep(1)  # every first turn ran; parked, the timer task sleeping toward t0 + 10
+    passes = scheduler.passes
+    early.arm(t0 + 3)  # earlier than the timer's sleep: it must wake sooner
+    later.arm(t0 + 20)  # later: it must still wake for it after t0 + 10
+    await trio.sleep(1)
+    assert scheduler.passes == passes + 1  # the arming pass; no timer is due yet and nothing woke the loop
+    await trio.sleep(25)
+    assert early.fired == [(pytest.approx(t0 + 3), pytest.approx(t0 + 3))]
+    assert late.fired == [(pytest.approx(t0 + 10), pytest.approx(t0 + 10))]
+    assert later.fired == [(pytest.approx(t0 + 20), pytest.approx(t0 + 20))]
+    assert scheduler.passes == passes + 4  # one pass per timer: nothing woke the loop in between
+
+
+async def test_a_timer_that_moved_later_wakes_the_loop_only_when_due(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    """The room's earliest timer moves later (typing refreshed): the heap's first entry is stale and the
+    timer task sleeps toward it; when it wakes it re-sleeps toward the live one, the loop stays parked."""
+    scheduler, _ = scheduler_with()
+    nursery.start_soon(scheduler.run)
+    t0 = trio.current_time()
+    alarm = Alarm("typing", [t0 + 5])
+    scheduler.register(alarm)  # type: ignore[arg-type]
+    await trio.sleep(1)
+    alarm.deadlines = []
+    alarm.arm(t0 + 8)
+    await trio.sleep(1)
+    turns = len(alarm.turns)
+    await trio.sleep(5)  # past the stale t0 + 5
+    assert len(alarm.turns) == turns
+    await trio.sleep(5)
+    assert alarm.fired == [(pytest.approx(t0 + 8), pytest.approx(t0 + 8))]
+
+
+async def test_a_linger_lasts_its_length_whatever_comes_due_meanwhile(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    store = GatedStore()
+    scheduler, _ = scheduler_with(store, linger=0.01)
+    nursery.start_soon(scheduler.run)
+    t0 = trio.current_time()
+    a, b, c = Alarm("a", [t0 + 100]), Alarm("b"), Alarm("c")  # a far timer: the timer task sleeps toward it
+    for alarm in (a, b, c):
+        scheduler.register(alarm)  # type: ignore[arg-type]
+    await trio.sleep(1)
+    for _ in range(2):
+        # A commit of two rooms' turns: the next pass begins a linger after it began, and takes what
+        # arrived meanwhile (a poke does not end the linger, nor does a timer that falls due in it).
+        commits = len(store.batches)
+        a.send()
+        b.send()
+        await until(lambda: len(store.batches) > commits)
+        began = store.began[-1]
+        await trio.sleep(0.001)
+        a.send()
+        c.arm(trio.current_time() + 0.003)
+        await trio.sleep(0.004)  # c's timer is due, in the linger
+        b.send()
+        await trio.sleep(1)
+        assert store.began[-1] == pytest.approx(began + 0.01)
+        assert {write.room for write in store.batches[-1]} == {"a", "b"}
+        assert c.fired[-1][1] == pytest.approx(began + 0.01)  # its turn ran in the lingered pass
+    assert a.fired == [] and len(c.fired) == 2
+
+
+async def test_a_stopped_scheduler_ends_its_timer_task(autojump_clock: trio.testing.MockClock) -> None:
+    scheduler, outcomes = scheduler_with()
+    alarm = Alarm("a")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(scheduler.run)
+        t0 = trio.current_time()
+        alarm.deadlines = [t0 + 100]
+        scheduler.register(alarm)  # type: ignore[arg-type]
+        await trio.sleep(1)
+        assert scheduler_tasks(nursery) == ["_timer", "run"]
+        alarm.runtime.stopping = True  # its room was told to stop: it leaves after its next turn
+        alarm.poke()
+        scheduler.stop()
+        with trio.fail_after(1):
+            while nursery.child_tasks:
+                await trio.sleep(0.01)
+    assert trio.current_time() - t0 < 2  # ended without waiting for the timer at t0 + 100
+    assert outcomes == ["a stopped"]
+    assert scheduler._wait is None
+
+
+@pytest.mark.parametrize("where", ["parked", "lingering", "committing"])
+async def test_a_cancelled_scheduler_leaves_no_task_behind(autojump_clock: trio.testing.MockClock, where: str) -> None:
+    store = GatedStore()
+    scheduler, _ = scheduler_with(store, linger=0.01)
+    a, b = Alarm("a"), Alarm("b")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scheduler.run)
+            a.deadlines = [trio.current_time() + 100]
+            scheduler.register(a)  # type: ignore[arg-type]
+            scheduler.register(b)  # type: ignore[arg-type]
+            await trio.sleep(1)
+            if where == "lingering":
+                a.send()
+                b.send()
+                await until(lambda: len(store.batches) == 1)  # one commit of two rooms' turns
+                a.send()
+                await trio.sleep(0.005)
+                assert scheduler._lingering is not None
+            elif where == "committing":
+                store.gate = trio.Event()
+                a.send()
+                await trio.sleep(1)
+                assert store.batches[-1][0].room == "a" and a.runtime.pending == 0
+            else:
+                assert scheduler._parked is not None
+            assert scheduler_tasks(nursery) == ["_timer", "run"]
+            nursery.cancel_scope.cancel()
+    assert not nursery.child_tasks
+    assert scheduler._parked is None and scheduler._lingering is None and scheduler._wait is None
+    outcomes: list[str] = []
+    scheduler._on_done = lambda actor, outcome: outcomes.append(outcome)
+    scheduler.register(Alarm("late"))  # type: ignore[arg-type]  # after the end: stopped at once
+    assert outcomes == ["stopped"]
+
+
+@pytest.fixture
+def roost_config(roost_keys: TestKeys) -> Config:
+    return test_config(roost_keys, reconnect_grace=30.0)
+
+
+async def _next_update(client: object, user: str) -> object:
+    while True:
+        diff = await client.next_event(PresenceDiff)  # type: ignore[attr-defined]
+        for member in diff.join + diff.update:
+            if member.user == user:
+                return member
+        if user in diff.leave:
+            return None
+
+
+async def test_typing_expires_on_time_while_another_rooms_member_is_in_grace(
+        autojump_clock: trio.testing.MockClock, roost_connect: Connect, roost_engine: Engine,
+        roost_keys: TestKeys, nursery: trio.Nursery) -> None:
+    """Over the engine: room 1's reconnect grace (30 s) is the timer the timer task sleeps toward when
+    room 2's typing timer (5 s) is armed; both expire on time."""
+    ann = await roost_connect("ann", memory=True)
+    carl = await roost_connect("carl", memory=True)
+    first = await ann.create()
+    bob = await raw_peer(nursery, stream=roost_engine.connect_memory())
+    await bob.hello(roost_keys.token("bob"), hb=300_000)
+    await bob.send(JoinOrCreate(id=1, code=first.code))
+    assert (await _next_update(ann, "bob")).status is PresenceStatus.ONLINE  # type: ignore[attr-defined]
+    await bob.ws.aclose()
+    assert (await _next_update(ann, "bob")).status is PresenceStatus.OFFLINE  # type: ignore[attr-defined]
+    dropped = trio.current_time()
+    second = await carl.create()
+    await ann.join(room=second.room)
+    await trio.sleep(1)
+    typed = trio.current_time()
+    await carl.typing(second.room, True)
+    assert (await _next_update(ann, "carl")).typing is True  # type: ignore[attr-defined]
+    assert (await _next_update(ann, "carl")).typing is False  # type: ignore[attr-defined]
+    assert trio.current_time() - typed == pytest.approx(5.0)
+    assert await _next_update(ann, "bob") is None  # left when its grace ran out
+    assert trio.current_time() - dropped == pytest.approx(30.0)
