@@ -17,10 +17,10 @@ for every turn. Here one task does the same work for every room:
    state already committed (an earlier pass's commit completed before this pass began);
 5. under load, a pass begins no sooner than ``linger`` (``Config.commit_linger``, 1 ms) after the
    last commit began, so the turns of everything that arrived meanwhile share the next commit.
-   *Under load* means the last commit carried the turns of ``_LINGER_ROOMS`` rooms or more: commits
-   then cost two fsyncs, a thread hop and a dozen GIL hand-offs for a handful of messages
-   (measured at 6 k msgs/s in one-member rooms: 660 commits/s, half the server's CPU in the
-   kernel). The trap: lingering whenever the last commit is recent taxes moderate rates with the
+   *Under load* means the last commit carried the turns of ``_LINGER_ROOMS`` rooms or more: a
+   commit then costs an fsync, a thread hop and two wakes of this loop for a handful of messages
+   (measured at 6 k msgs/s in one-member rooms, before the store's log: 660 commits/s, half the
+   server's CPU in the kernel). The trap: lingering whenever the last commit is recent taxes moderate rates with the
    whole linger (1,000 msgs/s in 100 rooms of 5: p50 0.54 -> 1.9 ms), where each commit carries one
    room's turn anyway and a wait gathers little. A store that applies commits at once
    (``commit_now``) never lingers.
