@@ -615,7 +615,9 @@ class RoomActor:
                 self._sync_to(peer, reason)
 
     def _turn(self, batch: list[Command], now: float) -> None:
-        self._fire_timers(now)
+        timers, tick_at = self._timers, self._tick_at
+        if (timers and timers[0][0] <= now) or (tick_at is not None and tick_at <= now):  # nothing due: no call
+            self._fire_timers(now)
         while self.runtime.control:
             item = self.runtime.control.popleft()
             if isinstance(item, Ended):
@@ -683,9 +685,10 @@ class RoomActor:
             notices, self.notices = self.notices, []
             for notice in notices:
                 self.notifier.post(*notice)  # type: ignore[union-attr]  # set when notices exist
-        calls, self._calls = self._calls, []
-        for call, value, error in calls:
-            call.resolve(value, error)
+        if self._calls:  # most turns answer no in-process call: no new list per turn
+            calls, self._calls = self._calls, []
+            for call, value, error in calls:
+                call.resolve(value, error)
         if self._info_dirty:
             self.runtime.info = self.state.info()
             self.runtime.public = self.state.options.public
@@ -916,10 +919,6 @@ class RoomActor:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def _member(self, peer: Peer) -> None:
-        if peer.user not in self.state.presence or self.runtime.peers.get(peer.sid) is not peer:
-            raise RoomError(ErrorCode.NOT_MEMBER, "join the room first")
-
     def _host_only(self, peer: Peer, action: str) -> None:
         if self.state.host != peer.user:
             raise RoomError(ErrorCode.FORBIDDEN, f"only the host may {action}")
@@ -934,8 +933,11 @@ class RoomActor:
         if handler is None:  # pragma: no cover - the gateway routes only room frames here
             raise RoomError(ErrorCode.UNSUPPORTED, f"{frame.TYPE} is not a room request")
         if type(frame) not in _OPEN_TO_NON_MEMBERS:
-            self._member(peer)
-            self.state.presence.seen(peer.user, self.now_ms())
+            presence = self.state.presence
+            user = peer.user
+            if user not in presence.members or self.runtime.peers.get(peer.sid) is not peer:  # the membership check
+                raise RoomError(ErrorCode.NOT_MEMBER, "join the room first")
+            presence.seen(user, self.now_ms())
         handler(self, peer, frame, now)
 
     def _on_join(self, peer: Peer, frame: Join | JoinOrCreate | Create, now: float) -> None:
@@ -946,35 +948,34 @@ class RoomActor:
 
     def _on_chat_send(self, peer: Peer, frame: ChatSend, now: float) -> None:
         state = self.state
-        if state.presence.members[peer.user].typing_until is not None:
-            state.presence.set_typing(peer.user, False, now, 0)
-            self._diff(update=[peer.user])
-        message, dup = state.chat.send(user=peer.user, name=peer.name, cid=frame.cid, text=frame.text,
-                                       meta=frame.meta, ts=self.now_ms())
+        user = peer.user
+        if state.presence.members[user].typing_until is not None:
+            state.presence.set_typing(user, False, now, 0)
+            self._diff(update=[user])
+        ts = self.now_ms()
+        message, dup = state.chat.send(user=user, name=peer.name, cid=frame.cid, text=frame.text,
+                                       meta=frame.meta, ts=ts)
         if not dup:
-            record = _packb(_message_map(message))
-            state.touch_chat(message.n, record)
-            state.touch_read(peer.user)
-            self._emit_chat(record)
+            self._emit_chat(message.n, _packb(_message_map(message)), user, ts)
         # ``ok`` with a ChatAck, packed straight (as encode(Ok(...)) would: tests pin the bytes).
         result = {"id": message.id, "n": message.n, "ts": message.ts, "dup": dup}
         self._entries.append((peer, ws_frame(_packb({"t": "ok", "id": frame.id, "result": result}))))
 
-    def _emit_chat(self, record: bytes) -> None:
-        """Broadcast a ``chat`` event around a message ``record`` already packed: the event is the
-        record's bytes behind a packed head, so the message is packed once, for the wire and the
-        store alike (the same bytes as ``emit(ChatEvent, ...)``, whose ``msg`` is the last field)."""
+    def _emit_chat(self, n: int, record: bytes, author: str, ts: int) -> None:
+        """Broadcast a ``chat`` event around message ``n``'s ``record`` already packed: the event is
+        the record's bytes behind a packed head, so the message is packed once, for the wire and the
+        store alike (the same bytes as ``emit(ChatEvent, ...)``, whose ``msg`` is the last field).
+        ``ts`` is the turn's (the message's own); the record, the author's read cursor, the counters
+        and the event are marked for the turn's writes in one call (``RoomState.chat_sent``)."""
         state = self.state
         seq = state.seq + 1
-        head = _packb({"t": "chat", "room": state.room_id, "epoch": state.epoch, "seq": seq, "ts": self.now_ms()})
-        payload = b"\x86" + head[1:] + b"\xa3msg" + record  # fixmap of 5 entries, plus "msg"
+        head = _packb({"t": "chat", "room": state.room_id, "epoch": state.epoch, "seq": seq, "ts": ts})
+        payload = b"".join((b"\x86", head[1:], b"\xa3msg", record))  # fixmap of 5 entries, plus "msg"
         if len(payload) > SERVER_LIMITS.max_frame_bytes:  # pragma: no cover - a record is < 1/8 frame
             raise RoomError(ErrorCode.TOO_LARGE, "the chat event would exceed the frame limit")
         data = ws_frame(payload)
-        state.seq = seq
-        state.touch("counters")
         self._entries.append((None, data))
-        state.record_event(seq, data)
+        state.chat_sent(n, record, author, seq, data)
 
     def _on_leave(self, peer: Peer, frame: Leave, now: float) -> None:
         self._remove_member(peer.user, consented=True)
