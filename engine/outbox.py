@@ -30,6 +30,16 @@ _SHORT_HEADS = tuple(bytes((0x82, size)) for size in range(126))
 """The two-byte heads of payloads under 126 bytes (every ``ok``): indexed, not built per frame."""
 
 
+def ws_head(size: int) -> bytes:
+    """The head of an unmasked binary frame (FIN set) of ``size`` payload bytes: ``ws_frame(p)`` is
+    ``ws_head(len(p)) + p``, for a frame joined from parts in one copy."""
+    if size < 126:
+        return _SHORT_HEADS[size]
+    if size < 65536:
+        return b"\x82\x7e" + size.to_bytes(2, "big")
+    return b"\x82\x7f" + size.to_bytes(8, "big")
+
+
 def ws_frame(payload: bytes) -> bytes:
     """One unmasked binary WebSocket frame (FIN set) carrying ``payload``: the server-side framing.
 
