@@ -18,7 +18,36 @@ from roost.protocol.frames import ChatMessage
 from .errors import RoomError
 from .receipts import DeliveryCursors
 
-__all__ = ["ChatLog"]
+__all__ = ["ChatLog", "new_message"]
+
+_FIELDS = ("id", "n", "user", "name", "text", "ts", "cid", "edited", "deleted", "meta")
+if tuple(f.name for f in dataclasses.fields(ChatMessage)) != _FIELDS:  # pragma: no cover - a guard
+    raise ImportError("ChatMessage's fields changed: update engine/chat.py's new_message")
+_new = object.__new__
+(_set_id, _set_n, _set_user, _set_name, _set_text, _set_ts, _set_cid, _set_edited, _set_deleted,
+ _set_meta) = (ChatMessage.__dict__[name].__set__ for name in _FIELDS)
+
+
+def new_message(id: str, n: int, user: str, name: str, text: str, ts: int, cid: str | None,  # noqa: A002
+                meta: Any) -> ChatMessage:
+    """``ChatMessage(id=..., ..., meta=meta)`` (not edited, not deleted) for values the room already
+    validated, a quarter of the cost: the frozen dataclass's ``__init__`` parses keywords and sets
+    each slot through ``object.__setattr__`` (~3.7 us against ~0.9 us here, measured). The trap is a
+    field added to ChatMessage: the import-time check above fails then, instead of messages missing a
+    slot (an AttributeError far away, when one is read). ``ChatMessage`` has no ``__post_init__``.
+    """
+    m = _new(ChatMessage)
+    _set_id(m, id)
+    _set_n(m, n)
+    _set_user(m, user)
+    _set_name(m, name)
+    _set_text(m, text)
+    _set_ts(m, ts)
+    _set_cid(m, cid)
+    _set_edited(m, None)
+    _set_deleted(m, False)
+    _set_meta(m, meta)
+    return m
 
 
 class ChatLog:
@@ -61,12 +90,12 @@ class ChatLog:
             original = self.get(seen)
             if original is not None:
                 return original, True
-        self.last_n += 1
-        message = ChatMessage(
-            id=f"m{self.last_n}", n=self.last_n, user=user, name=name, text=text, ts=ts, cid=cid, meta=meta
-        )
+        n = self.last_n = self.last_n + 1
+        message = new_message(f"m{n}", n, user, name, text, ts, cid, meta)
         self._append(message)
-        self.read[user] = max(self.read.get(user, 0), message.n)  # one has read what one wrote
+        read = self.read
+        if read.get(user, 0) < n:  # one has read what one wrote
+            read[user] = n
         return message, False
 
     def _append(self, message: ChatMessage) -> None:

@@ -26,6 +26,20 @@ import trio
 __all__ = ["Outbox", "SocketTransport", "StreamTransport", "Transport", "frame_spans", "ws_frame"]
 
 
+_SHORT_HEADS = tuple(bytes((0x82, size)) for size in range(126))
+"""The two-byte heads of payloads under 126 bytes (every ``ok``): indexed, not built per frame."""
+
+
+def ws_head(size: int) -> bytes:
+    """The head of an unmasked binary frame (FIN set) of ``size`` payload bytes: ``ws_frame(p)`` is
+    ``ws_head(len(p)) + p``, for a frame joined from parts in one copy."""
+    if size < 126:
+        return _SHORT_HEADS[size]
+    if size < 65536:
+        return b"\x82\x7e" + size.to_bytes(2, "big")
+    return b"\x82\x7f" + size.to_bytes(8, "big")
+
+
 def ws_frame(payload: bytes) -> bytes:
     """One unmasked binary WebSocket frame (FIN set) carrying ``payload``: the server-side framing.
 
@@ -33,7 +47,7 @@ def ws_frame(payload: bytes) -> bytes:
     """
     size = len(payload)
     if size < 126:
-        return bytes((0x82, size)) + payload
+        return _SHORT_HEADS[size] + payload
     if size < 65536:
         return bytes((0x82, 126)) + size.to_bytes(2, "big") + payload
     return bytes((0x82, 127)) + size.to_bytes(8, "big") + payload
@@ -358,8 +372,15 @@ class Outbox:
         if not data:
             return True
         self.pushes += 1
-        if not self._backlog:
-            self._write_now(data)
+        if not self._backlog:  # _write_now, inline: the common case (every push of a live member)
+            try:
+                sent = self._transport.try_send(data)
+            except OSError:
+                self._break()
+                return False
+            self.bytes_sent += sent
+            if sent != len(data):
+                self._keep_unsent(data, sent)
             return not self.broken
         spans = frame_spans(data) or [memoryview(data)]
         if (
@@ -410,8 +431,11 @@ class Outbox:
             self._break()
             return
         self.bytes_sent += sent
-        if sent == len(data):
-            return
+        if sent != len(data):
+            self._keep_unsent(data, sent)
+
+    def _keep_unsent(self, data: bytes, sent: int) -> None:
+        """The kernel took ``sent`` bytes of ``data``: the rest goes to the backlog, split into frames."""
         spans = frame_spans(data) or [memoryview(data)]
         skipped = 0
         while skipped + len(spans[0]) <= sent:  # frames the kernel took whole

@@ -29,6 +29,7 @@ _MEMBER_PREFIX = "member:"
 _READ_PREFIX = "read:"
 _DELIVERED_PREFIX = "dlv:"
 _EVENT_PREFIX = "ev:"
+
 _MEMBERSHIP = b"\xc0"
 """The value of a membership index entry (msgpack nil): the key says it all, and the listing reads the
 room's code from the live room, so a join packs nothing more for the index."""
@@ -52,13 +53,17 @@ def _unpack(data: bytes) -> Any:
 
 
 def chat_key(n: int) -> str:
-    """Store key of chat message ``n`` (fixed width so keys sort in message order)."""
-    return f"{_CHAT_PREFIX}{n:016x}"
+    """Store key of chat message ``n`` (fixed width so keys sort in message order): ``chat:`` and 16
+    hex digits, ``f"chat:{n:016x}"``. Written as ``n.to_bytes(8, "big").hex()``, the same string for
+    every ``n`` below 2**64 (numbers are below 2**53, PROTOCOL.md) at half the cost of the f-string,
+    which parses its format spec per call: a chat turn formats three keys."""
+    return _CHAT_PREFIX + n.to_bytes(8, "big").hex()
 
 
 def event_key(seq: int) -> str:
-    """Store key of the framed room event ``seq`` (kept for resume)."""
-    return f"{_EVENT_PREFIX}{seq:016x}"
+    """Store key of the framed room event ``seq`` (kept for resume): ``ev:`` and 16 hex digits, as
+    :func:`chat_key`."""
+    return _EVENT_PREFIX + seq.to_bytes(8, "big").hex()
 
 
 def user_key(user: str) -> str:
@@ -156,6 +161,19 @@ class RoomState:
         """Mark a user's read cursor as moved."""
         self._dirty_reads.add(user)
 
+    def chat_sent(self, n: int, record: bytes, user: str, seq: int, event: bytes) -> None:
+        """A chat message was sent: its record (packed already), the author's read cursor, the
+        counters and the ``chat`` event ``seq`` (framed) are this turn's to write. One call for what
+        ``touch_chat``, ``touch_read``, ``touch("counters")`` and ``record_event`` do one by one,
+        with ``seq`` taken: a chat turn is the hot path, and each call was a Python frame per message."""
+        self.seq = seq
+        self._dirty.add("counters")
+        self._dirty_chat[n] = record
+        self._dirty_reads.add(user)
+        item = (seq, event)
+        self.replay.append(item)
+        self._new_events.append(item)
+
     def record_event(self, seq: int, data: bytes) -> None:
         """Keep an emitted event for resume (in memory now, in the store with this turn)."""
         self.replay.append((seq, data))
@@ -188,7 +206,7 @@ class RoomState:
             log = self.chat
             for n, record in sorted(chat.items()) if len(chat) > 1 else chat.items():
                 if record is not None and n == log.last_n:  # just sent: in the log (it is the newest)
-                    add(_write(Write, (room, f"{_CHAT_PREFIX}{n:016x}", record, None)))
+                    add(_write(Write, (room, _CHAT_PREFIX + n.to_bytes(8, "big").hex(), record, None)))
                     continue
                 message = log.get(n)
                 if message is not None:
@@ -213,13 +231,13 @@ class RoomState:
         if self._new_events:
             limit = self.replay.maxlen or 0
             for seq, data in self._new_events:
-                add(_write(Write, (room, f"{_EVENT_PREFIX}{seq:016x}", data, None)))
+                add(_write(Write, (room, _EVENT_PREFIX + seq.to_bytes(8, "big").hex(), data, None)))  # event_key
                 if seq > limit:  # fell out of the buffer
-                    add(_write(Write, (room, f"{_EVENT_PREFIX}{seq - limit:016x}", None, None)))
+                    add(_write(Write, (room, _EVENT_PREFIX + (seq - limit).to_bytes(8, "big").hex(), None, None)))
             self._new_events.clear()
         if self.chat.trimmed:
             for n in self.chat.take_trimmed():
-                add(Write(room, chat_key(n), None))
+                add(_write(Write, (room, chat_key(n), None, None)))
         if self._dirty_index:
             index, presence, closing = self._dirty_index, self.presence, self.closing
             for user in sorted(index) if len(index) > 1 else index:
@@ -233,6 +251,9 @@ class RoomState:
         return writes
 
     def _section(self, name: str) -> Any:
+        if name == "counters":  # every chat turn's
+            return {"epoch": self.epoch, "seq": self.seq, "chat_n": self.chat.last_n,
+                    "empty_since": self.empty_since, "shared": self.shared}
         if name == "meta":
             o = self.options
             return {"room": self.room_id, "code": self.code, "created": self.created, "public": o.public,
@@ -241,8 +262,7 @@ class RoomState:
             return self.host
         if name == "game":
             return {"phase": self.phase.value, "version": self.version, "state": self.game}
-        return {"epoch": self.epoch, "seq": self.seq, "chat_n": self.chat.last_n,  # "counters"
-                "empty_since": self.empty_since, "shared": self.shared}
+        raise ValueError(f"no section {name!r}")
 
     @classmethod
     def restore(

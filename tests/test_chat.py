@@ -164,3 +164,13 @@ def test_the_rooms_packed_message_record_is_the_schemas(fields) -> None:
 
     message = ChatMessage(id="m3", n=3, user="ann", name="Ann", text="hi", ts=1, **fields)
     assert list(_message_map(message).items()) == list(message.plain_fields().items())
+
+
+def test_the_store_keys_are_the_fixed_width_hex_keys() -> None:
+    """``chat_key`` and ``event_key`` (and ``take_writes``, which writes them inline) build the key
+    from ``to_bytes(8).hex()``, not the f-string: the same string over the whole range of numbers."""
+    from roost.state import chat_key, event_key
+
+    for n in (0, 1, 15, 16, 255, 4096, 2**32, 2**53 - 1, 2**64 - 1):
+        assert chat_key(n) == f"chat:{n:016x}"
+        assert event_key(n) == f"ev:{n:016x}"

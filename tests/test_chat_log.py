@@ -137,3 +137,23 @@ def test_pages_are_cut_by_encoded_size_and_an_edit_is_measured_again() -> None:
     assert [m.n for m in log.page(None, 10, budget=3 * size)[0]] == [3, 4, 5]
     page, _ = log.page(None, 1, budget=1)
     assert [m.n for m in page] == [5]  # one message always, whatever the budget
+
+
+def test_the_fast_message_builder_makes_the_same_message_as_the_dataclass() -> None:
+    """``new_message`` sets the slots directly (a chat turn's cheapest way to a ChatMessage): the
+    message must be the one ``ChatMessage(...)`` makes, equal, hashed alike, with its defaults."""
+    from roost.chat import new_message
+    from roost.protocol.codec import dump_record
+    from roost.protocol.frames import ChatMessage
+
+    for meta in (None, {"k": [1, "v"]}):
+        built = ChatMessage(id="m7", n=7, user="ann", name="Ann", text="hi", ts=5, cid="op-1", meta=meta)
+        fast = new_message("m7", 7, "ann", "Ann", "hi", 5, "op-1", meta)
+        assert type(fast) is ChatMessage and fast == built and repr(fast) == repr(built)
+        assert fast.edited is None and fast.deleted is False
+        assert dump_record(fast) == dump_record(built)
+        if meta is None:
+            assert hash(fast) == hash(built)
+    log = ChatLog(limit=10)
+    sent, _dup = log.send(user="ann", name="Ann", cid="op-1", text="hi", meta=None, ts=5)
+    assert sent == ChatMessage(id="m1", n=1, user="ann", name="Ann", text="hi", ts=5, cid="op-1")

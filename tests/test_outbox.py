@@ -246,3 +246,12 @@ def test_an_http_response_is_never_taken_for_frames() -> None:
     for pad in range(400):
         response = b"HTTP/1.1 101 Switching Protocols\r\nx-pad: " + b"a" * pad + b"\r\n\r\n"
         assert frame_spans(response) is None, pad
+
+
+def test_a_frame_head_is_the_head_ws_frame_puts_before_its_payload() -> None:
+    """``ws_head`` lets a frame be joined from parts (the chat event): the bytes ``ws_frame`` makes."""
+    from roost.outbox import ws_head
+
+    for size in (0, 1, 125, 126, 127, 65535, 65536, 70_000):
+        payload = bytes(size)
+        assert ws_head(size) + payload == ws_frame(payload)
