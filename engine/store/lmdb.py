@@ -246,7 +246,7 @@ class LmdbStore(Store):
             self._map_size = info["map_size"]
             if self._use_log:
                 self._recover()
-        except (lmdb.Error, StoreOpenError, OSError, LogGap) as exc:
+        except BaseException as exc:  # whatever failed, nothing stays open (the lock least of all)
             self._env = None
             if self._log is not None:
                 self._log.close()
@@ -258,8 +258,10 @@ class LmdbStore(Store):
                 raise
             if isinstance(exc, lmdb.Error):
                 raise StoreOpenError(f"cannot open the store in {self.path}: {_lmdb_reason(exc)}") from None
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise StoreOpenError(f"cannot open the store in {self.path}: {reason}") from None
+            if isinstance(exc, (OSError, LogGap)):
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise StoreOpenError(f"cannot open the store in {self.path}: {reason}") from None
+            raise
 
     def _recover(self) -> None:
         """Open the log and apply to LMDB what it holds beyond LMDB's last applied record (the
@@ -272,11 +274,33 @@ class LmdbStore(Store):
         wal.open()
         records = wal.recover(applied)
         if records:
-            self._unapplied = [_decode_logged(seq, payload) for seq, payload in records]
+            self._unapplied = [self._decode_replayed(seq, payload) for seq, payload in records]
             self._apply_upto(records[-1][0])
+        # Appends restart at log.0's start: neither segment may keep bytes behind the new chain (wal.py)
+        wal.wipe(0)
+        wal.wipe(1)
         self.replayed = len(records)
         """Log records applied when the store opened (groups acknowledged after the last checkpoint)."""
         self._seq = self._applied = wal.last_seq
+
+    def _decode_replayed(self, seq: int, payload: bytes) -> _Logged:
+        """A replayed record, checked before anything of it is applied. The trap: its CRC holds, but
+        a payload of another build (a table this one lacks) or a crafted one raised msgpack, Key or
+        Type errors from deep inside open."""
+        try:
+            logged = _decode_logged(seq, payload)
+            for name, deletes, puts in logged[2]:
+                if name not in self._dbs:
+                    raise ValueError(f"unknown database {name!r}")
+                if not all(isinstance(key, bytes) for key in deletes) or not all(
+                        isinstance(key, bytes) and isinstance(value, bytes) for key, value in puts):
+                    raise ValueError("a key or value is not bytes")
+            if not all(isinstance(prefix, bytes) for prefix in logged[1]):
+                raise ValueError("a disposed room is not bytes")
+        except Exception as exc:
+            raise StoreOpenError(f"cannot open the store in {self.path}: record {seq} of its log cannot be "
+                                 f"replayed ({exc})") from None
+        return logged
 
     def _check_length(self, env: lmdb.Environment) -> None:
         """Refuse a ``data.mdb`` shorter than the pages its meta page counts (a truncated copy). The
@@ -527,6 +551,9 @@ class LmdbStore(Store):
         except OSError as exc:
             self._log_error = StoreFailed(f"cannot write the store's log in {self.path}: {exc.strerror or exc}")
             log.error("store log write failed: %s; no further commits until a restart", exc)
+            self._appending = False
+            if self._checkpoint_wanted:  # a read waits for the checkpoint after this record: start it,
+                self._start_checkpoint()  # for the records before it (or it waits forever)
             raise self._log_error from None
         finally:
             self._appending = False
@@ -568,11 +595,18 @@ class LmdbStore(Store):
         self._checkpoint_wanted = False
         self._logged_bytes = 0
         self._last_checkpoint = time.monotonic()
-        self._nursery.start_soon(self._checkpoint, self._seq)
+        self._nursery.start_soon(self._checkpoint, self._seq, self._log.active ^ 1)
 
-    async def _checkpoint(self, limit: int) -> None:
+    def _checkpoint_sync(self, limit: int, left: int) -> None:
+        """In the checkpoint's thread: apply up to ``limit``, then wipe segment ``left`` (all of its
+        records are then applied) before a switch may send appends back to it (wal.py)."""
+        self._apply_upto(limit)
+        assert self._log is not None
+        self._log.wipe(left)
+
+    async def _checkpoint(self, limit: int, left: int) -> None:
         try:
-            await self._in_thread(self._apply_upto, limit, limiter=self._apply_limiter)
+            await self._in_thread(self._checkpoint_sync, limit, left, limiter=self._apply_limiter)
         except Exception as exc:  # retried at the next one; reads waiting for it fail meanwhile
             log.exception("store checkpoint failed (the log keeps the writes)")
             self._apply_error = exc
