@@ -122,31 +122,38 @@ async def test_a_value_that_embeds_a_record_is_never_replayed_from_a_reused_segm
         nursery.cancel_scope.cancel()
 
 
-async def test_a_read_while_the_store_stops_ends(tmp_path: Path) -> None:
-    """A read from a task outside the store's nursery, waiting for a checkpoint while the store is
-    cancelled: it must end (an answer or an error), not spin starting checkpoints that are cancelled
-    before they run."""
-    store = LmdbStore(tmp_path / "db", checkpoint_interval=3600, checkpoint_bytes=1 << 30)
-    outcome: list[object] = []
-    async with trio.open_nursery() as outer:
-        async with trio.open_nursery() as inner:
-            await inner.start(store.run)
-            for i in range(50):
-                await store.commit([Write("r", f"k{i}", b"v" * 1000)])
+async def test_reads_while_the_store_stops_end_with_the_store_s_own_error(tmp_path: Path) -> None:
+    """Reads from tasks outside the store's nursery keep coming, each needing a checkpoint, while
+    the store is cancelled: each ends with an answer or "the store is not running". The trap: the
+    store's nursery closes (its last checkpoint done) a moment before ``run`` forgets it, and a read
+    in that moment started a checkpoint in it: "Nursery is closed to new arrivals", after having
+    switched segments and marked a checkpoint running that never ran."""
+    for attempt in range(20):
+        store = LmdbStore(tmp_path / f"db{attempt}", checkpoint_interval=3600, checkpoint_bytes=1 << 30)
+        unexpected: list[BaseException] = []
+        answers = 0
+        with trio.fail_after(20):  # before the fix: a read parked for the writer's checkpoint forever
+          async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as inner:
+                await inner.start(store.run)
 
-            async def read() -> None:
-                try:
-                    outcome.append(len(await store.load_room("r")))
-                except (StoreFailed, RuntimeError) as exc:
-                    outcome.append(exc)
+                async def read(i: int) -> None:
+                    nonlocal answers
+                    while True:
+                        try:
+                            await store.commit([Write("r", f"k{i}", b"v")])
+                            await store.load_room("r")
+                            answers += 1
+                        except RuntimeError as exc:
+                            if str(exc) != "the store is not running":
+                                unexpected.append(exc)
+                            return
 
-            outer.start_soon(read)
-            await trio.sleep(0)
-            inner.cancel_scope.cancel()
-        with trio.fail_after(5):
-            while not outcome:
-                await trio.sleep(0.01)
-    assert outcome in ([50],) or isinstance(outcome[0], (StoreFailed, RuntimeError))
+                for i in range(8):
+                    outer.start_soon(read, i)
+                await trio.sleep(0.02 + attempt * 0.001)
+                inner.cancel_scope.cancel()
+        assert answers and unexpected == []
 
 
 async def test_get_never_sees_an_older_value_while_checkpoints_run(tmp_path: Path) -> None:
@@ -166,3 +173,39 @@ async def test_get_never_sees_an_older_value_while_checkpoints_run(tmp_path: Pat
         assert store.checkpoints > 10
         assert len(store._tables_logged) <= 1
         nursery.cancel_scope.cancel()
+
+
+async def test_reads_running_while_a_checkpoint_grows_the_map_are_answered(tmp_path: Path) -> None:
+    """A checkpoint that fills the map grows it (``set_mapsize``) while table gets, which never wait
+    for checkpoints, run read transactions in other threads. The trap: LMDB requires no transaction
+    open in the process while it remaps (it unmaps the file under them), and py-lmdb invalidates every
+    open one: a concurrent read failed with "Attempt to operate on closed/deleted/dropped object" (a
+    user lookup answered ``internal``), or touched an unmapped page."""
+    store = LmdbStore(tmp_path / "db", map_size=1 << 20, checkpoint_bytes=1 << 16, checkpoint_interval=0.0)
+    errors: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        for i in range(100):
+            await store.commit([Write(None, f"u{i}", b"x" * 3000, table="users")])
+        await store.load_room("r")  # applied: gets of these go to LMDB
+        done = False
+
+        async def reader(n: int) -> None:
+            while not done:
+                try:
+                    assert await store.get("users", f"u{n}") == b"x" * 3000
+                    assert len(await store.scan("users", limit=5000)) >= 100
+                except StoreFailed as exc:
+                    errors.append(exc)
+                    return
+
+        for n in range(6):
+            nursery.start_soon(reader, n)
+        for i in range(1500):
+            await store.commit([Write(None, f"v{i}", b"y" * 8000, table="users")])
+            if errors:
+                break
+        done = True
+        assert store.map_growths >= 3
+        nursery.cancel_scope.cancel()
+    assert errors == []
