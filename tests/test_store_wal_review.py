@@ -133,26 +133,26 @@ async def test_reads_while_the_store_stops_end_with_the_store_s_own_error(tmp_pa
         unexpected: list[BaseException] = []
         answers = 0
         with trio.fail_after(20):  # before the fix: a read parked for the writer's checkpoint forever
-          async with trio.open_nursery() as outer:
-            async with trio.open_nursery() as inner:
-                await inner.start(store.run)
+            async with trio.open_nursery() as outer:
+                async with trio.open_nursery() as inner:
+                    await inner.start(store.run)
 
-                async def read(i: int) -> None:
-                    nonlocal answers
-                    while True:
-                        try:
-                            await store.commit([Write("r", f"k{i}", b"v")])
-                            await store.load_room("r")
-                            answers += 1
-                        except RuntimeError as exc:
-                            if str(exc) != "the store is not running":
-                                unexpected.append(exc)
-                            return
+                    async def read(i: int) -> None:
+                        nonlocal answers
+                        while True:
+                            try:
+                                await store.commit([Write("r", f"k{i}", b"v")])
+                                await store.load_room("r")
+                                answers += 1
+                            except RuntimeError as exc:
+                                if str(exc) != "the store is not running":
+                                    unexpected.append(exc)
+                                return
 
-                for i in range(8):
-                    outer.start_soon(read, i)
-                await trio.sleep(0.02 + attempt * 0.001)
-                inner.cancel_scope.cancel()
+                    for i in range(8):
+                        outer.start_soon(read, i)
+                    await trio.sleep(0.02 + attempt * 0.001)
+                    inner.cancel_scope.cancel()
         assert answers and unexpected == []
 
 
