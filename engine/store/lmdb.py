@@ -176,6 +176,10 @@ class LmdbStore(Store):
         self._leading = False
         """A committer is writing groups (and every queued batch will be written by it or the next)."""
         self._read_limiter = trio.CapacityLimiter(4)
+        self._remap = threading.Condition()
+        """Held by ``_grow`` while it waits for reads in threads to end and remaps (``_read_sync``)."""
+        self._readers = 0
+        self._remapping = False
         self._running = False
         self._threads = 0
         self._threads_done = trio.Event()
@@ -246,7 +250,7 @@ class LmdbStore(Store):
             self._map_size = info["map_size"]
             if self._use_log:
                 self._recover()
-        except (lmdb.Error, StoreOpenError, OSError, LogGap) as exc:
+        except BaseException as exc:  # whatever failed, nothing stays open (the lock least of all)
             self._env = None
             if self._log is not None:
                 self._log.close()
@@ -258,8 +262,10 @@ class LmdbStore(Store):
                 raise
             if isinstance(exc, lmdb.Error):
                 raise StoreOpenError(f"cannot open the store in {self.path}: {_lmdb_reason(exc)}") from None
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise StoreOpenError(f"cannot open the store in {self.path}: {reason}") from None
+            if isinstance(exc, (OSError, LogGap)):
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise StoreOpenError(f"cannot open the store in {self.path}: {reason}") from None
+            raise
 
     def _recover(self) -> None:
         """Open the log and apply to LMDB what it holds beyond LMDB's last applied record (the
@@ -272,11 +278,33 @@ class LmdbStore(Store):
         wal.open()
         records = wal.recover(applied)
         if records:
-            self._unapplied = [_decode_logged(seq, payload) for seq, payload in records]
+            self._unapplied = [self._decode_replayed(seq, payload) for seq, payload in records]
             self._apply_upto(records[-1][0])
+        # Appends restart at log.0's start: neither segment may keep bytes behind the new chain (wal.py)
+        wal.wipe(0)
+        wal.wipe(1)
         self.replayed = len(records)
         """Log records applied when the store opened (groups acknowledged after the last checkpoint)."""
         self._seq = self._applied = wal.last_seq
+
+    def _decode_replayed(self, seq: int, payload: bytes) -> _Logged:
+        """A replayed record, checked before anything of it is applied. The trap: its CRC holds, but
+        a payload of another build (a table this one lacks) or a crafted one raised msgpack, Key or
+        Type errors from deep inside open."""
+        try:
+            logged = _decode_logged(seq, payload)
+            for name, deletes, puts in logged[2]:
+                if name not in self._dbs:
+                    raise ValueError(f"unknown database {name!r}")
+                if not all(isinstance(key, bytes) for key in deletes) or not all(
+                        isinstance(key, bytes) and isinstance(value, bytes) for key, value in puts):
+                    raise ValueError("a key or value is not bytes")
+            if not all(isinstance(prefix, bytes) for prefix in logged[1]):
+                raise ValueError("a disposed room is not bytes")
+        except Exception as exc:
+            raise StoreOpenError(f"cannot open the store in {self.path}: record {seq} of its log cannot be "
+                                 f"replayed ({exc})") from None
+        return logged
 
     def _check_length(self, env: lmdb.Environment) -> None:
         """Refuse a ``data.mdb`` shorter than the pages its meta page counts (a truncated copy). The
@@ -348,7 +376,16 @@ class LmdbStore(Store):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # No checkpoint may start once this nursery drains: it closes the moment its
+                    # last task ends, before this task resumes, and a read starting one then got
+                    # "Nursery is closed to new arrivals". Readers waiting for a checkpoint (one the
+                    # writer was to start after its record) are woken to apply it themselves.
+                    self._nursery = None
+                    event, self._applied_event = self._applied_event, trio.Event()
+                    event.set()
         finally:
             self._running = False
             self._nursery = None
@@ -527,6 +564,9 @@ class LmdbStore(Store):
         except OSError as exc:
             self._log_error = StoreFailed(f"cannot write the store's log in {self.path}: {exc.strerror or exc}")
             log.error("store log write failed: %s; no further commits until a restart", exc)
+            self._appending = False
+            if self._checkpoint_wanted:  # a read waits for the checkpoint after this record: start it,
+                self._start_checkpoint()  # for the records before it (or it waits forever)
             raise self._log_error from None
         finally:
             self._appending = False
@@ -568,11 +608,18 @@ class LmdbStore(Store):
         self._checkpoint_wanted = False
         self._logged_bytes = 0
         self._last_checkpoint = time.monotonic()
-        self._nursery.start_soon(self._checkpoint, self._seq)
+        self._nursery.start_soon(self._checkpoint, self._seq, self._log.active ^ 1)
 
-    async def _checkpoint(self, limit: int) -> None:
+    def _checkpoint_sync(self, limit: int, left: int) -> None:
+        """In the checkpoint's thread: apply up to ``limit``, then wipe segment ``left`` (all of its
+        records are then applied) before a switch may send appends back to it (wal.py)."""
+        self._apply_upto(limit)
+        assert self._log is not None
+        self._log.wipe(left)
+
+    async def _checkpoint(self, limit: int, left: int) -> None:
         try:
-            await self._in_thread(self._apply_upto, limit, limiter=self._apply_limiter)
+            await self._in_thread(self._checkpoint_sync, limit, left, limiter=self._apply_limiter)
         except Exception as exc:  # retried at the next one; reads waiting for it fail meanwhile
             log.exception("store checkpoint failed (the log keeps the writes)")
             self._apply_error = exc
@@ -626,11 +673,12 @@ class LmdbStore(Store):
         if self._log is None:
             return
         target = self._seq
-        if self._applied < target and self._nursery is None:  # stopping (or never run): apply here
-            if self._env is None:
-                raise RuntimeError("the store is not running")
-            self._apply_upto(target)
         while self._applied < target:
+            if self._nursery is None:  # stopping (or never run): apply here (a stop wakes the waiters)
+                if self._env is None:
+                    raise RuntimeError("the store is not running")
+                self._apply_upto(target)
+                return
             event = self._applied_event
             if self._appending:
                 self._checkpoint_wanted = True  # the writer starts it after its record
@@ -708,12 +756,38 @@ class LmdbStore(Store):
             if not self._threads:
                 self._threads_done.set()
 
+    def _read_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """In a reader thread: run ``fn`` (one read transaction) while no ``_grow`` remaps the map."""
+        with self._remap:
+            while self._remapping:
+                self._remap.wait()
+            self._readers += 1
+        try:
+            return fn(*args)
+        finally:
+            with self._remap:
+                self._readers -= 1
+                if not self._readers:
+                    self._remap.notify_all()
+
     def _grow(self) -> None:
+        """Double the map. The trap: ``set_mapsize`` needs no transaction open in the whole process
+        (LMDB unmaps the file; py-lmdb invalidates every open transaction), and table gets and the
+        reads after a checkpoint run in other threads while a checkpoint (or a write without the log)
+        fills the map: it waits for them to end and holds new ones back (``_read_sync``)."""
         assert self._env is not None
         if self._map_size * 2 > self._max_map_size:
             raise lmdb.MapFullError("the store reached its maximum map size")
-        self._map_size *= 2
-        self._env.set_mapsize(self._map_size)
+        with self._remap:
+            self._remapping = True
+            try:
+                while self._readers:
+                    self._remap.wait()
+                self._map_size *= 2
+                self._env.set_mapsize(self._map_size)
+            finally:
+                self._remapping = False
+                self._remap.notify_all()
         self.map_growths += 1
         log.warning("store map grown to %d MiB", self._map_size >> 20)
 
@@ -727,7 +801,7 @@ class LmdbStore(Store):
 
     async def load_room(self, room: str) -> dict[str, bytes]:
         await self._caught_up()
-        return await self._in_thread(self._load_room_sync, room, limiter=self._read_limiter)
+        return await self._in_thread(self._read_sync, self._load_room_sync, room, limiter=self._read_limiter)
 
     def _load_room_sync(self, room: str) -> dict[str, bytes]:
         assert self._env is not None
@@ -745,7 +819,7 @@ class LmdbStore(Store):
     async def load_all_rooms(self) -> dict[str, dict[str, bytes]]:
         """Every room's records in one pass (restart recovery)."""
         await self._caught_up()
-        return await self._in_thread(self._load_all_sync, limiter=self._read_limiter)
+        return await self._in_thread(self._read_sync, self._load_all_sync, limiter=self._read_limiter)
 
     def _load_all_sync(self) -> dict[str, dict[str, bytes]]:
         """One read transaction over the rooms table. Keys come sorted, so a room's records are
@@ -766,7 +840,7 @@ class LmdbStore(Store):
 
     async def load_global(self) -> dict[str, bytes]:
         await self._caught_up()
-        return await self._in_thread(self._load_global_sync, limiter=self._read_limiter)
+        return await self._in_thread(self._read_sync, self._load_global_sync, limiter=self._read_limiter)
 
     def _load_global_sync(self) -> dict[str, bytes]:
         assert self._env is not None
@@ -779,7 +853,7 @@ class LmdbStore(Store):
             if logged is not None:  # logged, not yet applied: this is what a checkpoint will write
                 await trio.lowlevel.checkpoint()
                 return logged[1]
-        return await self._in_thread(self._get_sync, table, key, limiter=self._read_limiter)
+        return await self._in_thread(self._read_sync, self._get_sync, table, key, limiter=self._read_limiter)
 
     def _get_sync(self, table: str, key: str) -> bytes | None:
         assert self._env is not None
@@ -790,7 +864,7 @@ class LmdbStore(Store):
     async def scan(self, table: str, *, prefix: str = "", after: str | None = None,
                    limit: int = 100) -> list[tuple[str, bytes]]:
         await self._caught_up()
-        return await self._in_thread(self._scan_sync, table, prefix, after, limit, limiter=self._read_limiter)
+        return await self._in_thread(self._read_sync, self._scan_sync, table, prefix, after, limit, limiter=self._read_limiter)
 
     def _scan_sync(self, table: str, prefix: str, after: str | None, limit: int) -> list[tuple[str, bytes]]:
         assert self._env is not None
@@ -814,7 +888,7 @@ class LmdbStore(Store):
 
     async def room_ids(self) -> list[str]:
         await self._caught_up()
-        return await self._in_thread(self._room_ids_sync, limiter=self._read_limiter)
+        return await self._in_thread(self._read_sync, self._room_ids_sync, limiter=self._read_limiter)
 
     def _room_ids_sync(self) -> list[str]:
         assert self._env is not None

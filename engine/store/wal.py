@@ -19,14 +19,22 @@ the seq and the payload. Seqs increase by one per record, across segments and re
 Two segment files, ``log.0`` and ``log.1``. Appends go to the *active* one; a checkpoint switches the
 appends to the other one (from its start) and applies the records of the one it left. Invariant:
 the inactive segment holds only records already applied to LMDB, so overwriting it loses nothing.
+Once they are applied it is *wiped* (:meth:`Log.wipe`: zeros over all of it, synced) before appends
+may return to it, and recovery wipes both: a reused segment holds nothing behind its new chain.
+The trap this answers: an older cycle's bytes behind the new chain include record *payloads*, which
+are user bytes (a chat message, a profile). A value embedding a whole record with the next seq,
+lying exactly where the new chain ends, passes the CRC and the seq checks below, and a crash then
+replays it as a commit nobody made. The seq and CRC rules only hold against stale *records*, not
+against stale bytes read from the middle of one.
 
 Reading a segment back (:func:`read_chain`) takes records from its start while each is whole, its
 CRC holds and its seq is its predecessor's plus one. The traps this answers:
 
 - a torn last record (the process died inside ``pwrite``): its CRC fails, the chain ends before it.
   It was never acknowledged (acknowledgement waits for the fsync after the whole write);
-- a reused segment still holds an older cycle's records past the new ones: their seqs are lower than
-  the new chain's (seqs only grow), so they cannot continue it;
+- a reused segment that still held an older cycle's records past the new ones (a wipe cut short by a
+  crash, or a log written before wipes): their seqs are lower than the new chain's (seqs only grow),
+  so they cannot continue it;
 - a segment grows by writing zeros ahead (:meth:`Log.append`), never by appending: an overwrite of
   written blocks is synced by ``fdatasync`` without a journal commit for the file's size (48 µs of
   kernel time here, 71 µs for an append), and a zero length ends the chain.
@@ -93,6 +101,21 @@ def read_chain(data: bytes | memoryview) -> tuple[list[tuple[int, bytes]], int]:
     return records, offset
 
 
+def _read_all(fd: int, size: int) -> bytes:
+    """The first ``size`` bytes of ``fd``. The trap: one ``pread`` returns at most 2 GiB - 4 KiB on
+    Linux, and a segment grows that far while checkpoints fail; a short read would end the chain
+    early and recovery would silently drop the acknowledged records behind it."""
+    parts = []
+    offset = 0
+    while offset < size:
+        part = os.pread(fd, size - offset, offset)
+        if not part:
+            break
+        parts.append(part)
+        offset += len(part)
+    return b"".join(parts)
+
+
 class Log:
     """The two segment files of one store directory (see the module docstring).
 
@@ -133,7 +156,7 @@ class Log:
         a log that lost a record in the middle must not be replayed around the hole."""
         chains = []
         for fd, size in zip(self._fds, self._sizes):
-            chains.append(read_chain(os.pread(fd, size, 0))[0] if size else [])
+            chains.append(read_chain(_read_all(fd, size))[0] if size else [])
         records = sorted((r for chain in chains for r in chain if r[0] > applied), key=lambda r: r[0])
         expected = applied + 1
         for seq, _payload in records:
@@ -161,6 +184,19 @@ class Log:
             raise OSError(f"short write to the store's log ({written} of {len(record)} bytes)")
         os.fdatasync(fd)
         self.offset = end
+
+    def wipe(self, index: int) -> None:
+        """Overwrite segment ``index`` with zeros and sync it (see the module docstring: no user bytes
+        may lie behind a new chain). Only for a segment whose records are all applied, and never the
+        active one: called from a checkpoint's thread while the writer thread appends to the other
+        segment (separate descriptors; its size is not changed). Raises ``OSError``."""
+        fd, size = self._fds[index], self._sizes[index]
+        zeros = bytes(min(size, _GROW_MAX))
+        offset = 0
+        while offset < size:
+            offset += os.pwrite(fd, zeros[: size - offset], offset)
+        if size:
+            os.fdatasync(fd)
 
     def switch(self) -> None:
         """Send the next appends to the other segment, from its start (a checkpoint begins)."""
