@@ -127,6 +127,10 @@ class Log:
         self._paths = [directory / name for name in SEGMENTS]
         self._fds: list[int] = []
         self._sizes: list[int] = []
+        self._written: list[int] = []
+        """Per segment, the end of what may be non-zero since its last wipe: a wipe zeros only that
+        (a segment keeps its largest size, and a wipe of all of it per checkpoint would write MBs of
+        zeros behind a cycle of a few KB)."""
         self.active = 0
         self.offset = 0
         """Where the next record goes in the active segment."""
@@ -138,6 +142,7 @@ class Log:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 self._fds.append(fd)
                 self._sizes.append(os.fstat(fd).st_size)
+                self._written.append(self._sizes[-1])  # unknown bytes: all of it until a wipe
         except OSError:
             self.close()
             raise
@@ -184,19 +189,22 @@ class Log:
             raise OSError(f"short write to the store's log ({written} of {len(record)} bytes)")
         os.fdatasync(fd)
         self.offset = end
+        if end > self._written[self.active]:
+            self._written[self.active] = end
 
     def wipe(self, index: int) -> None:
         """Overwrite segment ``index`` with zeros and sync it (see the module docstring: no user bytes
         may lie behind a new chain). Only for a segment whose records are all applied, and never the
         active one: called from a checkpoint's thread while the writer thread appends to the other
         segment (separate descriptors; its size is not changed). Raises ``OSError``."""
-        fd, size = self._fds[index], self._sizes[index]
+        fd, size = self._fds[index], self._written[index]
         zeros = bytes(min(size, _GROW_MAX))
         offset = 0
         while offset < size:
             offset += os.pwrite(fd, zeros[: size - offset], offset)
         if size:
             os.fdatasync(fd)
+        self._written[index] = 0
 
     def switch(self) -> None:
         """Send the next appends to the other segment, from its start (a checkpoint begins)."""
