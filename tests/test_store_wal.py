@@ -293,10 +293,10 @@ async def test_a_failed_checkpoint_keeps_its_segment_until_one_succeeds(tmp_path
     failures = [lmdb.Error("injected"), lmdb.Error("injected again")]
     real = store._write_logged
 
-    def flaky(items) -> None:
+    def flaky(items, puts_done=None) -> None:
         if failures:
             raise failures.pop(0)
-        real(items)
+        real(items, puts_done)
 
     store._write_logged = flaky  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:

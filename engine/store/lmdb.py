@@ -12,8 +12,8 @@ turns cost ~360 µs of kernel CPU and 1.7 ms of wall time as an LMDB transaction
 0.2 ms as a log record, and the fsync's wall time is what sets how fast groups follow each other.
 LMDB still holds everything, applied by **checkpoints**: one write transaction (``sync`` on, in a
 thread of its own) applies every record logged since the last one, each dirty page written once per
-checkpoint rather than once per commit. A checkpoint runs once ``checkpoint_bytes`` (4 MiB) were logged
-or at the first commit ``checkpoint_interval`` (1 s) after the last one, and whenever a read needs LMDB to hold every
+checkpoint rather than once per commit. A checkpoint runs once ``checkpoint_bytes`` (2 MiB) were logged
+or at the first commit ``checkpoint_interval`` (0.5 s) after the last one, and whenever a read needs LMDB to hold every
 acknowledged write (a room's load, a scan): reads wait for it, except a table ``get``, answered from
 the records logged since the checkpoint. Opening the store replays the records after LMDB's last
 applied one (crash recovery), and a clean stop applies the rest.
@@ -69,6 +69,10 @@ _SEP = b"\x00"
 
 LOCK_NAME = "roost.lock"
 """The lock file in the store directory: ``flock``-ed by the owning process, which writes its pid in it."""
+
+_PUTS_WAIT = 0.5
+"""At most this long the event loop stands still for a checkpoint's puts (see ``_run_checkpoint``);
+past it the loop goes on and the rest of the puts run contended."""
 
 _APPLIED = b"applied"
 """Key, in LMDB's ``wal`` database, of the seq of the last log record applied (8 bytes, little-endian)."""
@@ -151,8 +155,8 @@ class LmdbStore(Store):
         max_map_size: int = 1 << 40,
         group_commit: bool = True,
         log: bool = True,
-        checkpoint_bytes: int = 4 << 20,
-        checkpoint_interval: float = 1.0,
+        checkpoint_bytes: int = 2 << 20,
+        checkpoint_interval: float = 0.5,
     ) -> None:
         """``group_commit=False`` writes each commit on its own (one fsync each): only for the
         benchmark's baselines. ``log=False`` commits every group straight to LMDB, as before the
@@ -610,16 +614,19 @@ class LmdbStore(Store):
         self._last_checkpoint = time.monotonic()
         self._nursery.start_soon(self._checkpoint, self._seq, self._log.active ^ 1)
 
-    def _checkpoint_sync(self, limit: int, left: int) -> None:
+    def _checkpoint_sync(self, limit: int, left: int, puts_done: threading.Event) -> None:
         """In the checkpoint's thread: apply up to ``limit``, then wipe segment ``left`` (all of its
         records are then applied) before a switch may send appends back to it (wal.py)."""
-        self._apply_upto(limit)
+        try:
+            self._apply_upto(limit, puts_done)
+        finally:
+            puts_done.set()
         assert self._log is not None
         self._log.wipe(left)
 
     async def _checkpoint(self, limit: int, left: int) -> None:
         try:
-            await self._in_thread(self._checkpoint_sync, limit, left, limiter=self._apply_limiter)
+            await self._run_checkpoint(limit, left)
         except Exception as exc:  # retried at the next one; reads waiting for it fail meanwhile
             log.exception("store checkpoint failed (the log keeps the writes)")
             self._apply_error = exc
@@ -638,9 +645,51 @@ class LmdbStore(Store):
         if self._checkpoint_wanted and not self._appending:
             self._start_checkpoint()
 
-    def _apply_upto(self, limit: int) -> None:
+    async def _run_checkpoint(self, limit: int, left: int) -> None:
+        """Run the checkpoint's transaction in a thread, and hold the event loop still (blocked on a
+        ``threading.Event``, so without the GIL) until its puts are in, then await its commit.
+
+        The trap (measured, stack-limits §A.3's GIL convoy): py-lmdb releases the GIL around every
+        single put, even inside one ``putmulti``, and takes it back after; while the event loop is
+        busy each retake waits for the loop to give the GIL up (up to a switch interval, 5 ms), and
+        each one interrupts the loop. 50 k puts took 37 s that way against a busy thread, with 16 ms
+        gaps in it; alone they take ~50 ms. A checkpoint of 0.5 s of a busy engine's writes is a
+        few thousand puts: a few ms during which the loop stands still (bounded by ``_PUTS_WAIT``),
+        against seconds of contention and a backlog that would grow. The commit's fsync runs with
+        the loop going on (the GIL is released for it).
+        """
+        if self._env is None:
+            raise RuntimeError("the store is not running")
+        puts_done = threading.Event()
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+        ended: list[Any] = []
+
+        def deliver(result: Any) -> None:  # in the thread, when the checkpoint is done
+            ended.append(result)
+            token.run_sync_soon(trio.lowlevel.reschedule, task)
+
+        self._threads += 1
+        self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
+        try:
+            trio.lowlevel.start_thread_soon(lambda: self._checkpoint_sync(limit, left, puts_done), deliver,
+                                            name="roost store checkpoint")
+            puts_done.wait(_PUTS_WAIT)
+            # Not cancellable (Abort.FAILED): LMDB must never be closed under the thread.
+            await trio.lowlevel.wait_task_rescheduled(lambda _raise_cancel: trio.lowlevel.Abort.FAILED)
+            try:
+                ended[0].unwrap()
+            except lmdb.Error as exc:
+                raise StoreFailed(f"cannot write the store in {self.path}: {_lmdb_reason(exc)}") from None
+        finally:
+            self._threads -= 1
+            if not self._threads:
+                self._threads_done.set()
+
+    def _apply_upto(self, limit: int, puts_done: threading.Event | None = None) -> None:
         """Apply the logged groups up to seq ``limit`` to LMDB in one transaction (any thread; under
-        ``_apply_lock``, so two callers apply in seq order and never twice)."""
+        ``_apply_lock``, so two callers apply in seq order and never twice). ``puts_done`` is set
+        once the transaction's puts are in (before its commit)."""
         with self._apply_lock:
             pending = self._unapplied
             count = 0
@@ -649,11 +698,11 @@ class LmdbStore(Store):
             if not count:
                 return
             items = pending[:count]
-            self._write_logged(items)
+            self._write_logged(items, puts_done)
             del pending[:count]  # one operation: the loop may append meanwhile, never delete
             self._applied = items[-1][0]
 
-    def _write_logged(self, items: list[_Logged]) -> None:
+    def _write_logged(self, items: list[_Logged], puts_done: threading.Event | None = None) -> None:
         """One transaction for a checkpoint's groups, merged first (:func:`_merge_logged`): one
         ``putmulti`` per database instead of one per group and database. The trap: every py-lmdb
         call releases the GIL and must take it back, and while the event loop is busy each retake
@@ -667,6 +716,8 @@ class LmdbStore(Store):
                 with self._env.begin(write=True) as txn:
                     self._apply_plan(txn, disposed, plan)
                     txn.put(_APPLIED, last, db=self._wal_db)
+                    if puts_done is not None:
+                        puts_done.set()  # the loop goes on while the commit syncs
                 return
             except lmdb.MapFullError:  # the transaction was aborted: nothing of it is written
                 self._grow()
