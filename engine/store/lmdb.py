@@ -213,7 +213,6 @@ class LmdbStore(Store):
         """Every record of the inactive segment is applied: a switch may overwrite it."""
         self._checkpoint_wanted = False
         self._apply_lock = threading.Lock()
-        self._apply_limiter = trio.CapacityLimiter(1)
         self._applied_event = trio.Event()
         """Set (and replaced) whenever a checkpoint ends, well or not."""
         self._apply_error: BaseException | None = None
