@@ -12,7 +12,7 @@ turns cost ~360 µs of kernel CPU and 1.7 ms of wall time as an LMDB transaction
 0.2 ms as a log record, and the fsync's wall time is what sets how fast groups follow each other.
 LMDB still holds everything, applied by **checkpoints**: one write transaction (``sync`` on, in a
 thread of its own) applies every record logged since the last one, each dirty page written once per
-checkpoint rather than once per commit. A checkpoint runs once ``checkpoint_bytes`` (2 MiB) were logged
+checkpoint rather than once per commit. A checkpoint runs once ``checkpoint_bytes`` (512 KiB) were logged
 or at the first commit ``checkpoint_interval`` (0.5 s) after the last one, and whenever a read needs LMDB to hold every
 acknowledged write (a room's load, a scan): reads wait for it, except a table ``get``, answered from
 the records logged since the checkpoint. Opening the store replays the records after LMDB's last
@@ -155,14 +155,18 @@ class LmdbStore(Store):
         max_map_size: int = 1 << 40,
         group_commit: bool = True,
         log: bool = True,
-        checkpoint_bytes: int = 2 << 20,
+        checkpoint_bytes: int = 512 << 10,
         checkpoint_interval: float = 0.5,
     ) -> None:
         """``group_commit=False`` writes each commit on its own (one fsync each): only for the
         benchmark's baselines. ``log=False`` commits every group straight to LMDB, as before the
         log (its two fsyncs and scattered pages per group): also only for benchmarks. A checkpoint
         applies the log to LMDB once ``checkpoint_bytes`` were logged since the last one, or
-        at the first commit ``checkpoint_interval`` seconds after it, or when a read needs it."""
+        at the first commit ``checkpoint_interval`` seconds after it, or when a read needs it. The size
+        bounds what one checkpoint's transaction holds in memory (LMDB copies every page it dirties
+        into malloc'd memory until the commit, and the process keeps that peak): measured with
+        ``bench memory`` (10 k rooms created), 2 MiB gave 4.2-4.5 KB per idle room, 512 KiB 3.8,
+        256 KiB 3.6 (target 4); at 200x1@30, 256 KiB's several checkpoints a second cost CPU and p50."""
         self.path = Path(path)
         self._group_commit = group_commit
         self._map_size = map_size
@@ -200,8 +204,11 @@ class LmdbStore(Store):
         """The seq of the last record logged (durable)."""
         self._applied = 0
         """The seq of the last record applied to LMDB (``wal/applied`` there)."""
-        self._unapplied: list[_Logged] = []
-        """Logged groups not yet applied, in seq order. The loop appends; a checkpoint thread applies
+        self._unapplied: list[tuple[int, bytes]] = []
+        """Logged groups not yet applied, in seq order, as their packed payloads: one bytes object
+        a group, where its plan was hundreds of tuples and bytes objects the collector tracks (and
+        whose peak stays in the process's RSS: measured +2 KB per room created in ``bench memory``).
+        The checkpoint decodes them. The loop appends; a checkpoint thread applies
         a prefix and deletes it (``_apply_upto``, under ``_apply_lock``): both single list operations."""
         self._logged_bytes = 0
         """Bytes logged to the active segment since the last checkpoint began."""
@@ -281,7 +288,9 @@ class LmdbStore(Store):
         wal.open()
         records = wal.recover(applied)
         if records:
-            self._unapplied = [self._decode_replayed(seq, payload) for seq, payload in records]
+            for seq, payload in records:
+                self._decode_replayed(seq, payload)  # every record checked before any is applied
+            self._unapplied = list(records)
             self._apply_upto(records[-1][0])
         # Appends restart at log.0's start: neither segment may keep bytes behind the new chain (wal.py)
         wal.wipe(0)
@@ -560,7 +569,8 @@ class LmdbStore(Store):
         if self._checkpoint_wanted or self._checkpoint_due():
             self._start_checkpoint()  # no record is being written: the one leader is here
         seq = self._seq + 1
-        record = encode_record(seq, _pack_logged(disposed, plan))
+        payload = _pack_logged(disposed, plan)
+        record = encode_record(seq, payload)
         self._appending = True
         try:
             await self._hop(log_.append, record)
@@ -574,7 +584,7 @@ class LmdbStore(Store):
         finally:
             self._appending = False
         self._seq = seq
-        self._unapplied.append((seq, disposed, plan))
+        self._unapplied.append((seq, payload))
         self._logged_bytes += len(record)
         tables = self._tables_logged
         for name, deletes, puts in plan:
@@ -696,7 +706,7 @@ class LmdbStore(Store):
                 count += 1
             if not count:
                 return
-            items = pending[:count]
+            items = [_decode_logged(seq, payload) for seq, payload in pending[:count]]
             self._write_logged(items, puts_done)
             del pending[:count]  # one operation: the loop may append meanwhile, never delete
             self._applied = items[-1][0]
