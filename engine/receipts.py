@@ -17,10 +17,25 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Collection, Iterable, Mapping
+from typing import Protocol, TypeVar
 
-from roost.protocol.frames import ChatMessage, MessageStatus
+from roost.protocol.frames import MessageStatus
 
 __all__ = ["Census", "DeliveryCursors", "by_author"]
+
+
+class _Message(Protocol):
+    """What a status needs of a message: a ``ChatMessage``, or the log's ``MessageHead``."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def deleted(self) -> bool: ...
+
+
+M = TypeVar("M", bound=_Message)
 
 
 class DeliveryCursors:
@@ -99,7 +114,7 @@ class Census:
         self._read = sorted(self._read_of.values())
         self._delivered = sorted(self._delivered_of.values())
 
-    def status(self, message: ChatMessage) -> MessageStatus:
+    def status(self, message: _Message) -> MessageStatus:
         """The message's counts over the members other than its author."""
         n, author = message.n, message.user
         delivered = len(self._delivered) - bisect.bisect_left(self._delivered, n)
@@ -111,7 +126,7 @@ class Census:
             read -= self._read_of[author] >= n
         return MessageStatus(n=n, delivered=delivered, read=read, of=of)
 
-    def users(self, message: ChatMessage, *, read: bool, after: str | None, limit: int) -> tuple[list[str], str | None]:
+    def users(self, message: _Message, *, read: bool, after: str | None, limit: int) -> tuple[list[str], str | None]:
         """One page of the other members that have ``message`` delivered (or read), by user id
         ascending after ``after``; the cursor for the next page, or None at the end."""
         cursors = self._read_of if read else self._delivered_of
@@ -121,12 +136,12 @@ class Census:
         return page, (page[-1] if len(chosen) > limit else None)
 
 
-def by_author(messages: Iterable[ChatMessage], authors: Collection[str], limit: int) -> dict[str, list[ChatMessage]]:
+def by_author(messages: Iterable[M], authors: Collection[str], limit: int) -> dict[str, list[M]]:
     """The newest ``limit`` non-deleted messages per author among ``authors``, oldest first.
 
     ``messages`` comes newest first; the walk stops early once every author has its page.
     """
-    out: dict[str, list[ChatMessage]] = {}
+    out: dict[str, list[M]] = {}
     full = 0
     for message in messages:
         if message.deleted or message.user not in authors:

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import msgpack
 import trio
 
 from roost.protocol.codec import SERVER_LIMITS, dump_record, encode
@@ -37,7 +36,6 @@ from roost.protocol.frames import (
     ChatEdit,
     ChatEdited,
     ChatEvent,
-    ChatMessage,
     ChatSend,
     ChatStatus,
     ChatStatusPage,
@@ -85,6 +83,7 @@ from .errors import RoomError
 from .logic import Notifier, RoomContext, RoomLogic
 from .metrics import RoomStats
 from .outbox import ws_frame, ws_head
+from .packing import packb as _packb
 from .peer import Peer
 from .receipts import Census, by_author
 from .state import RoomState
@@ -956,17 +955,14 @@ class RoomActor:
             state.presence.set_typing(user, False, now, 0)
             self._diff(update=[user])
         ts = self.now_ms()
-        message, dup = state.chat.send(user=user, name=peer.name, cid=frame.cid, text=frame.text,
-                                       meta=frame.meta, ts=ts)
-        if not dup:
-            packed_ts = self._emit_chat(message.n, _packb(_message_map(message)), user, ts)
-        else:
-            packed_ts = _packb(message.ts)  # the original's
+        n, ts, record, dup = state.chat.send(user=user, name=peer.name, cid=frame.cid, text=frame.text,
+                                             meta=frame.meta, ts=ts)
+        packed_ts = self._emit_chat(n, record, user, ts) if not dup else _packb(ts)  # a repeat: the original's
         # ``ok`` with a ChatAck, {"t": "ok", "id": frame.id, "result": {"id", "n", "ts", "dup"}}, packed
         # from its parts: the keys are constant, three values are packed (ts already was, for the
         # event), the bytes encode(Ok(...)) makes (tests pin them); a nested dict pack cost ~3 k more.
-        payload = b"".join((b"\x83\xa1t\xa2ok\xa2id", _packb(frame.id), b"\xa6result\x84\xa2id", _packb(message.id),
-                            b"\xa1n", _packb(message.n), b"\xa2ts", packed_ts, b"\xa3dup\xc3" if dup else b"\xa3dup\xc2"))
+        payload = b"".join((b"\x83\xa1t\xa2ok\xa2id", _packb(frame.id), b"\xa6result\x84\xa2id", _packb(f"m{n}"),
+                            b"\xa1n", _packb(n), b"\xa2ts", packed_ts, b"\xa3dup\xc3" if dup else b"\xa3dup\xc2"))
         self._entries.append((peer, ws_frame(payload)))
 
     def _emit_chat(self, n: int, record: bytes, author: str, ts: int) -> bytes:
@@ -1071,14 +1067,14 @@ class RoomActor:
         state.flush_delivered = True
         chat = state.chat
         changed = chat.delivered.take_changed()
-        if changed is None or not chat.messages:
+        first = chat.first_n
+        if changed is None or first is None:
             return
         sessions: dict[str, list[Peer]] = {}
         for peer in self.runtime.peers.values():
             sessions.setdefault(peer.user, []).append(peer)
-        lo, hi = max(changed[0], chat.messages[0].n), min(changed[1], chat.last_n)
-        newest_first = (m for m in (chat.get(n) for n in range(hi, lo - 1, -1)) if m is not None)
-        pages = by_author(newest_first, sessions.keys(), RECEIPTS_MAX)
+        pages = by_author(chat.heads(min(changed[1], chat.last_n), max(changed[0], first)), sessions.keys(),
+                          RECEIPTS_MAX)
         if not pages:
             return
         census = Census(state.presence.members.keys(), chat.read, chat.delivered)
@@ -1221,8 +1217,8 @@ class RoomActor:
         if self.runtime.peers.get(peer.sid) is peer:
             self._detach(peer)  # already attached: this turn's earlier events must not reach it twice
         missed = state.seq - frame.seq
-        held = state.replay[0][0] if state.replay else state.seq + 1
-        replay = [data for seq, data in state.replay if seq > frame.seq] if missed > 0 else []
+        held = state.replay.first if state.replay else state.seq + 1
+        replay = state.replay.after(frame.seq) if missed > 0 else []
         if frame.epoch == state.epoch and 0 <= missed and frame.seq + 1 >= held and self._fits_outbox(replay):
             self._ok(peer, frame.id, dump_record(ResumeResult(replayed=len(replay))))
             self._entries.extend((peer, data) for data in replay)
@@ -1452,29 +1448,6 @@ class RoomActor:
 def empty_ttl(config: Config, shared: bool) -> float:
     """How long a room may stay empty: ``room_ttl``, or ``solo_room_ttl`` if it was never shared."""
     return config.room_ttl if shared else min(config.solo_room_ttl, config.room_ttl)
-
-
-_packer = msgpack.Packer(use_bin_type=True)
-"""Reused (``autoreset``: each ``pack`` returns its own bytes, and a failed one resets it): ``msgpack.packb``
-builds a Packer per call, three times per chat message. The loop thread's only: not thread-safe."""
-
-
-def _packb(value: Any) -> bytes:
-    return _packer.pack(value)
-
-
-def _message_map(m: ChatMessage) -> dict[str, Any]:
-    """``m.plain_fields()`` written out (fields in declaration order, None left out): the record
-    of a message the room built from validated values (a test pins it against the schema)."""
-    out: dict[str, Any] = {"id": m.id, "n": m.n, "user": m.user, "name": m.name, "text": m.text, "ts": m.ts}
-    if m.cid is not None:
-        out["cid"] = m.cid
-    if m.edited is not None:
-        out["edited"] = m.edited
-    out["deleted"] = m.deleted
-    if m.meta is not None:
-        out["meta"] = m.meta
-    return out
 
 
 class _LogicResultError(RuntimeError):

@@ -8,21 +8,19 @@ writes only what it changed: a chat message is one small put, not a snapshot of 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 from typing import Any
 
-import msgpack
-
-from roost.protocol.codec import dump_record
-from roost.protocol.frames import ChatMessage, InactivePolicy, Phase, RoomInfo, RoomSnapshot
+from roost.protocol.frames import InactivePolicy, Phase, RoomInfo, RoomSnapshot
 
 from .chat import ChatLog
+from .packing import packb as _pack
+from .packing import unpackb as _unpack
 from .presence import Presence
 from .store import Write
 
-__all__ = ["RoomOptions", "RoomState", "membership_key", "user_key"]
+__all__ = ["Replay", "RoomOptions", "RoomState", "membership_key", "user_key"]
 
 _CHAT_PREFIX = "chat:"
 _MEMBER_PREFIX = "member:"
@@ -35,21 +33,9 @@ _MEMBERSHIP = b"\xc0"
 room's code from the live room, so a join packs nothing more for the index."""
 
 
-_packer = msgpack.Packer(use_bin_type=True)
-"""Reused (``autoreset``: each ``pack`` returns its own bytes); the loop thread's only: not thread-safe."""
-
-
-def _pack(value: Any) -> bytes:
-    return _packer.pack(value)
-
-
 _write = tuple.__new__
 """``_write(Write, (room, key, value, table))`` builds a Write without the Python frame of the named
 tuple's generated ``__new__`` (a chat turn makes five: measured ~0.2 µs each); every field given."""
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False)
 
 
 def chat_key(n: int) -> str:
@@ -93,6 +79,44 @@ class RoomOptions:
     inactive: InactivePolicy = InactivePolicy.NONE
 
 
+class Replay:
+    """The room's last ``limit`` events as sent (framed bytes), numbered ``first`` to ``first + len - 1``.
+
+    A dict keyed by seq, not a deque of ``(seq, bytes)`` tuples, for the reason ``ChatLog`` gives
+    (engine/chat.py): a deque is traversed item by item by every full collection (1 000 events per
+    room by default), a dict of numbers and bytes is untracked by the first one that sees it.
+    Numbers are consecutive (every event takes the next seq); an event that does not follow (only a
+    damaged store could give one) starts the buffer anew, so what it holds is always a gap-free run.
+    """
+
+    __slots__ = ("_events", "first", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._events: dict[int, bytes] = {}
+        self.first = 1
+        """The oldest seq held (meaningless while empty)."""
+        self.limit = limit
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def append(self, seq: int, data: bytes) -> None:
+        events = self._events
+        if events and seq != self.first + len(events):
+            events.clear()
+        if not events:
+            self.first = seq
+        events[seq] = data
+        if len(events) > self.limit:
+            del events[self.first]
+            self.first += 1
+
+    def after(self, seq: int) -> list[bytes]:
+        """The events held with a seq above ``seq``, oldest first."""
+        events, first = self._events, self.first
+        return [events[s] for s in range(max(seq + 1, first), first + len(events))]
+
+
 class RoomState:
     """One room's state. Attributes are public for the actor; mutations mark their section dirty."""
 
@@ -118,7 +142,7 @@ class RoomState:
         must not keep a room per request alive for an hour. Stored with the counters."""
         self.presence = Presence()
         self.chat = ChatLog(history_limit)
-        self.replay: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=replay_limit)
+        self.replay = Replay(replay_limit)
         """The last events as sent (framed bytes), by seq: what a resuming client is replayed. It is
         stored with the turn that emitted it, so resume works across crashes and restarts."""
         self._dirty: set[str] = {"meta", "host", "game", "counters"}
@@ -143,10 +167,9 @@ class RoomState:
         """Mark sections (``meta``, ``host``, ``game``, ``counters``) as changed."""
         self._dirty.update(sections)
 
-    def touch_chat(self, n: int, record: bytes | None = None) -> None:
-        """Mark chat message ``n`` as new or changed; ``record`` is its record as packed already
-        (``_pack(dump_record(message))``, byte for byte), stored as is instead of re-dumped."""
-        self._dirty_chat[n] = record
+    def touch_chat(self, n: int) -> None:
+        """Mark chat message ``n`` as changed (edited, deleted): its record is read from the log."""
+        self._dirty_chat[n] = None
 
     def touch_member(self, user: str) -> None:
         """Mark a member's durable record (name, join order, custom data) as new, changed or gone."""
@@ -170,13 +193,12 @@ class RoomState:
         self._dirty.add("counters")
         self._dirty_chat[n] = record
         self._dirty_reads.add(user)
-        item = (seq, event)
-        self.replay.append(item)
-        self._new_events.append(item)
+        self.replay.append(seq, event)
+        self._new_events.append((seq, event))
 
     def record_event(self, seq: int, data: bytes) -> None:
         """Keep an emitted event for resume (in memory now, in the store with this turn)."""
-        self.replay.append((seq, data))
+        self.replay.append(seq, data)
         self._new_events.append((seq, data))
 
     @property
@@ -208,9 +230,9 @@ class RoomState:
                 if record is not None and n == log.last_n:  # just sent: in the log (it is the newest)
                     add(_write(Write, (room, _CHAT_PREFIX + n.to_bytes(8, "big").hex(), record, None)))
                     continue
-                message = log.get(n)
-                if message is not None:
-                    add(Write(room, chat_key(n), record if record is not None else _pack(dump_record(message))))
+                record = log.record(n)  # edited or deleted: the log holds it packed
+                if record is not None:
+                    add(Write(room, chat_key(n), record))
             chat.clear()
         if self._dirty_members:
             members = self._dirty_members
@@ -229,7 +251,7 @@ class RoomState:
                 add(Write(room, _DELIVERED_PREFIX + user, _pack(n)))
         self.flush_delivered = False
         if self._new_events:
-            limit = self.replay.maxlen or 0
+            limit = self.replay.limit
             for seq, data in self._new_events:
                 add(_write(Write, (room, _EVENT_PREFIX + seq.to_bytes(8, "big").hex(), data, None)))  # event_key
                 if seq > limit:  # fell out of the buffer
@@ -306,16 +328,15 @@ class RoomState:
         state.epoch, state.seq = counters["epoch"], counters["seq"]
         state.empty_since = counters.get("empty_since")
         state.shared = bool(counters.get("shared", True))  # rooms stored before the flag existed keep room_ttl
-        # Stored messages were validated when they were written: rebuild them without re-checking
-        # (a third of the cost of a restart otherwise).
+        # Stored messages were validated when they were written: the log keeps their records as
+        # they are, without re-checking (a third of the cost of a restart otherwise).
         messages.sort()
-        state.chat.restore([ChatMessage(**_unpack(value)) for _key, value in messages], read, counters["chat_n"],
-                           delivered)
+        state.chat.restore([value for _key, value in messages], read, counters["chat_n"], delivered)
         events.sort()
-        state.replay.extend(
-            (seq, data) for seq, data in ((int(key[len(_EVENT_PREFIX) :], 16), value) for key, value in events)
-            if seq <= state.seq
-        )
+        replay = state.replay
+        for seq, data in ((int(key[len(_EVENT_PREFIX) :], 16), value) for key, value in events):
+            if seq <= state.seq:
+                replay.append(seq, data)
         state._dirty.clear()
         return state
 

@@ -159,11 +159,21 @@ async def test_a_chat_turn_packs_its_frames_and_record_straight_and_byte_for_byt
     {"edited": 7},
 ])
 def test_the_rooms_packed_message_record_is_the_schemas(fields) -> None:
+    """The chat log packs records itself (``pack_message``) and decodes them back (``_message``):
+    the bytes are the schema's ``dump_record`` packed, and the decoded message is the one it was."""
+    import msgpack
+
+    from roost.chat import _message, pack_message
+    from roost.protocol.codec import dump_record
     from roost.protocol.frames import ChatMessage
-    from roost.room import _message_map
 
     message = ChatMessage(id="m3", n=3, user="ann", name="Ann", text="hi", ts=1, **fields)
-    assert list(_message_map(message).items()) == list(message.plain_fields().items())
+    m = message
+    record = pack_message(m.id, m.n, m.user, m.name, m.text, m.ts, m.cid, m.edited, m.deleted, m.meta)
+    assert record == msgpack.packb(dump_record(message), use_bin_type=True)
+    assert list(msgpack.unpackb(record).items()) == list(message.plain_fields().items())
+    decoded = _message(record)
+    assert type(decoded) is ChatMessage and decoded == message and repr(decoded) == repr(message)
 
 
 def test_the_store_keys_are_the_fixed_width_hex_keys() -> None:

@@ -121,10 +121,16 @@ async def test_writes_after_a_checkpoint_began_are_in_the_next(nursery: trio.Nur
     """Checkpoints every few bytes while rooms keep committing: the segments are switched and
     reused over and over, and what LMDB ends with is every write in order."""
     store = LmdbStore(tmp_path / "db", checkpoint_bytes=300)
+    made = [0] * 5
 
     async def room(r: int) -> None:
-        for i in range(30):
-            await store.commit([Write(f"r{r}", "last", f"{i}".encode()), Write(f"r{r}", f"k{i}", b"v" * (i * 7))])
+        # At least 30 commits, and on until five checkpoints have run (a checkpoint starts only once
+        # the one before it is done: on a loaded machine 30 commits may see fewer), 300 at most.
+        i = 0
+        while i < 30 or (store.checkpoints < 5 and i < 300):
+            await store.commit([Write(f"r{r}", "last", f"{i}".encode()), Write(f"r{r}", f"k{i}", b"v" * (i % 50 * 7))])
+            i += 1
+        made[r] = i
 
     await nursery.start(store.run)
     async with trio.open_nursery() as rooms:
@@ -132,7 +138,8 @@ async def test_writes_after_a_checkpoint_began_are_in_the_next(nursery: trio.Nur
             rooms.start_soon(room, r)
     assert store.checkpoints >= 5
     rooms_now = await store.load_all_rooms()
-    assert rooms_now == {f"r{r}": {"last": b"29", **{f"k{i}": b"v" * (i * 7) for i in range(30)}} for r in range(5)}
+    assert rooms_now == {f"r{r}": {"last": f"{made[r] - 1}".encode(), **{f"k{i}": b"v" * (i % 50 * 7) for i in range(made[r])}}
+                         for r in range(5)}
 
 
 def _crash_image(store: LmdbStore, into: Path, torn: bytes) -> None:
