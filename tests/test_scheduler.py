@@ -54,7 +54,7 @@ class GatedStore(MemoryStore):
         self.began: list[float] = []
         """When each commit began (Trio clock)."""
 
-    def commit_now(self, batch: Sequence[Write]) -> bool:
+    def commit_now(self, batch: Sequence[Write], *, busy: bool = False) -> bool:
         return False
 
     async def commit(self, batch: Sequence[Write]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -169,12 +170,19 @@ async def test_a_crash_at_any_moment_keeps_exactly_what_was_acknowledged(
     tmp_path: Path, ops: list[tuple[str, int, int, int]], checkpoint_bytes: int, crash_at: set[int], torn: bytes,
     data: st.DataObject,
 ) -> None:
-    """Random commits, deletions, disposals and table writes, checkpoints every few bytes or never;
-    at random moments the process "dies" (its files copied as they stand, with a torn record
-    behind the last whole one). Each image opens to exactly the writes acknowledged before it: the
-    log replays what the checkpoints had not applied yet, nothing is lost, nothing doubled."""
+    """Random commits, deletions, disposals and table writes, each through the writer thread or
+    inline on the loop (``commit_now``), checkpoints every few bytes or never; at random moments the
+    process "dies" (its files copied as they stand, with a torn record behind the last whole one).
+    Each image opens to exactly the writes acknowledged before it: the log replays what the
+    checkpoints had not applied yet, nothing is lost, nothing doubled."""
     base = tmp_path / f"case-{len(os.listdir(tmp_path))}"
     store = LmdbStore(base / "db", checkpoint_bytes=checkpoint_bytes)
+    inline = data.draw(st.lists(st.booleans(), min_size=len(ops), max_size=len(ops)))
+
+    async def commit(index: int, batch: list[Write]) -> None:
+        if not (inline[index] and store.commit_now(batch)):
+            await store.commit(batch)
+
     rooms: dict[str, dict[str, bytes]] = {}
     users: dict[str, bytes] = {}
     images: list[tuple[Path, dict[str, dict[str, bytes]], dict[str, bytes]]] = []
@@ -184,10 +192,10 @@ async def test_a_crash_at_any_moment_keeps_exactly_what_was_acknowledged(
             room, key = f"r{r}", f"k{k}"
             if kind == "put":
                 value = f"{index}:".encode() + b"v" * size
-                await store.commit([Write(room, key, value), Write(room, "n", str(index).encode())])
+                await commit(index, [Write(room, key, value), Write(room, "n", str(index).encode())])
                 rooms.setdefault(room, {}).update({key: value, "n": str(index).encode()})
             elif kind == "delete":
-                await store.commit([Write(room, key, None)])
+                await commit(index, [Write(room, key, None)])
                 if room in rooms:
                     rooms[room].pop(key, None)
                     if not rooms[room]:
@@ -197,7 +205,7 @@ async def test_a_crash_at_any_moment_keeps_exactly_what_was_acknowledged(
                 rooms.pop(room, None)
             else:
                 value = b"u" * size
-                await store.commit([Write(None, key, value, table="users")])
+                await commit(index, [Write(None, key, value, table="users")])
                 users[key] = value
             if index in crash_at:
                 while store._applying:  # a copy is taken between writes (the kernel's view is atomic per write)
@@ -206,6 +214,7 @@ async def test_a_crash_at_any_moment_keeps_exactly_what_was_acknowledged(
                 _crash_image(store, image, torn)
                 images.append((image, {room: dict(keys) for room, keys in rooms.items()}, dict(users)))
         nursery.cancel_scope.cancel()
+    assert store.inline_commits <= sum(inline)
     for image, expected_rooms, expected_users in images:
         reopened = LmdbStore(image)
         async with trio.open_nursery() as nursery:
@@ -223,10 +232,13 @@ async def test_a_crash_at_any_moment_keeps_exactly_what_was_acknowledged(
         final.close()
 
 
-async def test_a_failed_log_write_stops_the_store_and_a_restart_keeps_what_was_acknowledged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [False, True])
+async def test_a_failed_log_write_stops_the_store_and_a_restart_keeps_what_was_acknowledged(
+    tmp_path: Path, inline: bool
+) -> None:
     """After a failed write or fsync of the log nothing is known of what reached the disk (and a
     retried fsync may lie): that group fails, every later commit fails too, and a restart replays
-    every group acknowledged before it."""
+    every group acknowledged before it. Through the writer thread and inline alike."""
     async with trio.open_nursery() as nursery:
         store = LmdbStore(tmp_path / "db", checkpoint_interval=3600)
         await nursery.start(store.run)
@@ -239,8 +251,11 @@ async def test_a_failed_log_write_stops_the_store_and_a_restart_keeps_what_was_a
 
         store._log.append = failing  # type: ignore[method-assign]
         with pytest.raises(StoreFailed, match=r"^cannot write the store's log in .*: Input/output error$"):
-            await store.commit([Write("r1", "b", b"2")])
+            if not (inline and store.commit_now([Write("r1", "b", b"2")])):
+                await store.commit([Write("r1", "b", b"2")])
         store._log.append = real  # type: ignore[method-assign]  # the disk is back: the store still refuses
+        with pytest.raises(StoreFailed):
+            store.commit_now([Write("r1", "c", b"3")]) or await store.commit([Write("r1", "c", b"3")])
         with pytest.raises(StoreFailed):
             await store.commit([Write("r1", "c", b"3")])
         nursery.cancel_scope.cancel()
@@ -344,3 +359,44 @@ async def test_a_second_claimant_never_touches_the_log(nursery: trio.Nursery, tm
     assert [(tmp_path / "db" / name).read_bytes() for name in ("log.0", "log.1")] == before
     await first.commit([Write("r", "b", b"2")])
     assert await first.load_room("r") == {"a": b"1", "b": b"2"}
+
+
+async def test_a_commit_is_written_inline_only_while_nothing_else_is_and_syncs_are_quick(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``commit_now`` writes the record on the loop's thread when no group is under way and the
+    log's recent appends were quick; a slow sync (in either path) sends commits through the writer
+    thread until its estimate decays, and so does a record that would grow the segment."""
+    store = LmdbStore(tmp_path / "db", checkpoint_interval=3600)
+    await nursery.start(store.run)
+    assert not store.commit_now([Write("r0", "a", b"0")])  # a new segment has no room yet: it grows first,
+    await store.commit([Write("r0", "a", b"0")])  # through the thread (MBs of zeros)
+    assert store.commit_now([Write("r1", "a", b"1")]) and store.inline_commits == 1
+    assert await store.load_room("r1") == {"a": b"1"}
+    with pytest.raises(KeyError):
+        store.commit_now([Write(None, "k", b"v", table="nope")])
+    assert not store.commit_now([])
+
+    # a group under way: the next commit queues behind it
+    async with trio.open_nursery() as inner:
+        inner.start_soon(store.commit, [Write("r1", "b", b"2")])
+        await trio.testing.wait_all_tasks_blocked()
+        assert store._leading and not store.commit_now([Write("r1", "c", b"3")])
+    # a slow sync: through the thread until the estimate has decayed under the bound
+    store._sync_estimate = 0.005
+    assert not store.commit_now([Write("r1", "d", b"4")])
+    for _ in range(200):
+        await store.commit([Write("r1", "e", b"5")])
+        if store.commit_now([Write("r1", "f", b"6")]):
+            break
+    else:
+        raise AssertionError("the estimate never decayed")
+    # a record that would grow the segment
+    assert store._log is not None
+    before = store.inline_commits
+    assert not store.commit_now([Write("r1", "big", b"x" * (store._log._sizes[store._log.active] + 1))])
+    assert store.inline_commits == before
+    assert await store.load_room("r1") == {"a": b"1", "b": b"2", "e": b"5", "f": b"6"}
+    never = LmdbStore(tmp_path / "never", inline_sync_max=0)
+    await nursery.start(never.run)
+    assert not never.commit_now([Write("r1", "a", b"1")])

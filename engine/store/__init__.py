@@ -71,11 +71,14 @@ class Store(abc.ABC):
     async def commit(self, batch: Sequence[Write]) -> None:
         """Apply all writes atomically; return once they are durable."""
 
-    def commit_now(self, batch: Sequence[Write]) -> bool:
-        """Apply ``batch`` at once if this store can do so without waiting (it is then as durable as
-        this store makes anything); return False to make the caller ``await commit(batch)``.
+    def commit_now(self, batch: Sequence[Write], *, busy: bool = False) -> bool:
+        """Apply ``batch`` at once if this store can do so without waiting long (it is then as
+        durable as this store makes anything); return False to make the caller ``await commit(batch)``.
 
         Room actors commit once per turn; for an in-memory store this spares a scheduler pass per turn.
+        ``busy``: the batch carries the turns of several rooms (the engine is under load). A store
+        whose commit now would hold the event loop through a sync then declines, so the loop goes on
+        while the sync runs elsewhere and the next batch gathers meanwhile (engine/scheduler.py).
         """
         return False
 

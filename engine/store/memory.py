@@ -29,7 +29,7 @@ class MemoryStore(Store):
         self.commit_now(batch)
         await trio.lowlevel.checkpoint()
 
-    def commit_now(self, batch: Sequence[Write]) -> bool:
+    def commit_now(self, batch: Sequence[Write], *, busy: bool = False) -> bool:
         for write in batch:
             if write.table is not None and write.table not in self._tables:
                 raise KeyError(write.table)  # before any write: a batch is all or nothing

@@ -174,6 +174,10 @@ class Log:
         self.active, self.offset = 0, 0
         return records
 
+    def fits(self, size: int) -> bool:
+        """Whether a record of ``size`` bytes fits the active segment without growing it."""
+        return self.offset + size <= self._sizes[self.active]
+
     def append(self, record: bytes) -> None:
         """Write ``record`` after the last one and make it durable (``fdatasync``). Raises ``OSError``;
         then nothing is known of the record, and the offset stays: the store stops writing."""
