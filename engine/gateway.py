@@ -143,7 +143,7 @@ class Gateway:
             self._nursery = nursery
             self._started = trio.current_time()
             if self.use_reader:
-                self.reader = Reader(self, nursery)
+                self.reader = Reader(self, nursery, passes=self.router.passes)
                 nursery.start_soon(self.reader.run)
             task_status.started()
             with self._accepting:

@@ -35,7 +35,7 @@ import logging
 import math
 import select
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -53,6 +53,14 @@ READ_BYTES = 65536
 """At most this much is read from one socket per pass (what ``receive_some`` read per call before)."""
 
 
+class Passes(Protocol):
+    """What the reader needs of the turn scheduler (engine/scheduler.py), handed down by the gateway:
+    the rooms its pass makes ready run once, after it, and in its step when the scheduler is idle."""
+
+    def hold(self) -> None: ...
+    def release(self) -> None: ...
+
+
 def available() -> bool:
     """Whether this system has ``select.epoll`` (Linux): elsewhere every connection runs its own tasks."""
     return hasattr(select, "epoll")
@@ -61,8 +69,9 @@ def available() -> bool:
 class Reader:
     """Reads and times every socket connection of one gateway, in one task (:meth:`run`)."""
 
-    def __init__(self, gateway: Gateway, nursery: trio.Nursery) -> None:
+    def __init__(self, gateway: Gateway, nursery: trio.Nursery, passes: Passes | None = None) -> None:
         self.gateway = gateway
+        self._passes = passes
         self._nursery = nursery
         self._epoll = select.epoll()
         self._by_fd: dict[int, Connection] = {}
@@ -232,6 +241,20 @@ class Reader:
             self._expire(trio.current_time())
 
     def _read_ready(self) -> None:
+        """One pass over the ready sockets, inside one ``hold`` of the turn scheduler: every room the
+        pass makes ready runs in one scheduler pass after it (one commit for all of them), in this
+        step when the scheduler was idle (``TurnScheduler.release``)."""
+        passes = self._passes
+        if passes is None:
+            self._read_sockets()
+            return
+        passes.hold()
+        try:
+            self._read_sockets()
+        finally:
+            passes.release()
+
+    def _read_sockets(self) -> None:
         by_fd = self._by_fd
         now = trio.current_time()  # once per pass: every connection fed in it shares it
         for fd, _ in self._epoll.poll(0):

@@ -18,6 +18,7 @@ from .codes import new_code, new_room_id, normalize_code
 from .config import Config
 from .errors import RoomError
 from .room import RoomRuntime
+from .scheduler import TurnScheduler
 from .state import RoomOptions, RoomState
 from .supervisor import Supervisor
 
@@ -34,6 +35,11 @@ class Router:
         self._codes: dict[str, str] = {}
         self._creating: dict[str, trio.Event] = {}
         self._waker = supervisor.wake  # one bound method for every room (not one each)
+
+    @property
+    def passes(self) -> TurnScheduler:
+        """The turn scheduler, for a caller that readies many rooms at once (``hold``/``release``)."""
+        return self._supervisor.scheduler
 
     def get(self, room_id: str) -> RoomRuntime | None:
         """The live room with this id."""

@@ -409,9 +409,12 @@ async def test_both_drivers_serve_the_same_story_over_real_sockets(nursery, monk
         snapshot = await alice.create(public=True)
         room = snapshot.room
         await bob.join(room)
+        inline = engine.router.passes.inline_passes
         for k in range(20):
             ack = await alice.chat_send(room, f"hello {k}")
             assert ack.n == k + 1
+        # the reader runs the pass of each lone chat in its own step (TurnScheduler.release)
+        assert (engine.router.passes.inline_passes - inline >= 20) is use_reader
         assert (await alice.admin(SERVICE_KEY, "stats"))["connections"] == 2
         await bob.chat_send(room, "x" * 4000)
         assert (await alice.history(room)).messages[-1].text == "x" * 4000

@@ -561,3 +561,97 @@ async def test_typing_expires_on_time_while_another_rooms_member_is_in_grace(
     assert trio.current_time() - typed == pytest.approx(5.0)
     assert await _next_update(ann, "bob") is None  # left when its grace ran out
     assert trio.current_time() - dropped == pytest.approx(30.0)
+
+
+class InlineStore(GatedStore):
+    """Commits a batch at once when the caller is not ``busy`` (as the LMDB store does while its syncs
+    are quick), else awaits like GatedStore; records every offer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offers: list[bool] = []
+
+    def commit_now(self, batch: Sequence[Write], *, busy: bool = False) -> bool:
+        self.offers.append(busy)
+        if busy or self.gate is not None:
+            return False
+        self.batches.append(list(batch))
+        return MemoryStore.commit_now(self, batch)
+
+
+async def test_a_pass_made_ready_under_hold_runs_in_the_releasers_step(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    """``hold``/``release`` (the socket reader's pass): the rooms it readies run in one pass when it
+    releases; with the loop parked and one room's turns the pass, its commit and its replies happen
+    inside ``release`` itself (no task step); several rooms' turns are ``busy``: the commit is
+    offered as such, declined, and the run loop awaits it (one batch for both)."""
+    store = InlineStore()
+    engine = await engine_with(nursery, store)
+    one, two = await engine.router.create(RoomOptions()), await engine.router.create(RoomOptions())
+    await trio.sleep(1)
+    passes = engine.router.passes
+    before, inline = len(store.batches), passes.inline_passes
+    passes.hold()
+    lone = publish(1)
+    one.inbox.send_nowait(lone)
+    assert not lone._done.is_set()
+    passes.release()  # no checkpoint in between: all of it ran here
+    assert lone._done.is_set() and passes.inline_passes == inline + 1 and len(store.batches) == before + 1
+    assert store.offers[-1] is False and store.stored_seq(one.room_id) == 1
+    assert await lone.wait() == 1
+
+    # two rooms still awake (a new room sleeps only after its first request's turn)
+    three, four = await engine.router.create(RoomOptions()), await engine.router.create(RoomOptions())
+    await trio.sleep(1)
+    before = len(store.batches)
+    passes.hold()
+    both = [publish(2), publish(3)]
+    three.inbox.send_nowait(both[0])
+    four.inbox.send_nowait(both[1])
+    passes.release()
+    assert store.offers[-1] is True and not any(call._done.is_set() for call in both)  # handed to the loop
+    assert [await call.wait() for call in both] == [1, 1]
+    assert len(store.batches) == before + 1 and {w.room for w in store.batches[-1]} == {three.room_id, four.room_id}
+    assert passes.inline_passes == inline + 2
+
+
+async def test_a_release_while_the_loop_commits_leaves_the_rooms_to_it(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    store = InlineStore()
+    engine = await engine_with(nursery, store)
+    one, two = await engine.router.create(RoomOptions()), await engine.router.create(RoomOptions())
+    await trio.sleep(1)
+    passes = engine.router.passes
+    store.gate = trio.Event()
+    first = publish(1)
+    one.inbox.send_nowait(first)
+    await trio.sleep(1)  # the loop's commit of it waits for the gate
+    inline = passes.inline_passes
+    passes.hold()
+    second = publish(2)
+    two.inbox.send_nowait(second)
+    passes.release()
+    assert passes.inline_passes == inline and not second._done.is_set()
+    store.gate.set()
+    store.gate = None
+    assert await first.wait() == 1 and await second.wait() == 1
+
+
+async def test_a_turn_that_raises_in_an_inline_pass_crashes_its_room_only(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    store = InlineStore()
+    engine = await engine_with(nursery, store)
+    bad, good = await engine.router.create(RoomOptions()), await engine.router.create(RoomOptions())
+    await trio.sleep(1)
+    passes = engine.router.passes
+    passes.hold()
+    boom, fine = crash(), publish(0)
+    bad.inbox.send_nowait(boom)
+    good.inbox.send_nowait(fine)
+    passes.release()  # nothing escapes into the caller (the reader, whose other connections would pay)
+    with pytest.raises(RoomError) as refused:
+        await boom.wait()
+    assert refused.value.code.value == "internal"
+    assert await fine.wait() == 1
+    assert engine.statistics()["restarts"] == 1
+    assert await outcome(bad, publish(1)) == 1  # rebuilt from its last commit, serving again
