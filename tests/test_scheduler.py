@@ -137,15 +137,25 @@ async def test_a_reply_waits_for_its_commit_but_a_turn_that_wrote_nothing_does_n
     assert await wrote.wait() == 1 and store.stored_seq(writer.room_id) == 1
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["loop", "inline-pass"])
 async def test_a_turn_that_raises_restarts_its_room_only(autojump_clock: trio.testing.MockClock,
-                                                         nursery: trio.Nursery) -> None:
-    store = GatedStore()
+                                                         nursery: trio.Nursery, inline: bool) -> None:
+    """In the run loop's pass, and in one run inline by ``release`` (nothing may escape into its
+    caller, the reader, whose other connections would pay)."""
+    store = InlineStore() if inline else GatedStore()
     engine = await engine_with(nursery, store)
     bad, good = await engine.router.create(RoomOptions()), await engine.router.create(RoomOptions())
     await trio.sleep(1)
+    passes = engine.router.passes
+    if inline:
+        passes.hold()
     boom, fine = crash(), publish(0)
     bad.inbox.send_nowait(boom)
     good.inbox.send_nowait(fine)
+    if inline:
+        inline_before = passes.inline_passes
+        passes.release()
+        assert passes.inline_passes == inline_before + 1
     with pytest.raises(RoomError) as refused:
         await boom.wait()
     assert refused.value.code.value == "internal"
@@ -579,17 +589,22 @@ class InlineStore(GatedStore):
         return MemoryStore.commit_now(self, batch)
 
 
+async def inline_engine(nursery: trio.Nursery, rooms: int) -> tuple[InlineStore, Engine, TurnScheduler, list[RoomRuntime]]:
+    """An engine on an :class:`InlineStore` with ``rooms`` rooms created and committed."""
+    store = InlineStore()
+    engine = await engine_with(nursery, store)
+    made = [await engine.router.create(RoomOptions()) for _ in range(rooms)]
+    await trio.sleep(1)
+    return store, engine, engine.router.passes, made
+
+
 async def test_a_pass_made_ready_under_hold_runs_in_the_releasers_step(
         autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
     """``hold``/``release`` (the socket reader's pass): the rooms it readies run in one pass when it
     releases; with the loop parked and one room's turns the pass, its commit and its replies happen
     inside ``release`` itself (no task step); several rooms' turns are ``busy``: the commit is
     offered as such, declined, and the run loop awaits it (one batch for both)."""
-    store = InlineStore()
-    engine = await engine_with(nursery, store)
-    one, two = await engine.router.create(RoomOptions()), await engine.router.create(RoomOptions())
-    await trio.sleep(1)
-    passes = engine.router.passes
+    store, engine, passes, (one, two) = await inline_engine(nursery, 2)
     before, inline = len(store.batches), passes.inline_passes
     passes.hold()
     lone = publish(1)
@@ -617,11 +632,7 @@ async def test_a_pass_made_ready_under_hold_runs_in_the_releasers_step(
 
 async def test_a_release_while_the_loop_commits_leaves_the_rooms_to_it(
         autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
-    store = InlineStore()
-    engine = await engine_with(nursery, store)
-    one, two = await engine.router.create(RoomOptions()), await engine.router.create(RoomOptions())
-    await trio.sleep(1)
-    passes = engine.router.passes
+    store, engine, passes, (one, two) = await inline_engine(nursery, 2)
     store.gate = trio.Event()
     first = publish(1)
     one.inbox.send_nowait(first)
@@ -635,23 +646,3 @@ async def test_a_release_while_the_loop_commits_leaves_the_rooms_to_it(
     store.gate.set()
     store.gate = None
     assert await first.wait() == 1 and await second.wait() == 1
-
-
-async def test_a_turn_that_raises_in_an_inline_pass_crashes_its_room_only(
-        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
-    store = InlineStore()
-    engine = await engine_with(nursery, store)
-    bad, good = await engine.router.create(RoomOptions()), await engine.router.create(RoomOptions())
-    await trio.sleep(1)
-    passes = engine.router.passes
-    passes.hold()
-    boom, fine = crash(), publish(0)
-    bad.inbox.send_nowait(boom)
-    good.inbox.send_nowait(fine)
-    passes.release()  # nothing escapes into the caller (the reader, whose other connections would pay)
-    with pytest.raises(RoomError) as refused:
-        await boom.wait()
-    assert refused.value.code.value == "internal"
-    assert await fine.wait() == 1
-    assert engine.statistics()["restarts"] == 1
-    assert await outcome(bad, publish(1)) == 1  # rebuilt from its last commit, serving again
