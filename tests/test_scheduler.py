@@ -147,15 +147,16 @@ async def test_a_turn_that_raises_restarts_its_room_only(autojump_clock: trio.te
     bad, good = await engine.router.create(RoomOptions()), await engine.router.create(RoomOptions())
     await trio.sleep(1)
     passes = engine.router.passes
-    if inline:
-        passes.hold()
     boom, fine = crash(), publish(0)
-    bad.inbox.send_nowait(boom)
-    good.inbox.send_nowait(fine)
-    if inline:
+    if inline:  # a pass of one room runs inside release()
+        passes.hold()
+        bad.inbox.send_nowait(boom)
         inline_before = passes.inline_passes
         passes.release()
-        assert passes.inline_passes == inline_before + 1
+        assert passes.inline_passes == inline_before + 1 and boom._done.is_set()
+    else:
+        bad.inbox.send_nowait(boom)
+    good.inbox.send_nowait(fine)
     with pytest.raises(RoomError) as refused:
         await boom.wait()
     assert refused.value.code.value == "internal"
@@ -601,9 +602,9 @@ async def inline_engine(nursery: trio.Nursery, rooms: int) -> tuple[InlineStore,
 async def test_a_pass_made_ready_under_hold_runs_in_the_releasers_step(
         autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
     """``hold``/``release`` (the socket reader's pass): the rooms it readies run in one pass when it
-    releases; with the loop parked and one room's turns the pass, its commit and its replies happen
-    inside ``release`` itself (no task step); several rooms' turns are ``busy``: the commit is
-    offered as such, declined, and the run loop awaits it (one batch for both)."""
+    releases; with the loop parked and one room ready the pass, its commit and its replies happen
+    inside ``release`` itself (no task step); with several rooms ready the loop is woken and runs
+    their pass (its commit offered as ``busy``, declined, awaited: one batch for both)."""
     store, engine, passes, (one, two) = await inline_engine(nursery, 2)
     before, inline = len(store.batches), passes.inline_passes
     passes.hold()
@@ -624,10 +625,23 @@ async def test_a_pass_made_ready_under_hold_runs_in_the_releasers_step(
     three.inbox.send_nowait(both[0])
     four.inbox.send_nowait(both[1])
     passes.release()
-    assert store.offers[-1] is True and not any(call._done.is_set() for call in both)  # handed to the loop
+    assert not any(call._done.is_set() for call in both) and passes.inline_passes == inline + 1  # the loop's
     assert [await call.wait() for call in both] == [1, 1]
+    assert store.offers[-1] is True
     assert len(store.batches) == before + 1 and {w.room for w in store.batches[-1]} == {three.room_id, four.room_id}
-    assert passes.inline_passes == inline + 2
+
+    # a lone pass whose commit the store declines (here: a gate, as for a slow disk) is handed to the loop
+    five = await engine.router.create(RoomOptions())
+    await trio.sleep(1)
+    store.gate = trio.Event()
+    passes.hold()
+    slow = publish(9)
+    five.inbox.send_nowait(slow)
+    passes.release()
+    assert passes.inline_passes == inline + 2 and not slow._done.is_set()
+    store.gate.set()
+    store.gate = None
+    assert await slow.wait() == 1 and store.stored_seq(five.room_id) == 1
 
 
 async def test_a_release_while_the_loop_commits_leaves_the_rooms_to_it(
