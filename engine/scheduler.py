@@ -164,10 +164,12 @@ class TurnScheduler:
         passes half the size, +4-5 % instructions per message). The loop is also woken when the pass
         must linger (under load), when its commit must be awaited (the store declined: a slow disk,
         a group under way; the loop commits it, see ``_handed``), and when rooms are left ready
-        (made ready by the pass itself). The trap: whatever
-        a pass runs must stay synchronous and contained, as in the loop: a turn that raises crashes
-        its room only (``_turns``), a failed commit its pass's rooms only; nothing may escape into
-        the caller, whose other connections would pay for it.
+        (made ready by the pass itself). The traps: the loop is claimed (``_parked`` cleared) before
+        the pass runs, or a poke the pass makes (a room with more than ``_TURN_MAX`` commands queued
+        pokes itself again) would reschedule it, and the wake after the pass would reschedule it a
+        second time (Trio asserts, and the reader dies with its gateway: found by a hostile review);
+        and whatever a pass runs must stay synchronous and contained, as in the loop: a turn that
+        raises crashes its room only (``_turns``), a failed commit its pass's rooms only.
         """
         self._holding -= 1
         if self._holding or not self._ready:
@@ -175,30 +177,40 @@ class TurnScheduler:
         task = self._parked
         if task is None:
             return  # the loop is busy (a pass, a commit, a linger): it takes the ready rooms next
+        self._parked = None  # claimed first: a poke made by the pass itself only queues its room
         now = trio.current_time()
         if (len(self._ready) == 1 and self._handed is None and not self._stopping
                 and self._last_commit + self._linger <= now):
-            writes, waiting = self._turns(now)
-            self.inline_passes += 1
-            if writes:
-                started = time.perf_counter()
-                try:
-                    done = self._store.commit_now(writes)
-                except Exception:
-                    for actor in waiting:
-                        self._crashed(actor)
-                    done = True
+            try:
+                self._inline_pass(now)
+            finally:  # whether the pass ended or raised: the loop is woken, or given its park back
+                if self._handed is None and not self._ready:
+                    self._parked = task  # nothing left for it: still parked (no checkpoint since)
                 else:
-                    if done:
-                        self._stats.commits.observe(time.perf_counter() - started)
-                        for actor in waiting:
-                            self._release(actor)
-                if not done:
-                    self._handed = (writes, waiting)
-            if self._handed is None and not self._ready:
-                return
-        self._parked = None
+                    trio.lowlevel.reschedule(task)
+            return
         trio.lowlevel.reschedule(task)
+
+    def _inline_pass(self, now: float) -> None:
+        """A pass run by :meth:`release`: its turns, and its commit if the store takes it now, else
+        handed to the loop (``_handed``)."""
+        writes, waiting = self._turns(now)
+        self.inline_passes += 1
+        if not writes:
+            return
+        started = time.perf_counter()
+        try:
+            done = self._store.commit_now(writes)
+        except Exception:
+            for actor in waiting:
+                self._crashed(actor)
+            return
+        if not done:
+            self._handed = (writes, waiting)
+            return
+        self._stats.commits.observe(time.perf_counter() - started)
+        for actor in waiting:
+            self._release(actor)
 
     def stop(self) -> None:
         """Graceful shutdown: end once no actor is registered (each stops after its current turn,

@@ -313,17 +313,7 @@ async def _ordering_scenario(scripts: list[Script], cuts: list[int], pauses: lis
             return await real_call(op, args, key, remote=remote)
 
         admin.call = delayed_call  # type: ignore[method-assign]
-        peers = []
-        room_id = ""
-        for c in range(len(scripts)):  # join first (in order), so the chats can name the room
-            peer = Peer(engine, f"c{c}")
-            await peer.send(UPGRADE + hello(keys.token(f"u{c}"), 300_000)
-                            + client_frame(encode(JoinOrCreate(id=1, code="room", max=16))))
-            assert isinstance(await peer.reply(), Welcome)
-            while not isinstance(ok := await peer.reply(), Ok) or ok.id != 1:
-                pass
-            room_id = ok.result["room"]
-            peers.append(peer)
+        peers, room_id = await joined(engine, keys, len(scripts))  # in order, so the chats can name the room
         answers: dict[int, list[tuple[int, Any]]] = {c: [] for c in range(len(scripts))}
 
         async def client(c: int, script: Script) -> None:
@@ -429,3 +419,49 @@ async def test_both_drivers_serve_the_same_story_over_real_sockets(nursery, monk
         while engine.gateway.connections:
             await trio.sleep(0.01)
     assert not engine.gateway.connections
+
+
+async def joined(engine: Engine, keys: TestKeys, count: int) -> tuple[list[Peer], str]:
+    """``count`` raw peers over the reader, each authenticated and in the room with code ``room``."""
+    peers, room_id = [], ""
+    for c in range(count):
+        peer = Peer(engine, f"c{c}")
+        await peer.send(UPGRADE + hello(keys.token(f"u{c}"), 300_000)
+                        + client_frame(encode(JoinOrCreate(id=1, code="room", max=16))))
+        assert isinstance(await peer.reply(), Welcome)
+        while not isinstance(ok := await peer.reply(), Ok) or ok.id != 1:
+            pass
+        room_id = ok.result["room"]
+        peers.append(peer)
+    return peers, room_id
+
+
+async def test_two_members_bursts_read_in_one_pass_are_all_answered(autojump_clock: trio.testing.MockClock) -> None:
+    """Two members of one room each send 65 chats (within the default burst) that the reader reads in
+    one pass: 130 commands for one room, more than a turn takes, so the inline pass's room pokes
+    itself again (this took the gateway down once: see TurnScheduler.release)."""
+    keys = TestKeys(clock=lambda: T0 + trio.current_time())
+    async with trio.open_nursery() as nursery:
+        engine = Engine(mock_config(keys))
+        await nursery.start(engine.serve)
+        peers, room_id = await joined(engine, keys, 2)
+        await trio.sleep(1)
+        wires = [b"".join(client_frame(encode(ChatSend(id=k, room=room_id, cid=f"{c}-{k}", text="x")))
+                          for k in range(2, 67)) for c in range(2)]
+        for peer, wire in zip(peers, wires):  # both written in one step: the reader's next pass reads both
+            peer.stream.socket._sock.sendall(wire)
+
+        async def acks(peer: Peer) -> None:
+            seen = set()
+            while len(seen) < 65:
+                reply = await peer.reply()
+                if isinstance(reply, Ok):
+                    seen.add(reply.id)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as inner:
+                for peer in peers:
+                    inner.start_soon(acks, peer)
+        for peer in peers:
+            await peer.stream.aclose()
+        nursery.cancel_scope.cancel()

@@ -660,3 +660,18 @@ async def test_a_release_while_the_loop_commits_leaves_the_rooms_to_it(
     store.gate.set()
     store.gate = None
     assert await first.wait() == 1 and await second.wait() == 1
+
+
+@pytest.mark.parametrize("writes", [False, True], ids=["reads", "writes"])
+async def test_an_inline_pass_whose_room_pokes_itself_again_wakes_the_loop_once(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, writes: bool) -> None:
+    """A room with more commands queued than one turn takes (``_TURN_MAX``) pokes itself again
+    during the inline pass: the loop, claimed before the pass, is woken once (twice made Trio assert
+    in the reader's step and took the gateway down: found by a hostile review)."""
+    store, engine, passes, (room,) = await inline_engine(nursery, 1)
+    passes.hold()
+    calls = [publish(i) if writes else peek() for i in range(130)]  # more than one turn takes (128)
+    for call in calls:
+        room.inbox.send_nowait(call)
+    passes.release()  # must not raise into the caller (the reader's step)
+    assert [await call.wait() for call in calls] == (list(range(1, 131)) if writes else [0] * 130)

@@ -240,9 +240,12 @@ class LmdbStore(Store):
         """Table records logged but not yet applied: ``(table, key) -> (seq, value or None)``. ``get``
         reads them here, so a user or inbox lookup never waits for a checkpoint."""
         self._inline_sync_max = inline_sync_max
-        self._sync_estimate = 0.0
+        self._sync_estimate = 2 * inline_sync_max
         """A decaying maximum of how long the log's appends took (s), in either thread: one slow
-        sync sends the commits after it through the writer thread until the estimate decays."""
+        sync sends the commits after it through the writer thread until the estimate decays. It
+        starts over the bound: an opened store proves its disk quick (a few appends through the
+        thread) before the loop ever waits for a sync (a slow disk after a restart would have
+        blocked it once)."""
         self.inline_commits = 0
         """Commits written on the loop's thread (``commit_now``), of ``groups``."""
         self._nursery: trio.Nursery | None = None
@@ -604,12 +607,15 @@ class LmdbStore(Store):
         return seq, payload, encode_record(seq, payload)
 
     def _append_timed(self, record: bytes) -> None:
-        """``Log.append``, its time folded into the sync estimate (any thread: one float store)."""
+        """``Log.append``, its time folded into the sync estimate unless it grew the segment (any
+        thread: one float store)."""
         assert self._log is not None
-        started = time.perf_counter()
+        grows = not self._log.fits(len(record))  # then it also writes (and syncs) MBs of zeros:
+        started = time.perf_counter()  # not what a record's sync costs
         self._log.append(record)
-        took = time.perf_counter() - started
-        self._sync_estimate = max(took, self._sync_estimate * _SYNC_DECAY)
+        if not grows:
+            took = time.perf_counter() - started
+            self._sync_estimate = max(took, self._sync_estimate * _SYNC_DECAY)
 
     def _log_failed(self, exc: OSError) -> StoreFailed:
         self._log_error = StoreFailed(f"cannot write the store's log in {self.path}: {exc.strerror or exc}")
@@ -653,7 +659,7 @@ class LmdbStore(Store):
         without group commit (the benchmarks' one-commit-per-batch baselines).
         Returns False when it did not commit (the caller awaits ``commit``)."""
         log_ = self._log
-        if (busy or log_ is None or not self._running or self._leading or self._queue or not batch
+        if (busy or log_ is None or self._inline_sync_max <= 0 or not self._running or self._leading or self._queue or not batch
                 or not self._group_commit or self._sync_estimate > self._inline_sync_max or self._appending):
             return False
         for write in batch:  # as commit() does, before anything is planned
