@@ -436,16 +436,25 @@ class LmdbStore(Store):
         """Run ``fn`` in a worker thread, counted so the environment outlives every thread using it."""
         if self._env is None:
             raise RuntimeError("the store is not running")
-        self._threads += 1
-        self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
+        self._enter()
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
         except lmdb.Error as exc:
             raise StoreFailed(f"cannot read the store in {self.path}: {_lmdb_reason(exc)}") from None
         finally:
-            self._threads -= 1
-            if not self._threads:
-                self._threads_done.set()
+            self._leave()
+
+    def _enter(self) -> None:
+        """One more user of the environment (a thread, a leader): ``run`` closes LMDB only once every
+        one has left (``_threads_done``). Always paired with :meth:`_leave` in a ``finally``."""
+        self._threads += 1
+        if self._threads == 1:
+            self._threads_done = trio.Event()
+
+    def _leave(self) -> None:
+        self._threads -= 1
+        if not self._threads:
+            self._threads_done.set()
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -505,15 +514,11 @@ class LmdbStore(Store):
         ``run`` instead of closing LMDB between its lead and its hop, which failed the group with
         "the store is not running" although the store was still open when it was queued.
         """
-        self._threads += 1
-        if self._threads == 1:
-            self._threads_done = trio.Event()
+        self._enter()
         try:
             await self._lead_groups(me)
         finally:
-            self._threads -= 1
-            if not self._threads:
-                self._threads_done.set()
+            self._leave()
 
     async def _lead_groups(self, me: _Pending) -> None:
         group: list[_Pending] = []
@@ -765,8 +770,7 @@ class LmdbStore(Store):
             ended.append(result)
             token.run_sync_soon(trio.lowlevel.reschedule, task)
 
-        self._threads += 1
-        self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
+        self._enter()
         try:
             trio.lowlevel.start_thread_soon(lambda: self._checkpoint_sync(limit, left, puts_done), deliver,
                                             name="roost store checkpoint")
@@ -778,9 +782,7 @@ class LmdbStore(Store):
             except lmdb.Error as exc:
                 raise StoreFailed(f"cannot write the store in {self.path}: {_lmdb_reason(exc)}") from None
         finally:
-            self._threads -= 1
-            if not self._threads:
-                self._threads_done.set()
+            self._leave()
 
     def _apply_upto(self, limit: int, puts_done: threading.Event | None = None) -> None:
         """Apply the logged groups up to seq ``limit`` to LMDB in one transaction (any thread; under
@@ -889,8 +891,7 @@ class LmdbStore(Store):
         if self._writer is None:
             self._writer = _WriterThread()
         writer = self._writer
-        self._threads += 1
-        self._threads_done = trio.Event() if self._threads == 1 else self._threads_done
+        self._enter()
         try:
             writer.jobs.put((fn, args))
             with trio.CancelScope(shield=True):
@@ -904,9 +905,7 @@ class LmdbStore(Store):
                 raise value
             return value  # type: ignore[no-any-return]
         finally:
-            self._threads -= 1
-            if not self._threads:
-                self._threads_done.set()
+            self._leave()
 
     def _read_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """In a reader thread: run ``fn`` (one read transaction) while no ``_grow`` remaps the map."""
