@@ -772,8 +772,7 @@ class RoomActor:
             if error.code is not ErrorCode.TOO_LARGE:
                 raise
             raise RoomError(ErrorCode.TOO_LARGE, f"the {frame.TYPE} event would exceed the frame limit") from None
-        state.seq += 1
-        state.touch("counters")
+        state.seq += 1  # stored as the event's number: no counters write (state.stored_position)
         self._entries.append((None, data))
         state.record_event(state.seq, data)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from roost.protocol.frames import InactivePolicy, Phase, RoomInfo, RoomSnapshot
@@ -20,7 +21,7 @@ from .packing import unpackb as _unpack
 from .presence import Presence
 from .store import Write
 
-__all__ = ["Replay", "RoomOptions", "RoomState", "membership_key", "user_key"]
+__all__ = ["Replay", "RoomOptions", "RoomState", "membership_key", "stored_position", "user_key"]
 
 _CHAT_PREFIX = "chat:"
 _MEMBER_PREFIX = "member:"
@@ -44,6 +45,28 @@ def chat_key(n: int) -> str:
     every ``n`` below 2**64 (numbers are below 2**53, PROTOCOL.md) at half the cost of the f-string,
     which parses its format spec per call: a chat turn formats three keys."""
     return _CHAT_PREFIX + n.to_bytes(8, "big").hex()
+
+
+def stored_position(records: Mapping[str, bytes]) -> tuple[int, int]:
+    """The room's ``seq`` and ``chat_n`` as of its stored records: the larger of the ``counters``
+    record's and the newest stored event's (``ev:``) and message's (``chat:``) numbers.
+
+    Why both: a turn that only moves them (every chat turn, every broadcast) writes no ``counters``
+    record; its event and its message are written in the same commit and carry the numbers. That
+    holds because each seq is recorded with its event (``record_event``, ``chat_sent``) and the
+    newest event and message are never deleted (a buffer or history drops its oldest, past a limit
+    of at least one): one write fewer per message (a 5-key map packed, planned, logged and put).
+    The ``counters`` record still holds the rest (epoch, ``empty_since``, ``shared``) and is written
+    when one of them changes; a store written before this rule holds counters that are never behind.
+    """
+    counters = _unpack(records["counters"]) if "counters" in records else {"seq": 0, "chat_n": 0}
+    seq, chat_n = counters["seq"], counters["chat_n"]
+    for key in records:
+        if key.startswith(_EVENT_PREFIX):
+            seq = max(seq, int(key[len(_EVENT_PREFIX):], 16))
+        elif key.startswith(_CHAT_PREFIX):
+            chat_n = max(chat_n, int(key[len(_CHAT_PREFIX):], 16))
+    return seq, chat_n
 
 
 def event_key(seq: int) -> str:
@@ -185,19 +208,19 @@ class RoomState:
         self._dirty_reads.add(user)
 
     def chat_sent(self, n: int, record: bytes, user: str, seq: int, event: bytes) -> None:
-        """A chat message was sent: its record (packed already), the author's read cursor, the
-        counters and the ``chat`` event ``seq`` (framed) are this turn's to write. One call for what
-        ``touch_chat``, ``touch_read``, ``touch("counters")`` and ``record_event`` do one by one,
+        """A chat message was sent: its record (packed already), the author's read cursor and the
+        ``chat`` event ``seq`` (framed) are this turn's to write. One call for what ``touch_chat``,
+        ``touch_read`` and ``record_event`` do one by one,
         with ``seq`` taken: a chat turn is the hot path, and each call was a Python frame per message."""
-        self.seq = seq
-        self._dirty.add("counters")
+        self.seq = seq  # stored as the number of its event (see ``stored_position``): no ``counters``
         self._dirty_chat[n] = record
         self._dirty_reads.add(user)
         self.replay.append(seq, event)
         self._new_events.append((seq, event))
 
     def record_event(self, seq: int, data: bytes) -> None:
-        """Keep an emitted event for resume (in memory now, in the store with this turn)."""
+        """Keep an emitted event for resume (in memory now, in the store with this turn); ``seq`` is
+        the room's new ``seq``, stored as this event's number (``stored_position``)."""
         self.replay.append(seq, data)
         self._new_events.append((seq, data))
 
@@ -211,9 +234,9 @@ class RoomState:
         """The store writes for everything changed since the last call.
 
         Called once per turn, so with one message a turn it runs per message: each kind is skipped
-        when clean and sorted only when it holds more than one key (a chat turn writes ``counters``,
-        one ``chat:``, one ``read:``, one ``ev:`` and deletes the ``ev:`` that fell out of the replay
-        buffer), and records are packed with one reused packer instead of ``msgpack.packb`` (which
+        when clean and sorted only when it holds more than one key (a chat turn writes one ``chat:``,
+        one ``read:``, one ``ev:`` and deletes the ``ev:`` that fell out of the replay buffer; no
+        ``counters``: see ``stored_position``), and records are packed with one reused packer instead of ``msgpack.packb`` (which
         builds a ``Packer`` per call)."""
         writes: list[Write] = []
         add = writes.append
@@ -273,7 +296,7 @@ class RoomState:
         return writes
 
     def _section(self, name: str) -> Any:
-        if name == "counters":  # every chat turn's
+        if name == "counters":  # seq and chat_n are stored with their event and message too (stored_position)
             return {"epoch": self.epoch, "seq": self.seq, "chat_n": self.chat.last_n,
                     "empty_since": self.empty_since, "shared": self.shared}
         if name == "meta":
@@ -324,14 +347,15 @@ class RoomState:
         if "game" in records:
             game = _unpack(records["game"])
             state.phase, state.version, state.game = Phase(game["phase"]), game["version"], game["state"]
-        counters = _unpack(records["counters"]) if "counters" in records else {"epoch": 1, "seq": 0, "chat_n": 0}
-        state.epoch, state.seq = counters["epoch"], counters["seq"]
+        counters = _unpack(records["counters"]) if "counters" in records else {"epoch": 1}
+        seq, chat_n = stored_position(records)
+        state.epoch, state.seq = counters["epoch"], seq
         state.empty_since = counters.get("empty_since")
         state.shared = bool(counters.get("shared", True))  # rooms stored before the flag existed keep room_ttl
         # Stored messages were validated when they were written: the log keeps their records as
         # they are, without re-checking (a third of the cost of a restart otherwise).
         messages.sort()
-        state.chat.restore([value for _key, value in messages], read, counters["chat_n"], delivered)
+        state.chat.restore([value for _key, value in messages], read, chat_n, delivered)
         events.sort()
         replay = state.replay
         for seq, data in ((int(key[len(_EVENT_PREFIX) :], 16), value) for key, value in events):

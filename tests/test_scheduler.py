@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from unittest import mock
 
-import msgpack
 import pytest
 import trio
 import trio.testing
@@ -34,7 +33,7 @@ from roost.metrics import RoomStats
 from roost.protocol.frames import JoinOrCreate, PresenceDiff, PresenceStatus
 from roost.room import Call, RoomActor, RoomRuntime
 from roost.scheduler import TurnScheduler
-from roost.state import RoomOptions
+from roost.state import RoomOptions, stored_position
 from roost.store import Write
 from roost.store.memory import MemoryStore
 from roost.testing import Connect, TestKeys, start_engine, test_config
@@ -70,8 +69,7 @@ class GatedStore(MemoryStore):
         super().commit_now(batch)
 
     def stored_seq(self, room: str) -> int:
-        record = self._rooms.get(room, {}).get("counters")
-        return msgpack.unpackb(record)["seq"] if record is not None else 0
+        return stored_position(self._rooms.get(room, {}))[0]
 
 
 def publish(i: int) -> Call:
