@@ -441,6 +441,53 @@ async def test_a_cancelled_committer_neither_loses_its_batch_nor_stalls_the_next
     assert await store.load_room("after") == {"k": b"1"}
 
 
+@pytest.mark.parametrize("log", [True, False])
+async def test_a_leader_cancelled_in_its_hop_finishes_the_group_and_sees_the_cancel_after(
+    nursery: trio.Nursery, tmp_path: Path, log: bool
+) -> None:
+    """The leader's wait for its thread is cancellable (no cancel scope per hop: ``_hop``): cancelled
+    while the transaction runs, it waits again, shielded, so its group is written and reported done
+    (it and the follower queued behind it return), and the cancellation reaches it at its next
+    checkpoint. Ending the wait early would report a written group as failed, or leave the follower
+    without a leader."""
+    import threading
+
+    store = LmdbStore(tmp_path / "db", log=log)
+    await nursery.start(store.run)
+    gate = threading.Event()
+    before_group_writes(store, lambda: gate.wait(10))
+    events: list[str] = []
+
+    async def leader(scope: trio.CancelScope) -> None:
+        with scope:
+            await store.commit([Write("leader", "k", b"1")])
+            events.append("leader returned")
+            await trio.lowlevel.checkpoint()
+            events.append("not reached")  # pragma: no cover - the checkpoint raises Cancelled
+        events.append("leader cancelled" if scope.cancelled_caught else "leader not cancelled")
+
+    async def follower() -> None:
+        await store.commit([Write("follower", "k", b"2")])
+        events.append("follower returned")
+
+    scope = trio.CancelScope()
+    with trio.fail_after(30):  # a bound, not a timing: a group left without a writer would hang here
+        async with trio.open_nursery() as committers:
+            committers.start_soon(leader, scope)
+            await trio.testing.wait_all_tasks_blocked()  # in its hop, the thread blocked on the gate
+            committers.start_soon(follower)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert events == []  # still waiting for the thread
+            gate.set()
+    assert sorted(events) == ["follower returned", "leader cancelled", "leader returned"]
+    assert sorted(room for room, _key in store.keys()) == ["follower", "leader"]
+    assert not store._leading and not store._queue
+    await store.commit([Write("after", "k", b"3")])
+    assert await store.load_room("after") == {"k": b"3"}
+
+
 async def test_a_disposal_in_a_group_drops_the_writes_before_it_and_keeps_the_ones_after(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

@@ -882,9 +882,13 @@ class LmdbStore(Store):
         persistent thread takes the job from a ``SimpleQueue`` (C, no GIL while it waits) and, when
         done, writes a byte to a socket pair this task waits on: its wake-up is this task's own.
 
-        The trap: the wait must not be cancellable, or a cancelled store could close LMDB under a
-        thread still inside a write transaction: it is shielded, and a cancellation is delivered at
-        the committer's next checkpoint (as ``run_sync`` without ``abandon_on_cancel`` does).
+        The trap: the wait must not end before the job, or a cancelled store could close LMDB under
+        a thread still inside a write transaction, and a group written but reported failed. So a
+        cancelled wait waits again, shielded, and the hop returns as if it had not been cancelled:
+        the cancellation comes back at the committer's next checkpoint (Trio's cancellation is
+        level-triggered; as ``run_sync`` without ``abandon_on_cancel``). Only then, not on every
+        hop: a ``CancelScope`` costs ~12 µs here (49 Python calls in Trio 0.35; measured ~30 k of a
+        lone message's instructions), while the cancellable wait needs none.
         """
         if self._env is None:
             raise RuntimeError("the store is not running")
@@ -894,8 +898,13 @@ class LmdbStore(Store):
         self._enter()
         try:
             writer.jobs.put((fn, args))
-            with trio.CancelScope(shield=True):
+            try:
                 await trio.lowlevel.wait_readable(writer.wake_r)
+            except trio.Cancelled:
+                # The job runs on: wait for it, shielded, and return its result. Cancellation is
+                # level-triggered: the caller's next checkpoint raises it again.
+                with trio.CancelScope(shield=True):
+                    await trio.lowlevel.wait_readable(writer.wake_r)
             writer.wake_r.recv(16)
             ok, value = writer.result
             writer.result = (True, None)
