@@ -84,7 +84,7 @@ class ChatLog:
     """
 
     __slots__ = ("_by_cid", "_cid_keys", "_deleted", "_first", "_limit", "_records", "_users", "delivered",
-                 "last_n", "read", "trimmed")
+                 "last_n", "read", "trimmed", "trimmed_authors")
 
     def __init__(self, limit: int) -> None:
         self._records: dict[int, bytes] = {}
@@ -107,6 +107,9 @@ class ChatLog:
         self._limit = limit
         self.trimmed: list[int] = []
         """Numbers of messages dropped past the limit since the last ``take_trimmed`` (to delete)."""
+        self.trimmed_authors: set[str] = set()
+        """Authors of the messages dropped since the last ``take_trimmed``: their read cursors are
+        stored then (see ``restore``: a cursor that a send moved is stored as the message itself)."""
 
     def __len__(self) -> int:
         return len(self._records)
@@ -159,7 +162,8 @@ class ChatLog:
         while len(self._records) > self._limit:
             old = self._first
             self._first = old + 1
-            del self._records[old], self._users[old]
+            self.trimmed_authors.add(self._users.pop(old))
+            del self._records[old]
             self._deleted.pop(old, None)
             key = self._cid_keys.pop(old, None)
             if key is not None:
@@ -236,7 +240,8 @@ class ChatLog:
         return count
 
     def take_trimmed(self) -> list[int]:
-        """The messages dropped past the limit since the last call."""
+        """The messages dropped past the limit since the last call (``trimmed_authors`` is the
+        caller's to take too)."""
         trimmed, self.trimmed = self.trimmed, []
         return trimmed
 
@@ -244,11 +249,17 @@ class ChatLog:
                 delivered: dict[str, int] | None = None) -> None:
         """Reload from durable records (the packed messages, oldest first), kept as they are.
 
+        A read cursor is the larger of the stored one (``read``: moved by ``mark_read``) and the
+        newest message its user wrote (``send`` moves the author's cursor to it, and the room
+        stores only the message: one write fewer per message). The cursor of an author whose
+        messages are trimmed is stored with the trim (``trimmed_authors``), so none goes back.
+
         Raises:
             ValueError: the numbers are not consecutive up to ``last_n`` (a commit writes a message, its
                 trimmed predecessors' deletes and the counters together: a gap means damaged data, and
                 the room refuses to load rather than show another message under a number).
         """
+        authored: dict[str, int] = {}
         for record in records:
             fields = unpackb(record)
             n = fields["n"]
@@ -257,7 +268,8 @@ class ChatLog:
             elif n != self._first + len(self._records):
                 raise ValueError(f"chat message {n} follows {self._first + len(self._records) - 1}")
             self._records[n] = record
-            self._users[n] = fields["user"]
+            user = self._users[n] = fields["user"]
+            authored[user] = n
             if fields.get("deleted"):
                 self._deleted[n] = True
             if fields.get("cid") is not None:
@@ -268,8 +280,11 @@ class ChatLog:
         self.last_n = max(last_n, n if records else 0)
         if not self._records:
             self._first = self.last_n + 1
-        self._trim()
         self.read.update(read)
+        for user, n in authored.items():
+            if self.read.get(user, 0) < n:
+                self.read[user] = n
+        self._trim()
         self.delivered.restore(delivered or {})
 
 

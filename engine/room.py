@@ -1390,8 +1390,9 @@ class RoomActor:
         state.touch_member(new)
         read = state.chat.read
         if old in read:
-            read[new] = max(read.pop(old), read.get(new, 0))
-            state.touch_read(old)
+            # ``old`` keeps its cursor (it is no member, so no count reads it): a restart derives it
+            # from its messages anyway (ChatLog.restore), and a cursor must come back as it was.
+            read[new] = max(read[old], read.get(new, 0))
             state.touch_read(new)
         self._info_dirty = True
         self._diff(join=joined, update=updated, leave=[old], reason="merged")

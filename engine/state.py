@@ -208,13 +208,13 @@ class RoomState:
         self._dirty_reads.add(user)
 
     def chat_sent(self, n: int, record: bytes, user: str, seq: int, event: bytes) -> None:
-        """A chat message was sent: its record (packed already), the author's read cursor and the
-        ``chat`` event ``seq`` (framed) are this turn's to write. One call for what ``touch_chat``,
-        ``touch_read`` and ``record_event`` do one by one,
+        """A chat message was sent: its record (packed already) and the ``chat`` event ``seq``
+        (framed) are this turn's to write; the numbers in them stand for the counters and the
+        author's read cursor (``stored_position``, ``ChatLog.restore``). One call for what
+        ``touch_chat`` and ``record_event`` do one by one,
         with ``seq`` taken: a chat turn is the hot path, and each call was a Python frame per message."""
         self.seq = seq  # stored as the number of its event (see ``stored_position``): no ``counters``
-        self._dirty_chat[n] = record
-        self._dirty_reads.add(user)
+        self._dirty_chat[n] = record  # the author's read cursor too: it is the message's ``n`` (ChatLog.restore)
         self.replay.append(seq, event)
         self._new_events.append((seq, event))
 
@@ -234,9 +234,9 @@ class RoomState:
         """The store writes for everything changed since the last call.
 
         Called once per turn, so with one message a turn it runs per message: each kind is skipped
-        when clean and sorted only when it holds more than one key (a chat turn writes one ``chat:``,
-        one ``read:``, one ``ev:`` and deletes the ``ev:`` that fell out of the replay buffer; no
-        ``counters``: see ``stored_position``), and records are packed with one reused packer instead of ``msgpack.packb`` (which
+        when clean and sorted only when it holds more than one key (a chat turn writes one ``chat:`` and
+        one ``ev:`` and deletes the ``ev:`` that fell out of the replay buffer; no ``counters`` and no
+        author's ``read:``: see ``stored_position`` and ``ChatLog.restore``), and records are packed with one reused packer instead of ``msgpack.packb`` (which
         builds a ``Packer`` per call)."""
         writes: list[Write] = []
         add = writes.append
@@ -263,6 +263,9 @@ class RoomState:
                 entry = self.presence.get(user)
                 add(Write(room, _MEMBER_PREFIX + user, None if entry is None else _pack(entry.to_record())))
             members.clear()
+        if self.chat.trimmed_authors:  # their cursors may have rested on the messages trimmed now
+            self._dirty_reads |= self.chat.trimmed_authors
+            self.chat.trimmed_authors = set()
         if self._dirty_reads:
             reads, read = self._dirty_reads, self.chat.read
             for user in sorted(reads) if len(reads) > 1 else reads:
