@@ -7,6 +7,7 @@ it. The trap: a Packer is not thread-safe. Only code on the loop's thread may ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -15,9 +16,9 @@ __all__ = ["packb", "unpackb"]
 
 _packer = msgpack.Packer(use_bin_type=True)
 
-
-def packb(value: Any) -> bytes:
-    return _packer.pack(value)
+packb: Callable[[Any], bytes] = _packer.pack
+"""The shared Packer's own ``pack``, not a function around it: a chat turn packs seven values, and a
+Python frame around each C call was ~0.6 k instructions of it."""
 
 
 def unpackb(data: bytes) -> Any:
