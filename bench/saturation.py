@@ -67,6 +67,7 @@ def _step(args: argparse.Namespace, rate: float, cpu: int | None, workdir: Path,
         "errors": figures["errors"],
         "error_kinds": figures["error_kinds"],
         "other_cpu_util": figures["other_cpu_util"],
+        "steal_cpu_util": figures.get("steal_cpu_util"),
     }
 
 
@@ -138,13 +139,13 @@ def render_sweep(result: dict[str, Any]) -> str:
          f"{result['start_rate']:g} msg/s per member x {result['factor']:g} per step until delivery p99 > "
          f"{result['p99_limit_ms']:g} ms; {result['seconds']:g} s measured per step after {result['warmup']:g} s"),
         "",
-        f"{'rate':>8}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu util':>10}{'msgs/s/core':>13}{'other cpu':>11}  result",
-        "-" * 80,
+        f"{'rate':>8}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu util':>10}{'msgs/s/core':>13}{'other cpu':>11}{'steal':>7}  result",
+        "-" * 87,
     ]
     for step in result["steps"]:
         lines.append(f"{_fmt(step['rate']):>8}{_fmt(step['msgs_per_s']):>10}{_fmt(step['p50_ms']):>9}"
                      f"{_fmt(step['p99_ms']):>9}{_fmt(step['server_cpu_util']):>10}{_fmt(step['msgs_per_core_s']):>13}"
-                     f"{_fmt(step['other_cpu_util']):>11}  {step.get('failed', 'held')}")
+                     f"{_fmt(step['other_cpu_util']):>11}{_fmt(step.get('steal_cpu_util')):>7}  {step.get('failed', 'held')}")
     lines.append("")
     if result["held_rate"] is None:
         lines.append(f"no step held (stopped by {result['stopped_by']})")
