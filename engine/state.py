@@ -59,13 +59,19 @@ def stored_position(records: Mapping[str, bytes]) -> tuple[int, int]:
     The ``counters`` record still holds the rest (epoch, ``empty_since``, ``shared``) and is written
     when one of them changes; a store written before this rule holds counters that are never behind.
     """
-    counters = _unpack(records["counters"]) if "counters" in records else {"seq": 0, "chat_n": 0}
-    seq, chat_n = counters["seq"], counters["chat_n"]
-    for key in records:
-        if key.startswith(_EVENT_PREFIX):
-            seq = max(seq, int(key[len(_EVENT_PREFIX):], 16))
-        elif key.startswith(_CHAT_PREFIX):
-            chat_n = max(chat_n, int(key[len(_CHAT_PREFIX):], 16))
+    counters = _unpack(records["counters"]) if "counters" in records else {}
+    return _position(counters, max((key for key in records if key.startswith(_CHAT_PREFIX)), default=None),
+                     max((key for key in records if key.startswith(_EVENT_PREFIX)), default=None))
+
+
+def _position(counters: Mapping[str, Any], newest_chat: str | None, newest_event: str | None) -> tuple[int, int]:
+    """``stored_position`` from the counters and the newest keys (fixed-width hex: the largest key
+    is the largest number), for ``RoomState.restore``, which has them sorted already."""
+    seq, chat_n = counters.get("seq", 0), counters.get("chat_n", 0)
+    if newest_event is not None:
+        seq = max(seq, int(newest_event[len(_EVENT_PREFIX):], 16))
+    if newest_chat is not None:
+        chat_n = max(chat_n, int(newest_chat[len(_CHAT_PREFIX):], 16))
     return seq, chat_n
 
 
@@ -351,15 +357,15 @@ class RoomState:
             game = _unpack(records["game"])
             state.phase, state.version, state.game = Phase(game["phase"]), game["version"], game["state"]
         counters = _unpack(records["counters"]) if "counters" in records else {"epoch": 1}
-        seq, chat_n = stored_position(records)
+        messages.sort()
+        events.sort()
+        seq, chat_n = _position(counters, messages[-1][0] if messages else None, events[-1][0] if events else None)
         state.epoch, state.seq = counters["epoch"], seq
         state.empty_since = counters.get("empty_since")
         state.shared = bool(counters.get("shared", True))  # rooms stored before the flag existed keep room_ttl
         # Stored messages were validated when they were written: the log keeps their records as
         # they are, without re-checking (a third of the cost of a restart otherwise).
-        messages.sort()
         state.chat.restore([value for _key, value in messages], read, chat_n, delivered)
-        events.sort()
         replay = state.replay
         for seq, data in ((int(key[len(_EVENT_PREFIX) :], 16), value) for key, value in events):
             if seq <= state.seq:
