@@ -15,6 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgpack
 import trio
 
 from roost.protocol.errors import CloseCode
@@ -29,8 +30,8 @@ from .operations import Operations
 from .revocations import Revocations
 from .room import RoomRuntime
 from .router import Router
-from .state import RoomState
-from .store import Store, StoreError
+from .state import LAYOUT, LAYOUT_KEY, RoomState
+from .store import Store, StoreError, Write
 from .store.memory import MemoryStore
 from .supervisor import Supervisor
 from .users import Directory
@@ -204,6 +205,7 @@ class Engine:
 
     async def _restore_rooms(self) -> None:
         assert self._router is not None
+        await self._check_layout()
         records = await self.store.load_all_rooms()
         now = trio.current_time()
         # Restoring allocates ~15 long-lived objects per record: with the collector on, it runs
@@ -233,6 +235,17 @@ class Engine:
                 gc.enable()
         if records:
             log.info("restored %d rooms", len(self._router.rooms))
+
+    async def _check_layout(self) -> None:
+        """Refuse a data directory written by a later build (``state.LAYOUT``); mark an earlier or new
+        one as this build's before any room writes to it."""
+        stored = (await self.store.load_global()).get(LAYOUT_KEY)
+        layout = 1 if stored is None else msgpack.unpackb(stored)
+        if type(layout) is not int or layout > LAYOUT:
+            raise StoreError(f"the store was written by a later Roost (data layout {layout!r}; this build "
+                             f"reads layouts up to {LAYOUT}): start that build, or a later one")
+        if layout < LAYOUT:
+            await self.store.commit([Write(None, LAYOUT_KEY, msgpack.packb(LAYOUT))])
 
     def _service_auth_refused(self) -> None:
         if self._gateway is not None:

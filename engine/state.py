@@ -21,7 +21,24 @@ from .packing import unpackb as _unpack
 from .presence import Presence
 from .store import Write
 
-__all__ = ["Replay", "RoomOptions", "RoomState", "membership_key", "stored_position", "user_key"]
+__all__ = ["LAYOUT", "LAYOUT_KEY", "Replay", "RoomOptions", "RoomState", "membership_key", "stored_position",
+           "user_key"]
+
+LAYOUT = 2
+"""What the room records mean, as this build writes them (stored as the global ``LAYOUT_KEY``):
+
+- 1 (no key: every build before it): each chat turn and broadcast wrote the ``counters`` record and
+  the author's ``read:`` cursor;
+- 2: they do not; ``seq``, ``chat_n`` and the author's cursor are taken back from the newest event and
+  messages (``stored_position``, ``ChatLog.restore``).
+
+A build reads every layout up to its own and refuses a later one (the engine does not start): an
+older build would read a layout-2 directory's ``seq`` from stale counters, reuse event numbers and
+lose cursors (found by a review that restored a layout-2 directory with the previous build). Builds
+of layout 1 predate the check: going back to one of them needs the directory written by it or
+empty."""
+LAYOUT_KEY = "layout"
+"""The global key holding ``LAYOUT``, written at the first start of a build that reads its directory."""
 
 _CHAT_PREFIX = "chat:"
 _MEMBER_PREFIX = "member:"

@@ -242,3 +242,47 @@ async def test_messages_past_the_history_limit_leave_the_store(roost_keys: TestK
             await ann.chat_send(room.room, str(i))
         chat_keys = sorted(k for k in await store.load_room(room.room) if k.startswith("chat:"))
         assert chat_keys == [f"chat:{n:016x}" for n in (3, 4, 5)]
+
+
+async def test_a_data_directory_is_marked_with_its_layout_and_a_later_one_is_refused(
+        tmp_path: Path, roost_keys: TestKeys) -> None:
+    """A build marks the directory it reads with its data layout (state.LAYOUT) before any room writes
+    to it; a directory marked by a later build (whose records this one would misread: seq taken from
+    stale counters, event numbers reused) is refused at start, and nothing is written to it."""
+    import msgpack
+
+    from roost.state import LAYOUT, LAYOUT_KEY
+    from roost.store import StoreError, Write
+
+    config = test_config(roost_keys)
+    async with trio.open_nursery() as nursery:  # a directory of a build before the mark: no key
+        store = LmdbStore(tmp_path / "db")
+        await nursery.start(store.run)
+        assert LAYOUT_KEY not in await store.load_global()
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        store = LmdbStore(tmp_path / "db")
+        await start_engine(nursery, config, store=store)
+        assert msgpack.unpackb((await store.load_global())[LAYOUT_KEY]) == LAYOUT == 2
+        await store.commit([Write(None, LAYOUT_KEY, msgpack.packb(LAYOUT + 1))])  # as a later build would
+        nursery.cancel_scope.cancel()
+    store = LmdbStore(tmp_path / "db")
+    with pytest.raises(BaseExceptionGroup) as refused:
+        async with trio.open_nursery() as nursery:
+            await start_engine(nursery, config, store=store)
+    errors, rest = refused.value.split(StoreError)
+    assert rest is None and errors is not None
+
+    def leaves(group: BaseException) -> list[BaseException]:
+        if isinstance(group, BaseExceptionGroup):
+            return [leaf for inner in group.exceptions for leaf in leaves(inner)]
+        return [group]
+
+    assert [str(error) for error in leaves(errors)] == [
+        "the store was written by a later Roost (data layout 3; this build reads layouts up to 2): start that build,"
+        " or a later one"]
+    async with trio.open_nursery() as nursery:
+        store = LmdbStore(tmp_path / "db")
+        await nursery.start(store.run)
+        assert msgpack.unpackb((await store.load_global())[LAYOUT_KEY]) == LAYOUT + 1  # left as it was
+        nursery.cancel_scope.cancel()
