@@ -7,6 +7,8 @@ the Python client's sign-in and the upgrade keeping rooms and history run on rea
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
@@ -238,3 +240,55 @@ class TestWithGuests:
             assert first.sid != second.sid
             with pytest.raises(ValueError):
                 await start_client(nursery, roost_engine.url, "token", guest_key=device)
+
+
+async def test_a_merged_guest_and_the_room_come_back_alike_after_a_restart(tmp_path: Path) -> None:
+    """Cursors taken back from the messages (ChatLog.restore) across a guest merged into an account,
+    with a history and a replay buffer smaller than the chat (trims write the authors' cursors): the
+    room's seq and count, and each member's read position and unread count, are the live ones.
+    (Written by the hostile review of the change.)"""
+    from roost.store.lmdb import LmdbStore
+    from roost.testing import connect_client, start_engine
+
+    keys = TestKeys()
+    config = test_config(keys, guests=True, reconnect_grace=30.0, history_limit=3, replay_events=2)
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            engine = await start_engine(nursery, config, store=LmdbStore(tmp_path / "db"))
+            device = SigningKey.generate()
+            guest = await start_client(nursery, engine.url, guest_key=device, guest_name="Pip", reconnect=False)
+            room = await guest.create()
+            await guest.chat_send(room.room, "g1")
+            bob = await connect_client(nursery, engine.url, keys.token("bob"), reconnect=False)
+            await bob.join(room=room.room)
+            await bob.chat_send(room.room, "b1")
+            await guest.chat_send(room.room, "g2")
+            await bob.read(room.room, 1)
+            status, _ = await call(engine, "user_upsert", {"provider": "google", "subject": "pip", "id": "acct"})
+            assert status == 200
+            status, _ = await call(engine, "user_move_key", {"key": b64(device), "to": "acct"})
+            assert status == 200
+            acct = await connect_client(nursery, engine.url, keys.token("acct"), reconnect=False)
+            with trio.fail_after(10):
+                while True:
+                    snap = await engine.ops.snapshot(room.room)
+                    if "acct" in {m.user for m in snap.members}:
+                        break
+                    await trio.sleep(0.05)
+            await bob.chat_send(room.room, "b2")
+            live_acct = await acct.join(room=room.room)
+            live_bob = await bob.join(room=room.room)
+            live = await engine.ops.snapshot(room.room)
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            engine = await start_engine(nursery, config, store=LmdbStore(tmp_path / "db"))
+            back = await engine.ops.snapshot(room.room)
+            assert (back.seq, back.chat_n) == (live.seq, live.chat_n)
+            acct = await connect_client(nursery, engine.url, keys.token("acct"), reconnect=False)
+            bob = await connect_client(nursery, engine.url, keys.token("bob"), reconnect=False)
+            a = await acct.join(room=room.room)
+            b = await bob.join(room=room.room)
+            assert (a.read_n, a.unread) == (live_acct.read_n, live_acct.unread)
+            assert (b.read_n, b.unread) == (live_bob.read_n, live_bob.unread)
+            nursery.cancel_scope.cancel()
