@@ -240,10 +240,14 @@ class ChatLog:
         return count
 
     def take_trimmed(self) -> list[int]:
-        """The messages dropped past the limit since the last call (``trimmed_authors`` is the
-        caller's to take too)."""
+        """The messages dropped past the limit since the last call."""
         trimmed, self.trimmed = self.trimmed, []
         return trimmed
+
+    def take_trimmed_authors(self) -> set[str]:
+        """The authors of the messages dropped since the last call (their cursors to store)."""
+        authors, self.trimmed_authors = self.trimmed_authors, set()
+        return authors
 
     def restore(self, records: list[bytes], read: dict[str, int], last_n: int,
                 delivered: dict[str, int] | None = None) -> None:

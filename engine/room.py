@@ -956,7 +956,7 @@ class RoomActor:
         ts = self.now_ms()
         n, ts, record, dup = state.chat.send(user=user, name=peer.name, cid=frame.cid, text=frame.text,
                                              meta=frame.meta, ts=ts)
-        packed_ts = self._emit_chat(n, record, user, ts) if not dup else _packb(ts)  # a repeat: the original's
+        packed_ts = self._emit_chat(n, record, ts) if not dup else _packb(ts)  # a repeat: the original's
         # ``ok`` with a ChatAck, {"t": "ok", "id": frame.id, "result": {"id", "n", "ts", "dup"}}, packed
         # from its parts: the keys are constant, three values are packed (ts already was, for the
         # event), the bytes encode(Ok(...)) makes (tests pin them); a nested dict pack cost ~3 k more.
@@ -964,14 +964,14 @@ class RoomActor:
                             b"\xa1n", _packb(n), b"\xa2ts", packed_ts, b"\xa3dup\xc3" if dup else b"\xa3dup\xc2"))
         self._entries.append((peer, ws_frame(payload)))
 
-    def _emit_chat(self, n: int, record: bytes, author: str, ts: int) -> bytes:
+    def _emit_chat(self, n: int, record: bytes, ts: int) -> bytes:
         """Broadcast a ``chat`` event around message ``n``'s ``record`` already packed: the event is
         the record's bytes behind a packed head, so the message is packed once, for the wire and the
         store alike (the same bytes as ``emit(ChatEvent, ...)``, whose ``msg`` is the last field).
         The head's ``t``, ``room`` and ``epoch`` are packed once per actor (and epoch): only ``seq``
         and ``ts`` are packed per message (a dict pack per message cost ~3 k instructions more), and
         the frame is joined from its parts in one copy. ``ts`` is the turn's (the message's own); the
-        record, the author's read cursor, the counters and the event are marked for the turn's writes
+        record and the event are marked for the turn's writes
         in one call (``RoomState.chat_sent``). Returns ``ts`` packed (the ``ok`` carries it too)."""
         state = self.state
         seq = state.seq + 1
@@ -987,7 +987,7 @@ class RoomActor:
             raise RoomError(ErrorCode.TOO_LARGE, "the chat event would exceed the frame limit")
         data = b"".join((ws_head(size), head, packed_seq, b"\xa2ts", packed_ts, b"\xa3msg", record))
         self._entries.append((None, data))
-        state.chat_sent(n, record, author, seq, data)
+        state.chat_sent(n, record, seq, data)
         return packed_ts
 
     def _on_leave(self, peer: Peer, frame: Leave, now: float) -> None:

@@ -230,7 +230,7 @@ class RoomState:
         """Mark a user's read cursor as moved."""
         self._dirty_reads.add(user)
 
-    def chat_sent(self, n: int, record: bytes, user: str, seq: int, event: bytes) -> None:
+    def chat_sent(self, n: int, record: bytes, seq: int, event: bytes) -> None:
         """A chat message was sent: its record (packed already) and the ``chat`` event ``seq``
         (framed) are this turn's to write; the numbers in them stand for the counters and the
         author's read cursor (``stored_position``, ``ChatLog.restore``). One call for what
@@ -287,8 +287,7 @@ class RoomState:
                 add(Write(room, _MEMBER_PREFIX + user, None if entry is None else _pack(entry.to_record())))
             members.clear()
         if self.chat.trimmed_authors:  # their cursors may have rested on the messages trimmed now
-            self._dirty_reads |= self.chat.trimmed_authors
-            self.chat.trimmed_authors = set()
+            self._dirty_reads |= self.chat.take_trimmed_authors()
         if self._dirty_reads:
             reads, read = self._dirty_reads, self.chat.read
             for user in sorted(reads) if len(reads) > 1 else reads:

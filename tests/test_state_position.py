@@ -58,7 +58,7 @@ def test_seq_and_chat_n_come_back_without_a_counters_write_per_turn(
     for i, (turn, user, at) in enumerate(turns):
         if turn == "chat":
             n, ts, record, _dup = state.chat.send(user=user, name=user, cid=f"c{i}", text="hi", meta=None, ts=i)
-            state.chat_sent(n, record, user, state.seq + 1, packb(["chat", state.seq + 1, n]))
+            state.chat_sent(n, record, state.seq + 1, packb(["chat", state.seq + 1, n]))
         elif turn == "event":
             state.seq += 1
             state.record_event(state.seq, packb(["event", state.seq]))
