@@ -1,0 +1,176 @@
+"""The cluster directory on a real Redis (engine/placement.py): leases with fencing tokens, exactly-once
+room claims, a second claimant for every lease, and Redis lost and restarted under a live owner."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from roost.placement import (
+    Lease, LeaseKeeper, Placement, PlacementUnavailable, ShardHeld, Superseded,
+)
+
+from .redis_server import OwnRedis, machine_client, machine_redis, own_redis, unique_prefix  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+async def placement():
+    prefix = unique_prefix()
+    async with machine_redis(prefix) as client:
+        yield Placement(client, prefix, lease_ms=5_000)
+
+
+async def test_a_second_claimant_of_a_live_lease_is_refused_and_told_who_holds_it(placement: Placement) -> None:
+    first = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
+    with pytest.raises(ShardHeld) as refused:
+        await placement.acquire("node-a/0", "ws://127.0.0.1:7002/")
+    assert refused.value.holder == first
+    assert await placement.owner("node-a/0") == first
+
+
+async def test_the_replacement_at_the_same_address_takes_over_at_once_with_a_later_token(placement: Placement) -> None:
+    """A worker SIGKILLed and restarted by its supervisor (same address, the flock proving the first
+    dead) must not wait out the dead one's TTL; the dead one's token is then superseded."""
+    first = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
+    second = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
+    assert second.token > first.token
+    with pytest.raises(Superseded):
+        await placement.renew(first)
+    await placement.renew(second)
+    assert await placement.owner("node-a/0") == second
+
+
+async def test_tokens_stay_above_the_floor_the_environment_recorded(placement: Placement) -> None:
+    """Redis here keeps nothing on disk: after a restart its counters start again. The environment's
+    own record of its last token keeps the next one above every token ever used."""
+    lease = await placement.acquire("node-a/1", "ws://127.0.0.1:7001/", floor=41)
+    assert lease.token == 42
+    again = await placement.acquire("node-a/1", "ws://127.0.0.1:7001/", floor=10)
+    assert again.token == 43
+
+
+async def test_a_lapsed_lease_is_put_back_by_its_owner_unless_a_later_owner_took_a_token(placement: Placement) -> None:
+    shard = "node-b/0"
+    lease = await placement.acquire(shard, "ws://127.0.0.1:7001/")
+    await placement._client.delete([placement._lease_key(shard)])  # what its TTL does, deterministically
+    assert await placement.owner(shard) is None
+    await placement.renew(lease)  # nobody took it: the owner was only late (a pause, a slow Redis)
+    assert await placement.owner(shard) == lease
+    later = await placement.acquire(shard, "ws://127.0.0.1:7001/")
+    await placement._client.delete([placement._lease_key(shard)])  # the later owner lapses too
+    with pytest.raises(Superseded):
+        await placement.renew(lease)  # the first may not come back over it
+    await placement.renew(later)
+
+
+async def test_a_lease_lapses_by_its_ttl_when_nobody_renews_it() -> None:
+    prefix = unique_prefix()
+    async with machine_redis(prefix) as client:
+        placement = Placement(client, prefix, lease_ms=150)
+        await placement.acquire("node-c/0", "ws://127.0.0.1:7001/")
+        with trio.fail_after(5):
+            while await placement.owner("node-c/0") is not None:
+                await trio.sleep(0.05)
+
+
+async def test_a_stale_release_does_not_free_the_later_owners_lease(placement: Placement) -> None:
+    first = await placement.acquire("node-d/0", "ws://127.0.0.1:7001/")
+    second = await placement.acquire("node-d/0", "ws://127.0.0.1:7001/")
+    await placement.release(first)
+    assert await placement.owner("node-d/0") == second
+    await placement.release(second)
+    assert await placement.owner("node-d/0") is None
+
+
+async def test_fifty_racing_claims_of_one_code_make_one_room() -> None:
+    """Fifty claimants on five connections, each with a room id of its own, released together: one
+    wins, every one of them is told the winner's room, and no loser's id key is left behind."""
+    prefix = unique_prefix()
+    results: list[tuple[str, str]] = []
+    async with machine_redis(prefix) as cleanup:
+        clients = [machine_client() for _ in range(5)]
+        entered = [await client.__aenter__() for client in clients]
+        try:
+            placements = [Placement(client, prefix) for client in entered]
+            go = trio.Event()
+
+            async def claimant(index: int) -> None:
+                await go.wait()
+                results.append(await placements[index % 5].claim("LOBBY-1", f"r{index:03}", f"node-{index % 3}/0"))
+
+            async with trio.open_nursery() as nursery:
+                for index in range(50):
+                    nursery.start_soon(claimant, index)
+                await trio.sleep(0.05)
+                go.set()
+        finally:
+            for client in reversed(clients):
+                await client.__aexit__(None, None, None)
+        assert len(results) == 50 and len(set(results)) == 1
+        winner, shard = results[0]
+        room_keys = [key async for key in cleanup.scan_iter(match=f"{prefix}room:*")]
+        assert room_keys == [f"{prefix}room:{winner}".encode()]
+        placement = Placement(cleanup, prefix)
+        location = await placement.locate(code="LOBBY-1")
+        assert location is not None and (location.room_id, location.shard, location.code) == (winner, shard, "LOBBY-1")
+        assert await placement.locate(room_id=winner) == location
+        assert location.owner is None  # nobody serves that shard in this test: the room is unavailable
+
+
+async def test_forgetting_a_room_frees_its_code_only_while_the_code_still_names_it(placement: Placement) -> None:
+    assert await placement.claim("TABLE", "r1", "node-a/0") == ("r1", "node-a/0")
+    await placement.forget("r1", "TABLE", "node-a/0")
+    assert await placement.locate(code="TABLE") is None and await placement.locate(room_id="r1") is None
+    assert await placement.claim("TABLE", "r2", "node-b/0") == ("r2", "node-b/0")
+    await placement.forget("r1", "TABLE", "node-a/0")  # late, for the old room: the new one keeps the code
+    assert await placement.by_code("TABLE") == ("r2", "node-b/0")
+
+
+async def test_with_redis_gone_calls_fail_clearly_and_the_owner_keeps_its_lease_when_redis_returns(
+        own_redis: OwnRedis) -> None:
+    """Redis killed under a live owner: every directory call raises PlacementUnavailable (quickly, no
+    hang), the keeper says the directory is down but does not give the shard up; Redis restarted
+    empty: the keeper puts the lease back with the fence raised to its token, so a claimant that comes
+    after gets a later token, not a reused 1."""
+    prefix = unique_prefix()
+    lost: list[bool] = []
+    async with own_redis.client() as client:
+        placement = Placement(client, prefix, lease_ms=300)
+        for _ in range(4):  # a token above 1, so a fence that restarted at 0 would show
+            lease = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
+        assert lease.token == 4
+        keeper = LeaseKeeper(placement, lease, on_lost=lambda: lost.append(True))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(keeper.run)
+            own_redis.stop()
+            with trio.fail_after(5):
+                with pytest.raises(PlacementUnavailable, match="unavailable"):
+                    await placement.locate(code="X")
+                while keeper.directory_up:
+                    await trio.sleep(0.05)
+            await trio.sleep(0.4)  # past a lease period with Redis down: the keeper goes on trying
+            assert not lost and not keeper.lost
+            own_redis.start()
+            with trio.fail_after(5):
+                while not keeper.directory_up:
+                    await trio.sleep(0.05)
+            assert await placement.owner("node-a/0") == lease
+            with pytest.raises(ShardHeld):
+                await placement.acquire("node-a/0", "ws://127.0.0.1:9999/")
+            replacement = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
+            assert replacement.token == 5
+            with trio.fail_after(5):
+                while not keeper.lost:
+                    await trio.sleep(0.05)
+            assert lost == [True]
+            nursery.cancel_scope.cancel()
+
+
+def test_a_lease_value_round_trips() -> None:
+    lease = Lease("node-a/0", 7, "ws://[::1]:7001/")
+    assert Lease._parse("node-a/0", lease._value()) == lease
+
+
+def test_a_lease_period_too_short_to_renew_in_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Placement(None, lease_ms=50)  # type: ignore[arg-type]
