@@ -41,14 +41,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import coredis
 import trio
 from coredis.exceptions import RedisError
 
-__all__ = ["Lease", "LeaseKeeper", "Location", "Placement", "PlacementUnavailable", "ShardHeld", "Superseded"]
+__all__ = ["Lease", "Location", "Placement", "PlacementUnavailable", "ShardHeld", "ShardOwner", "Superseded"]
 
 log = logging.getLogger("roost.placement")
 
@@ -117,7 +117,7 @@ redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return {token, value}
 """
 
-# KEYS: lease, fence. ARGV: token, address, ttl_ms. 1: renewed (or put back); 0: superseded.
+# KEYS: lease, fence. ARGV: token, address, ttl_ms. 1: renewed; 2: put back; 0: superseded.
 _RENEW = b"""
 local mine = ARGV[1] .. ' ' .. ARGV[2]
 local held = redis.call('GET', KEYS[1])
@@ -131,7 +131,7 @@ local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
 if fence > token then return 0 end
 if fence < token then redis.call('SET', KEYS[2], token) end
 redis.call('SET', KEYS[1], mine, 'PX', ARGV[3])
-return 1
+return 2
 """
 
 # KEYS: one key. ARGV: the value it must hold to be deleted.
@@ -195,14 +195,16 @@ class Placement:
             raise ShardHeld(shard, Lease._parse(shard, value))
         return Lease(shard, int(token), address)
 
-    async def renew(self, lease: Lease) -> None:
+    async def renew(self, lease: Lease) -> bool:
         """Extend ``lease`` by a lease period; put it back if it lapsed (or Redis lost it) and no later
-        owner took a token since. Raises Superseded when one did."""
+        owner took a token since (True: put back, so the directory may have lost the rooms' keys
+        too). Raises Superseded when one did."""
         renewed = await self._call("renew", lambda: self._renew(
             keys=[self._lease_key(lease.shard), self._fence_key(lease.shard)],
             args=[lease.token, lease.address, self.lease_ms]))
         if not renewed:
             raise Superseded(f"shard {lease.shard} has an owner with a later token than {lease.token}")
+        return renewed == 2
 
     async def release(self, lease: Lease) -> None:
         """Give the shard up (a graceful stop): its rooms are unavailable at once, not after a TTL."""
@@ -263,6 +265,30 @@ class Placement:
             room_id, shard = claimed
         return Location(room_id, code, shard, await self.owner(shard))
 
+    async def register(self, shard: str, rooms: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Claim again the codes of rooms ``(room_id, code)`` that live in ``shard`` (Redis restarted
+        empty), pipelined in chunks; returns those whose code another room holds now."""
+        taken: list[tuple[str, str]] = []
+        for start in range(0, len(rooms), 500):
+            chunk = rooms[start:start + 500]
+
+            async def send(chunk: list[tuple[str, str]] = chunk) -> list[Any]:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    requests = []
+                    for room_id, code in chunk:
+                        pipe.set(self._room_key(room_id), f"{shard} {code}")
+                        requests.append(pipe.get(self._code_key(code)))
+                        requests.append(pipe.set(self._code_key(code), f"{room_id} {shard}",
+                                                 condition=coredis.PureToken.NX))
+                return [await request for request in requests]
+
+            answers = await self._call("register", send)
+            for index, (room_id, code) in enumerate(chunk):
+                held, won = answers[2 * index], answers[2 * index + 1]
+                if not won and held != f"{room_id} {shard}".encode():
+                    taken.append((room_id, code))
+        return taken
+
     async def forget(self, room_id: str, code: str, shard: str) -> None:
         """A room closed for good: free its code (only if it still names this room: a later room may
         have the code by now) and drop its id."""
@@ -270,38 +296,136 @@ class Placement:
         await self._call("forget", lambda: self._client.delete([self._room_key(room_id)]))
 
 
-class LeaseKeeper:
-    """Keeps a shard's lease renewed, a third of a lease period apart, for as long as it runs.
+class ShardOwner:
+    """This process as the owner of one shard: it keeps the lease, keeps the directory told of its
+    rooms, and answers the router's question "where does this room live?".
 
-    Redis unreachable: the keeper logs it once, keeps trying, and ``directory_up`` is False (the owner
-    goes on serving what it owns: the flock, not the lease, keeps a second writer out). Superseded:
-    ``on_lost`` is called once and the keeper returns; the owner must stop answering for the shard.
+    Redis unreachable: what needs the directory (creating a room, finding one elsewhere) raises
+    PlacementUnavailable, which the connection answers ``unavailable`` with a retry hint; the rooms
+    this process owns go on serving (the flock, not the lease, keeps a second writer out). The lease
+    is retried every third of a lease period; when Redis comes back having forgotten everything (it
+    keeps nothing on disk), the lease is put back and every live room registered again.
+
+    Superseded (a later token took the shard: only a copy of this data directory served elsewhere can
+    do that), ``on_lost`` is called once: the process must stop answering for the shard.
     """
 
-    def __init__(self, placement: Placement, lease: Lease, *, on_lost: Callable[[], None]) -> None:
+    def __init__(self, placement: Placement, shard: str, address: str, *, floor: int,
+                 rooms: Callable[[], Iterable[tuple[str, str]]],
+                 record_token: Callable[[int], Awaitable[None]], on_lost: Callable[[str], None]) -> None:
         self.placement = placement
+        self.shard = shard
+        self.address = address
+        self.lease: Lease | None = None
+        self.directory_up = False
+        self.lost: str | None = None
+        self._floor = floor
+        self._rooms = rooms
+        self._record_token = record_token
+        self._on_lost = on_lost
+        self._urls: dict[str, str] = {}
+        """Shard -> its owner's address as last read (a join that finds the room elsewhere)."""
+        self._nursery: trio.Nursery | None = None
+
+    async def start(self) -> None:
+        """The first acquisition, before the process serves. Another live owner (ShardHeld) stops the
+        start; Redis down does not (the keeper acquires when it returns)."""
+        try:
+            await self._acquire()
+        except PlacementUnavailable as exc:
+            log.warning("%s: serving this node's rooms; the lease is retried", exc)
+
+    async def _acquire(self) -> None:
+        lease = await self.placement.acquire(self.shard, self.address, floor=self._floor)
+        await self._record_token(lease.token)  # the environment's floor for the next owner
+        self._floor = lease.token
         self.lease = lease
         self.directory_up = True
-        self.lost = False
-        self._on_lost = on_lost
+        log.info("shard %s owned with token %d at %s", self.shard, lease.token, self.address)
+        await self._register()
+
+    async def _register(self) -> None:
+        """Tell the directory of every live room (after Redis lost its keys; idempotent). A code that
+        another room claimed meanwhile keeps that room: this one stays reachable by id."""
+        taken = await self.placement.register(self.shard, list(self._rooms()))
+        for room_id, code in taken:
+            log.warning("room %s: its code %s was claimed by another room while the directory was "
+                        "lost; it is reachable by id only", room_id, code)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        interval = self.placement.lease_ms / 3000
-        while True:
-            await trio.sleep(interval)
-            try:
-                await self.placement.renew(self.lease)
-            except PlacementUnavailable as exc:
-                if self.directory_up:
-                    log.warning("cannot renew the lease of shard %s: %s (serving on; retrying)", self.lease.shard, exc)
-                self.directory_up = False
-                continue
-            except Superseded as exc:
-                log.error("%s: no longer its owner", exc)
-                self.lost = True
-                self._on_lost()
-                return
-            if not self.directory_up:
-                log.info("the cluster directory is back: lease of shard %s renewed", self.lease.shard)
-            self.directory_up = True
+        async with trio.open_nursery(strict_exception_groups=True) as nursery:
+            self._nursery = nursery
+            task_status.started()
+            interval = self.placement.lease_ms / 3000
+            while self.lost is None:
+                await trio.sleep(interval)
+                await self._keep()
+            nursery.cancel_scope.cancel()
+
+    async def _keep(self) -> None:
+        try:
+            if self.lease is None:
+                await self._acquire()
+            elif await self.placement.renew(self.lease):
+                log.info("the directory had lost shard %s: lease put back", self.shard)
+                await self._register()
+        except PlacementUnavailable as exc:
+            if self.directory_up:
+                log.warning("%s (serving on; retrying)", exc)
+            self.directory_up = False
+            return
+        except (Superseded, ShardHeld) as exc:
+            self.lost = str(exc)
+            self.directory_up = False
+            log.error("%s: no longer this shard's owner", exc)
+            self._on_lost(self.lost)
+            return
+        if not self.directory_up:
+            log.info("the cluster directory is back (shard %s)", self.shard)
+        self.directory_up = True
+
+    def _check(self) -> None:
+        if self.lost is not None:
+            raise PlacementUnavailable(f"this node no longer owns its shard ({self.lost})")
+        if not self.directory_up or self.lease is None:
+            raise PlacementUnavailable("the cluster directory is unavailable")
+
+    async def claim(self, code: str, room_id: str) -> tuple[str, str]:
+        """Claim ``code`` for a new room here; the winner's ``(room_id, shard)``."""
+        self._check()
+        return await self.placement.claim(code, room_id, self.shard)
+
+    async def locate(self, *, room_id: str | None = None, code: str | None = None) -> Location | None:
+        self._check()
+        location = await self.placement.locate(room_id=room_id, code=code)
+        if location is not None and location.owner is not None:
+            self._urls[location.shard] = location.owner.address
+        return location
+
+    async def url_of(self, shard: str) -> str | None:
+        """The address serving ``shard`` now (None: nobody: it is down or paused)."""
+        self._check()
+        owner = await self.placement.owner(shard)
+        return None if owner is None else owner.address
+
+    def forget_soon(self, room_id: str, code: str) -> None:
+        """A room closed for good: free its code in the background (a failure is logged: the code
+        then stays claimed by a room that is gone, and the next claim of it finds the room missing
+        in this shard and creates it afresh)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._forget, room_id, code)
+
+    async def _forget(self, room_id: str, code: str) -> None:
+        try:
+            await self.placement.forget(room_id, code, self.shard)
+        except PlacementUnavailable as exc:
+            log.warning("room %s closed, its code %s not freed: %s", room_id, code, exc)
+
+    async def release(self) -> None:
+        """A graceful stop: give the lease up (its rooms are unavailable at once, not after a TTL)."""
+        if self.lease is not None and self.lost is None:
+            with trio.move_on_after(2):
+                try:
+                    await self.placement.release(self.lease)
+                except PlacementUnavailable:
+                    pass  # its TTL ends it

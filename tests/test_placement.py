@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from roost.placement import (
-    Lease, LeaseKeeper, Placement, PlacementUnavailable, ShardHeld, Superseded,
+    Lease, Placement, PlacementUnavailable, ShardHeld, ShardOwner, Superseded,
 )
 
 from .redis_server import OwnRedis, machine_client, machine_redis, own_redis, unique_prefix  # noqa: F401 (fixture)
@@ -36,7 +36,7 @@ async def test_the_replacement_at_the_same_address_takes_over_at_once_with_a_lat
     assert second.token > first.token
     with pytest.raises(Superseded):
         await placement.renew(first)
-    await placement.renew(second)
+    assert not await placement.renew(second)  # renewed in place, not put back
     assert await placement.owner("node-a/0") == second
 
 
@@ -54,7 +54,7 @@ async def test_a_lapsed_lease_is_put_back_by_its_owner_unless_a_later_owner_took
     lease = await placement.acquire(shard, "ws://127.0.0.1:7001/")
     await placement._client.delete([placement._lease_key(shard)])  # what its TTL does, deterministically
     assert await placement.owner(shard) is None
-    await placement.renew(lease)  # nobody took it: the owner was only late (a pause, a slow Redis)
+    assert await placement.renew(lease)  # nobody took it: the owner was only late (a pause, a slow Redis)
     assert await placement.owner(shard) == lease
     later = await placement.acquire(shard, "ws://127.0.0.1:7001/")
     await placement._client.delete([placement._lease_key(shard)])  # the later owner lapses too
@@ -126,43 +126,57 @@ async def test_forgetting_a_room_frees_its_code_only_while_the_code_still_names_
     assert await placement.by_code("TABLE") == ("r2", "node-b/0")
 
 
-async def test_with_redis_gone_calls_fail_clearly_and_the_owner_keeps_its_lease_when_redis_returns(
+async def test_with_redis_gone_calls_fail_clearly_and_the_owner_keeps_its_shard_when_redis_returns(
         own_redis: OwnRedis) -> None:
     """Redis killed under a live owner: every directory call raises PlacementUnavailable (quickly, no
-    hang), the keeper says the directory is down but does not give the shard up; Redis restarted
-    empty: the keeper puts the lease back with the fence raised to its token, so a claimant that comes
-    after gets a later token, not a reused 1."""
+    hang), the owner says the directory is down but does not give the shard up; Redis restarted
+    empty: the owner puts its lease back with the fence raised to its token (a claimant after it gets a
+    later token, not a reused 1) and registers its rooms again, so their codes are not claimed twice."""
     prefix = unique_prefix()
-    lost: list[bool] = []
+    lost: list[str] = []
+    tokens: list[int] = []
+
+    async def record(token: int) -> None:
+        tokens.append(token)
+
     async with own_redis.client() as client:
         placement = Placement(client, prefix, lease_ms=300)
-        for _ in range(4):  # a token above 1, so a fence that restarted at 0 would show
-            lease = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
-        assert lease.token == 4
-        keeper = LeaseKeeper(placement, lease, on_lost=lambda: lost.append(True))
+        for _ in range(3):  # tokens 1-3 taken earlier: a fence that restarted at 0 would show
+            await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
+        owner = ShardOwner(placement, "node-a/0", "ws://127.0.0.1:7001/", floor=0,
+                           rooms=lambda: [("r1", "TABLE-1"), ("r2", "TABLE-2")],
+                           record_token=record, on_lost=lost.append)
+        await owner.start()
+        assert tokens == [4] and owner.directory_up
+        assert await owner.claim("TABLE-1", "r9") == ("r1", "node-a/0")  # registered at the start
         async with trio.open_nursery() as nursery:
-            await nursery.start(keeper.run)
+            await nursery.start(owner.run)
             own_redis.stop()
             with trio.fail_after(5):
                 with pytest.raises(PlacementUnavailable, match="unavailable"):
                     await placement.locate(code="X")
-                while keeper.directory_up:
+                while owner.directory_up:
                     await trio.sleep(0.05)
-            await trio.sleep(0.4)  # past a lease period with Redis down: the keeper goes on trying
-            assert not lost and not keeper.lost
+            with pytest.raises(PlacementUnavailable):
+                await owner.claim("TABLE-3", "r3")  # refused at once, without a round trip
+            await trio.sleep(0.4)  # past a lease period with Redis down: the owner goes on trying
+            assert not lost
             own_redis.start()
             with trio.fail_after(5):
-                while not keeper.directory_up:
+                while not owner.directory_up:
                     await trio.sleep(0.05)
-            assert await placement.owner("node-a/0") == lease
+            assert await placement.owner("node-a/0") == owner.lease
+            assert await owner.claim("TABLE-2", "r8") == ("r2", "node-a/0")  # registered again
             with pytest.raises(ShardHeld):
                 await placement.acquire("node-a/0", "ws://127.0.0.1:9999/")
             replacement = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
             assert replacement.token == 5
             with trio.fail_after(5):
-                while not keeper.lost:
+                while not lost:
                     await trio.sleep(0.05)
-            assert lost == [True]
+            assert owner.lost is not None and len(lost) == 1
+            with pytest.raises(PlacementUnavailable, match="no longer owns"):
+                await owner.claim("TABLE-4", "r4")
             nursery.cancel_scope.cancel()
 
 
@@ -174,3 +188,14 @@ def test_a_lease_value_round_trips() -> None:
 def test_a_lease_period_too_short_to_renew_in_is_refused() -> None:
     with pytest.raises(ValueError):
         Placement(None, lease_ms=50)  # type: ignore[arg-type]
+
+
+async def test_registering_rooms_again_reports_the_codes_another_room_claimed_meanwhile(placement: Placement) -> None:
+    """After Redis lost its keys, a claim from another node may beat the owner's re-registration of a
+    code: that room keeps the code; the owner is told, and its room stays reachable by id."""
+    assert await placement.claim("SEAT-1", "r-other", "node-b/0") == ("r-other", "node-b/0")
+    taken = await placement.register("node-a/0", [("r1", "SEAT-1"), ("r2", "SEAT-2")])
+    assert taken == [("r1", "SEAT-1")]
+    assert await placement.by_code("SEAT-2") == ("r2", "node-a/0")
+    assert await placement.by_id("r1") == ("node-a/0", "SEAT-1")
+    assert await placement.register("node-a/0", [("r2", "SEAT-2")]) == []  # idempotent
