@@ -29,7 +29,7 @@ from roost.keys import read_private_key
 from roost.client import Client, ClientError, RequestError, start_client
 from roost.protocol.tokens import new_claims, sign
 
-__all__ = ["CrashResult", "add_arguments", "crash_cycles", "run"]
+__all__ = ["CrashResult", "DevServer", "add_arguments", "check_stored", "crash_cycles", "free_port", "run"]
 
 ROOM_CODE = "crash-test"
 
@@ -48,7 +48,7 @@ class CrashResult:
     problems: list[str] = field(default_factory=list)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -58,8 +58,11 @@ class DevServer:
     """One ``roost serve --dev`` process on a fixed port and data directory (tests/test_inbox_crash.py
     kills one too). ``start`` returns the ``ROOST_*`` lines it printed, through the service key."""
 
-    def __init__(self, data: Path, port: int) -> None:
+    def __init__(self, data: Path, port: int, *args: str, env: dict[str, str] | None = None) -> None:
         self.data, self.port = data, port
+        self.args = args
+        """More ``roost serve`` arguments (a cluster node: ``--cluster URL --key OTHER_DEV_KEY``)."""
+        self.env = env or {}
         self.process: subprocess.Popen[str] | None = None
 
     async def start(self) -> dict[str, str]:
@@ -67,10 +70,10 @@ class DevServer:
         # past ``history_limit`` (10 000 by default) are dropped, not lost (20 cycles on a fast
         # machine acknowledged 10.7 k: the oldest 721 reported missing).
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROOST_RATE": "100000", "ROOST_BURST": "100000",
-               "ROOST_HISTORY_LIMIT": "10000000"}
+               "ROOST_HISTORY_LIMIT": "10000000", **self.env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", str(self.port), "--data", str(self.data),
-             "--log-level", "warning"],
+             "--log-level", "warning", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )
         lines: dict[str, str] = {}
@@ -132,7 +135,7 @@ async def crash_cycles(data: Path, *, cycles: int, writers: int = 3, seed: int |
     """Run ``cycles`` kill-and-restart cycles; return what was checked."""
     rng = random.Random(seed)
     result = CrashResult(cycles=cycles)
-    port = _free_port()
+    port = free_port()
     server = DevServer(data, port)
     acked: dict[str, list[tuple[str, int]]] = {f"w{i}": [] for i in range(writers)}
     try:
@@ -176,7 +179,13 @@ async def crash_cycles(data: Path, *, cycles: int, writers: int = 3, seed: int |
         return result
     finally:
         await server.kill()
+    check_stored(acked, stored, result)
+    return result
 
+
+def check_stored(acked: dict[str, list[tuple[str, int]]], stored: list[Any], result: CrashResult) -> None:
+    """Every acknowledged message (each writer's ``(cid, n)`` in the order acked) stored once, with
+    the number it was acknowledged with, each writer's in increasing order: counted into ``result``."""
     counts: dict[str, int] = {}
     for message in stored:
         if message.cid is not None:
@@ -202,7 +211,6 @@ async def crash_cycles(data: Path, *, cycles: int, writers: int = 3, seed: int |
         result.problems.append(f"{result.duplicates} duplicated messages")
     if result.acked == 0:
         result.problems.append("no message was acknowledged")
-    return result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

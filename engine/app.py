@@ -9,12 +9,15 @@ the store outermost. The library never installs signal handlers; the CLI does.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import coredis
 import msgpack
 import trio
 
@@ -27,6 +30,7 @@ from .http import Exposition, Routes
 from .inbox import InboxService
 from .metrics import Metrics
 from .operations import Operations
+from .placement import Placement, ShardHeld, ShardOwner
 from .revocations import Revocations
 from .room import RoomRuntime
 from .router import Router
@@ -37,6 +41,11 @@ from .supervisor import Supervisor
 from .users import Directory
 
 __all__ = ["Engine"]
+
+SHARD_KEY = "shard"
+"""Global store key: this store's shard id in a cluster (made at its first start in one)."""
+FENCE_KEY = "fence"
+"""Global store key: the last lease token this store's owner took (the floor of the next one)."""
 
 log = logging.getLogger("roost")
 
@@ -77,6 +86,8 @@ class Engine:
         self.metrics_exposition: Exposition | None = self.metrics.exposition
         """What ``GET /metrics`` serves (body, content type): this engine's metrics unless replaced
         before ``serve``; None answers 404."""
+        self.cluster: ShardOwner | None = None
+        """In a cluster (``config.cluster``), this process as its shard's owner (engine/placement.py)."""
         self.http_routes: Routes | None = None
         """Extra GET routes on the port, set before ``serve`` (``roost serve --dev``: the demo site)."""
 
@@ -134,64 +145,119 @@ class Engine:
         config = self.config
         listener = _listen(config.host, config.port)
         try:
-            async with trio.open_nursery(strict_exception_groups=True) as store_nursery:
-                await store_nursery.start(self.store.run)
-                await self.revocations.load()
-                users_nursery = await store_nursery.start(self._run_inside, self.users.run)
-                inbox_nursery = await store_nursery.start(self._run_inside, self.inbox.run)
-                async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
-                    self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone,
-                                                  stats=self.metrics.rooms, notifier=self.inbox)
-                    self._router = Router(config, self._supervisor)
-                    self.inbox.rooms = self._router.get
-                    operations = Operations(self._router, self.revocations, self.users, self.inbox)
-                    admin = Admin(config.service_key, operations, self.statistics,
-                                  on_refused=self._service_auth_refused, limits=config.limits)
-                    self._gateway = Gateway(config, self._router, self.revocations, admin,
-                                            exposition=self.metrics_exposition, routes=self.http_routes,
-                                            users=self.users)
-                    gateway = self._gateway
-                    operations.close_sessions = lambda user: gateway.close_user(
-                        user, CloseCode.USER_MERGED, "merged into another user")
-                    self._gateway.inbox = self.inbox
-                    by_user = self._gateway.by_user
-                    self.inbox.sessions = lambda user: by_user.get(user, ())
-                    async with trio.open_nursery(strict_exception_groups=True) as gateway_nursery:
-                        await gateway_nursery.start(self._gateway.run, listener)
-                        host, port = listener.getsockname()[:2]
-                        self.address = (host, port)
-                        log.info("roost listening on ws://%s:%d/ (restoring rooms)", host, port)
-                        await self._restore_rooms()
-                        self._operations = operations  # engine.ops too: not before every room is back
-                        self._gateway.serving()
-                        log.info("roost serving on ws://%s:%d/", host, port)
-                        task_status.started((host, port))
-                        await self._shutdown.wait()
-                        # Graceful shutdown, outside in: close every client with "going away" and a
-                        # resume hint, still accepting (health says "draining", upgrades get 503)...
-                        log.info("shutting down: closing %d connections", len(self._gateway.connections))
-                        await self._gateway.drain(CloseCode.GOING_AWAY, "resume", config.close_timeout + 1)
-                        # ...then stop accepting, drop what came in meanwhile (the gateway returns
-                        # once every connection is gone; an HTTP exchange within its deadline)...
-                        self._gateway.stop_accepting()
-                        self._gateway.close_all(CloseCode.GOING_AWAY, "resume")
-                        gateway_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
-                    # ...then let every room finish its turn: its last writes are committed...
-                    self._supervisor.stop()  # sleeping rooms stay asleep (nothing to finish)
-                    for runtime in list(self._router.rooms.values()):
-                        runtime.stop()
-                    rooms_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
-                # ...then let the inbox writer commit what is queued (room logic posts with its turns)...
-                self.inbox.stop()
-                inbox_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
-                # ...and the directory (a turn in flight is committed: a store leader is shielded)...
-                users_nursery.cancel_scope.cancel()
-                # ...and stop the store last (its writer has nothing left to write).
-                store_nursery.cancel_scope.cancel()
-            log.info("stopped")
+            async with contextlib.AsyncExitStack() as stack:
+                redis = None
+                if config.cluster is not None:
+                    redis = await stack.enter_async_context(coredis.Redis.from_url(
+                        config.cluster, connect_timeout=2, stream_timeout=2, verify_version=False))
+                await self._serve(listener, redis, task_status)
         finally:
             listener.close()
             self.address = None
+
+    async def _serve(self, listener: socket.socket, redis: coredis.Redis[bytes] | None,
+                     task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        config = self.config
+        async with trio.open_nursery(strict_exception_groups=True) as store_nursery:
+            await store_nursery.start(self.store.run)
+            await self.revocations.load()
+            users_nursery = await store_nursery.start(self._run_inside, self.users.run)
+            inbox_nursery = await store_nursery.start(self._run_inside, self.inbox.run)
+            cluster = None if redis is None else await self._shard_owner(redis, listener)
+            async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
+                self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone,
+                                              stats=self.metrics.rooms, notifier=self.inbox,
+                                              on_disposed=None if cluster is None else
+                                              (lambda runtime: cluster.forget_soon(runtime.room_id, runtime.code)))
+                self._router = Router(config, self._supervisor, cluster=cluster)
+                self.inbox.rooms = self._router.get
+                operations = Operations(self._router, self.revocations, self.users, self.inbox)
+                admin = Admin(config.service_key, operations, self.statistics,
+                              on_refused=self._service_auth_refused, limits=config.limits)
+                self._gateway = Gateway(config, self._router, self.revocations, admin,
+                                        exposition=self.metrics_exposition, routes=self.http_routes,
+                                        users=self.users)
+                gateway = self._gateway
+                operations.close_sessions = lambda user: gateway.close_user(
+                    user, CloseCode.USER_MERGED, "merged into another user")
+                self._gateway.inbox = self.inbox
+                by_user = self._gateway.by_user
+                self.inbox.sessions = lambda user: by_user.get(user, ())
+                async with trio.open_nursery(strict_exception_groups=True) as gateway_nursery:
+                    await gateway_nursery.start(self._gateway.run, listener)
+                    host, port = listener.getsockname()[:2]
+                    self.address = (host, port)
+                    log.info("roost listening on ws://%s:%d/ (restoring rooms)", host, port)
+                    await self._restore_rooms()
+                    if cluster is not None:  # now that its rooms are known: claim the shard, register them
+                        try:
+                            await cluster.start()
+                        except ShardHeld as exc:
+                            raise StoreError(f"this data directory's shard {cluster.shard} is served at "
+                                             f"{exc.holder.address}: is this a copy of another node's data "
+                                             "directory? Each node needs its own") from None
+                        await store_nursery.start(cluster.run)
+                    self._operations = operations  # engine.ops too: not before every room is back
+                    self._gateway.serving()
+                    log.info("roost serving on ws://%s:%d/", host, port)
+                    task_status.started((host, port))
+                    await self._shutdown.wait()
+                    # Graceful shutdown, outside in: close every client with "going away" and a
+                    # resume hint, still accepting (health says "draining", upgrades get 503)...
+                    log.info("shutting down: closing %d connections", len(self._gateway.connections))
+                    await self._gateway.drain(CloseCode.GOING_AWAY, "resume", config.close_timeout + 1)
+                    # ...then stop accepting, drop what came in meanwhile (the gateway returns
+                    # once every connection is gone; an HTTP exchange within its deadline)...
+                    self._gateway.stop_accepting()
+                    self._gateway.close_all(CloseCode.GOING_AWAY, "resume")
+                    gateway_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
+                # ...then let every room finish its turn: its last writes are committed...
+                self._supervisor.stop()  # sleeping rooms stay asleep (nothing to finish)
+                for runtime in list(self._router.rooms.values()):
+                    runtime.stop()
+                rooms_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
+            if cluster is not None:  # ...give the shard up: other nodes answer "unavailable" at once...
+                await cluster.release()
+            # ...then let the inbox writer commit what is queued (room logic posts with its turns)...
+            self.inbox.stop()
+            inbox_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout + 1
+            # ...and the directory (a turn in flight is committed: a store leader is shielded)...
+            users_nursery.cancel_scope.cancel()
+            # ...and stop the store last (its writer has nothing left to write).
+            store_nursery.cancel_scope.cancel()
+        log.info("stopped")
+
+    async def _shard_owner(self, redis: coredis.Redis[bytes], listener: socket.socket) -> ShardOwner:
+        """This process as its store's shard owner in the cluster: the shard's id and last token are
+        kept in the store itself (the environment is what a shard is), the lease taken at ``start``."""
+        config = self.config
+        stored = await self.store.load_global()
+        if SHARD_KEY in stored:
+            shard = msgpack.unpackb(stored[SHARD_KEY])
+        else:
+            shard = "s" + secrets.token_hex(8)
+            await self.store.commit([Write(None, SHARD_KEY, msgpack.packb(shard))])
+        floor = msgpack.unpackb(stored[FENCE_KEY]) if FENCE_KEY in stored else 0
+        address = config.advertise_url
+        if address is None:
+            host, port = listener.getsockname()[:2]
+            address = f"ws://[{host}]:{port}/" if ":" in host else f"ws://{host}:{port}/"
+        placement = Placement(redis, config.cluster_prefix, lease_ms=int(config.lease_period * 1000))
+
+        async def record_token(token: int) -> None:
+            await self.store.commit([Write(None, FENCE_KEY, msgpack.packb(token))])
+
+        def rooms() -> list[tuple[str, str]]:
+            router = self._router
+            return [] if router is None else [(room.room_id, room.code) for room in router.rooms.values() if not room.closed]
+
+        def lost(reason: str) -> None:
+            log.error("stopping: %s", reason)
+            self.request_shutdown()
+
+        self.cluster = ShardOwner(placement, shard, address, floor=floor, rooms=rooms, record_token=record_token,
+                                  on_lost=lost)
+        return self.cluster
 
     async def _run_inside(self, run: Callable[..., Awaitable[None]], *,
                           task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:

@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, help="TOML config file (ROOST_* environment variables override it)")
     serve.add_argument("--key", action="append", default=[], help="public key file (JWK) to accept tokens from; repeat")
     serve.add_argument("--data", default=None, help="data directory (default ./.roost)")
+    serve.add_argument("--cluster", default=None, metavar="REDIS_URL",
+                       help="join the cluster whose directory is this Redis (redis://HOST:PORT/DB or unix:///PATH); "
+                            "each node needs its own --data")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
                        help="text: one readable line per event, fields as key=value; json: one JSON object "

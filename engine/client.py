@@ -147,6 +147,8 @@ StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]
 """An async callable returning a new byte stream to speak WebSocket over (tests, custom transports)."""
 
 _MAX_REQUEST_ID = 2**32 - 1
+_MAX_MOVES = 3
+"""``moved`` answers one request follows before giving up (two nodes that each say the other)."""
 _OUTBOX_SIZE = 64
 """Frames queued for the writer; requesters wait when it is full (backpressure, never unbounded)."""
 _SILENCE_FACTOR = 2.5
@@ -176,14 +178,17 @@ class RequestError(ClientError):
         code: the :class:`~roost.protocol.errors.ErrorCode` (a ``str``); codes this client does not know
             read as ``internal``, as PROTOCOL.md asks, and ``wire_code`` keeps what was sent.
         message: the server's human-readable explanation.
-        retry_ms: for ``rate_limited``, how long to wait before retrying.
+        retry_ms: for ``rate_limited`` and ``unavailable``, how long to wait before retrying.
         request_id: the ``id`` the request carried on the wire.
+        url: for ``moved``, the address of the node that serves the room (PROTOCOL.md §8.1).
     """
 
     def __init__(
-        self, wire_code: str, message: str = "", retry_ms: int | None = None, request_id: int | None = None
+        self, wire_code: str, message: str = "", retry_ms: int | None = None, request_id: int | None = None,
+        url: str | None = None,
     ) -> None:
         super().__init__(wire_code, message, retry_ms, request_id)
+        self.url = url
         try:
             self.code: ErrorCode = ErrorCode(wire_code)
         except ValueError:
@@ -471,19 +476,11 @@ class Client:
         limits: Limits,
         deliver: bool = True,
     ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"a Roost URL is ws://HOST[:PORT]/ or wss://...; got {url!r}")
         if not 1000 <= heartbeat_ms <= 300_000:
             raise ValueError("heartbeat_ms must be within 1000..300000 (PROTOCOL.md §3.2)")
         if event_buffer < 1:
             raise ValueError("event_buffer must be at least 1")
-        self._url = url
-        self._secure = parts.scheme == "wss"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if self._secure else 80)
-        self._host_header = self._host if parts.port is None else f"{self._host}:{self._port}"
-        self._resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._set_address(url)
         if (token is None) == (guest_key is None):
             raise ValueError("give a token or a guest_key (PROTOCOL.md §9.3), exactly one")
         self._token = token
@@ -538,8 +535,31 @@ class Client:
         """The ``delivered`` requests in flight (at most one per room), by request id."""
         self._delivery_wakeup = trio.Event()
         self._delivered_sent = 0
+        self._moves = 0
+
+    def _set_address(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"a Roost URL is ws://HOST[:PORT]/ or wss://...; got {url!r}")
+        self._url = url
+        self._secure = parts.scheme == "wss"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._secure else 80)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._host_header = host if parts.port is None else f"{host}:{self._port}"
+        self._resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The node this client connects to: the one it was opened with, or the one it last moved to."""
+        return self._url
+
+    @property
+    def moves(self) -> int:
+        """Times the client followed ``moved`` to another node of a cluster."""
+        return self._moves
 
     @property
     def welcome(self) -> Welcome:
@@ -834,6 +854,44 @@ class Client:
         return self._failure
 
     async def _call(self, frame: ClientFrame) -> Any:
+        """Send one request and wait for its outcome; follow ``moved`` for a room request (below)."""
+        moves = 0
+        while True:
+            try:
+                return await self._call_once(frame)
+            except RequestError as error:
+                if error.code is not ErrorCode.MOVED or moves >= _MAX_MOVES or not self._move(frame, error):
+                    raise
+                moves += 1
+
+    def _move(self, frame: ClientFrame, error: RequestError) -> bool:
+        """Follow ``moved`` (PROTOCOL.md §8.1): reconnect to the room's node and send the request again.
+
+        Only while the client is in no room: a connection serves the rooms
+        of one node, so moving would drop the others (an app in rooms on several nodes opens a client
+        per node, and gets the ``moved`` error with its ``url`` to do so). Only for the requests that
+        place a client in a room, only with reconnection on and a transport the client opens itself.
+        The session does not survive the move (sessions are a node's); there is nothing in it to keep.
+        """
+        if (not isinstance(frame, Create | Join | JoinOrCreate) or error.url is None or self._positions
+                or not self._reconnect or self._stream_given):
+            return False
+        try:
+            self._set_address(error.url)
+        except ValueError:
+            return False
+        self._moves += 1
+        log.info("following the room to %s", error.url)
+        conn, self._ready_conn = self._ready_conn, None
+        if conn is not None:
+            # Not ready from now on (the trap: the request sent again would otherwise take the old
+            # connection, still "ready" until the supervisor sees it end, and be lost with it).
+            if self._ready_event.is_set():
+                self._ready_event = trio.Event()
+            conn.abort(CloseCode.GOING_AWAY, "moved to the room's node")
+        return True
+
+    async def _call_once(self, frame: ClientFrame) -> Any:
         pending = self._prepare(frame, resend=isinstance(frame, ChatSend))
         conn = await self._wait_ready()
         # No checkpoint between _wait_ready's check and registering: either the request is in
@@ -892,7 +950,7 @@ class Client:
                 return
             pending = self._pending.pop(frame.id, None)
             if pending is not None:
-                pending.fail(RequestError(frame.code, frame.message, frame.retry_ms, frame.id))
+                pending.fail(RequestError(frame.code, frame.message, frame.retry_ms, frame.id, frame.url))
             elif frame.id in self._delivery_ids:
                 # Not retried now (a rate limit would loop): the room's next chat event sends the latest n.
                 room, _n = self._delivery_ids.pop(frame.id)

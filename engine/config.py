@@ -165,6 +165,20 @@ class Config:
     logics: Mapping[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
     """Room logic factories by name (``create`` names one with ``logic``)."""
 
+    # -- cluster (README "Several nodes") --
+    cluster: str | None = None
+    """Redis URL of the cluster directory (``redis://HOST:PORT/DB``, ``rediss://...``, ``unix:///PATH``):
+    nodes with the same directory (and prefix) form one cluster; each room lives on one node, and a
+    request for it on another is answered ``moved``. Unset: one process, no Redis."""
+    cluster_prefix: str = "roost:"
+    """Prefix of every key of the cluster directory (several clusters may share one Redis)."""
+    advertise_url: str | None = None
+    """The ``ws://`` or ``wss://`` address other nodes send this node's rooms' clients to; default
+    ``ws://HOST:PORT/`` as bound (required when ``host`` is a wildcard such as ``0.0.0.0``)."""
+    lease_period: float = 10.0
+    """How long the directory keeps a silent node's rooms assigned to it (renewed every third of it):
+    a node that dies is known dead after this, a paused one is no longer sent clients."""
+
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             problem = _problem(field.name, getattr(self, field.name))
@@ -194,6 +208,15 @@ class Config:
             raise ConfigError(f"outbox_max_frames must be at least {_MIN_OUTBOX_FRAMES}")
         if len(self.session_secret) < 16:
             raise ConfigError("session_secret must be at least 16 bytes")
+        if self.cluster is not None and not re.fullmatch(r"(rediss?|unix)://\S+", self.cluster):
+            raise ConfigError("cluster must be a redis://, rediss:// or unix:// URL")
+        if self.advertise_url is not None and not re.fullmatch(r"wss?://\S{1,500}", self.advertise_url):
+            raise ConfigError("advertise_url must be a ws:// or wss:// URL")
+        if self.cluster is not None and self.advertise_url is None and self.host in ("0.0.0.0", "::", ""):
+            raise ConfigError("advertise_url must be set in a cluster when host is a wildcard "
+                              "(the address other nodes send this node's clients to)")
+        if self.lease_period < 0.3:
+            raise ConfigError("lease_period must be at least 0.3 seconds")
 
     @functools.cached_property
     def limits(self) -> Limits:
@@ -301,6 +324,7 @@ POSITIVE = frozenset({
     "restart_period", "room_ttl", "solo_room_ttl", "max_meta_bytes", "max_presence_bytes",
     "max_chat_meta_bytes", "max_state_bytes", "max_http_body_bytes", "guest_ttl", "guest_burst", "guest_proofs",
     "inbox_max_entries", "inbox_max_bytes", "max_inbox_body_bytes", "inbox_queue", "welcome_rooms", "receipt_window",
+    "lease_period",
 })
 """Numeric settings for which 0 makes no sense; every other number must merely not be negative."""
 

@@ -534,7 +534,7 @@ class Connection(Peer):
 
     def _refuse(self, frame: ClientFrame, error: RoomError | LocalProtocolError) -> None:
         if isinstance(error, RoomError):
-            self.send_error(getattr(frame, "id", None), error.code, error.message, error.retry_ms)
+            self.send_error(getattr(frame, "id", None), error.code, error.message, error.retry_ms, error.url)
         else:
             # A reply this server cannot encode (a page or record over the server limits) is its own
             # fault, not the caller's: refuse this one request in band, as rooms do, and keep the
@@ -543,10 +543,11 @@ class Connection(Peer):
             code = ErrorCode.TOO_LARGE if error.code is ErrorCode.TOO_LARGE else ErrorCode.INTERNAL
             self.send_error(getattr(frame, "id", None), code, "the reply cannot be sent within the server's limits")
 
-    def send_error(self, request_id: int | None, code: ErrorCode, message: str, retry_ms: int | None = None) -> None:
+    def send_error(self, request_id: int | None, code: ErrorCode, message: str, retry_ms: int | None = None,
+                   url: str | None = None) -> None:
         """Answer a request with an ``error`` frame (counted by code for metrics)."""
         self.gateway.errors[code.value] += 1
-        self.send_frame(ErrorReply(id=request_id, code=code.value, message=message[:512], retry_ms=retry_ms))
+        self.send_frame(ErrorReply(id=request_id, code=code.value, message=message[:512], retry_ms=retry_ms, url=url))
 
     def _bad_frame(self, error: RemoteProtocolError) -> None:
         if error.close_code is not None:  # pragma: no cover - size is checked before decode
@@ -745,12 +746,25 @@ class Connection(Peer):
             # refuse, never create a room the token may not enter (it would stay, empty).
             existing = gateway.router.by_code(frame.code)
             if existing is None or existing.closed:
+                if gateway.router.cluster is not None:  # it may live on another node
+                    return self._then_to_room(self._scoped_elsewhere(frame.code), frame)
                 raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to another room")
             return self._to_room(existing, frame)
         return self._then_to_room(gateway.router.get_or_create(frame.code, options), frame)
 
+    async def _scoped_elsewhere(self, code: str) -> RoomRuntime:
+        try:
+            return await self.gateway.router.locate(None, code)
+        except RoomError as error:
+            if error.code is ErrorCode.NOT_FOUND:
+                raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to another room") from None
+            raise
+
     def _on_join(self, frame: Join) -> Step | None:
-        return self._to_room(self.gateway.router.find(frame.room, frame.code), frame)
+        router = self.gateway.router
+        if router.cluster is not None:  # a room served here is found without a round trip (locate)
+            return self._then_to_room(router.locate(frame.room, frame.code), frame)
+        return self._to_room(router.find(frame.room, frame.code), frame)
 
     async def _admin(self, frame: AdminRequest) -> None:
         result = await self.gateway.admin.call(frame.op, frame.args, frame.key, remote=self.remote)

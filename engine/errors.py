@@ -15,8 +15,10 @@ __all__ = ["RoomError"]
 class RoomError(Exception):
     """A request was refused. ``code`` is the stable :class:`ErrorCode`; ``message`` is for humans."""
 
-    def __init__(self, code: ErrorCode, message: str, *, retry_ms: int | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, retry_ms: int | None = None, url: str | None = None) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
         self.retry_ms = retry_ms
+        self.url = url
+        """With ``moved``: the address of the node that serves the room."""

@@ -95,6 +95,8 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.LIMIT_REACHED: 429,
     ErrorCode.UNSUPPORTED: 404,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.MOVED: 421,  # Misdirected Request: another node serves the room
+    ErrorCode.UNAVAILABLE: 503,
 }
 """The HTTP status of each error code of the service API (PROTOCOL.md §11.2): the one table."""
 

@@ -323,17 +323,29 @@ class ShardOwner:
         self._rooms = rooms
         self._record_token = record_token
         self._on_lost = on_lost
-        self._urls: dict[str, str] = {}
-        """Shard -> its owner's address as last read (a join that finds the room elsewhere)."""
         self._nursery: trio.Nursery | None = None
 
     async def start(self) -> None:
-        """The first acquisition, before the process serves. Another live owner (ShardHeld) stops the
-        start; Redis down does not (the keeper acquires when it returns)."""
-        try:
-            await self._acquire()
-        except PlacementUnavailable as exc:
-            log.warning("%s: serving this node's rooms; the lease is retried", exc)
+        """The first acquisition, before the process serves. Redis down does not stop the start (the
+        keeper acquires when it returns).
+
+        A live lease at another address is waited out for up to a lease period and a half: it is this
+        environment's previous owner, killed (the flock says it is gone) and replaced on another port,
+        whose lease lapses within a period; one still renewed after that is another live process with
+        a copy of this environment, and ShardHeld stops the start."""
+        deadline = trio.current_time() + 1.5 * self.placement.lease_ms / 1000
+        while True:
+            try:
+                await self._acquire()
+                return
+            except PlacementUnavailable as exc:
+                log.warning("%s: serving this node's rooms; the lease is retried", exc)
+                return
+            except ShardHeld as exc:
+                if trio.current_time() >= deadline:
+                    raise
+                log.info("%s: waiting for it to lapse", exc)
+                await trio.sleep(self.placement.lease_ms / 6000)
 
     async def _acquire(self) -> None:
         lease = await self.placement.acquire(self.shard, self.address, floor=self._floor)
@@ -397,16 +409,12 @@ class ShardOwner:
 
     async def locate(self, *, room_id: str | None = None, code: str | None = None) -> Location | None:
         self._check()
-        location = await self.placement.locate(room_id=room_id, code=code)
-        if location is not None and location.owner is not None:
-            self._urls[location.shard] = location.owner.address
-        return location
+        return await self.placement.locate(room_id=room_id, code=code)
 
-    async def url_of(self, shard: str) -> str | None:
-        """The address serving ``shard`` now (None: nobody: it is down or paused)."""
+    async def owner(self, shard: str) -> Lease | None:
+        """The owner of ``shard`` now (None: nobody: it is down, restarting or paused)."""
         self._check()
-        owner = await self.placement.owner(shard)
-        return None if owner is None else owner.address
+        return await self.placement.owner(shard)
 
     def forget_soon(self, room_id: str, code: str) -> None:
         """A room closed for good: free its code in the background (a failure is logged: the code

@@ -4,9 +4,18 @@ Trio runs one task at a time, so a check-and-insert with no ``await`` between th
 is reserved in the same step that finds it free, and concurrent ``join_or_create`` calls for one code
 wait for the one creation in progress instead of racing it. Seats are then taken in the room actor,
 serially, so capacity never overshoots.
+
+In a cluster (``cluster``: this process as a shard's owner, engine/placement.py) a code is also
+claimed in the directory before its room is made, so exactly one room per code exists across every
+node; a room another node serves is answered ``moved`` with that node's address (the client goes
+there: a member's traffic is never forwarded per message), one whose node is down ``unavailable``.
+The local check still comes first: a room this process serves costs no round trip to Redis.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import trio
 
@@ -17,6 +26,7 @@ from roost.protocol.frames import LobbyPage, RoomInfo
 from .codes import new_code, new_room_id, normalize_code
 from .config import Config
 from .errors import RoomError
+from .placement import Lease, PlacementUnavailable, ShardOwner
 from .room import RoomRuntime
 from .scheduler import TurnScheduler
 from .state import RoomOptions, RoomState
@@ -24,13 +34,16 @@ from .supervisor import Supervisor
 
 __all__ = ["Router"]
 
+T = TypeVar("T")
+
 
 class Router:
     """Rooms by id and by normalised code."""
 
-    def __init__(self, config: Config, supervisor: Supervisor) -> None:
+    def __init__(self, config: Config, supervisor: Supervisor, *, cluster: ShardOwner | None = None) -> None:
         self._config = config
         self._supervisor = supervisor
+        self.cluster = cluster
         self.rooms: dict[str, RoomRuntime] = {}
         self._codes: dict[str, str] = {}
         self._creating: dict[str, trio.Event] = {}
@@ -57,16 +70,15 @@ class Router:
             raise RoomError(ErrorCode.NOT_FOUND, "no such room")
         return runtime
 
-    async def create(self, options: RoomOptions, *, code: str | None = None) -> RoomRuntime:
-        """Create and start a room. With ``code``, the caller has reserved it (see get_or_create)."""
+    async def create(self, options: RoomOptions, *, code: str | None = None, room_id: str | None = None) -> RoomRuntime:
+        """Create and start a room. With ``code``, the caller has reserved it (see get_or_create), and
+        in a cluster claimed it for ``room_id``."""
         self._supervisor.make_logic(options.logic)  # refuse unknown logic names before anything exists
         if code is None:
-            # One namespace for generated and client-chosen codes (both in normal form): draw again
-            # until free, so a generated code never names a live room or one being created.
-            code = new_code()
-            while code in self._codes or code in self._creating:
-                code = new_code()
-        room_id = new_room_id()
+            code = self._free_code()
+            if self.cluster is not None:
+                code, room_id = await self._claim_fresh(code)
+        room_id = room_id or new_room_id()
         state = RoomState(room_id=room_id, code=code, options=options,
                           created=int(self._config.wall_clock() * 1000), history_limit=self._config.history_limit,
                           replay_limit=self._config.replay_events)
@@ -81,6 +93,65 @@ class Router:
             self.forget(runtime)
             raise
         return runtime
+
+    def _free_code(self) -> str:
+        """One namespace for generated and client-chosen codes (both in normal form): draw again until
+        free, so a generated code never names a live room or one being created."""
+        code = new_code()
+        while code in self._codes or code in self._creating:
+            code = new_code()
+        return code
+
+    async def _claim_fresh(self, code: str) -> tuple[str, str]:
+        """Claim a generated code cluster-wide (another node may have drawn it: 40 bits make that
+        rare, not impossible), reserved here meanwhile; the ``(code, room_id)`` won. No await follows
+        in ``create`` before the room is registered, so a waiter woken here finds it."""
+        assert self.cluster is not None
+        while True:
+            done = trio.Event()
+            self._creating[code] = done
+            room_id = new_room_id()
+            try:
+                won, _shard = await self._directory(self.cluster.claim(code, room_id))
+            finally:
+                del self._creating[code]
+                done.set()
+            if won == room_id:
+                return code, room_id
+            code = self._free_code()
+
+    async def _directory(self, call: Awaitable[T]) -> T:
+        """A call to the cluster directory; Redis unreachable is ``unavailable`` with a retry hint."""
+        try:
+            return await call
+        except PlacementUnavailable as exc:
+            raise RoomError(ErrorCode.UNAVAILABLE, str(exc), retry_ms=1000) from None
+
+    def _elsewhere(self, owner: Lease | None) -> RoomError:
+        """The answer for a room another shard holds: ``moved`` to its owner, or ``unavailable`` while
+        it has none (its node is down, restarting or paused: back within a lease period, or when
+        its machine is)."""
+        if owner is None:
+            return RoomError(ErrorCode.UNAVAILABLE, "the room's node cannot be reached now",
+                             retry_ms=int(self._config.lease_period * 1000 / 3))
+        return RoomError(ErrorCode.MOVED, f"the room is served at {owner.address}", url=owner.address)
+
+    async def locate(self, room: str | None, code: str | None) -> RoomRuntime:
+        """The room named by id or code, here or (``moved``/``unavailable``) elsewhere in the cluster."""
+        try:
+            return self.find(room, code)
+        except RoomError:
+            if self.cluster is None:
+                raise
+        cluster = self.cluster
+        location = await self._directory(cluster.locate(room_id=room, code=None if code is None else normalize_code(code)))
+        if location is None:
+            raise RoomError(ErrorCode.NOT_FOUND, "no such room")
+        if location.shard != cluster.shard:
+            raise self._elsewhere(location.owner)
+        # Claimed here, yet not live: its creator died before the room's first commit (a join does not
+        # make it; join_or_create does), or it was just closed and its code is being freed.
+        raise RoomError(ErrorCode.NOT_FOUND, "no such room")
 
     def restore(self, state: RoomState) -> RoomRuntime:
         """Bring back a room from the store (restart recovery); its actor starts soon after."""
@@ -108,7 +179,16 @@ class Router:
         done = trio.Event()
         self._creating[code] = done
         try:
-            return await self.create(options, code=code)
+            if self.cluster is None:
+                return await self.create(options, code=code)
+            room_id, shard = await self._directory(self.cluster.claim(code, new_room_id()))
+            if shard != self.cluster.shard:
+                raise self._elsewhere(await self._directory(self.cluster.owner(shard)))
+            if room_id in self.rooms:  # closed, its disposal under way: its keys are being deleted
+                raise RoomError(ErrorCode.UNAVAILABLE, "the room is closing", retry_ms=200)
+            # Ours: just claimed, or claimed by a creation that died before its room's first commit
+            # (the claim is the authority: make the room it names).
+            return await self.create(options, code=code, room_id=room_id)
         finally:
             del self._creating[code]
             done.set()

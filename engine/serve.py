@@ -81,7 +81,8 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
         config = Config.from_env(os.environ, base=config)
         if args.data == "":  # "" is the current directory to every path function: refuse, do not guess
             raise ConfigError("--data must not be empty")
-        flags = {name: value for name, value in (("host", args.host), ("port", args.port), ("data_dir", args.data))
+        flags = {name: value for name, value in (("host", args.host), ("port", args.port), ("data_dir", args.data),
+                                                 ("cluster", getattr(args, "cluster", None)))
                  if value is not None}
         config = config.replace(**flags, key_files=config.key_files + tuple(args.key))
     except ConfigError as exc:

@@ -54,6 +54,7 @@ class Supervisor:
     def __init__(
         self, nursery: trio.Nursery, store: Store, config: Config, on_gone: Callable[[RoomRuntime], None],
         *, stats: RoomStats | None = None, notifier: Notifier | None = None,
+        on_disposed: Callable[[RoomRuntime], None] | None = None,
     ) -> None:
         self._nursery = nursery
         self.notifier = notifier
@@ -61,6 +62,8 @@ class Supervisor:
         self._store = store
         self._config = config
         self._on_gone = on_gone
+        self._on_disposed = on_disposed
+        """Called once a closed room's keys are deleted (a cluster frees its code in the directory)."""
         self.stats = stats or RoomStats()
         """Shared by every room of this supervisor (the router hands it to each RoomRuntime)."""
         self.restarts = 0
@@ -288,6 +291,7 @@ class Supervisor:
                                                         "crashes": crashes})
                 await self._close_after_crashes(runtime, state)
                 self.closed[ErrorCode.INTERNAL.value] += 1
+                self._disposed(runtime)
                 self._on_gone(runtime)
                 return
             runtime.resync_reason = "restarted"
@@ -301,7 +305,12 @@ class Supervisor:
         except Exception:
             self._fail(runtime)
             return
+        self._disposed(runtime)
         self._on_gone(runtime)
+
+    def _disposed(self, runtime: RoomRuntime) -> None:
+        if self._on_disposed is not None:
+            self._on_disposed(runtime)
 
     def _fail(self, runtime: RoomRuntime) -> None:
         """Recovery itself failed (the store cannot be read, the logic is gone from the config...):

@@ -73,6 +73,14 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
     """The server failed; the request may or may not have taken effect only if it was not acked."""
 
+    # -- a cluster (several processes or nodes): the room is not served by this one --
+    MOVED = "moved"
+    """The room lives on another node: the error frame's ``url`` is its address. Connect there (the
+    same token works on every node) and send the request again; nothing took effect here."""
+    UNAVAILABLE = "unavailable"
+    """The room's node, or the cluster directory, cannot be reached now; retry after ``retry_ms``.
+    Nothing took effect."""
+
 
 class CloseCode(enum.IntEnum):
     """WebSocket close codes used by Roost.

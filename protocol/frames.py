@@ -945,7 +945,8 @@ class ErrorReply(ServerFrame):
     """Failure reply to request ``id``, or (without ``id``) a connection-level error.
 
     ``code`` is an :class:`~roost.protocol.errors.ErrorCode` value; clients treat unknown codes as
-    ``internal``. ``retry_ms`` accompanies ``rate_limited``.
+    ``internal``. ``retry_ms`` accompanies ``rate_limited`` and ``unavailable``; ``url`` accompanies
+    ``moved`` (the ``ws://`` or ``wss://`` address of the node that serves the room).
     """
 
     TYPE: ClassVar[str] = "error"
@@ -953,6 +954,7 @@ class ErrorReply(ServerFrame):
     code: str = spec_field(Str(1, 64, r"[a-z_]+"))
     message: str = spec_field(Str(0, 512), default="")
     retry_ms: int | None = spec_field(COUNT, default=None)
+    url: str | None = spec_field(Str(1, 512, r"wss?://\S+"), default=None)
 
 
 @_frame

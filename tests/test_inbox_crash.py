@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from roost.bench.crash import DevServer, _free_port
+from roost.bench.crash import DevServer, free_port
 from roost.client import ClientError, open_client
 from roost.keys import read_private_key
 from roost.protocol.frames import InboxEntry, InboxResume
@@ -17,7 +17,7 @@ from roost.protocol.tokens import new_claims, sign
 
 
 async def test_acknowledged_entries_survive_sigkill_and_reach_the_user_in_order(tmp_path: Path) -> None:
-    server = DevServer(tmp_path / "data", _free_port())
+    server = DevServer(tmp_path / "data", free_port())
     acked: list[tuple[int, int]] = []  # (seq, j) in acknowledgement order
     try:
         with trio.fail_after(90):

@@ -10,7 +10,8 @@ export declare function closeName(code: number): string;
 export type ErrorCode =
   | "malformed" | "not_a_map" | "unknown_type" | "missing_field" | "bad_field" | "too_long" | "too_deep"
   | "too_large" | "unauthorized" | "token_expired" | "forbidden" | "not_found" | "not_member" | "room_full"
-  | "conflict" | "invalid_state" | "rate_limited" | "limit_reached" | "unsupported" | "internal";
+  | "conflict" | "invalid_state" | "rate_limited" | "limit_reached" | "unsupported" | "internal"
+  | "moved" | "unavailable";
 export type ClientErrorCode = "connection_lost" | "closed" | "bad_argument" | "protocol_violation" | "timeout";
 export declare const ERROR_CODES: readonly ErrorCode[];
 

@@ -68,6 +68,7 @@ export const ERROR_CODES = Object.freeze([
   "malformed", "not_a_map", "unknown_type", "missing_field", "bad_field", "too_long", "too_deep",
   "too_large", "unauthorized", "token_expired", "forbidden", "not_found", "not_member", "room_full",
   "conflict", "invalid_state", "rate_limited", "limit_reached", "unsupported", "internal",
+  "moved", "unavailable",
 ]);
 
 /**

@@ -1,0 +1,187 @@
+"""Several engines as one cluster through a real Redis (engine/placement.py, router, client): each room on
+one node, requests for it elsewhere answered ``moved`` and followed by the client, creation exactly
+once across nodes, a node gone or Redis gone answered ``unavailable``, a copied data directory refused.
+
+The engines run in one Trio run here (real sockets, real Redis); tests/test_cluster_processes.py runs
+them as processes and kills them."""
+
+from __future__ import annotations
+
+import collections
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+from roost import Engine
+from roost.client import RequestError, start_client
+from roost.protocol.frames import ChatEvent
+from roost.store import StoreError
+from roost.store.lmdb import LmdbStore
+from roost.testing import TestKeys, start_engine, test_config
+
+from .redis_server import MACHINE_REDIS, OwnRedis, machine_redis, own_redis, unique_prefix  # noqa: F401 (fixture)
+
+LEASE = 1.0
+
+
+@pytest.fixture
+async def prefix():
+    prefix = unique_prefix()
+    async with machine_redis(prefix):  # deletes the test's keys afterwards
+        yield prefix
+
+
+def node_config(keys: TestKeys, prefix: str, url: str = f"redis://{MACHINE_REDIS[0]}:{MACHINE_REDIS[1]}/0", **more):
+    return test_config(keys, cluster=url, cluster_prefix=prefix, lease_period=LEASE, **more)
+
+
+async def nodes(nursery: trio.Nursery, keys: TestKeys, prefix: str, count: int, **more) -> list[Engine]:
+    return [await start_engine(nursery, node_config(keys, prefix, **more)) for _ in range(count)]
+
+
+async def test_a_room_is_joined_from_any_node_and_its_members_chat_on_its_own(nursery, prefix) -> None:
+    keys = TestKeys()
+    a, b, c = await nodes(nursery, keys, prefix, 3)
+    with trio.fail_after(20):
+        ann = await start_client(nursery, a.url, keys.token("ann"))
+        snap = await ann.create(public=True)
+        bob = await start_client(nursery, b.url, keys.token("bob"))
+        cat = await start_client(nursery, c.url, keys.token("cat"))
+        joined_bob = await bob.join(code=snap.code.lower())
+        joined_cat = await cat.join_or_create(snap.code)
+        assert joined_bob.room == joined_cat.room == snap.room
+        assert bob.url == cat.url == a.url and bob.moves == cat.moves == 1
+        await cat.chat_send(snap.room, "from a client that connected to c")
+        for client in (ann, bob, cat):
+            while not isinstance(event := await client.next_event(), ChatEvent):
+                pass
+            assert event.msg.text == "from a client that connected to c" and event.msg.user == "cat"
+        assert b.router.get(snap.room) is None and c.router.get(snap.room) is None
+
+
+async def test_fifty_clients_racing_join_or_create_across_three_nodes_make_one_room_without_overshoot(
+        nursery, prefix) -> None:
+    keys = TestKeys()
+    engines = await nodes(nursery, keys, prefix, 3)
+    outcomes: list[str] = []  # the room joined, or the error code
+    with trio.fail_after(60):
+        clients = [await start_client(nursery, engines[index % 3].url, keys.token(f"u{index}")) for index in range(50)]
+        go = trio.Event()
+
+        async def racer(client) -> None:
+            await go.wait()
+            try:
+                outcomes.append((await client.join_or_create("FINALS", max=40)).room)
+            except RequestError as error:
+                outcomes.append(f"error {error.code.value}")
+
+        async with trio.open_nursery() as racers:
+            for client in clients:
+                racers.start_soon(racer, client)
+            await trio.sleep(0.1)
+            go.set()
+    rooms = {outcome for outcome in outcomes if not outcome.startswith("error ")}
+    assert len(rooms) == 1, collections.Counter(outcomes)
+    assert outcomes.count(rooms.pop()) == 40 and outcomes.count("error room_full") == 10, collections.Counter(outcomes)
+    homes = [engine for engine in engines if engine.router.by_code("FINALS") is not None]
+    assert len(homes) == 1 and homes[0].router.by_code("FINALS").info.members == 40
+
+
+async def test_a_client_in_a_room_is_not_moved_away_from_it_but_told_where_the_other_room_is(nursery, prefix) -> None:
+    keys = TestKeys()
+    a, b = await nodes(nursery, keys, prefix, 2)
+    with trio.fail_after(20):
+        ann = await start_client(nursery, a.url, keys.token("ann"))
+        there = await ann.create()
+        bob = await start_client(nursery, b.url, keys.token("bob"))
+        here = await bob.create()
+        with pytest.raises(RequestError) as moved:
+            await bob.join(there.room)
+        assert moved.value.code.value == "moved" and moved.value.url == a.url
+        assert bob.url == b.url and set(bob.rooms) == {here.room}
+        other = await start_client(nursery, moved.value.url, keys.token("bob"))  # one client per node
+        assert (await other.join(there.room)).room == there.room
+
+
+async def test_a_node_that_stopped_makes_its_rooms_unavailable_until_it_is_back(nursery, prefix, tmp_path) -> None:
+    """A graceful stop releases the lease at once: other nodes answer ``unavailable`` with a retry hint
+    (not ``not_found``: the room exists, its node is down). The node restarted on its own data
+    takes the shard back with a later token and serves the same room."""
+    keys = TestKeys()
+    (b,) = await nodes(nursery, keys, prefix, 1)
+    config = node_config(keys, prefix)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as first:
+            a = await start_engine(first, config, store=LmdbStore(tmp_path / "a"))
+            token = a.cluster.lease.token
+            ann = await start_client(nursery, a.url, keys.token("ann"), reconnect=False)
+            room = (await ann.create()).room
+            await ann.aclose()
+            a.request_shutdown()
+        bob = await start_client(nursery, b.url, keys.token("bob"))
+        with pytest.raises(RequestError) as down:
+            await bob.join(room)
+        assert down.value.code.value == "unavailable" and down.value.retry_ms
+        again = await start_engine(nursery, config.replace(port=0), store=LmdbStore(tmp_path / "a"))
+        assert again.cluster.shard == a.cluster.shard and again.cluster.lease.token > token
+        assert (await bob.join(room)).room == room and bob.url == again.url
+
+
+async def test_a_copy_of_a_nodes_data_directory_is_refused_while_the_node_serves(nursery, prefix, tmp_path) -> None:
+    keys = TestKeys()
+    config = node_config(keys, prefix)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as first:
+            a = await start_engine(first, config, store=LmdbStore(tmp_path / "a"))
+            a.request_shutdown()
+        shutil.copytree(tmp_path / "a", tmp_path / "copy")
+        await start_engine(nursery, config, store=LmdbStore(tmp_path / "a"))
+        copy = Engine(config, store=LmdbStore(tmp_path / "copy"))
+        with pytest.raises(BaseExceptionGroup) as refused:
+            await nursery.start(copy.serve)
+        errors, rest = refused.value.split(StoreError)
+        assert errors is not None and rest is None
+        while isinstance(errors, BaseExceptionGroup):
+            errors = errors.exceptions[0]
+        assert "copy of another node's data directory" in str(errors)
+
+
+async def test_with_redis_down_a_node_serves_its_rooms_and_refuses_what_needs_the_directory(
+        nursery, own_redis: OwnRedis) -> None:
+    keys = TestKeys()
+    config = node_config(keys, unique_prefix(), url=own_redis.url)
+    a = await start_engine(nursery, config)
+    b = await start_engine(nursery, config)
+    with trio.fail_after(30):
+        ann = await start_client(nursery, a.url, keys.token("ann"))
+        room = await ann.create()
+        own_redis.stop()
+        await ann.chat_send(room.room, "still here")  # the room's own node goes on
+        with pytest.raises(RequestError) as refused:
+            await ann.create()
+        assert refused.value.code.value == "unavailable" and refused.value.retry_ms
+        bob = await start_client(nursery, b.url, keys.token("bob"))
+        with pytest.raises(RequestError) as refused:
+            await bob.join(code=room.code)
+        assert refused.value.code.value == "unavailable"
+        own_redis.start()  # empty: node a puts its lease back and registers its room again
+        while True:
+            try:
+                joined = await bob.join(code=room.code)
+                break
+            except RequestError as error:
+                assert error.code.value in ("unavailable", "not_found")
+                await trio.sleep(0.1)
+        assert joined.room == room.room and bob.url == a.url
+
+
+async def test_cluster_settings_are_checked(tmp_path: Path) -> None:
+    keys = TestKeys()
+    with pytest.raises(ValueError, match="redis://"):
+        test_config(keys, cluster="http://127.0.0.1:6379")
+    with pytest.raises(ValueError, match="advertise_url"):
+        test_config(keys, cluster="redis://127.0.0.1:6379", host="0.0.0.0")
+    assert test_config(keys, cluster="redis://127.0.0.1:6379", host="0.0.0.0",
+                       advertise_url="ws://game-3.example:8765/").advertise_url == "ws://game-3.example:8765/"
