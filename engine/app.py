@@ -88,6 +88,10 @@ class Engine:
         before ``serve``; None answers 404."""
         self.cluster: ShardOwner | None = None
         """In a cluster (``config.cluster``), this process as its shard's owner (engine/placement.py)."""
+        self.listeners: tuple[socket.socket, ...] = ()
+        """Listening sockets bound by the caller, set before ``serve`` (``roost serve --workers``: the port
+        every worker shares, then this worker's own); empty: ``serve`` binds ``host:port`` itself.
+        The last one is this process's own address: what the cluster directory sends clients to."""
         self.http_routes: Routes | None = None
         """Extra GET routes on the port, set before ``serve`` (``roost serve --dev``: the demo site)."""
 
@@ -143,27 +147,29 @@ class Engine:
         buffer is in memory). :attr:`address` is set from the moment the listener accepts.
         """
         config = self.config
-        listener = _listen(config.host, config.port)
+        listeners = self.listeners or (_listen(config.host, config.port),)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 redis = None
                 if config.cluster is not None:
                     redis = await stack.enter_async_context(coredis.Redis.from_url(
                         config.cluster, connect_timeout=2, stream_timeout=2, verify_version=False))
-                await self._serve(listener, redis, task_status)
+                await self._serve(listeners, redis, task_status)
         finally:
-            listener.close()
+            if not self.listeners:  # the caller's are the caller's to close
+                listeners[0].close()
             self.address = None
 
-    async def _serve(self, listener: socket.socket, redis: coredis.Redis[bytes] | None,
+    async def _serve(self, listeners: tuple[socket.socket, ...], redis: coredis.Redis[bytes] | None,
                      task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        listener = listeners[0]
         config = self.config
         async with trio.open_nursery(strict_exception_groups=True) as store_nursery:
             await store_nursery.start(self.store.run)
             await self.revocations.load()
             users_nursery = await store_nursery.start(self._run_inside, self.users.run)
             inbox_nursery = await store_nursery.start(self._run_inside, self.inbox.run)
-            cluster = None if redis is None else await self._shard_owner(redis, listener)
+            cluster = None if redis is None else await self._shard_owner(redis, listeners[-1])
             async with trio.open_nursery(strict_exception_groups=True) as rooms_nursery:
                 self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone,
                                               stats=self.metrics.rooms, notifier=self.inbox,
@@ -184,7 +190,7 @@ class Engine:
                 by_user = self._gateway.by_user
                 self.inbox.sessions = lambda user: by_user.get(user, ())
                 async with trio.open_nursery(strict_exception_groups=True) as gateway_nursery:
-                    await gateway_nursery.start(self._gateway.run, listener)
+                    await gateway_nursery.start(self._gateway.run, *listeners)
                     host, port = listener.getsockname()[:2]
                     self.address = (host, port)
                     log.info("roost listening on ws://%s:%d/ (restoring rooms)", host, port)

@@ -194,10 +194,20 @@ ADMIN_OPS = ("rooms", "room", "close", "kick", "revoke", "publish", "stats")
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeError, prepare, run
 
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     try:
         prepared = prepare(args)
     except ServeError as exc:
         raise UsageError(str(exc)) from None
+    if args.workers > 1:
+        from .workers import run_workers
+
+        if prepared.config.cluster is None:
+            prepared.store.close()
+            raise UsageError("--workers needs a cluster directory: --cluster redis://HOST:PORT/DB (or "
+                             "ROOST_CLUSTER), where the workers place their rooms")
+        return run_workers(prepared, args)
     return run(prepared, log_level=args.log_level, log_format=args.log_format)
 
 
@@ -231,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cluster", default=None, metavar="REDIS_URL",
                        help="join the cluster whose directory is this Redis (redis://HOST:PORT/DB or unix:///PATH); "
                             "each node needs its own --data")
+    serve.add_argument("--advertise-url", default=None, metavar="URL",
+                       help="in a cluster, the ws:// address other nodes send this node's clients to "
+                            "(default ws://HOST:PORT/ as bound)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="N engine processes behind the one port, supervised by this one (default 1); "
+                            "needs --cluster")
+    # Internal: how ``--workers`` starts each worker (roost.workers), not for people.
+    serve.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-fds", default=None, help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
                        help="text: one readable line per event, fields as key=value; json: one JSON object "

@@ -127,11 +127,16 @@ attribute read on an Enum class (``Phase.OPEN``) goes through ``EnumType.__getat
 class Connection(Peer):
     """The server side of one client connection."""
 
-    def __init__(self, gateway: Gateway, transport: Transport, remote: str, *, reader: Reader | None = None) -> None:
+    def __init__(self, gateway: Gateway, transport: Transport, remote: str, *, reader: Reader | None = None,
+                 shared: bool = False) -> None:
         config = gateway.config
         self.gateway = gateway
         self.config = config
         self.remote = remote
+        self.shared = shared
+        """Came in through the port the workers of a node share (``roost serve --workers``): its room
+        requests are all answered ``moved`` to the worker that serves the room (this one included), so
+        that members always use their room's worker's own port, which a reconnect reaches again."""
         self.transport = transport
         self.reader = reader
         """The gateway's reader task when it drives this connection (None: :meth:`serve` does)."""
@@ -739,6 +744,8 @@ class Connection(Peer):
             public=frame.public, max_members=frame.max or self.config.default_max_members,
             meta=frame.meta, logic=frame.logic, inactive=frame.inactive,
         )
+        if self.shared:
+            return self._to_rooms_worker(None, frame.code if isinstance(frame, JoinOrCreate) else None, create=True)
         if isinstance(frame, Create):
             return self._then_to_room(gateway.router.create(options), frame)
         if self.room_scope is not None and normalize_code(self.room_scope) != normalize_code(frame.code):
@@ -760,8 +767,13 @@ class Connection(Peer):
                 raise RoomError(ErrorCode.FORBIDDEN, "the token is scoped to another room") from None
             raise
 
+    async def _to_rooms_worker(self, room: str | None, code: str | None, *, create: bool) -> None:
+        raise await self.gateway.router.send_to_owner(room, code, create=create)
+
     def _on_join(self, frame: Join) -> Step | None:
         router = self.gateway.router
+        if self.shared:
+            return self._to_rooms_worker(frame.room, frame.code, create=False)
         if router.cluster is not None:  # a room served here is found without a round trip (locate)
             return self._then_to_room(router.locate(frame.room, frame.code), frame)
         return self._to_room(router.find(frame.room, frame.code), frame)

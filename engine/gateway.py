@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import logging
 import math
 import socket
@@ -137,8 +138,9 @@ class Gateway:
         self._drained = trio.Event()
         revocations.listeners.append(self._sweep_revoked)
 
-    async def run(self, listener: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Accept on ``listener`` (bound, listening, non-blocking) until cancelled."""
+    async def run(self, listener: socket.socket, *more: socket.socket,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept on ``listener`` and ``more`` (bound, listening, non-blocking) until cancelled."""
         async with trio.open_nursery(strict_exception_groups=True) as nursery:
             self._nursery = nursery
             self._started = trio.current_time()
@@ -147,7 +149,13 @@ class Gateway:
                 nursery.start_soon(self.reader.run)
             task_status.started()
             with self._accepting:
-                await self._accept_loop(listener, nursery)
+                if more:  # the first is shared with other workers (roost serve --workers): say so
+                    async with trio.open_nursery(strict_exception_groups=True) as accepting:
+                        for extra in more:
+                            accepting.start_soon(self._accept_loop, extra, nursery)
+                        await self._accept_loop(listener, nursery, shared=True)
+                else:
+                    await self._accept_loop(listener, nursery)
             # Not accepting any more (shutdown): the nursery ends once every connection has closed.
             if self.reader is not None:
                 self.reader.stop()
@@ -174,7 +182,7 @@ class Gateway:
         """Stop taking new connections (after :meth:`drain`)."""
         self._accepting.cancel()
 
-    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery, *, shared: bool = False) -> None:
         while True:
             await trio.lowlevel.wait_readable(listener)
             try:
@@ -190,11 +198,11 @@ class Gateway:
             remote = f"{address[0]}:{address[1]}"
             if self.reader is not None:
                 try:
-                    self.reader.add(SocketTransport(sock), remote)
+                    self.reader.add(SocketTransport(sock), remote, shared=shared)
                 except OSError:  # the peer is already gone (setsockopt on a reset socket)
                     sock.close()
             else:
-                nursery.start_soon(self.serve_transport, SocketTransport(sock), remote)
+                nursery.start_soon(functools.partial(self.serve_transport, SocketTransport(sock), remote, shared=shared))
 
     def open_memory_connection(self) -> trio.abc.Stream:
         """Serve one connection over an in-memory stream; returns the client's end (test kit, embedding)."""
@@ -208,9 +216,9 @@ class Gateway:
         self._nursery.start_soon(self.serve_transport, StreamTransport(server), "memory")
         return client
 
-    async def serve_transport(self, transport: Transport, remote: str) -> None:
+    async def serve_transport(self, transport: Transport, remote: str, *, shared: bool = False) -> None:
         """Run one connection to its end; nothing it raises escapes."""
-        connection = Connection(self, transport, remote)
+        connection = Connection(self, transport, remote, shared=shared)
         self.opened(connection)
         try:
             await connection.serve()

@@ -94,8 +94,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
-def configure(level: str = "info", log_format: str = "text") -> None:
-    """Send every log record at ``level`` and above to stderr in ``log_format`` (``roost serve``)."""
+def configure(level: str = "info", log_format: str = "text", *, context: dict[str, Any] | None = None) -> None:
+    """Send every log record at ``level`` and above to stderr in ``log_format`` (``roost serve``);
+    ``context``: fields every line carries (a worker of ``--workers`` says which it is)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    if context:
+        def add_context(record: logging.LogRecord) -> bool:
+            for key, value in context.items():
+                if not hasattr(record, key):
+                    setattr(record, key, value)
+            return True
+
+        handler.addFilter(add_context)
     logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -90,9 +90,9 @@ class Reader:
 
     # -- connections --------------------------------------------------------------------------------
 
-    def add(self, transport: SocketTransport, remote: str) -> Connection:
+    def add(self, transport: SocketTransport, remote: str, *, shared: bool = False) -> Connection:
         """Take a new socket connection: register it once, arm its auth deadline."""
-        connection = Connection(self.gateway, transport, remote, reader=self)
+        connection = Connection(self.gateway, transport, remote, reader=self, shared=shared)
         fd = transport.fileno()
         self._epoll.register(fd, select.EPOLLIN)  # first: if it fails (OSError), nothing is left behind
         self._by_fd[fd] = connection

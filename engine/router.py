@@ -153,6 +153,23 @@ class Router:
         # make it; join_or_create does), or it was just closed and its code is being freed.
         raise RoomError(ErrorCode.NOT_FOUND, "no such room")
 
+    async def send_to_owner(self, room: str | None, code: str | None, *, create: bool) -> RoomError:
+        """What sends a client that came in through a node's shared port to the worker serving the
+        room: ``moved`` to its owner (this worker's own port when that is here, or when the request
+        would create a room that does not exist yet), ``unavailable``, or ``not_found``."""
+        cluster = self.cluster
+        assert cluster is not None, "a shared port exists only in a cluster (roost serve --workers)"
+        location = None
+        if room is not None or code is not None:
+            location = await self._directory(cluster.locate(room_id=room, code=None if code is None else normalize_code(code)))
+        if location is None:
+            if not create:
+                return RoomError(ErrorCode.NOT_FOUND, "no such room")
+            return RoomError(ErrorCode.MOVED, "create the room on this worker's own port", url=cluster.address)
+        if location.shard == cluster.shard:
+            return RoomError(ErrorCode.MOVED, "the room is served on this worker's own port", url=cluster.address)
+        return self._elsewhere(location.owner)
+
     def restore(self, state: RoomState) -> RoomRuntime:
         """Bring back a room from the store (restart recovery); its actor starts soon after."""
         runtime = RoomRuntime(state.room_id, state.code, self._config.room_inbox_size,

@@ -19,9 +19,11 @@ import os
 import re
 import secrets
 import signal
+import socket
 import stat
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,6 +69,11 @@ class Prepared:
     """Open, and holding the data directory's lock; ``run`` hands it to the engine."""
     dev_site: DevSite | None = None
     """``--dev`` only: the demo page, the JS client files and ``/dev/token`` (:mod:`roost.devsite`)."""
+    listen_fds: tuple[int, ...] = ()
+    """A worker of ``roost serve --workers``: the listening sockets its parent bound (the shared port,
+    then the worker's own), inherited as these file descriptors."""
+    worker: int | None = None
+    """A worker of ``roost serve --workers``: its index (every log line says it)."""
 
 
 def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbStore] = LmdbStore) -> Prepared:
@@ -82,7 +89,8 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
         if args.data == "":  # "" is the current directory to every path function: refuse, do not guess
             raise ConfigError("--data must not be empty")
         flags = {name: value for name, value in (("host", args.host), ("port", args.port), ("data_dir", args.data),
-                                                 ("cluster", getattr(args, "cluster", None)))
+                                                 ("cluster", getattr(args, "cluster", None)),
+                                                 ("advertise_url", getattr(args, "advertise_url", None)))
                  if value is not None}
         config = config.replace(**flags, key_files=config.key_files + tuple(args.key))
     except ConfigError as exc:
@@ -97,6 +105,10 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
     if not len(keyring) and not args.dev:
         raise ServeError("no public keys configured: pass --key FILE (or key_files in the config), or use --dev")
     data = Path(config.data_dir)
+    # A worker of ``--workers`` keeps its store in DATA/workers/N (its --data) and shares the secrets of
+    # its parent's DATA: one dev key, one service key, one session key for the whole node.
+    worker_of = getattr(args, "worker_of", None)
+    secrets_dir = Path(worker_of) if worker_of is not None else data
     store = store_factory(data / "db")
     try:
         store.open()
@@ -111,7 +123,7 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
         dev_service_key: str | None = None
         dev_site: DevSite | None = None
         if args.dev:
-            dev_key = data / DEV_KEY_NAME
+            dev_key = secrets_dir / DEV_KEY_NAME
             try:
                 if not dev_key.exists():
                     write_key_pair(dev_key)
@@ -125,15 +137,17 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
             config = config.replace(guests=True)
             config = config.replace(logics={TICTACTOE: TicTacToe, **config.logics})
             if config.service_key is None:
-                dev_service_key = _service_key(data / SERVICE_KEY_NAME)
+                dev_service_key = _service_key(secrets_dir / SERVICE_KEY_NAME)
                 config = config.replace(service_key=dev_service_key)
-        secret = _session_secret(data / SESSION_KEY_NAME)
+        secret = _session_secret(secrets_dir / SESSION_KEY_NAME)
     except BaseException:
         store.close()  # refused: release the directory at once
         raise
+    fds = getattr(args, "worker_fds", None)
     return Prepared(config=config.replace(keyring=keyring, session_secret=secret), dev_key=dev_key,
                     dev_token=dev_token, dev_service_key=dev_service_key, store=store,
-                    dev_site=dev_site)
+                    dev_site=dev_site, listen_fds=tuple(int(fd) for fd in fds.split(",")) if fds else (),
+                    worker=None if worker_of is None else int(data.name))
 
 
 def _session_secret(path: Path) -> bytes:
@@ -200,9 +214,18 @@ async def _serve_until_stopped(
 
 
 async def _serve(prepared: Prepared) -> None:
-    engine = Engine(prepared.config, store=prepared.store)
+    config = prepared.config
+    listeners = tuple(_inherited(fd) for fd in prepared.listen_fds)
+    if listeners and config.advertise_url is not None:
+        # The node's advertised host with this worker's own port: the address its rooms' clients need.
+        config = config.replace(advertise_url=with_port(config.advertise_url, listeners[-1].getsockname()[1]))
+    engine = Engine(config, store=prepared.store)
     engine.http_routes = prepared.dev_site
+    if listeners:
+        engine.listeners = listeners
     async with trio.open_nursery(strict_exception_groups=True) as nursery:
+        if prepared.listen_fds:
+            nursery.start_soon(_orphaned, engine, os.getppid())
         host, port = await nursery.start(_serve_until_stopped, engine, nursery.cancel_scope)
         # Everything allocated so far (modules, config, keys, restored rooms) lives long: move it out
         # of the collector's reach, so full collections stay short (measured: one 23-50 ms gen-2
@@ -225,6 +248,28 @@ async def _serve(prepared: Prepared) -> None:
                 else:
                     logger.warning("received %s again: stopping now", name)
                     nursery.cancel_scope.cancel()
+
+
+def with_port(url: str, port: int) -> str:
+    """``url`` with its port replaced (or added): ``ws://game.example:8765/`` -> ``ws://game.example:40123/``."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    return parts._replace(netloc=f"[{host}]:{port}" if ":" in host else f"{host}:{port}").geturl()
+
+
+def _inherited(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
+async def _orphaned(engine: Engine, parent: int) -> None:
+    """A worker whose supervisor died (even SIGKILLed: no signal reaches the workers then) stops
+    gracefully instead of serving on unsupervised, holding the node's ports and environments."""
+    while os.getppid() == parent:
+        await trio.sleep(1)
+    logging.getLogger("roost").warning("the supervisor (pid %d) is gone: shutting down", parent)
+    engine.request_shutdown()
 
 
 def _announce(lines: list[str]) -> None:
@@ -250,7 +295,7 @@ def _first(group: BaseExceptionGroup) -> BaseException:
 def run(prepared: Prepared, *, log_level: str = "info", log_format: str = "text") -> int:
     """Run the engine until SIGINT/SIGTERM. Returns the exit status. Logs go to stderr as
     ``log_format`` (:mod:`roost.logs`: ``text`` or ``json``)."""
-    configure_logging(log_level, log_format)
+    configure_logging(log_level, log_format, context=None if prepared.worker is None else {"worker": prepared.worker})
     try:
         trio.run(_serve, prepared)
     except BaseExceptionGroup as group:
