@@ -24,6 +24,7 @@ import trio
 from roost.protocol.errors import CloseCode
 
 from .admin import Admin
+from .bus import RevocationBus
 from .config import Config
 from .gateway import Gateway
 from .http import Exposition, Routes
@@ -167,6 +168,10 @@ class Engine:
         async with trio.open_nursery(strict_exception_groups=True) as store_nursery:
             await store_nursery.start(self.store.run)
             await self.revocations.load()
+            if redis is not None:  # every process of the cluster hears every revocation (engine/bus.py)
+                bus = RevocationBus(redis, config.cluster_prefix, self.revocations)
+                self.revocations.publish = bus.publish
+                await store_nursery.start(bus.run)
             users_nursery = await store_nursery.start(self._run_inside, self.users.run)
             inbox_nursery = await store_nursery.start(self._run_inside, self.inbox.run)
             cluster = None if redis is None else await self._shard_owner(redis, listeners[-1])

@@ -3,11 +3,15 @@
 Revoking a user refuses every token of that user issued at or before the revocation (tokens minted
 afterwards work again). Checks are in memory (a dict lookup per handshake); changes are committed to
 the store first, then listeners (the gateway) close matching live connections.
+
+In a cluster every process keeps the whole list: a revocation made on one is ``publish``-ed to the
+others (engine/bus.py), which ``apply`` it as their own (stored, swept). Entries merge by taking the
+later values, so hearing one twice, or out of order, changes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import msgpack
 
@@ -30,6 +34,9 @@ class Revocations:
         self._jti: dict[str, int] = {}
         self._users: dict[str, tuple[int, int]] = {}
         self.listeners: list[Callable[[], None]] = []
+        self.publish: Callable[[str, str, list[int]], Awaitable[None]] | None = None
+        """In a cluster: tells every other process of a revocation made here (``kind`` ``jti`` or
+        ``user``, the key, its values); raises RoomError ``unavailable`` when it cannot."""
 
     async def load(self) -> None:
         """Read the list from the store, dropping entries that have expired."""
@@ -63,13 +70,49 @@ class Revocations:
         await self._store.commit([Write(None, _JTI + jti, msgpack.packb(until))])
         self._jti[jti] = until
         self._notify()
+        if self.publish is not None:
+            await self.publish("jti", jti, [until])
 
     async def revoke_user(self, user: str, until: int) -> None:
         """Refuse every token of ``user`` issued until now; keep the entry until ``until``."""
         at = int(self._clock())
+        old = self._users.get(user)
+        if old is not None:  # a second revocation never shortens the first
+            at, until = max(at, old[0]), max(until, old[1])
         await self._store.commit([Write(None, _USER + user, msgpack.packb([at, until]))])
         self._users[user] = (at, until)
         self._notify()
+        if self.publish is not None:
+            await self.publish("user", user, [at, until])
+
+    async def apply(self, kind: str, key: str, values: list[int]) -> bool:
+        """A revocation made by another process of the cluster: stored and swept here as if made here
+        (merged with what is here: the later values win). False if it changed nothing."""
+        if kind == "jti":
+            (until,) = values
+            if self._jti.get(key, -1) >= until or until < self._clock():
+                return False
+            await self._store.commit([Write(None, _JTI + key, msgpack.packb(until))])
+            self._jti[key] = until
+        elif kind == "user":
+            at, until = values
+            old = self._users.get(key)
+            merged = (at, until) if old is None else (max(at, old[0]), max(until, old[1]))
+            if merged == old or merged[1] < self._clock():
+                return False
+            await self._store.commit([Write(None, _USER + key, msgpack.packb(list(merged)))])
+            self._users[key] = merged
+        else:
+            raise ValueError(f"unknown revocation kind {kind!r}")
+        self._notify()
+        return True
+
+    def entries(self) -> Iterator[tuple[str, str, list[int]]]:
+        """Every live entry as ``(kind, key, values)`` (what a process tells a cluster that forgot)."""
+        for jti, until in list(self._jti.items()):
+            yield "jti", jti, [until]
+        for user, (at, until) in list(self._users.items()):
+            yield "user", user, [at, until]
 
     def _notify(self) -> None:
         for listener in self.listeners:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import collections
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import trio
 
 from roost import Engine
-from roost.client import RequestError, start_client
+from roost.client import ClientError, ConnectionClosedError, RequestError, start_client
+from roost.errors import RoomError
+from roost.protocol.errors import CloseCode
 from roost.protocol.frames import ChatEvent
 from roost.store import StoreError
 from roost.store.lmdb import LmdbStore
@@ -185,3 +188,79 @@ async def test_cluster_settings_are_checked(tmp_path: Path) -> None:
         test_config(keys, cluster="redis://127.0.0.1:6379", host="0.0.0.0")
     assert test_config(keys, cluster="redis://127.0.0.1:6379", host="0.0.0.0",
                        advertise_url="ws://game-3.example:8765/").advertise_url == "ws://game-3.example:8765/"
+
+
+async def test_a_revocation_on_one_node_closes_the_users_connections_on_every_node_and_outlives_redis(
+        nursery, own_redis: OwnRedis) -> None:
+    """Revoked through node b: ann's sessions on a and b end with 4501 and her token is refused on
+    both; a node started afterwards refuses it too (it reads the list from Redis). Redis restarted
+    empty: the nodes give the list back, so a node started after that refuses it as well."""
+    keys = TestKeys()
+    config = node_config(keys, unique_prefix(), url=own_redis.url)
+    a, b = await start_engine(nursery, config), await start_engine(nursery, config)
+    with trio.fail_after(30):
+        token = keys.token("ann")
+        on_a = await start_client(nursery, a.url, token)
+        on_b = await start_client(nursery, b.url, token)
+        until = int(time.time()) + 3600
+        await b.ops.revoke_user("ann", until)
+        for client in (on_a, on_b):
+            closed = await client.wait_closed()
+            assert isinstance(closed, ConnectionClosedError) and closed.code == CloseCode.TOKEN_REVOKED
+        c = await start_engine(nursery, config)
+        for engine in (a, c):
+            with pytest.raises(ClientError):
+                await start_client(nursery, engine.url, token, reconnect=False)
+        later = keys.token("ann", now=time.time() + 2)  # minted after the revocation: accepted
+        assert (await start_client(nursery, c.url, later, reconnect=False)).user == "ann"
+        own_redis.stop()
+        own_redis.start()
+        async with own_redis.client() as check:
+            while not [key async for key in check.scan_iter(match=f"{config.cluster_prefix}rev:*")]:
+                await trio.sleep(0.1)  # a node resubscribed and gave its list back
+        d = await start_engine(nursery, config)
+        with pytest.raises(ClientError):
+            await start_client(nursery, d.url, token, reconnect=False)
+
+
+async def test_a_revocation_the_cluster_cannot_hear_is_refused_unavailable_and_heard_when_redis_returns(
+        nursery, own_redis: OwnRedis) -> None:
+    keys = TestKeys()
+    config = node_config(keys, unique_prefix(), url=own_redis.url)
+    a, b = await start_engine(nursery, config), await start_engine(nursery, config)
+    with trio.fail_after(30):
+        on_a = await start_client(nursery, a.url, keys.token("bob"))
+        own_redis.stop()
+        with pytest.raises(RoomError) as refused:
+            await b.ops.revoke_user("bob", int(time.time()) + 3600)
+        assert refused.value.code.value == "unavailable"
+        assert on_a.connected  # not heard yet
+        own_redis.start()  # b resubscribes, gives its list to Redis; a resubscribes and reads it
+        closed = await on_a.wait_closed()
+        assert isinstance(closed, ConnectionClosedError) and closed.code == CloseCode.TOKEN_REVOKED
+
+
+async def test_a_revocation_heard_twice_or_out_of_order_changes_nothing_and_never_shortens_one(nursery) -> None:
+    """What the bus applies merges with what a process holds: the later values win, so a repeat, an
+    older entry, or an expired one changes nothing (and sweeps nobody)."""
+    from roost.revocations import Revocations
+    from roost.store.memory import MemoryStore
+
+    store = MemoryStore()
+    await nursery.start(store.run)
+    now = time.time()
+    revocations = Revocations(store, lambda: now)
+    sweeps: list[bool] = []
+    revocations.listeners.append(lambda: sweeps.append(True))
+    assert await revocations.apply("user", "ann", [int(now), int(now) + 100])
+    assert not await revocations.apply("user", "ann", [int(now), int(now) + 100])  # a repeat
+    assert not await revocations.apply("user", "ann", [int(now) - 50, int(now) + 10])  # older
+    assert await revocations.apply("user", "ann", [int(now) - 50, int(now) + 500])  # a later end: kept
+    assert dict((key, values) for _kind, key, values in revocations.entries()) == {"ann": [int(now), int(now) + 500]}
+    assert not await revocations.apply("jti", "t1", [int(now) - 1])  # expired already
+    assert await revocations.apply("jti", "t1", [int(now) + 60]) and len(sweeps) == 3
+    reloaded = Revocations(store, lambda: now)
+    await reloaded.load()
+    assert sorted(reloaded.entries()) == sorted(revocations.entries())
+    with pytest.raises(ValueError):
+        await revocations.apply("room", "r1", [1])

@@ -74,7 +74,7 @@ def test_tests_and_bench_are_not_imported_by_the_product() -> None:
 # engine modules, upstream first: a module may import only modules listed after it.
 ENGINE_ORDER = [
     "docs", "cli", "admin_cli", "workers", "serve", "devsite", "tictactoe", "testing", "app", "gateway", "reader", "connection", "guests", "http", "admin", "operations", "inbox", "router", "supervisor", "scheduler",
-    "room", "logic", "state", "presence", "chat", "receipts", "revocations", "users", "store", "websocket", "outbox", "packing", "peer", "metrics", "placement", "codes", "config",
+    "room", "logic", "state", "presence", "chat", "receipts", "bus", "revocations", "users", "store", "websocket", "outbox", "packing", "peer", "metrics", "placement", "codes", "config",
     "keys", "errors", "logs", "client",
 ]
 
