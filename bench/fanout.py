@@ -56,6 +56,7 @@ import importlib.util
 import json
 import math
 import os
+import secrets
 import platform
 import selectors
 import shutil
@@ -240,6 +241,28 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and of its live descendants (``roost serve --workers``: the supervisor
+    and its workers). A worker that exited during the window takes its CPU time with it: the figure
+    holds for runs where none does (``errors`` says when the load saw one go)."""
+    total = proc_cpu_seconds(pid)
+    # By parent pid over /proc, not /proc/PID/task/TID/children: that lists the children of one thread,
+    # and trio forks from a worker thread (open_process runs Popen in to_thread).
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                data = Path(f"/proc/{entry}/stat").read_bytes()
+                parents.setdefault(int(data[data.rindex(b")") + 2:].split()[1]), []).append(int(entry))
+    stack = list(parents.get(pid, ()))
+    while stack:
+        child = stack.pop()
+        with contextlib.suppress(OSError):
+            total += proc_cpu_seconds(child)
+        stack.extend(parents.get(child, ()))
+    return total
+
+
 # -- load generator ----------------------------------------------------------------------------------
 
 
@@ -263,9 +286,12 @@ _CONNECTING, _UPGRADING, _HELLO, _JOINING, _JOINED, _DEAD = range(6)
 
 
 class _Member:
-    __slots__ = ("fragments", "index", "k", "last_n", "rbuf", "room", "room_id", "sock", "state", "token", "wbuf")
+    __slots__ = ("address", "fragments", "index", "k", "last_n", "rbuf", "room", "room_id", "sock", "state", "token",
+                 "wbuf")
 
     def __init__(self, index: int, room: int, token: str) -> None:
+        self.address: tuple[str, int] | None = None
+        """Where a ``moved`` answer sent this member (None: the URL the run was given)."""
         self.index = index
         self.room = room
         self.token = token
@@ -301,6 +327,8 @@ class RunResult:
     error_samples: list[str] = dataclasses.field(default_factory=list)
     joined: int = 0
     setup_s: float = 0.0
+    moves: int = 0
+    """``moved`` answers followed during setup (a cluster: members go to their room's process)."""
 
     def error(self, kind: str, detail: str = "") -> None:
         self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
@@ -338,6 +366,7 @@ class RunResult:
             "window_deliveries": self.window_deliveries,
             "members_joined": self.joined,
             "setup_s": round(self.setup_s, 2),
+            "moves": self.moves,
             "error_kinds": dict(sorted(self.error_kinds.items())),
             "error_samples": self.error_samples,
         }
@@ -392,7 +421,7 @@ class LoadGenerator:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         m.sock = sock
-        code = sock.connect_ex(self.address)
+        code = sock.connect_ex(m.address or self.address)
         if code not in (0, errno.EINPROGRESS):
             self._lose(m, "connect", os.strerror(code))
             return
@@ -591,6 +620,8 @@ class LoadGenerator:
             return
         if frame is None:
             frame = msgpack.unpackb(payload, raw=False)
+        if kind == b"error" and frame.get("code") == "moved" and m.state == _JOINING and self._move(m, frame.get("url")):
+            return
         if kind == b"error":
             self.result.error(f"error_{frame.get('code')}", f"member {m.index}: {frame.get('message', '')}")
             if m.state in (_HELLO, _JOINING):
@@ -609,6 +640,21 @@ class LoadGenerator:
             m.state = _JOINED
             self.room_size[m.room] += 1
         # presence, host and other room events: not needed here
+
+    def _move(self, m: _Member, url: Any) -> bool:
+        """Follow ``moved`` as a client does: connect to the room's process and join again there."""
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme != "ws" or not parts.hostname or self.result.moves > 4 * len(self.members):
+            return False
+        assert m.sock is not None
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(m.sock)
+        m.sock.close()
+        m.sock, m.rbuf, m.wbuf, m.fragments = None, b"", b"", None
+        m.address = (parts.hostname, parts.port or 80)
+        self.result.moves += 1
+        self._connect(m)
+        return True
 
     def _on_chat(self, m: _Member, payload: bytes | memoryview, now: int) -> None:
         """One delivery: latency from the send time at the head of the text; chat numbers without gaps."""
@@ -780,7 +826,7 @@ def run_load(url: str, tokens: Sequence[str], args: argparse.Namespace, *, serve
         if server_pid is None:
             return None
         try:
-            return proc_cpu_seconds(server_pid)
+            return tree_cpu_seconds(server_pid)
         except OSError:  # the server is gone
             gen.result.error("server_cpu_unreadable", f"/proc/{server_pid}/stat")
             return None
@@ -797,9 +843,10 @@ def run_load(url: str, tokens: Sequence[str], args: argparse.Namespace, *, serve
 
 
 def _served_run(args: argparse.Namespace, name: str, argv: list[str], keys: Sequence[str], cpu: int | None,
-                workdir: Path, tokens_for: Callable[[dict[str, str]], list[str]]) -> dict[str, Any]:
+                workdir: Path, tokens_for: Callable[[dict[str, str]], list[str]],
+                env: dict[str, str] | None = None) -> dict[str, Any]:
     """Start a server subprocess (pinned to ``cpu``), run the load against it, always stop it."""
-    server = ServerProcess(argv, cpu=cpu, workdir=workdir, name=name)
+    server = ServerProcess(argv, cpu=cpu, workdir=workdir, name=name, env=env)
     try:
         lines = server.read_announcement(keys, SERVER_START_TIMEOUT)
         figures = run_load(lines[keys[0]], tokens_for(lines), args, server_pid=server.pid)
@@ -824,8 +871,12 @@ def _engine_run(args: argparse.Namespace, cpu: int | None, workdir: Path) -> dic
         return figures
     argv = [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", "0", "--data",
             str(workdir / "engine-data"), "--log-level", args.log_level]
+    env = None
+    if args.workers > 1:  # a node of N workers on this machine's Redis, under a prefix of this run's own
+        argv += ["--workers", str(args.workers), "--cluster", args.cluster]
+        env = {**os.environ, "ROOST_CLUSTER_PREFIX": f"roost-bench-{secrets.token_hex(4)}:"}
     return _served_run(args, "engine", argv, ["ROOST_URL", "ROOST_DEV_KEY"], cpu, workdir,
-                       lambda lines: mint_tokens(Path(lines["ROOST_DEV_KEY"]), members))
+                       lambda lines: mint_tokens(Path(lines["ROOST_DEV_KEY"]), members), env=env)
 
 
 def _baseline_run(args: argparse.Namespace, cpu: int | None, workdir: Path) -> dict[str, Any]:
@@ -1042,6 +1093,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the servers are pinned to (default 0)")
     parser.add_argument("--loadgen-cpu", type=int, default=1, help="CPU this process is pinned to (default 1)")
     parser.add_argument("--no-pin", action="store_true", help="pin nothing")
+    parser.add_argument("--workers", type=_positive_int, default=1,
+                        help="run the engine as roost serve --workers N (a cluster node; needs Redis, --cluster)")
+    parser.add_argument("--cluster", default="redis://127.0.0.1:6379/0",
+                        help="the Redis of --workers (default redis://127.0.0.1:6379/0; keys under a prefix of the run's own)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline relay run")
     parser.add_argument("--no-picows", action="store_true",
                         help="skip the picows relay run (it needs the bench extra: picows, uvloop)")

@@ -187,3 +187,16 @@ def test_the_sweep_refuses_a_url_and_bad_factors() -> None:
     for bad in (["--sweep-factor", "1"], ["--sweep-factor", "x"], ["--sweep-steps", "0"], ["--sweep-p99-ms", "-1"]):
         with pytest.raises(SystemExit):
             _args(*bad)
+
+
+def test_fanout_bench_drives_a_node_of_two_workers_its_members_following_moved(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--workers 2``: every member comes in through the node's shared port and is sent to its room's
+    worker (``moves``); the server CPU is the supervisor's and its workers' together."""
+    args = _args("--rooms", "4", "--members", "3", "--rate", "5", "--seconds", "1", "--warmup", "0.5",
+                 "--drain", "2", "--setup-timeout", "20", "--workers", "2", "--no-baseline", "--no-picows")
+    assert fanout_bench.run(args) == 0
+    result = json.loads(capsys.readouterr().out.rstrip("\n").split("\n")[-1])
+    detail = result["engine_detail"]
+    assert result["errors"] == 0 and detail["members_joined"] == 12 and detail["moves"] >= 12
+    assert result["received"] == result["offered"] > 0 and result["server_cpu_us_per_delivery"] > 0
