@@ -47,6 +47,9 @@ SHARD_KEY = "shard"
 """Global store key: this store's shard id in a cluster (made at its first start in one)."""
 FENCE_KEY = "fence"
 """Global store key: the last lease token this store's owner took (the floor of the next one)."""
+EPOCH_KEY = "epoch"
+"""Global store key: the cluster directory's epoch this store's owner last saw (a directory without
+one, seen by a process that knew one, lost its keys: it recovers before anything is claimed)."""
 
 log = logging.getLogger("roost")
 
@@ -88,6 +91,9 @@ class Engine:
         """What ``GET /metrics`` serves (body, content type): this engine's metrics unless replaced
         before ``serve``; None answers 404."""
         self.cluster: ShardOwner | None = None
+        self.takeover = False
+        """Set by a supervisor restarting a worker it reaped (roost.workers): the worker takes its lease
+        over at once, and serves before Redis answers (engine/placement.py ShardOwner.start)."""
         """In a cluster (``config.cluster``), this process as its shard's owner (engine/placement.py)."""
         self.listeners: tuple[socket.socket, ...] = ()
         """Listening sockets bound by the caller, set before ``serve`` (``roost serve --workers``: the port
@@ -179,7 +185,7 @@ class Engine:
                 self._supervisor = Supervisor(rooms_nursery, self.store, config, self._room_gone,
                                               stats=self.metrics.rooms, notifier=self.inbox,
                                               on_disposed=None if cluster is None else
-                                              (lambda runtime: cluster.forget_soon(runtime.room_id, runtime.code)))
+                                              (lambda runtime: cluster.forget(runtime.room_id, runtime.code)))
                 self._router = Router(config, self._supervisor, cluster=cluster)
                 self.inbox.rooms = self._router.get
                 operations = Operations(self._router, self.revocations, self.users, self.inbox)
@@ -249,14 +255,16 @@ class Engine:
             shard = "s" + secrets.token_hex(8)
             await self.store.commit([Write(None, SHARD_KEY, msgpack.packb(shard))])
         floor = msgpack.unpackb(stored[FENCE_KEY]) if FENCE_KEY in stored else 0
+        epoch = msgpack.unpackb(stored[EPOCH_KEY]) if EPOCH_KEY in stored else ""
         address = config.advertise_url
         if address is None:
             host, port = listener.getsockname()[:2]
             address = f"ws://[{host}]:{port}/" if ":" in host else f"ws://{host}:{port}/"
-        placement = Placement(redis, config.cluster_prefix, lease_ms=int(config.lease_period * 1000))
+        placement = Placement(redis, config.cluster_prefix, lease_ms=int(config.lease_period * 1000), epoch=epoch)
 
-        async def record_token(token: int) -> None:
-            await self.store.commit([Write(None, FENCE_KEY, msgpack.packb(token))])
+        async def record(token: int, epoch: str) -> None:
+            await self.store.commit([Write(None, FENCE_KEY, msgpack.packb(token)),
+                                     Write(None, EPOCH_KEY, msgpack.packb(epoch))])
 
         def rooms() -> list[tuple[str, str]]:
             router = self._router
@@ -266,8 +274,8 @@ class Engine:
             log.error("stopping: %s", reason)
             self.request_shutdown()
 
-        self.cluster = ShardOwner(placement, shard, address, floor=floor, rooms=rooms, record_token=record_token,
-                                  on_lost=lost)
+        self.cluster = ShardOwner(placement, shard, address, floor=floor, rooms=rooms, record=record,
+                                  on_lost=lost, takeover=self.takeover)
         return self.cluster
 
     async def _run_inside(self, run: Callable[..., Awaitable[None]], *,

@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Internal: how ``--workers`` starts each worker (roost.workers), not for people.
     serve.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
     serve.add_argument("--worker-fds", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-takeover", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
                        help="text: one readable line per event, fields as key=value; json: one JSON object "

@@ -44,7 +44,7 @@ import ssl
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any, NamedTuple, cast
 
 import trio
@@ -475,12 +475,16 @@ class Client:
         ssl_context: ssl.SSLContext | None,
         limits: Limits,
         deliver: bool = True,
+        follow_hosts: Collection[str] = (),
     ) -> None:
         if not 1000 <= heartbeat_ms <= 300_000:
             raise ValueError("heartbeat_ms must be within 1000..300000 (PROTOCOL.md §3.2)")
         if event_buffer < 1:
             raise ValueError("event_buffer must be at least 1")
         self._set_address(url)
+        self._follow_hosts = frozenset(host.lower() for host in (self._host, *follow_hosts))
+        """Hosts ``moved`` may send this client to (its token goes wherever it connects)."""
+        self._opened_secure = self._secure
         if (token is None) == (guest_key is None):
             raise ValueError("give a token or a guest_key (PROTOCOL.md §9.3), exactly one")
         self._token = token
@@ -867,7 +871,9 @@ class Client:
     def _move(self, frame: ClientFrame, error: RequestError) -> bool:
         """Follow ``moved`` (PROTOCOL.md §8.1): reconnect to the room's node and send the request again.
 
-        Only while the client is in no room: a connection serves the rooms
+        Only to a host the client was given (``url``'s, or ``follow_hosts``), never from ``wss`` to
+        ``ws``: the token goes to wherever the client connects, and the address comes from the
+        cluster's directory, which a compromised Redis could fill. Only while the client is in no room: a connection serves the rooms
         of one node, so moving would drop the others (an app in rooms on several nodes opens a client
         per node, and gets the ``moved`` error with its ``url`` to do so). Only for the requests that
         place a client in a room, only with reconnection on and a transport the client opens itself.
@@ -875,6 +881,11 @@ class Client:
         """
         if (not isinstance(frame, Create | Join | JoinOrCreate) or error.url is None or self._positions
                 or not self._reconnect or self._stream_given):
+            return False
+        parts = urllib.parse.urlsplit(error.url)
+        if (parts.scheme not in ("ws", "wss") or (parts.hostname or "").lower() not in self._follow_hosts
+                or (self._opened_secure and parts.scheme != "wss")):
+            log.warning("not following moved to %s: not a host this client was given, or not wss", error.url)
             return False
         try:
             self._set_address(error.url)
@@ -1468,6 +1479,7 @@ async def open_client(
     ssl_context: ssl.SSLContext | None = None,
     limits: Limits = SERVER_LIMITS,
     deliver: bool = True,
+    follow_hosts: Collection[str] = (),
 ) -> AsyncIterator[Client]:
     """Connect to a Roost server and yield a :class:`Client` once it is welcomed.
 
@@ -1496,6 +1508,9 @@ async def open_client(
             close handshake (trio-websocket's own defaults are 60 s).
         deliver: report the delivered cursor by itself (``delivered``, PROTOCOL.md §17) for every
             room's ``chat`` events of others: coalesced, the latest number, one in flight per room.
+        follow_hosts: hosts besides ``url``'s that a cluster's ``moved`` may send the client to (its
+            other nodes). A ``moved`` elsewhere, or from ``wss`` to ``ws``, is raised as the
+            ``RequestError`` instead of followed: following sends the token to that host.
 
     Raises:
         HandshakeError: the first connection ended before ``welcome`` (bad token: 4500, expired:
@@ -1522,6 +1537,7 @@ async def open_client(
         ssl_context=ssl_context,
         limits=limits,
         deliver=deliver,
+        follow_hosts=follow_hosts,
     )
     handshake_error: HandshakeError | None = None
     with client._events_recv:

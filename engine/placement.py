@@ -10,9 +10,10 @@ while holding its ``flock`` (:mod:`roost.store.lmdb`), which a dead process (eve
 releases at once and a paused one (SIGSTOP) keeps. A second writer is therefore impossible on one
 machine whatever Redis says, and an environment never leaves its machine. What Redis holds is the
 *advertisement*: the lease ``shard -> (token, address)``, renewed while the owner lives, lapsing
-when it stops, and carrying a **fencing token** that grows with every new owner. Every request
-forwarded to a shard's owner names the token it was routed by, and an owner answers only for its
-own token; an owner whose renewal meets a later token has been superseded and must stop answering.
+when it stops, and carrying a **fencing token** that grows with every new owner (and is kept in the
+environment too). An owner whose renewal meets a later token has been superseded and stops. Nothing
+is forwarded between processes (a client is sent to its room's process: ``moved``), so no request
+carries a token yet; the first forwarded request must carry one and be refused on a mismatch.
 
 The traps this module is shaped around:
 
@@ -28,9 +29,20 @@ The traps this module is shaped around:
   the check and the claim are one command.
 - **A claim is not a room**: the process that claimed may die before the room's first commit, so
   the shard's owner, asked for a claimed room its store does not have, creates it with the claimed
-  id (the claim is the authority, the creation idempotent).
-- Every script touches one key, or a shard's lease and its fence (one hash slot by their ``{shard}``
-  tag), so the same keys work on a Redis Cluster.
+  id (the claim is the authority, the creation idempotent). A claim refused after it was made (its
+  room's creation failed) is taken back; a closed room's claim is freed before it leaves the router.
+- **Redis restarted empty forgets every claim**, and a ``join_or_create`` elsewhere would make a
+  live room a second time before its owner registers it again. So the directory has an *epoch*:
+  a process that knew one (it is kept in each owner's store) and finds none starts a **recovery
+  period** of one lease period, during which nothing is claimed nor found (``unavailable``) while
+  owners put their leases back and register their rooms. A brand-new cluster (nobody knew an epoch)
+  starts at once. The residue: a process whose store never saw this cluster's epoch, starting
+  first on a Redis that just restarted, opens the directory without a recovery.
+- **The same address proves nothing**: a copy of a live node's data directory may be started with
+  the same advertised address. Only a supervisor that reaped the worker it replaces says
+  ``takeover``; everyone else waits a dead owner's lease out (at most a period and a half).
+- Every key carries one hash tag (``{dir}``): the scripts touch several keys, so on a Redis Cluster
+  a cluster's directory lives in one slot (directory traffic is per join, not per message).
 
 Nothing here is on the per-message path: one round trip is ~210 µs from Python on this machine
 (reference/redis-on-trio.md), more than a message costs the engine. Lookups happen at join time and
@@ -41,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -48,11 +61,17 @@ import coredis
 import trio
 from coredis.exceptions import RedisError
 
-__all__ = ["Lease", "Location", "Placement", "PlacementUnavailable", "ShardHeld", "ShardOwner", "Superseded"]
+__all__ = ["Lease", "Location", "Placement", "PlacementUnavailable", "Recovering", "ShardHeld", "ShardOwner",
+           "Superseded"]
 
 log = logging.getLogger("roost.placement")
 
 DEFAULT_LEASE_MS = 10_000
+DIRECTORY_DEADLINE = 0.5
+"""Seconds one request may wait on the directory (a claim is three round trips, ~1 ms): past it, the
+request is answered ``unavailable``. A connection's requests are handled in order (a ``chat_send``
+sent after a ``join`` must not overtake it), so the ones behind a join wait for it: a slow Redis
+may hold them this long, no longer."""
 
 
 class PlacementUnavailable(Exception):
@@ -101,37 +120,86 @@ class Location:
     owner: Lease | None
 
 
-# KEYS: lease, fence. ARGV: address, ttl_ms, floor. A live lease advertising another address is
-# refused; one advertising this address was left by this process's dead predecessor.
-_ACQUIRE = b"""
-local held = redis.call('GET', KEYS[1])
-if held and string.sub(held, string.find(held, ' ') + 1) ~= ARGV[1] then return {0, held} end
-local token = redis.call('INCR', KEYS[2])
-local floor = tonumber(ARGV[3])
-if token <= floor then
-  token = floor + 1
-  redis.call('SET', KEYS[2], token)
+_EPOCH = b"""
+-- The directory's epoch (KEYS[1]). ARGV[1]: the epoch the caller last saw ('' for none), ARGV[2]: a
+-- fresh id, ARGV[3]: the recovery period in ms. Returns ready, the epoch's id. A missing epoch
+-- seen by a caller that knew one means Redis lost every key: the directory recovers for a period
+-- (owners put their leases back and register their rooms; nothing is claimed nor found meanwhile).
+local function epoch()
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local e = redis.call('GET', KEYS[1])
+  if not e then
+    if ARGV[1] ~= '' then
+      redis.call('SET', KEYS[1], 'recovering ' .. ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
+      return false, ARGV[2]
+    end
+    redis.call('SET', KEYS[1], 'ready ' .. ARGV[2])
+    return true, ARGV[2]
+  end
+  local kind, id, untilms = string.match(e, '^(%S+) (%S+) ?(%d*)$')
+  if kind == 'recovering' then
+    if now < tonumber(untilms) then return false, id end
+    redis.call('SET', KEYS[1], 'ready ' .. id)
+  end
+  return true, id
 end
-local value = token .. ' ' .. ARGV[1]
-redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
-return {token, value}
 """
 
-# KEYS: lease, fence. ARGV: token, address, ttl_ms. 1: renewed; 2: put back; 0: superseded.
-_RENEW = b"""
-local mine = ARGV[1] .. ' ' .. ARGV[2]
-local held = redis.call('GET', KEYS[1])
-if held == mine then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return 1
+# KEYS: epoch, lease, fence. ARGV: epoch args, address, ttl_ms, floor, takeover ('1': the caller
+# replaces this address's dead owner, as its supervisor says). {ready, epoch, token or 0, value}.
+_ACQUIRE = _EPOCH + b"""
+local ready, id = epoch()
+if not ready then return {0, id} end
+local held = redis.call('GET', KEYS[2])
+if held then
+  local address = string.match(held, '^%S+ (.*)$')
+  if ARGV[7] ~= '1' or address ~= ARGV[4] then return {1, id, 0, held} end
 end
-if held then return 0 end
-local token = tonumber(ARGV[1])
-local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
-if fence > token then return 0 end
-if fence < token then redis.call('SET', KEYS[2], token) end
-redis.call('SET', KEYS[1], mine, 'PX', ARGV[3])
-return 2
+local token = redis.call('INCR', KEYS[3])
+local floor = tonumber(ARGV[6])
+if token <= floor then
+  token = floor + 1
+  redis.call('SET', KEYS[3], token)
+end
+local value = token .. ' ' .. ARGV[4]
+redis.call('SET', KEYS[2], value, 'PX', ARGV[5])
+return {1, id, token, value}
+"""
+
+# KEYS: epoch, lease, fence. ARGV: epoch args, token, address, ttl_ms. {ready, epoch, result}: 1
+# renewed, 2 put back, 0 superseded. Allowed while recovering (that is how owners come back); the
+# epoch is read so that the first owner to renew after Redis lost everything starts the recovery.
+_RENEW = _EPOCH + b"""
+local ready, id = epoch()
+local mine = ARGV[4] .. ' ' .. ARGV[5]
+local held = redis.call('GET', KEYS[2])
+if held == mine then
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  return {ready and 1 or 0, id, 1}
+end
+if held then return {ready and 1 or 0, id, 0} end
+local token = tonumber(ARGV[4])
+local fence = tonumber(redis.call('GET', KEYS[3]) or '0')
+if fence > token then return {ready and 1 or 0, id, 0} end
+if fence < token then redis.call('SET', KEYS[3], token) end
+redis.call('SET', KEYS[2], mine, 'PX', ARGV[6])
+return {ready and 1 or 0, id, 2}
+"""
+
+# KEYS: epoch, code. ARGV: epoch args, "room_id shard". {ready, epoch, won, held}.
+_CLAIM = _EPOCH + b"""
+local ready, id = epoch()
+if not ready then return {0, id} end
+if redis.call('SET', KEYS[2], ARGV[4], 'NX') then return {1, id, 1, ARGV[4]} end
+return {1, id, 0, redis.call('GET', KEYS[2])}
+"""
+
+# KEYS: epoch, key. ARGV: epoch args. {ready, epoch, value or false}.
+_LOOKUP = _EPOCH + b"""
+local ready, id = epoch()
+if not ready then return {0, id} end
+return {1, id, redis.call('GET', KEYS[2])}
 """
 
 # KEYS: one key. ARGV: the value it must hold to be deleted.
@@ -141,33 +209,63 @@ return 0
 """
 
 
+class Recovering(PlacementUnavailable):
+    """The directory is recovering after Redis lost its keys: for one lease period nothing is claimed
+    nor found, while the owners put their leases back and register their rooms (else a room whose
+    owner had not registered yet would be created a second time)."""
+
+
 class Placement:
     """The directory, over a coredis client the caller owns (``async with coredis.Redis(...)``).
 
-    ``prefix`` namespaces every key (several clusters, or tests, share one Redis)."""
+    ``prefix`` namespaces every key (several clusters, or tests, share one Redis). Every key carries
+    one hash tag, so a cluster's directory lives in one slot of a Redis Cluster (its scripts touch
+    several keys). ``epoch`` is the directory epoch this process last saw: the owner keeps it in its
+    store, so that even after a restart it can tell a Redis that lost everything from a new one."""
 
-    def __init__(self, client: coredis.Redis[bytes], prefix: str = "roost:", *, lease_ms: int = DEFAULT_LEASE_MS) -> None:
+    def __init__(self, client: coredis.Redis[bytes], prefix: str = "roost:", *, lease_ms: int = DEFAULT_LEASE_MS,
+                 epoch: str = "") -> None:
         if lease_ms < 100:
             raise ValueError("lease_ms must be at least 100")
         self._client = client
         self.prefix = prefix
         self.lease_ms = lease_ms
+        self.epoch = epoch
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
+        self._claim = client.register_script(_CLAIM)
+        self._lookup = client.register_script(_LOOKUP)
         self._delete_if = client.register_script(_DELETE_IF)
 
-    # -- keys: a shard's lease and fence share a hash tag (one slot on a Redis Cluster) --
+    # -- keys --
+    def _key(self, rest: str) -> str:
+        return f"{self.prefix}{{dir}}:{rest}"
+
+    def _epoch_key(self) -> str:
+        return self._key("epoch")
+
     def _lease_key(self, shard: str) -> str:
-        return f"{self.prefix}{{{shard}}}:lease"
+        return self._key(f"lease:{shard}")
 
     def _fence_key(self, shard: str) -> str:
-        return f"{self.prefix}{{{shard}}}:fence"
+        return self._key(f"fence:{shard}")
 
     def _code_key(self, code: str) -> str:
-        return f"{self.prefix}code:{code}"
+        return self._key(f"code:{code}")
 
     def _room_key(self, room_id: str) -> str:
-        return f"{self.prefix}room:{room_id}"
+        return self._key(f"room:{room_id}")
+
+    def _epoch_args(self) -> list[Any]:
+        return [self.epoch, secrets.token_hex(6), self.lease_ms]
+
+    def _seen(self, answer: list[Any], what: str) -> list[Any]:
+        """Take the epoch an epoch script answered with; raise Recovering if it is not ready."""
+        ready, epoch = answer[0], answer[1]
+        self.epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        if not ready:
+            raise Recovering(f"the cluster directory is recovering after Redis lost its keys ({what}); retry shortly")
+        return answer[2:]
 
     async def _call(self, what: str, command: Callable[[], Any]) -> Any:
         """One Redis command; every failure to get an answer is PlacementUnavailable (the trap: coredis
@@ -179,18 +277,19 @@ class Placement:
 
     # -- shards --------------------------------------------------------------------------------------
 
-    async def acquire(self, shard: str, address: str, *, floor: int = 0) -> Lease:
+    async def acquire(self, shard: str, address: str, *, floor: int = 0, takeover: bool = False) -> Lease:
         """Take ``shard``'s lease with a token above every earlier one and above ``floor`` (the token
         the shard's environment last recorded: Redis may have forgotten it).
 
-        The caller holds the shard's environment (its flock). A live lease advertising the same address
-        was left by the process the caller replaces (dead: the flock says so; a supervisor gives a
-        worker's replacement its address), so it is taken over at once rather than after its TTL. A
-        live lease advertising another address raises ShardHeld: another machine claims the same shard
-        name (two nodes configured alike), and the directory must not be split between them."""
-        result = await self._call("acquire", lambda: self._acquire(
-            keys=[self._lease_key(shard), self._fence_key(shard)], args=[address, self.lease_ms, floor]))
-        token, value = result
+        The caller holds the shard's environment (its flock). A live lease raises ShardHeld, unless
+        ``takeover`` and it advertises the caller's own address: a supervisor restarting a worker it
+        reaped says so (``takeover``), and its lease is taken over at once rather than after its TTL.
+        Nothing else may: a copy of a live node's data directory started with the same address would
+        otherwise depose the live node. Refused while the directory recovers (Recovering)."""
+        answer = self._seen(await self._call("acquire", lambda: self._acquire(
+            keys=[self._epoch_key(), self._lease_key(shard), self._fence_key(shard)],
+            args=[*self._epoch_args(), address, self.lease_ms, floor, "1" if takeover else "0"])), "acquire")
+        token, value = answer
         if not token:
             raise ShardHeld(shard, Lease._parse(shard, value))
         return Lease(shard, int(token), address)
@@ -198,10 +297,14 @@ class Placement:
     async def renew(self, lease: Lease) -> bool:
         """Extend ``lease`` by a lease period; put it back if it lapsed (or Redis lost it) and no later
         owner took a token since (True: put back, so the directory may have lost the rooms' keys
-        too). Raises Superseded when one did."""
-        renewed = await self._call("renew", lambda: self._renew(
-            keys=[self._lease_key(lease.shard), self._fence_key(lease.shard)],
-            args=[lease.token, lease.address, self.lease_ms]))
+        too). Raises Superseded when one did. Allowed while the directory recovers."""
+        answer = await self._call("renew", lambda: self._renew(
+            keys=[self._epoch_key(), self._lease_key(lease.shard), self._fence_key(lease.shard)],
+            args=[*self._epoch_args(), lease.token, lease.address, self.lease_ms]))
+        try:
+            (renewed,) = self._seen(answer, "renew")
+        except Recovering:
+            renewed = answer[2]
         if not renewed:
             raise Superseded(f"shard {lease.shard} has an owner with a later token than {lease.token}")
         return renewed == 2
@@ -221,22 +324,33 @@ class Placement:
     async def claim(self, code: str, room_id: str, shard: str) -> tuple[str, str]:
         """Claim ``code`` for a new room ``room_id`` in ``shard``: exactly one claim per code wins,
         across every process. Returns the room's ``(room_id, shard)``: the caller's if it won, the
-        winner's otherwise (then join that room). ``code`` is in normal form."""
+        winner's otherwise (then join that room). ``code`` is in normal form. Refused while the
+        directory recovers (Recovering)."""
         room_key = self._room_key(room_id)
         await self._call("claim", lambda: self._client.set(room_key, f"{shard} {code}"))
-        won = await self._call("claim", lambda: self._client.set(self._code_key(code), f"{room_id} {shard}",
-                                                                  condition=coredis.PureToken.NX))
+        won, held = self._seen(await self._call("claim", lambda: self._claim(
+            keys=[self._epoch_key(), self._code_key(code)], args=[*self._epoch_args(), f"{room_id} {shard}"])),
+            "claim")
         if won:
             return room_id, shard
         await self._call("claim", lambda: self._client.delete([room_key]))
-        found = await self.by_code(code)
-        if found is None:  # the winner's room closed between our claim and this read: claim again
+        if held is None:  # the winner's room closed between our claim and this read: claim again
             return await self.claim(code, room_id, shard)
-        return found
+        winner, _, winner_shard = held.decode().partition(" ")
+        return winner, winner_shard
+
+    async def unclaim(self, code: str, room_id: str, shard: str) -> None:
+        """Take back a claim whose room was never made (its creation was refused)."""
+        await self.forget(room_id, code, shard)
+
+    async def _get(self, key: str) -> bytes | None:
+        (value,) = self._seen(await self._call("lookup", lambda: self._lookup(
+            keys=[self._epoch_key(), key], args=self._epoch_args())), "lookup")
+        return value
 
     async def by_code(self, code: str) -> tuple[str, str] | None:
         """The ``(room_id, shard)`` claimed for ``code`` (normal form), if any."""
-        value = await self._call("lookup", lambda: self._client.get(self._code_key(code)))
+        value = await self._get(self._code_key(code))
         if value is None:
             return None
         room_id, _, shard = value.decode().partition(" ")
@@ -244,7 +358,7 @@ class Placement:
 
     async def by_id(self, room_id: str) -> tuple[str, str] | None:
         """The ``(shard, code)`` of room ``room_id``, if it exists anywhere."""
-        value = await self._call("lookup", lambda: self._client.get(self._room_key(room_id)))
+        value = await self._get(self._room_key(room_id))
         if value is None:
             return None
         shard, _, code = value.decode().partition(" ")
@@ -267,7 +381,8 @@ class Placement:
 
     async def register(self, shard: str, rooms: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Claim again the codes of rooms ``(room_id, code)`` that live in ``shard`` (Redis restarted
-        empty), pipelined in chunks; returns those whose code another room holds now."""
+        empty), pipelined in chunks; returns those whose code another room holds now. Allowed while
+        the directory recovers (that is what it waits for)."""
         taken: list[tuple[str, str]] = []
         for start in range(0, len(rooms), 500):
             chunk = rooms[start:start + 500]
@@ -304,7 +419,8 @@ class ShardOwner:
     PlacementUnavailable, which the connection answers ``unavailable`` with a retry hint; the rooms
     this process owns go on serving (the flock, not the lease, keeps a second writer out). The lease
     is retried every third of a lease period; when Redis comes back having forgotten everything (it
-    keeps nothing on disk), the lease is put back and every live room registered again.
+    keeps nothing on disk), the lease is put back and every live room registered again, while the
+    directory's recovery period keeps anyone from claiming their codes.
 
     Superseded (a later token took the shard: only a copy of this data directory served elsewhere can
     do that), ``on_lost`` is called once: the process must stop answering for the shard.
@@ -312,49 +428,71 @@ class ShardOwner:
 
     def __init__(self, placement: Placement, shard: str, address: str, *, floor: int,
                  rooms: Callable[[], Iterable[tuple[str, str]]],
-                 record_token: Callable[[int], Awaitable[None]], on_lost: Callable[[str], None]) -> None:
+                 record: Callable[[int, str], Awaitable[None]], on_lost: Callable[[str], None],
+                 takeover: bool = False) -> None:
         self.placement = placement
         self.shard = shard
         self.address = address
         self.lease: Lease | None = None
         self.directory_up = False
         self.lost: str | None = None
+        self.takeover = takeover
+        """A supervisor restarted this process in place of one it reaped (roost.workers): its lease
+        at this address is taken over at once, and it may serve before Redis answers."""
         self._floor = floor
+        self._recorded = (floor, placement.epoch)
         self._rooms = rooms
-        self._record_token = record_token
+        self._record = record
         self._on_lost = on_lost
-        self._nursery: trio.Nursery | None = None
+        self._released = False
+        self._keeper: trio.CancelScope | None = None
 
     async def start(self) -> None:
-        """The first acquisition, before the process serves. Redis down does not stop the start (the
-        keeper acquires when it returns).
+        """The first acquisition, before the process serves (its listener answers 503 meanwhile).
 
-        A live lease at another address is waited out for up to a lease period and a half: it is this
-        environment's previous owner, killed (the flock says it is gone) and replaced on another port,
-        whose lease lapses within a period; one still renewed after that is another live process with
-        a copy of this environment, and ShardHeld stops the start."""
+        Waits, retrying every sixth of a lease period, while Redis cannot be reached or the directory
+        recovers: a process that never held the lease cannot tell whether another holds it. Only a
+        supervisor's replacement worker (``takeover``) serves at once without Redis (its supervisor
+        reaped the one it replaces), and its keeper acquires the lease when Redis returns.
+
+        A live lease is waited out for up to a lease period and a half: this environment's previous
+        owner, killed (the flock says it is gone) and restarted by hand or by an orchestrator, whose
+        lease lapses within a period; one still renewed after that is another live process with a
+        copy of this environment, and ShardHeld stops the start."""
         deadline = trio.current_time() + 1.5 * self.placement.lease_ms / 1000
+        said = False
         while True:
             try:
                 await self._acquire()
                 return
-            except PlacementUnavailable as exc:
-                log.warning("%s: serving this node's rooms; the lease is retried", exc)
-                return
             except ShardHeld as exc:
                 if trio.current_time() >= deadline:
                     raise
-                log.info("%s: waiting for it to lapse", exc)
-                await trio.sleep(self.placement.lease_ms / 6000)
+                if not said:
+                    log.info("%s: waiting for it to lapse", exc)
+            except PlacementUnavailable as exc:
+                if self.takeover and not isinstance(exc, Recovering):
+                    log.warning("%s: serving this worker's rooms; the lease is retried", exc)
+                    return
+                if not said:
+                    log.warning("%s: waiting for it", exc)
+            said = True
+            await trio.sleep(self.placement.lease_ms / 6000)
 
     async def _acquire(self) -> None:
-        lease = await self.placement.acquire(self.shard, self.address, floor=self._floor)
-        await self._record_token(lease.token)  # the environment's floor for the next owner
+        lease = await self.placement.acquire(self.shard, self.address, floor=self._floor, takeover=self.takeover)
         self._floor = lease.token
+        await self._remember()  # the environment's floor for the next owner, and the epoch seen
         self.lease = lease
         self.directory_up = True
         log.info("shard %s owned with token %d at %s", self.shard, lease.token, self.address)
         await self._register()
+
+    async def _remember(self) -> None:
+        now = (self._floor, self.placement.epoch)
+        if now != self._recorded:
+            await self._record(*now)
+            self._recorded = now
 
     async def _register(self) -> None:
         """Tell the directory of every live room (after Redis lost its keys; idempotent). A code that
@@ -365,14 +503,13 @@ class ShardOwner:
                         "lost; it is reachable by id only", room_id, code)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery(strict_exception_groups=True) as nursery:
-            self._nursery = nursery
+        """Keep the lease until cancelled, lost or released."""
+        with trio.CancelScope() as self._keeper:
             task_status.started()
             interval = self.placement.lease_ms / 3000
-            while self.lost is None:
+            while self.lost is None and not self._released:
                 await trio.sleep(interval)
                 await self._keep()
-            nursery.cancel_scope.cancel()
 
     async def _keep(self) -> None:
         try:
@@ -381,6 +518,7 @@ class ShardOwner:
             elif await self.placement.renew(self.lease):
                 log.info("the directory had lost shard %s: lease put back", self.shard)
                 await self._register()
+            await self._remember()
         except PlacementUnavailable as exc:
             if self.directory_up:
                 log.warning("%s (serving on; retrying)", exc)
@@ -407,6 +545,10 @@ class ShardOwner:
         self._check()
         return await self.placement.claim(code, room_id, self.shard)
 
+    async def unclaim(self, code: str, room_id: str) -> None:
+        """Take back a claim of ours whose room was never made (best effort: a failure is logged)."""
+        await self.forget(room_id, code)
+
     async def locate(self, *, room_id: str | None = None, code: str | None = None) -> Location | None:
         self._check()
         return await self.placement.locate(room_id=room_id, code=code)
@@ -416,21 +558,25 @@ class ShardOwner:
         self._check()
         return await self.placement.owner(shard)
 
-    def forget_soon(self, room_id: str, code: str) -> None:
-        """A room closed for good: free its code in the background (a failure is logged: the code
-        then stays claimed by a room that is gone, and the next claim of it finds the room missing
-        in this shard and creates it afresh)."""
-        if self._nursery is not None:
-            self._nursery.start_soon(self._forget, room_id, code)
-
-    async def _forget(self, room_id: str, code: str) -> None:
+    async def forget(self, room_id: str, code: str) -> None:
+        """A room closed for good: free its code. Awaited before the room leaves the router (the trap:
+        freed in the background, a new claim of the code in between would find the old claim, make
+        the room again under the old id, and then lose its code to the late delete). A failure is
+        logged: the code then stays claimed by a room that is gone, and the next claim of it finds
+        the room missing in this shard and makes it again (the claim is the authority)."""
         try:
-            await self.placement.forget(room_id, code, self.shard)
-        except PlacementUnavailable as exc:
+            with trio.fail_after(DIRECTORY_DEADLINE):
+                await self.placement.forget(room_id, code, self.shard)
+        except (PlacementUnavailable, trio.TooSlowError) as exc:
             log.warning("room %s closed, its code %s not freed: %s", room_id, code, exc)
 
     async def release(self) -> None:
-        """A graceful stop: give the lease up (its rooms are unavailable at once, not after a TTL)."""
+        """A graceful stop: stop renewing, then give the lease up (its rooms are unavailable at once,
+        not after a TTL). The trap: with the keeper still running, its next renewal would find the
+        lease gone, the fence at its own token, and put it back for a whole period."""
+        self._released = True
+        if self._keeper is not None:
+            self._keeper.cancel()
         if self.lease is not None and self.lost is None:
             with trio.move_on_after(2):
                 try:

@@ -26,7 +26,7 @@ from roost.protocol.frames import LobbyPage, RoomInfo
 from .codes import new_code, new_room_id, normalize_code
 from .config import Config
 from .errors import RoomError
-from .placement import Lease, PlacementUnavailable, ShardOwner
+from .placement import DIRECTORY_DEADLINE, Lease, PlacementUnavailable, ShardOwner
 from .room import RoomRuntime
 from .scheduler import TurnScheduler
 from .state import RoomOptions, RoomState
@@ -74,10 +74,12 @@ class Router:
         """Create and start a room. With ``code``, the caller has reserved it (see get_or_create), and
         in a cluster claimed it for ``room_id``."""
         self._supervisor.make_logic(options.logic)  # refuse unknown logic names before anything exists
+        claimed = False  # a generated code claimed here (get_or_create takes back its own claims)
         if code is None:
             code = self._free_code()
             if self.cluster is not None:
                 code, room_id = await self._claim_fresh(code)
+                claimed = True
         room_id = room_id or new_room_id()
         state = RoomState(room_id=room_id, code=code, options=options,
                           created=int(self._config.wall_clock() * 1000), history_limit=self._config.history_limit,
@@ -91,6 +93,9 @@ class Router:
             self._supervisor.start(runtime, state, created=True)
         except BaseException:
             self.forget(runtime)
+            if claimed and self.cluster is not None:  # the claim of a room that never was
+                with trio.CancelScope(shield=True):
+                    await self.cluster.unclaim(code, room_id)
             raise
         return runtime
 
@@ -121,11 +126,15 @@ class Router:
             code = self._free_code()
 
     async def _directory(self, call: Awaitable[T]) -> T:
-        """A call to the cluster directory; Redis unreachable is ``unavailable`` with a retry hint."""
+        """A call to the cluster directory; Redis unreachable, slow (past ``DIRECTORY_DEADLINE``: the
+        connection's reader waits meanwhile) or recovering is ``unavailable`` with a retry hint."""
         try:
-            return await call
+            with trio.fail_after(DIRECTORY_DEADLINE):
+                return await call
         except PlacementUnavailable as exc:
             raise RoomError(ErrorCode.UNAVAILABLE, str(exc), retry_ms=1000) from None
+        except trio.TooSlowError:
+            raise RoomError(ErrorCode.UNAVAILABLE, "the cluster directory is slow to answer", retry_ms=1000) from None
 
     def _elsewhere(self, owner: Lease | None) -> RoomError:
         """The answer for a room another shard holds: ``moved`` to its owner, or ``unavailable`` while
@@ -198,14 +207,21 @@ class Router:
         try:
             if self.cluster is None:
                 return await self.create(options, code=code)
+            # Refuse what create would refuse before claiming: a refused claim would stay in Redis.
+            self._supervisor.make_logic(options.logic)
             room_id, shard = await self._directory(self.cluster.claim(code, new_room_id()))
             if shard != self.cluster.shard:
                 raise self._elsewhere(await self._directory(self.cluster.owner(shard)))
-            if room_id in self.rooms:  # closed, its disposal under way: its keys are being deleted
+            if room_id in self.rooms:  # closed: its keys and then its claim are being deleted
                 raise RoomError(ErrorCode.UNAVAILABLE, "the room is closing", retry_ms=200)
             # Ours: just claimed, or claimed by a creation that died before its room's first commit
             # (the claim is the authority: make the room it names).
-            return await self.create(options, code=code, room_id=room_id)
+            try:
+                return await self.create(options, code=code, room_id=room_id)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.cluster.unclaim(code, room_id)
+                raise
         finally:
             del self._creating[code]
             done.set()

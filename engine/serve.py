@@ -74,6 +74,8 @@ class Prepared:
     then the worker's own), inherited as these file descriptors."""
     worker: int | None = None
     """A worker of ``roost serve --workers``: its index (every log line says it)."""
+    takeover: bool = False
+    """A worker its supervisor restarted in place of one it reaped (ShardOwner.takeover)."""
 
 
 def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbStore] = LmdbStore) -> Prepared:
@@ -147,7 +149,8 @@ def prepare(args: argparse.Namespace, *, store_factory: Callable[[Path], LmdbSto
     return Prepared(config=config.replace(keyring=keyring, session_secret=secret), dev_key=dev_key,
                     dev_token=dev_token, dev_service_key=dev_service_key, store=store,
                     dev_site=dev_site, listen_fds=tuple(int(fd) for fd in fds.split(",")) if fds else (),
-                    worker=None if worker_of is None else int(data.name))
+                    worker=None if worker_of is None else int(data.name),
+                    takeover=bool(getattr(args, "worker_takeover", False)))
 
 
 def _session_secret(path: Path) -> bytes:
@@ -221,6 +224,7 @@ async def _serve(prepared: Prepared) -> None:
         config = config.replace(advertise_url=with_port(config.advertise_url, listeners[-1].getsockname()[1]))
     engine = Engine(config, store=prepared.store)
     engine.http_routes = prepared.dev_site
+    engine.takeover = prepared.takeover
     if listeners:
         engine.listeners = listeners
     async with trio.open_nursery(strict_exception_groups=True) as nursery:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -54,7 +54,7 @@ class Supervisor:
     def __init__(
         self, nursery: trio.Nursery, store: Store, config: Config, on_gone: Callable[[RoomRuntime], None],
         *, stats: RoomStats | None = None, notifier: Notifier | None = None,
-        on_disposed: Callable[[RoomRuntime], None] | None = None,
+        on_disposed: Callable[[RoomRuntime], Awaitable[None]] | None = None,
     ) -> None:
         self._nursery = nursery
         self.notifier = notifier
@@ -63,7 +63,8 @@ class Supervisor:
         self._config = config
         self._on_gone = on_gone
         self._on_disposed = on_disposed
-        """Called once a closed room's keys are deleted (a cluster frees its code in the directory)."""
+        """Awaited once a closed room's keys are deleted, before the room leaves the router (a cluster
+        frees its code in the directory: engine/placement.py ShardOwner.forget says why before)."""
         self.stats = stats or RoomStats()
         """Shared by every room of this supervisor (the router hands it to each RoomRuntime)."""
         self.restarts = 0
@@ -291,7 +292,7 @@ class Supervisor:
                                                         "crashes": crashes})
                 await self._close_after_crashes(runtime, state)
                 self.closed[ErrorCode.INTERNAL.value] += 1
-                self._disposed(runtime)
+                await self._disposed(runtime)
                 self._on_gone(runtime)
                 return
             runtime.resync_reason = "restarted"
@@ -305,12 +306,12 @@ class Supervisor:
         except Exception:
             self._fail(runtime)
             return
-        self._disposed(runtime)
+        await self._disposed(runtime)
         self._on_gone(runtime)
 
-    def _disposed(self, runtime: RoomRuntime) -> None:
+    async def _disposed(self, runtime: RoomRuntime) -> None:
         if self._on_disposed is not None:
-            self._on_disposed(runtime)
+            await self._on_disposed(runtime)
 
     def _fail(self, runtime: RoomRuntime) -> None:
         """Recovery itself failed (the store cannot be read, the logic is gone from the config...):

@@ -66,6 +66,7 @@ class Worker:
         self.process: trio.Process | None = None
         self.stopping = False
         self.restarts = 0
+        self._backoff: trio.CancelScope | None = None
 
     async def keep(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the worker, and again whenever it exits unasked; ``task_status.started`` once it first
@@ -74,20 +75,26 @@ class Worker:
         first = True
         while True:
             started = time.monotonic()
+            # A restart (not the first start) says the process it replaces is gone: it takes the
+            # lease at its address over at once, and serves before Redis answers (ShardOwner.start).
+            argv = self.argv if first else [*self.argv, "--worker-takeover"]
             process = await trio.lowlevel.open_process(
-                self.argv, stdout=subprocess.PIPE, pass_fds=(self.shared.fileno(), self.own.fileno()),
+                argv, stdout=subprocess.PIPE, pass_fds=(self.shared.fileno(), self.own.fileno()),
                 start_new_session=True)
             self.process = process
             try:
-                ready = await self._until_serving(process)
-                if ready:
-                    log.info("worker %d (pid %d) serving at %s", self.index, process.pid, self.url,
-                             extra={"event": "worker_serving", "worker": self.index, "pid": process.pid,
-                                    "url": self.url})
-                    if first:
-                        task_status.started()
-                        first = False
-                code = await process.wait()
+                async with trio.open_nursery(strict_exception_groups=True) as reading:
+                    ready = await self._until_serving(process)
+                    if ready:
+                        log.info("worker %d (pid %d) serving at %s", self.index, process.pid, self.url,
+                                 extra={"event": "worker_serving", "worker": self.index, "pid": process.pid,
+                                        "url": self.url})
+                        if first:
+                            task_status.started()
+                            first = False
+                        reading.start_soon(self._discard, process)
+                    code = await process.wait()
+                    reading.cancel_scope.cancel()
             finally:
                 if process.returncode is None:  # cancelled (a second signal): stop it now
                     process.kill()
@@ -102,11 +109,22 @@ class Worker:
             log.warning("worker %d (pid %d) exited with status %s: restarting it on its data in %.1f s",
                         self.index, process.pid, code, backoff,
                         extra={"event": "worker_exited", "worker": self.index, "pid": process.pid, "status": code})
-            await trio.sleep(backoff)
+            with trio.CancelScope() as self._backoff:
+                await trio.sleep(backoff)
+            self._backoff = None
+            if self.stopping:  # stopped during the backoff: no new worker nobody would stop
+                return
+
+    @staticmethod
+    async def _discard(process: trio.Process) -> None:
+        """Read the worker's stdout to its end (the trap: once the pipe holds 64 KiB, a ``print`` in
+        room logic blocks the worker's whole event loop, which then neither serves nor exits)."""
+        assert process.stdout is not None
+        while await process.stdout.receive_some(65536):
+            pass
 
     async def _until_serving(self, process: trio.Process) -> bool:
-        """Read the worker's stdout until it prints ``ROOST_URL=`` (it serves), then drain it in the
-        background (a full pipe would block the worker); False if it exited first."""
+        """Read the worker's stdout until it prints ``ROOST_URL=`` (it serves); False if it exited first."""
         assert process.stdout is not None
         stream = process.stdout
         buffer = b""
@@ -119,6 +137,8 @@ class Worker:
 
     def terminate(self) -> None:
         self.stopping = True
+        if self._backoff is not None:
+            self._backoff.cancel()
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
 
@@ -143,7 +163,9 @@ async def _supervise(prepared: Prepared, args: argparse.Namespace) -> int:
     config = prepared.config
     data = Path(config.data_dir)
     shared = _listen(config.host, config.port)
-    own = [_listen(config.host, 0) for _ in range(args.workers)]
+    # Each worker's own port is the node's port + 1 + its index (any free one with --port 0): stable
+    # across restarts of the node, so clients sent to a worker find it again after one.
+    own = [_listen(config.host, config.port + 1 + index if config.port else 0) for index in range(args.workers)]
     workers = [Worker(index, _worker_argv(args, data, index, (shared.fileno(), sock.fileno())), shared, sock)
                for index, sock in enumerate(own)]
     try:
@@ -190,6 +212,10 @@ def run_workers(prepared: Prepared, args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         return trio.run(_supervise, prepared, args)
+    except OSError as exc:
+        print(f"roost: error: cannot serve on {prepared.config.host}:{prepared.config.port} and the "
+              f"{args.workers} ports after it: {exc.strerror}", file=sys.stderr)
+        return 2
     except BaseExceptionGroup as group:
         failed, rest = group.split(RuntimeError)
         if failed is None or rest is not None:

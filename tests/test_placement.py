@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from roost.placement import (
-    Lease, Placement, PlacementUnavailable, ShardHeld, ShardOwner, Superseded,
+    Lease, Placement, PlacementUnavailable, Recovering, ShardHeld, ShardOwner, Superseded,
 )
 
 from .redis_server import OwnRedis, machine_client, machine_redis, own_redis, unique_prefix  # noqa: F401 (fixture)
@@ -32,7 +32,9 @@ async def test_the_replacement_at_the_same_address_takes_over_at_once_with_a_lat
     """A worker SIGKILLed and restarted by its supervisor (same address, the flock proving the first
     dead) must not wait out the dead one's TTL; the dead one's token is then superseded."""
     first = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
-    second = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
+    with pytest.raises(ShardHeld):  # the same address alone proves nothing: a copy may use it too
+        await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
+    second = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/", takeover=True)
     assert second.token > first.token
     with pytest.raises(Superseded):
         await placement.renew(first)
@@ -45,7 +47,7 @@ async def test_tokens_stay_above_the_floor_the_environment_recorded(placement: P
     own record of its last token keeps the next one above every token ever used."""
     lease = await placement.acquire("node-a/1", "ws://127.0.0.1:7001/", floor=41)
     assert lease.token == 42
-    again = await placement.acquire("node-a/1", "ws://127.0.0.1:7001/", floor=10)
+    again = await placement.acquire("node-a/1", "ws://127.0.0.1:7001/", floor=10, takeover=True)
     assert again.token == 43
 
 
@@ -56,7 +58,7 @@ async def test_a_lapsed_lease_is_put_back_by_its_owner_unless_a_later_owner_took
     assert await placement.owner(shard) is None
     assert await placement.renew(lease)  # nobody took it: the owner was only late (a pause, a slow Redis)
     assert await placement.owner(shard) == lease
-    later = await placement.acquire(shard, "ws://127.0.0.1:7001/")
+    later = await placement.acquire(shard, "ws://127.0.0.1:7001/", takeover=True)
     await placement._client.delete([placement._lease_key(shard)])  # the later owner lapses too
     with pytest.raises(Superseded):
         await placement.renew(lease)  # the first may not come back over it
@@ -75,7 +77,7 @@ async def test_a_lease_lapses_by_its_ttl_when_nobody_renews_it() -> None:
 
 async def test_a_stale_release_does_not_free_the_later_owners_lease(placement: Placement) -> None:
     first = await placement.acquire("node-d/0", "ws://127.0.0.1:7001/")
-    second = await placement.acquire("node-d/0", "ws://127.0.0.1:7001/")
+    second = await placement.acquire("node-d/0", "ws://127.0.0.1:7001/", takeover=True)
     await placement.release(first)
     assert await placement.owner("node-d/0") == second
     await placement.release(second)
@@ -108,9 +110,9 @@ async def test_fifty_racing_claims_of_one_code_make_one_room() -> None:
                 await client.__aexit__(None, None, None)
         assert len(results) == 50 and len(set(results)) == 1
         winner, shard = results[0]
-        room_keys = [key async for key in cleanup.scan_iter(match=f"{prefix}room:*")]
-        assert room_keys == [f"{prefix}room:{winner}".encode()]
         placement = Placement(cleanup, prefix)
+        room_keys = [key async for key in cleanup.scan_iter(match=placement._room_key("*"))]
+        assert room_keys == [placement._room_key(winner).encode()]
         location = await placement.locate(code="LOBBY-1")
         assert location is not None and (location.room_id, location.shard, location.code) == (winner, shard, "LOBBY-1")
         assert await placement.locate(room_id=winner) == location
@@ -136,16 +138,16 @@ async def test_with_redis_gone_calls_fail_clearly_and_the_owner_keeps_its_shard_
     lost: list[str] = []
     tokens: list[int] = []
 
-    async def record(token: int) -> None:
+    async def record(token: int, epoch: str) -> None:
         tokens.append(token)
 
     async with own_redis.client() as client:
         placement = Placement(client, prefix, lease_ms=300)
         for _ in range(3):  # tokens 1-3 taken earlier: a fence that restarted at 0 would show
-            await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
+            await placement.acquire("node-a/0", "ws://127.0.0.1:7001/", takeover=True)
         owner = ShardOwner(placement, "node-a/0", "ws://127.0.0.1:7001/", floor=0,
                            rooms=lambda: [("r1", "TABLE-1"), ("r2", "TABLE-2")],
-                           record_token=record, on_lost=lost.append)
+                           record=record, on_lost=lost.append)
         await owner.start()
         assert tokens == [4] and owner.directory_up
         assert await owner.claim("TABLE-1", "r9") == ("r1", "node-a/0")  # registered at the start
@@ -166,10 +168,13 @@ async def test_with_redis_gone_calls_fail_clearly_and_the_owner_keeps_its_shard_
                 while not owner.directory_up:
                     await trio.sleep(0.05)
             assert await placement.owner("node-a/0") == owner.lease
-            assert await owner.claim("TABLE-2", "r8") == ("r2", "node-a/0")  # registered again
+            with pytest.raises(Recovering):  # for a lease period: its owners come back meanwhile
+                await owner.claim("TABLE-2", "r8")
+            await trio.sleep(0.35)
+            assert await owner.claim("TABLE-2", "r8") == ("r2", "node-a/0")  # registered again, not made twice
             with pytest.raises(ShardHeld):
                 await placement.acquire("node-a/0", "ws://127.0.0.1:9999/")
-            replacement = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/")
+            replacement = await placement.acquire("node-a/0", "ws://127.0.0.1:7001/", takeover=True)
             assert replacement.token == 5
             with trio.fail_after(5):
                 while not lost:
@@ -199,3 +204,31 @@ async def test_registering_rooms_again_reports_the_codes_another_room_claimed_me
     assert await placement.by_code("SEAT-2") == ("r2", "node-a/0")
     assert await placement.by_id("r1") == ("node-a/0", "SEAT-1")
     assert await placement.register("node-a/0", [("r2", "SEAT-2")]) == []  # idempotent
+
+
+async def test_a_directory_that_lost_its_keys_recovers_before_anything_is_claimed(own_redis: OwnRedis) -> None:
+    """Redis restarted empty: the first process that knew the directory's epoch finds none and starts a
+    recovery period, for every process: nothing is claimed or found meanwhile, while owners register
+    their rooms again (else a room whose owner had not yet would be made twice). A new cluster (no
+    process knew an epoch) claims at once."""
+    prefix = unique_prefix()
+    async with own_redis.client() as client:
+        fresh = Placement(client, prefix, lease_ms=300)
+        assert await fresh.claim("ARENA", "r1", "s1") == ("r1", "s1")  # a new cluster: no wait
+        known = fresh.epoch
+        assert known
+    own_redis.stop()
+    own_redis.start()
+    async with own_redis.client() as client:
+        old = Placement(client, prefix, lease_ms=300, epoch=known)  # its store saw the epoch
+        with pytest.raises(Recovering):
+            await old.claim("ARENA", "r2", "s2")
+        newcomer = Placement(client, prefix, lease_ms=300)  # never saw this cluster: waits all the same
+        with pytest.raises(Recovering):
+            await newcomer.claim("ARENA", "r3", "s3")
+        with pytest.raises(Recovering):
+            await newcomer.by_code("ARENA")
+        assert await old.register("s1", [("r1", "ARENA")]) == []  # the owner comes back meanwhile
+        await trio.sleep(0.35)
+        assert await newcomer.claim("ARENA", "r3", "s3") == ("r1", "s1")
+        assert old.epoch == newcomer.epoch != known
