@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from . import autobahn as autobahn_bench
+from . import cluster as cluster_bench
 from . import crash as crash_bench
 from . import durable as durable_bench
 from . import fanout as fanout_bench
@@ -43,6 +44,7 @@ BENCHES: dict[str, BenchModule] = {
     "autobahn": autobahn_bench,
     "users": users_bench,
     "receipts": receipts_bench,
+    "cluster": cluster_bench,
     "inbound": inbound_bench,
 }
 """Subcommand name -> benchmark module."""

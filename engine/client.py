@@ -540,6 +540,8 @@ class Client:
         self._delivery_wakeup = trio.Event()
         self._delivered_sent = 0
         self._moves = 0
+        self._moving = False
+        """A move's reconnection is under way: it waits no backoff."""
 
     def _set_address(self, url: str) -> None:
         parts = urllib.parse.urlsplit(url)
@@ -892,6 +894,7 @@ class Client:
         except ValueError:
             return False
         self._moves += 1
+        self._moving = True
         log.info("following the room to %s", error.url)
         conn, self._ready_conn = self._ready_conn, None
         if conn is not None:
@@ -1179,7 +1182,8 @@ class Client:
                         return
                     self._connection_lost()
                     attempt = 0 if ending.healthy else attempt + 1
-                    delay = self._backoff(attempt)
+                    delay = 0.0 if self._moving else self._backoff(attempt)  # a move is not a failure
+                    self._moving = False
                     log.info("connection closed (%s %s); reconnecting in %.2f s", ending.code, ending.reason, delay)
                     with self._new_attempt_scope():
                         await trio.sleep(delay)
@@ -1436,7 +1440,7 @@ class Client:
         await pending.done.wait()
         if pending.error is None:
             self._inbox_attached.set()
-        else:
+        elif isinstance(pending.error, RequestError):  # refused; a link that ended (closing, moving) is not news
             log.warning("inbox_resume failed: %s", pending.error)
 
 
