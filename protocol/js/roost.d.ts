@@ -23,6 +23,8 @@ export declare class RoostError extends Error {
   readonly requestId: number | null;
   readonly closeCode: number | null;
   readonly closeReason: string;
+  /** With `moved`: the address of the cluster node that serves the room (PROTOCOL.md §8.1). */
+  readonly url: string | null;
 }
 
 /** Any msgpack value the protocol carries; integers beyond ±(2^53−1) are BigInt. */
@@ -131,6 +133,8 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** Report delivered cursors by itself (default true): the newest chat number per room, one in flight. */
   deliver?: boolean;
+  /** Hosts besides the URL's that a cluster's `moved` may send the client to (it sends its token there). */
+  followHosts?: string[];
   onError?: (error: unknown) => void;
   onState?: (state: ClientState) => void;
 }
@@ -140,6 +144,8 @@ export interface ClientStats {
   inboxResyncs: number;
   /** `delivered` frames the client sent by itself. */
   delivered: number;
+  /** Times the client followed `moved` to another node of a cluster. */
+  moves: number;
 }
 type RoomRef = string | Room;
 interface CreateOptions { public?: boolean; max?: number; logic?: string; inactive?: Inactive; meta?: { [key: string]: Sendable } }

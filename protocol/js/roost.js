@@ -20,6 +20,8 @@ import { Decoder, Encoder } from "@msgpack/msgpack";
 export const PROTOCOL_VERSION = 1;
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 const MAX_REQUEST_ID = 2 ** 32 - 1;
+/** `moved` answers one room request follows before it gives up (two nodes that each say the other). */
+const MAX_MOVES = 3;
 const INT64_MIN = -(2n ** 63n);
 const UINT64_MAX = 2n ** 64n - 1n;
 
@@ -78,12 +80,14 @@ export const ERROR_CODES = Object.freeze([
  * `protocol_violation` (the server broke the contract).
  */
 export class RoostError extends Error {
-  constructor(code, message, { retryMs = null, requestId = null, closeCode = null, closeReason = "", wireCode = null } = {}) {
+  constructor(code, message, { retryMs = null, requestId = null, closeCode = null, closeReason = "", wireCode = null, url = null } = {}) {
     super(message ? `${code}: ${message}` : code);
     this.name = "RoostError";
     this.code = code;
     this.wireCode = wireCode ?? code;
     this.retryMs = retryMs;
+    /** With `moved`: the address of the cluster node that serves the room (§8.1). */
+    this.url = url;
     this.requestId = requestId;
     this.closeCode = closeCode;
     this.closeReason = closeReason;
@@ -324,6 +328,9 @@ export class Roost {
       if (!guestKey?.privateKey || !guestKey?.publicKey) throw fail("guestKey must be an Ed25519 CryptoKeyPair");
     } else if (typeof token !== "string" && typeof token !== "function") throw fail("token must be a string or an async function");
     this.url = url;
+    this._openedHost = new URL(url).hostname;
+    this._openedSecure = url.startsWith("wss:");
+    this._moving = false;
     this.options = { ...DEFAULTS, ...options };
     this._guestKey = guestKey ?? null;
     this._tokenSource = typeof token === "string" ? async () => token : token;
@@ -334,7 +341,7 @@ export class Roost {
     this.session = null;
     this.state = "connecting";
     this.closeError = null;
-    this.stats = { connects: 0, reconnects: 0, resent: 0, duplicates: 0, gaps: 0, events: 0, pings: 0, inboxResyncs: 0, delivered: 0 };
+    this.stats = { connects: 0, reconnects: 0, resent: 0, duplicates: 0, gaps: 0, events: 0, pings: 0, inboxResyncs: 0, delivered: 0, moves: 0 };
     /** The last inbox entry processed, `{ epoch, seq }` (§16): what `inbox_resume` continues from. */
     this.inbox = null;
     /** Per room: the newest chat number received (`want`), the newest acknowledged, one in flight. */
@@ -472,7 +479,15 @@ export class Roost {
   }
 
   async _room(frame) {
-    const snapshot = await this.request(frame);
+    let snapshot;
+    for (let moves = 0; ; moves++) {
+      try {
+        snapshot = await this.request(frame);
+        break;
+      } catch (err) {
+        if (err.code !== "moved" || moves >= MAX_MOVES || !this._follow(err.url)) throw err;
+      }
+    }
     let room = this.rooms.get(snapshot.room);
     if (room) room._take(snapshot);
     else {
@@ -480,6 +495,30 @@ export class Roost {
       this.rooms.set(room.id, room);
     }
     return room;
+  }
+
+  /**
+   * Follow `moved` (§8.1, a cluster): reconnect to the room's node, then the request goes again. Only
+   * while the client is in no room (a connection serves one node's rooms: a client in rooms on two
+   * nodes uses a client per node), only to the host it was opened with or one of `followHosts`, and
+   * never from wss to ws: the token goes wherever the client connects, and the address comes from the
+   * cluster's directory.
+   */
+  _follow(url) {
+    if (!url || this.rooms.size || !this.options.reconnect) return false;
+    let target;
+    try { target = new URL(url); } catch { return false; }
+    const hosts = [this._openedHost, ...(this.options.followHosts ?? [])].map((host) => host.toLowerCase());
+    if (!["ws:", "wss:"].includes(target.protocol) || (this._openedSecure && target.protocol !== "wss:")
+        || !hosts.includes(target.hostname.toLowerCase())) return false;
+    this.url = url;
+    this.stats.moves += 1;
+    this._moving = true;
+    const ws = this._ws;
+    this._ws = null;
+    this._drop(ws);
+    this._lost(1001, "moved to the room's node");
+    return true;
   }
 
   /** Close for good with 1000 (the session stays resumable for the grace; `leave` ends memberships). */
@@ -748,7 +787,7 @@ export class Roost {
       if (frame.t === "ok") pending.resolve(frame.result);
       else {
         const code = ERROR_CODES.includes(frame.code) ? frame.code : "internal";
-        pending.reject(new RoostError(code, frame.message ?? "", { retryMs: frame.retry_ms ?? null, requestId: frame.id, wireCode: frame.code }));
+        pending.reject(new RoostError(code, frame.message ?? "", { retryMs: frame.retry_ms ?? null, requestId: frame.id, wireCode: frame.code, url: frame.url ?? null }));
       }
       return;
     }
@@ -827,7 +866,9 @@ export class Roost {
     for (let attempt = 0; !this.closeError; attempt++) {
       // Exponential backoff with full jitter: a restarted server is not hit by every client at once.
       const cap = Math.min(this.options.backoffMaxMs, this.options.backoffBaseMs * 2 ** Math.min(attempt, 20));
-      await new Promise((resolve) => this._timer(resolve, Math.random() * cap));
+      const moving = this._moving; // a move is not a failure: no backoff before its first attempt
+      this._moving = false;
+      await new Promise((resolve) => this._timer(resolve, moving && attempt === 0 ? 0 : Math.random() * cap));
       if (this.closeError) return;
       const outcome = await this._connectOnce(true);
       if (outcome.ok) {

@@ -8,10 +8,10 @@ import { fileURLToPath } from "node:url";
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 const ROOST = process.env.ROOST_BIN ?? path.join(ROOT, ".venv", "bin", "roost");
 
-/** `env`: extra ROOST_* settings for this server (e.g. a short ROOST_RECONNECT_GRACE). */
-export async function startServer(env = {}) {
+/** `env`: extra ROOST_* settings for this server (e.g. a short ROOST_RECONNECT_GRACE); `args`: more flags. */
+export async function startServer(env = {}, args = []) {
   const data = mkdtempSync(path.join(tmpdir(), "roost-js-"));
-  const child = spawn(ROOST, ["serve", "--dev", "--port", "0", "--data", data, "--log-level", "warning"], {
+  const child = spawn(ROOST, ["serve", "--dev", "--port", "0", "--data", data, "--log-level", "warning", ...args], {
     stdio: ["ignore", "pipe", "inherit"],
     env: { ...process.env, ...env },
   });
