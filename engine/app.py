@@ -24,7 +24,7 @@ import trio
 from roost.protocol.errors import CloseCode
 
 from .admin import Admin
-from .bus import RevocationBus
+from .bus import RevocationBus, SessionCounts
 from .config import Config
 from .gateway import Gateway
 from .http import Exposition, Routes
@@ -207,6 +207,12 @@ class Engine:
                     log.info("roost listening on ws://%s:%d/ (restoring rooms)", host, port)
                     await self._restore_rooms()
                     if cluster is not None:  # now that its rooms are known: claim the shard, register them
+                        assert redis is not None
+                        counts = SessionCounts(redis, cluster, gateway.user_sessions)
+                        cluster.registered.append(counts.republish)
+                        gateway.sessions_elsewhere = counts.elsewhere
+                        gateway.sessions_changed = counts.changed
+                        await store_nursery.start(counts.run)
                         try:
                             await cluster.start()
                         except ShardHeld as exc:

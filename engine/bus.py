@@ -1,4 +1,5 @@
-"""What every process of a cluster must hear from the others: token revocations, through Redis.
+"""What every process of a cluster must hear from the others, through Redis: token revocations, and
+how many sessions each user has (the per-user session cap, :class:`SessionCounts`).
 
 A revocation made on one process (``roost admin revoke`` reaches one) must close the user's
 connections on every process and refuse the token everywhere. The process that made it stores it,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import coredis
@@ -38,9 +40,10 @@ from coredis.exceptions import RedisError
 from roost.protocol.errors import ErrorCode
 
 from .errors import RoomError
+from .placement import DIRECTORY_DEADLINE, ShardOwner
 from .revocations import Revocations
 
-__all__ = ["RevocationBus"]
+__all__ = ["RevocationBus", "SessionCounts"]
 
 log = logging.getLogger("roost.bus")
 
@@ -133,3 +136,101 @@ class RevocationBus:
             log.warning("revocations: an entry that is not a revocation was ignored", extra={"kind": str(kind)})
             return
         await self._revocations.apply(kind, key, values)
+
+
+class SessionCounts:
+    """Each process's live sessions per user, in Redis: the per-user session cap across the cluster.
+
+    A process writes, per user, how many live sessions it holds (one hash per user, a field per
+    process incarnation: ``"<shard> <token>"``), whenever that changes; a ``hello`` is checked
+    against the sum of the other processes' fields whose lease is live with that token, plus this
+    process's own sessions. Fields of a dead incarnation (its token no longer the shard's lease)
+    are ignored and deleted by the reader that finds them; every hash expires a day after its last
+    write. Absolute counts, not increments: a write repeated or lost is put right by the next one,
+    and after Redis lost its keys every process writes all of its own again.
+
+    A soft cap across processes: two ``hello`` of one user on two processes at the same instant may
+    both pass (each sees the other's count as it was). Redis unreachable or slow: the other
+    processes' sessions read as none (the cap holds per process), never as a refusal.
+    """
+
+    _EXPIRE_S = 86_400
+
+    def __init__(self, client: coredis.Redis[bytes], owner: ShardOwner, local: Callable[[str], int]) -> None:
+        self._client = client
+        self._owner = owner
+        self._placement = owner.placement
+        self._local = local
+        self._dirty: set[str] = set()
+        self._wake = trio.Event()
+        self.known: set[str] = set()
+        """Users with a field of this process's in Redis (to write again after Redis lost them)."""
+
+    def _key(self, user: str) -> str:
+        return self._placement._key(f"sessions:{user}")
+
+    def _field(self) -> str | None:
+        lease = self._owner.lease
+        return None if lease is None else f"{lease.shard} {lease.token}"
+
+    def changed(self, user: str) -> None:
+        """``user``'s sessions here changed (the gateway registered or dropped one)."""
+        self._dirty.add(user)
+        self._wake.set()
+
+    def republish(self) -> None:
+        """Write every count again (Redis lost its keys, or the lease changed token)."""
+        self._dirty |= self.known
+        self._wake.set()
+
+    async def elsewhere(self, user: str) -> int:
+        """Live sessions of ``user`` on the other processes of the cluster (0 when Redis cannot say)."""
+        try:
+            with trio.fail_after(DIRECTORY_DEADLINE):
+                fields = await self._client.hgetall(self._key(user))
+                mine = self._field()
+                others = {field.decode(): int(count) for field, count in fields.items() if field.decode() != mine}
+                if not others:
+                    return 0
+                shards = [field.partition(" ")[0] for field in others]
+                leases = await self._client.mget([self._placement._lease_key(shard) for shard in shards])
+                live, stale = 0, []
+                for (field, count), lease in zip(others.items(), leases, strict=True):
+                    if lease is not None and lease.decode().partition(" ")[0] == field.partition(" ")[2]:
+                        live += count
+                    else:
+                        stale.append(field)
+                if stale:
+                    await self._client.hdel(self._key(user), stale)
+                return live
+        except (RedisError, OSError, TimeoutError, trio.TooSlowError, ValueError):
+            return 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write the counts that changed, a pipeline at a time, until cancelled."""
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            field = self._field()
+            if field is None:  # no lease yet: nothing to write under
+                await trio.sleep(POLL)
+                self._wake.set()
+                continue
+            users, self._dirty = self._dirty, set()
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for user in users:
+                        count = self._local(user)
+                        if count:
+                            pipe.hset(self._key(user), {field: count})
+                            pipe.expire(self._key(user), self._EXPIRE_S)
+                        else:
+                            pipe.hdel(self._key(user), [field])
+                for user in users:
+                    (self.known.add if self._local(user) else self.known.discard)(user)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("session counts not written (%s): retrying", exc)
+                self._dirty |= users
+                await trio.sleep(POLL * 4)
+                self._wake.set()

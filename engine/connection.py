@@ -640,25 +640,40 @@ class Connection(Peer):
                                            "user": claims.sub, "jti": claims.jti})
             self.close(CloseCode.TOKEN_REVOKED, "revoked")
             return
+        if gateway.sessions_elsewhere is not None:
+            return self._welcome_in_cluster(hello, claims)
         if gateway.inbox is not None:
             return self._welcome_with_inbox(hello, claims)
         self._open_session(hello, claims, now, {})
         return None
 
-    async def _welcome_with_inbox(self, hello: Hello, claims: Claims) -> None:
+    async def _welcome_in_cluster(self, hello: Hello, claims: Claims) -> None:
+        """In a cluster, the session cap counts the user's sessions on the other processes too."""
+        assert self.gateway.sessions_elsewhere is not None
+        elsewhere = await self.gateway.sessions_elsewhere(claims.sub)
+        if self.phase is not Phase.AWAIT_HELLO:  # closed meanwhile (auth deadline, shutdown)
+            return
+        if self.gateway.inbox is not None:
+            await self._welcome_with_inbox(hello, claims, elsewhere)
+        else:
+            self._open_session(hello, claims, self.config.wall_clock(), {}, elsewhere)
+
+    async def _welcome_with_inbox(self, hello: Hello, claims: Claims, elsewhere: int = 0) -> None:
         """The user's inbox head and rooms (PROTOCOL.md §16), read from the store, then the session."""
         assert self.gateway.inbox is not None
         head, rooms = await self.gateway.inbox.welcome(claims.sub)
         if self.phase is not Phase.AWAIT_HELLO:  # closed meanwhile (auth deadline, shutdown)
             return
         about_user = {"inbox": head, "rooms": rooms.rooms, "rooms_next": rooms.next}
-        self._open_session(hello, claims, self.config.wall_clock(), about_user)
+        self._open_session(hello, claims, self.config.wall_clock(), about_user, elsewhere)
 
-    def _open_session(self, hello: Hello, claims: Claims, now: float, about_user: dict[str, Any]) -> None:
-        """Register the session of an authenticated ``hello`` and send its ``welcome``."""
+    def _open_session(self, hello: Hello, claims: Claims, now: float, about_user: dict[str, Any],
+                      elsewhere: int = 0) -> None:
+        """Register the session of an authenticated ``hello`` and send its ``welcome``. ``elsewhere``:
+        the user's live sessions on the cluster's other processes."""
         gateway, config = self.gateway, self.config
         sid, resumed = self._session_for(hello.session, claims, now)
-        if gateway.live_sessions(claims.sub, except_sid=sid) >= config.max_sessions_per_user:
+        if gateway.live_sessions(claims.sub, except_sid=sid) + elsewhere >= config.max_sessions_per_user:
             gateway.auth_failures["too_many_sessions"] += 1
             self.close(CloseCode.TOO_MANY_SESSIONS, "too many sessions")
             return

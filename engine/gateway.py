@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -137,6 +138,10 @@ class Gateway:
         self._draining: set[Connection] = set()
         self._drained = trio.Event()
         revocations.listeners.append(self._sweep_revoked)
+        self.sessions_elsewhere: Callable[[str], Awaitable[int]] | None = None
+        """In a cluster: a user's live sessions on the other processes (the per-user session cap)."""
+        self.sessions_changed: Callable[[str], None] | None = None
+        """In a cluster: called when a user's sessions here change (the others are told)."""
 
     async def run(self, listener: socket.socket, *more: socket.socket,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -260,6 +265,8 @@ class Gateway:
         self.by_sid[connection.sid] = connection
         self.by_user[connection.user].add(connection)
         self.stats["sessions_opened"] += 1
+        if self.sessions_changed is not None:
+            self.sessions_changed(connection.user)
 
     def end_session(self, connection: Connection) -> None:
         """The session of ``connection`` ended itself (``bye``): it will not be resumed."""
@@ -288,6 +295,8 @@ class Gateway:
             sessions.discard(connection)
             if not sessions:
                 del self.by_user[connection.user]
+            if self.sessions_changed is not None:
+                self.sessions_changed(connection.user)
 
     def session_kept(self, sid: str) -> bool:
         """Whether session ``sid`` still has the memberships it had: its connection is still open, or
@@ -304,6 +313,10 @@ class Gateway:
             return True
         dropped = self._dropped.get(sid, self._started)
         return trio.current_time() < dropped + self.config.reconnect_grace
+
+    def user_sessions(self, user: str) -> int:
+        """Live sessions of ``user`` here (what the cluster is told: engine/bus.py SessionCounts)."""
+        return sum(1 for c in self.by_user.get(user, ()) if c.phase is Phase.OPEN)
 
     def live_sessions(self, user: str, *, except_sid: str) -> int:
         """How many live sessions ``user`` has, not counting ``except_sid`` (which is being taken over)."""

@@ -84,6 +84,8 @@ class Operations:
     async def _call(self, room_id: str, fn: Callable[[RoomActor], T]) -> T:
         runtime = self._router.get(room_id)
         if runtime is None or runtime.closed:
+            if self._router.cluster is not None:  # served by another process: moved (its url), or unavailable
+                await self._router.locate(room_id, None)
             raise RoomError(ErrorCode.NOT_FOUND, "no such room")
         call = Call(fn)
         try:

@@ -446,6 +446,9 @@ class ShardOwner:
         self._on_lost = on_lost
         self._released = False
         self._keeper: trio.CancelScope | None = None
+        self.registered: list[Callable[[], None]] = []
+        """Called after every registration of this shard's rooms (the lease taken or put back: Redis
+        may have lost what this process had told it; engine/bus.py tells it again)."""
 
     async def start(self) -> None:
         """The first acquisition, before the process serves (its listener answers 503 meanwhile).
@@ -501,6 +504,8 @@ class ShardOwner:
         for room_id, code in taken:
             log.warning("room %s: its code %s was claimed by another room while the directory was "
                         "lost; it is reachable by id only", room_id, code)
+        for listener in self.registered:
+            listener()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the lease until cancelled, lost or released."""

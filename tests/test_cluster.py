@@ -178,6 +178,9 @@ async def test_with_redis_down_a_node_serves_its_rooms_and_refuses_what_needs_th
                 assert error.code.value in ("unavailable", "not_found")
                 await trio.sleep(0.1)
         assert joined.room == room.room and bob.url == a.url
+        async with own_redis.client() as check:  # the session counts were written again too
+            while b"1" not in (await check.hgetall(a.cluster.placement._key("sessions:ann"))).values():
+                await trio.sleep(0.05)
 
 
 async def test_cluster_settings_are_checked(tmp_path: Path) -> None:
@@ -264,3 +267,45 @@ async def test_a_revocation_heard_twice_or_out_of_order_changes_nothing_and_neve
     assert sorted(reloaded.entries()) == sorted(revocations.entries())
     with pytest.raises(ValueError):
         await revocations.apply("room", "r1", [1])
+
+
+async def test_the_per_user_session_cap_counts_the_users_sessions_on_every_node(nursery, prefix) -> None:
+    """max_sessions_per_user 2: two sessions on node a, then a third on node b is refused with 4506;
+    once one on a ends, b admits it. A node SIGKILLed leaves counts behind: they are ignored (their
+    lease is not live with that token) — the node's own restart is covered by the token in each field."""
+    keys = TestKeys()
+    a, b = await nodes(nursery, keys, prefix, 2, max_sessions_per_user=2)
+    with trio.fail_after(20):
+        first = await start_client(nursery, a.url, keys.token("ann"), reconnect=False)
+        second = await start_client(nursery, a.url, keys.token("ann"), reconnect=False)
+        counts_key = a.cluster.placement._key("sessions:ann")
+        async with machine_redis(unique_prefix()) as redis:
+            while (await redis.hgetall(counts_key)) != {f"{a.cluster.shard} {a.cluster.lease.token}".encode(): b"2"}:
+                await trio.sleep(0.02)  # a has told the cluster
+            with pytest.raises(ClientError) as refused:
+                await start_client(nursery, b.url, keys.token("ann"), reconnect=False)
+            assert isinstance(refused.value, ConnectionClosedError) and refused.value.code == CloseCode.TOO_MANY_SESSIONS
+            await second.aclose()
+            while (await redis.hgetall(counts_key)) != {f"{a.cluster.shard} {a.cluster.lease.token}".encode(): b"1"}:
+                await trio.sleep(0.02)
+            third = await start_client(nursery, b.url, keys.token("ann"), reconnect=False)
+            assert third.connected and first.connected
+            # A dead incarnation's field (a token that is not its shard's lease) is ignored and deleted.
+            await redis.hset(counts_key, {f"{a.cluster.shard} 999": "5"})
+            assert await b._gateway.sessions_elsewhere("ann") == 1
+            assert f"{a.cluster.shard} 999".encode() not in await redis.hgetall(counts_key)
+
+
+async def test_the_service_api_of_one_node_answers_moved_for_a_room_another_serves(nursery, prefix) -> None:
+    keys = TestKeys()
+    a, b = await nodes(nursery, keys, prefix, 2)
+    with trio.fail_after(20):
+        ann = await start_client(nursery, a.url, keys.token("ann"))
+        room = (await ann.create()).room
+        with pytest.raises(RoomError) as moved:
+            await b.ops.publish(room, "notice", {"text": "hello"})
+        assert moved.value.code.value == "moved" and moved.value.url == a.url
+        with pytest.raises(RoomError) as missing:
+            await b.ops.publish("rnosuchroom", "notice")
+        assert missing.value.code.value == "not_found"
+        await a.ops.publish(room, "notice", {"text": "hello"})  # its own node does it
