@@ -24,7 +24,7 @@ import trio
 from roost.protocol.errors import CloseCode
 
 from .admin import Admin
-from .bus import RevocationBus, SessionCounts
+from .bus import ClusterLobby, RevocationBus, SessionCounts
 from .config import Config
 from .gateway import Gateway
 from .http import Exposition, Routes
@@ -210,6 +210,13 @@ class Engine:
                         assert redis is not None
                         counts = SessionCounts(redis, cluster, gateway.user_sessions)
                         cluster.registered.append(counts.republish)
+                        router = self._router
+                        lobby = ClusterLobby(redis, cluster, lambda: {
+                            room_id: runtime.info for room_id, runtime in router.rooms.items()
+                            if runtime.public and runtime.info is not None and not runtime.closed})
+                        cluster.registered.append(lobby.republish)
+                        router.cluster_lobby = lobby
+                        await store_nursery.start(lobby.run)
                         gateway.sessions_elsewhere = counts.elsewhere
                         gateway.sessions_changed = counts.changed
                         await store_nursery.start(counts.run)

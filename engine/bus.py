@@ -37,13 +37,14 @@ import msgpack
 import trio
 from coredis.exceptions import RedisError
 
+from roost.protocol.codec import dump_record
 from roost.protocol.errors import ErrorCode
 
 from .errors import RoomError
 from .placement import DIRECTORY_DEADLINE, ShardOwner
 from .revocations import Revocations
 
-__all__ = ["RevocationBus", "SessionCounts"]
+__all__ = ["ClusterLobby", "RevocationBus", "SessionCounts"]
 
 log = logging.getLogger("roost.bus")
 
@@ -234,3 +235,109 @@ class SessionCounts:
                 self._dirty |= users
                 await trio.sleep(POLL * 4)
                 self._wake.set()
+
+
+class ClusterLobby:
+    """The public rooms of every process, so that ``lobby`` on any process lists them all.
+
+    Each process writes its public rooms' ``RoomInfo`` records to Redis (a sorted set of room ids, the
+    lobby's order, and a hash of ``[shard, info]``; a set per shard of its rooms), half a second at most
+    after one changed, and removes the ones that closed or went private. A page is read from Redis and
+    shows only the rooms of shards whose lease is live (a dead process's rooms cannot be joined; its
+    successor removes what it no longer has at its first write). Redis unreachable or slow: the
+    process answers with its own rooms, as a single process does.
+    """
+
+    _EVERY = 2 * POLL
+
+    def __init__(self, client: coredis.Redis[bytes], owner: ShardOwner,
+                 rooms: Callable[[], dict[str, Any]]) -> None:
+        self._client = client
+        self._owner = owner
+        self._placement = owner.placement
+        self._rooms = rooms
+        """Public, live rooms here: room id -> its current RoomInfo (a new object when it changed)."""
+        self._published: dict[str, Any] = {}
+        self._first = True
+
+    def _ids_key(self) -> str:
+        return self._placement._key("lobby")
+
+    def _infos_key(self) -> str:
+        return self._placement._key("lobby:info")
+
+    def _shard_key(self, shard: str) -> str:
+        return self._placement._key(f"lobby:shard:{shard}")
+
+    def republish(self) -> None:
+        """Write every room again (Redis lost its keys)."""
+        self._published = {}
+        self._first = True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self._EVERY)
+            if self._owner.lease is None:
+                continue
+            try:
+                await self._publish()
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("lobby not written (%s): retrying", exc)
+
+    async def _publish(self) -> None:
+        shard = self._owner.shard
+        current = self._rooms()
+        if self._first:  # what an earlier incarnation left that this one no longer has
+            left = {member.decode() for member in await self._client.smembers(self._shard_key(shard))}
+            self._published = {room_id: None for room_id in left}
+        changed = {room_id: info for room_id, info in current.items() if self._published.get(room_id) is not info}
+        gone = [room_id for room_id in self._published if room_id not in current]
+        if not changed and not gone:
+            self._first = False
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            if changed:
+                pipe.zadd(self._ids_key(), {room_id: 0 for room_id in changed})
+                pipe.hset(self._infos_key(), {room_id: msgpack.packb([shard, dump_record(info)])
+                                              for room_id, info in changed.items()})
+                pipe.sadd(self._shard_key(shard), list(changed))
+            if gone:
+                pipe.zrem(self._ids_key(), gone)
+                pipe.hdel(self._infos_key(), gone)
+                pipe.srem(self._shard_key(shard), gone)
+        self._published = dict(current)
+        self._first = False
+
+    async def page(self, cursor: str | None, limit: int) -> tuple[list[Any], bool] | None:
+        """The cluster's public rooms after ``cursor``, in id order: the ``(RoomInfo plain maps, more)``
+        of at most a few batches, or None when Redis cannot say (the caller lists its own)."""
+        try:
+            with trio.fail_after(DIRECTORY_DEADLINE):
+                return await self._page(cursor, limit)
+        except (RedisError, OSError, TimeoutError, trio.TooSlowError, ValueError, TypeError):
+            return None
+
+    async def _page(self, cursor: str | None, limit: int) -> tuple[list[Any], bool]:
+        found: list[Any] = []
+        start = "-" if cursor is None else f"({cursor}"
+        live: dict[str, bool] = {}
+        for _batch in range(5):  # rooms of dead shards are skipped: a few batches, then a short page
+            ids = await self._client.zrangebylex(self._ids_key(), start, "+", offset=0, count=limit + 1)
+            if not ids:
+                return found, False
+            values = await self._client.hmget(self._infos_key(), ids)
+            entries = [msgpack.unpackb(value) for value in values if value is not None]
+            unknown = sorted({shard for shard, _info in entries if shard not in live})
+            if unknown:
+                leases = await self._client.mget([self._placement._lease_key(shard) for shard in unknown])
+                live.update({shard: lease is not None for shard, lease in zip(unknown, leases, strict=True)})
+            for shard, info in entries:
+                if live[shard]:
+                    found.append(info)
+                    if len(found) > limit:
+                        return found, True
+            start = f"({ids[-1].decode()}"
+            if len(ids) <= limit:
+                return found, False
+        return found, True

@@ -745,8 +745,16 @@ class Connection(Peer):
     def _on_bye(self, frame: Bye) -> None:
         self._bye()
 
-    def _on_lobby(self, frame: Lobby) -> None:
-        page = self.gateway.router.lobby(frame.cursor, frame.limit or self.config.page_default)
+    def _on_lobby(self, frame: Lobby) -> Step | None:
+        router = self.gateway.router
+        if router.cluster_lobby is not None:  # every process's public rooms, from the directory
+            return self._lobby_anywhere(frame)
+        page = router.lobby(frame.cursor, frame.limit or self.config.page_default)
+        self.send_frame(Ok(id=frame.id, result=dump_record(page)))
+        return None
+
+    async def _lobby_anywhere(self, frame: Lobby) -> None:
+        page = await self.gateway.router.lobby_anywhere(frame.cursor, frame.limit or self.config.page_default)
         self.send_frame(Ok(id=frame.id, result=dump_record(page)))
 
     def _on_create(self, frame: Create | JoinOrCreate) -> Step | None:

@@ -19,13 +19,15 @@ from typing import TypeVar
 
 import trio
 
-from roost.protocol.codec import fit_page, record_size
+from roost.protocol.codec import fit_page, load_record, record_size
+from roost.protocol.errors import ProtocolError
 from roost.protocol.errors import ErrorCode
 from roost.protocol.frames import LobbyPage, RoomInfo
 
 from .codes import new_code, new_room_id, normalize_code
 from .config import Config
 from .errors import RoomError
+from .bus import ClusterLobby
 from .placement import DIRECTORY_DEADLINE, Lease, PlacementUnavailable, ShardOwner
 from .room import RoomRuntime
 from .scheduler import TurnScheduler
@@ -44,6 +46,8 @@ class Router:
         self._config = config
         self._supervisor = supervisor
         self.cluster = cluster
+        self.cluster_lobby: ClusterLobby | None = None
+        """In a cluster: every process's public rooms (engine/bus.py), for :meth:`lobby_anywhere`."""
         self.rooms: dict[str, RoomRuntime] = {}
         self._codes: dict[str, str] = {}
         self._creating: dict[str, trio.Event] = {}
@@ -250,3 +254,21 @@ class Router:
         infos: list[RoomInfo]
         infos, more = fit_page((self.rooms[room_id].info for room_id in ids), limit, record_size)
         return LobbyPage(rooms=tuple(infos), next=infos[-1].room if more else None)
+
+    async def lobby_anywhere(self, cursor: str | None, limit: int) -> LobbyPage:
+        """The lobby of the whole cluster (every process's public rooms), or this process's own when
+        there is no cluster or Redis cannot say. Entries read from Redis are checked as records (Redis
+        is shared: one that does not fit is left out, never sent)."""
+        source = self.cluster_lobby
+        got = None if source is None else await source.page(cursor, limit)
+        if got is None:
+            return self.lobby(cursor, limit)
+        plains, more = got
+        infos: list[RoomInfo] = []
+        for plain in plains:
+            try:
+                infos.append(load_record(RoomInfo, plain))
+            except ProtocolError:
+                continue
+        chosen, cut = fit_page(infos, limit, record_size)
+        return LobbyPage(rooms=tuple(chosen), next=chosen[-1].room if (cut or more) and chosen else None)

@@ -309,3 +309,37 @@ async def test_the_service_api_of_one_node_answers_moved_for_a_room_another_serv
             await b.ops.publish("rnosuchroom", "notice")
         assert missing.value.code.value == "not_found"
         await a.ops.publish(room, "notice", {"text": "hello"})  # its own node does it
+
+
+async def test_the_lobby_of_any_node_lists_the_public_rooms_of_every_node(nursery, prefix) -> None:
+    """Public rooms of a and b in the lobby of either (within half a second), private ones never;
+    a closed room leaves it; a stopped node's rooms leave it at once (its lease is released)."""
+    keys = TestKeys()
+    (b,) = await nodes(nursery, keys, prefix, 1)
+    config = node_config(keys, prefix)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as first:
+            a = await start_engine(first, config)
+            ann = await start_client(nursery, a.url, keys.token("ann"), reconnect=False)
+            on_a = (await ann.create(public=True, meta={"map": "dust"})).room
+            await ann.create(public=False)
+            bob = await start_client(nursery, b.url, keys.token("bob"))
+            on_b = (await bob.create(public=True)).room
+            closing = (await bob.create(public=True)).room
+
+            async def lobby_of(client) -> set[str]:
+                return {info.room for info in (await client.lobby()).rooms}
+
+            while await lobby_of(ann) != {on_a, on_b, closing} or await lobby_of(bob) != {on_a, on_b, closing}:
+                await trio.sleep(0.1)
+            page = await bob.lobby(limit=1)
+            assert len(page.rooms) == 1 and page.next is not None
+            rest = await bob.lobby(cursor=page.next, limit=10)
+            assert {info.room for info in (*page.rooms, *rest.rooms)} == {on_a, on_b, closing} and rest.next is None
+            assert [info.meta for info in rest.rooms + page.rooms if info.room == on_a] == [{"map": "dust"}]
+            await b.ops.close_room(closing)
+            while await lobby_of(ann) != {on_a, on_b}:
+                await trio.sleep(0.1)
+            await ann.aclose()
+            a.request_shutdown()
+        assert await lobby_of(bob) == {on_b}  # a's lease released: its rooms cannot be joined now
