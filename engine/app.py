@@ -31,7 +31,7 @@ from .http import Exposition, Routes
 from .inbox import InboxService
 from .metrics import Metrics
 from .operations import Operations
-from .placement import Placement, ShardHeld, ShardOwner
+from .placement import ClusterMismatch, Placement, ShardHeld, ShardOwner
 from .revocations import Revocations
 from .room import RoomRuntime
 from .router import Router
@@ -226,6 +226,8 @@ class Engine:
                             raise StoreError(f"this data directory's shard {cluster.shard} is served at "
                                              f"{exc.holder.address}: is this a copy of another node's data "
                                              "directory? Each node needs its own") from None
+                        except ClusterMismatch as exc:
+                            raise StoreError(str(exc)) from None
                         await store_nursery.start(cluster.run)
                     self._operations = operations  # engine.ops too: not before every room is back
                     self._gateway.serving()

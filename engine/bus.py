@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ from roost.protocol.errors import ErrorCode
 
 from .errors import RoomError
 from .placement import DIRECTORY_DEADLINE, ShardOwner
-from .revocations import Revocations
+from .revocations import REVOCATION_MAX_UNTIL, Revocations
 
 __all__ = ["ClusterLobby", "RevocationBus", "SessionCounts"]
 
@@ -50,6 +51,8 @@ log = logging.getLogger("roost.bus")
 
 POLL = 0.25
 """Seconds between two reads of the list's version."""
+MAX_UNTIL = REVOCATION_MAX_UNTIL
+"""The latest end of a revocation (Unix s) Redis can expire a key at, and this code writes."""
 _KINDS = ("jti", "user")
 
 
@@ -64,17 +67,23 @@ class RevocationBus:
         self._revocations = revocations
         self.connected = False
         """Whether this process hears the others now (its last read of the version succeeded)."""
+        self._owed = False
+        """The list must be given to Redis at the next poll that reaches it (a publish failed, or a
+        poll did: what was made meanwhile never got there)."""
 
     def _key(self, kind: str, key: str) -> str:
         return f"{self._prefix}rev:{kind}:{key}"
 
     async def publish(self, kind: str, key: str, values: list[int]) -> None:
-        """Tell every process of a revocation stored here (Revocations.publish)."""
+        """Tell every process of a revocation stored here (Revocations.publish). Failing, it marks the
+        list to be given again at the next poll that reaches Redis (the trap: after a partition, with
+        Redis keeping its keys, neither the epoch nor the version changes, so nothing else would)."""
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.set(self._key(kind, key), msgpack.packb(values), exat=values[-1])
                 pipe.incr(self._version)
         except (RedisError, OSError, TimeoutError) as exc:
+            self._owed = True
             raise RoomError(ErrorCode.UNAVAILABLE, f"revoked on this process, but the cluster could not be told "
                                                    f"({exc}); retry", retry_ms=1000) from None
 
@@ -86,7 +95,9 @@ class RevocationBus:
         while True:
             try:
                 now = list(await self._client.mget([self._version, self._epoch]))
-                if now[1] is None or now[1] != seen[1]:  # Redis restarted empty (or the first look): refill it
+                if now[1] is None or now[1] != seen[1] or self._owed:  # Redis restarted empty, the first
+                    # look, or something made here never got there: refill it
+                    self._owed = False
                     await self._client.set(self._epoch, secrets.token_hex(8), condition=coredis.PureToken.NX)
                     now = list(await self._client.mget([self._version, self._epoch]))
                     await self._synchronise(give=True)
@@ -100,6 +111,7 @@ class RevocationBus:
                 if self.connected or not started:
                     log.warning("revocations: the cluster cannot be heard (%s); retrying", exc)
                 self.connected = False
+                self._owed = True
             if not started:
                 task_status.started()
                 started = True
@@ -114,11 +126,16 @@ class RevocationBus:
             for key, value in zip(chunk, await self._client.mget(chunk), strict=True):
                 if value is None:
                     continue  # expired meanwhile
-                kind, _, name = key.decode()[len(self._prefix) + len("rev:"):].partition(":")
+                try:
+                    kind, _, name = key.decode()[len(self._prefix) + len("rev:"):].partition(":")
+                except UnicodeDecodeError:  # not a key this code writes (Redis is shared)
+                    continue
                 await self._apply(kind, name, value)
         if not give:
             return
-        entries = list(self._revocations.entries())
+        now = int(time.time())
+        entries = [(kind, key, values) for kind, key, values in self._revocations.entries()
+                   if now < values[-1] <= MAX_UNTIL]
         for start in range(0, len(entries), 500):
             async with self._client.pipeline(transaction=False) as pipe:
                 for kind, key, values in entries[start:start + 500]:
@@ -130,7 +147,8 @@ class RevocationBus:
         try:
             values = msgpack.unpackb(packed)
             valid = (kind in _KINDS and isinstance(key, str) and isinstance(values, list)
-                     and len(values) == (1 if kind == "jti" else 2) and all(type(v) is int for v in values))
+                     and len(values) == (1 if kind == "jti" else 2) and all(type(v) is int for v in values)
+                     and 0 < values[-1] <= MAX_UNTIL)
         except (ValueError, TypeError, msgpack.UnpackException):
             valid = False
         if not valid:

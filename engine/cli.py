@@ -196,6 +196,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.worker_takeover and args.worker_of is None:
+        raise UsageError("--worker-takeover is for the workers of roost serve --workers only")
     try:
         prepared = prepare(args)
     except ServeError as exc:

@@ -873,7 +873,9 @@ class Client:
     def _move(self, frame: ClientFrame, error: RequestError) -> bool:
         """Follow ``moved`` (PROTOCOL.md §8.1): reconnect to the room's node and send the request again.
 
-        Only to a host the client was given (``url``'s, or ``follow_hosts``), never from ``wss`` to
+        Only with no other request in flight: the move drops the connection, and a request the node
+        already handled would be reported lost (a ``join_or_create`` that took a seat, say); the
+        application gets ``moved`` and decides. Only to a host the client was given (``url``'s, or ``follow_hosts``), never from ``wss`` to
         ``ws``: the token goes to wherever the client connects, and the address comes from the
         cluster's directory, which a compromised Redis could fill. Only while the client is in no room: a connection serves the rooms
         of one node, so moving would drop the others (an app in rooms on several nodes opens a client
@@ -882,10 +884,16 @@ class Client:
         The session does not survive the move (sessions are a node's); there is nothing in it to keep.
         """
         if (not isinstance(frame, Create | Join | JoinOrCreate) or error.url is None or self._positions
-                or not self._reconnect or self._stream_given):
+                or not self._reconnect or self._stream_given
+                or any(not isinstance(pending.frame, InboxResume) for pending in self._pending.values())):
+            return False  # (another request in flight would be lost with the connection: raised instead;
+            # the client's own inbox_resume is sent again by the next connection)
+        try:
+            parts = urllib.parse.urlsplit(error.url)
+            hostname = (parts.hostname or "").lower()
+        except ValueError:
             return False
-        parts = urllib.parse.urlsplit(error.url)
-        if (parts.scheme not in ("ws", "wss") or (parts.hostname or "").lower() not in self._follow_hosts
+        if (parts.scheme not in ("ws", "wss") or hostname not in self._follow_hosts
                 or (self._opened_secure and parts.scheme != "wss")):
             log.warning("not following moved to %s: not a host this client was given, or not wss", error.url)
             return False

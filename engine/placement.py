@@ -61,8 +61,8 @@ import coredis
 import trio
 from coredis.exceptions import RedisError
 
-__all__ = ["Lease", "Location", "Placement", "PlacementUnavailable", "Recovering", "ShardHeld", "ShardOwner",
-           "Superseded"]
+__all__ = ["ClusterMismatch", "Lease", "Location", "Placement", "PlacementUnavailable", "Recovering", "ShardHeld",
+           "ShardOwner", "Superseded"]
 
 log = logging.getLogger("roost.placement")
 
@@ -104,9 +104,13 @@ class Lease:
 
     @classmethod
     def _parse(cls, shard: str, value: bytes | str) -> Lease:
-        text = value.decode() if isinstance(value, bytes) else value
-        token, _, address = text.partition(" ")
-        return cls(shard, int(token), address)
+        """A lease as stored; a value this code never writes (corrupt) is PlacementUnavailable."""
+        try:
+            text = value.decode() if isinstance(value, bytes) else value
+            token, _, address = text.partition(" ")
+            return cls(shard, int(token), address)
+        except (UnicodeDecodeError, ValueError):
+            raise PlacementUnavailable(f"the lease of shard {shard} in the directory is not one: {value!r}") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,24 +129,47 @@ _EPOCH = b"""
 -- fresh id, ARGV[3]: the recovery period in ms. Returns ready, the epoch's id. A missing epoch
 -- seen by a caller that knew one means Redis lost every key: the directory recovers for a period
 -- (owners put their leases back and register their rooms; nothing is claimed nor found meanwhile).
-local function epoch()
+local function now_ms()
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local e_start, e_until = 0, 0
+local function epoch()
+  local now = now_ms()
   local e = redis.call('GET', KEYS[1])
+  local kind, id, untilms, startms
+  if e then
+    kind, id, untilms, startms = string.match(e, '^(%S+) (%S+) ?(%d*) ?(%d*)$')
+    -- Anything else (a value this code never writes: corrupt, or another program's) reads as a
+    -- lost epoch: a recovery, then a fresh epoch, rather than an error on every call for ever.
+    if not ((kind == 'ready' and untilms == '') or (kind == 'recovering' and tonumber(untilms) and tonumber(startms))) then
+      e = nil
+    end
+  end
   if not e then
     if ARGV[1] ~= '' then
-      redis.call('SET', KEYS[1], 'recovering ' .. ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
+      e_start, e_until = now, now + tonumber(ARGV[3])
+      redis.call('SET', KEYS[1], 'recovering ' .. ARGV[2] .. ' ' .. e_until .. ' ' .. e_start)
       return false, ARGV[2]
     end
     redis.call('SET', KEYS[1], 'ready ' .. ARGV[2])
     return true, ARGV[2]
   end
-  local kind, id, untilms = string.match(e, '^(%S+) (%S+) ?(%d*)$')
   if kind == 'recovering' then
-    if now < tonumber(untilms) then return false, id end
+    e_start, e_until = tonumber(startms), tonumber(untilms)
+    if now < e_until then return false, id end
     redis.call('SET', KEYS[1], 'ready ' .. id)
   end
   return true, id
+end
+-- Keep a recovery going for a lease period from now (an owner coming back registers its rooms next).
+local function extend_recovery(ready, id)
+  if ready then return end
+  local wanted = now_ms() + tonumber(ARGV[3])
+  if e_until < wanted then
+    e_until = wanted
+    redis.call('SET', KEYS[1], 'recovering ' .. id .. ' ' .. e_until .. ' ' .. e_start)
+  end
 end
 """
 
@@ -150,7 +177,12 @@ end
 # replaces this address's dead owner, as its supervisor says). {ready, epoch, token or 0, value}.
 _ACQUIRE = _EPOCH + b"""
 local ready, id = epoch()
-if not ready then return {0, id} end
+-- During a recovery an owner from before it (it knew an epoch and held a token: floor) may come back,
+-- once half a lease period has passed: a live owner puts its lease back within a third of one, so a
+-- lease still missing then is a dead or restarting owner's, and this may be it (the flock says so).
+if not ready and not (ARGV[1] ~= '' and tonumber(ARGV[6]) > 0 and now_ms() >= e_start + tonumber(ARGV[3]) / 2) then
+  return {0, id}
+end
 local held = redis.call('GET', KEYS[2])
 if held then
   local address = string.match(held, '^%S+ (.*)$')
@@ -164,34 +196,50 @@ if token <= floor then
 end
 local value = token .. ' ' .. ARGV[4]
 redis.call('SET', KEYS[2], value, 'PX', ARGV[5])
+extend_recovery(ready, id)
 return {1, id, token, value}
 """
 
 # KEYS: epoch, lease, fence. ARGV: epoch args, token, address, ttl_ms. {ready, epoch, result}: 1
 # renewed, 2 put back, 0 superseded. Allowed while recovering (that is how owners come back); the
-# epoch is read so that the first owner to renew after Redis lost everything starts the recovery.
+# epoch is read so that the first owner to renew after Redis lost everything starts the recovery,
+# and an owner that puts its lease back during one keeps it going for a lease period from then (its
+# registration, the next round trips, must land inside it). Only a lease with a higher token
+# supersedes: a lower one (a Redis restored from a snapshot, a lagging replica promoted, an already
+# superseded owner that renewed first after a restart) is overwritten, the fence raised.
 _RENEW = _EPOCH + b"""
 local ready, id = epoch()
+local r = ready and 1 or 0
+local token = tonumber(ARGV[4])
 local mine = ARGV[4] .. ' ' .. ARGV[5]
 local held = redis.call('GET', KEYS[2])
 if held == mine then
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
-  return {ready and 1 or 0, id, 1}
+  return {r, id, 1}
 end
-if held then return {ready and 1 or 0, id, 0} end
-local token = tonumber(ARGV[4])
-local fence = tonumber(redis.call('GET', KEYS[3]) or '0')
-if fence > token then return {ready and 1 or 0, id, 0} end
+local fence = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+if held then
+  local other = tonumber(string.match(held, '^(%d+) '))
+  if other and other >= token then return {r, id, 0} end
+  if not other and fence > token then return {r, id, 0} end
+elseif fence > token then
+  return {r, id, 0}
+end
 if fence < token then redis.call('SET', KEYS[3], token) end
 redis.call('SET', KEYS[2], mine, 'PX', ARGV[6])
-return {ready and 1 or 0, id, 2}
+extend_recovery(ready, id)
+return {r, id, 2}
 """
 
-# KEYS: epoch, code. ARGV: epoch args, "room_id shard". {ready, epoch, won, held}.
+# KEYS: epoch, code, room. ARGV: epoch args, "room_id shard", "shard code". {ready, epoch, won,
+# held}. The room's key is written only by a claim that won (a refused one leaves nothing behind).
 _CLAIM = _EPOCH + b"""
 local ready, id = epoch()
 if not ready then return {0, id} end
-if redis.call('SET', KEYS[2], ARGV[4], 'NX') then return {1, id, 1, ARGV[4]} end
+if redis.call('SET', KEYS[2], ARGV[4], 'NX') then
+  redis.call('SET', KEYS[3], ARGV[5])
+  return {1, id, 1, ARGV[4]}
+end
 return {1, id, 0, redis.call('GET', KEYS[2])}
 """
 
@@ -207,6 +255,11 @@ _DELETE_IF = b"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class ClusterMismatch(Exception):
+    """This process's settings disagree with the cluster's (``lease_period``): the recovery period
+    after a Redis restart is one lease period, which holds only if every process has the same."""
 
 
 class Recovering(PlacementUnavailable):
@@ -261,6 +314,8 @@ class Placement:
 
     def _seen(self, answer: list[Any], what: str) -> list[Any]:
         """Take the epoch an epoch script answered with; raise Recovering if it is not ready."""
+        if not isinstance(answer, (list, tuple)) or len(answer) < 2:
+            raise PlacementUnavailable(f"the cluster directory answered {what} with {answer!r}")
         ready, epoch = answer[0], answer[1]
         self.epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if not ready:
@@ -286,6 +341,12 @@ class Placement:
         reaped says so (``takeover``), and its lease is taken over at once rather than after its TTL.
         Nothing else may: a copy of a live node's data directory started with the same address would
         otherwise depose the live node. Refused while the directory recovers (Recovering)."""
+        period = self._key("lease_ms")
+        await self._call("acquire", lambda: self._client.set(period, str(self.lease_ms), condition=coredis.PureToken.NX))
+        cluster = await self._call("acquire", lambda: self._client.get(period))
+        if cluster is not None and cluster != str(self.lease_ms).encode():
+            raise ClusterMismatch(f"the cluster's lease_period is {int(cluster) / 1000:g} s, this process's "
+                                  f"{self.lease_ms / 1000:g} s: every process of a cluster needs the same")
         answer = self._seen(await self._call("acquire", lambda: self._acquire(
             keys=[self._epoch_key(), self._lease_key(shard), self._fence_key(shard)],
             args=[*self._epoch_args(), address, self.lease_ms, floor, "1" if takeover else "0"])), "acquire")
@@ -326,14 +387,11 @@ class Placement:
         across every process. Returns the room's ``(room_id, shard)``: the caller's if it won, the
         winner's otherwise (then join that room). ``code`` is in normal form. Refused while the
         directory recovers (Recovering)."""
-        room_key = self._room_key(room_id)
-        await self._call("claim", lambda: self._client.set(room_key, f"{shard} {code}"))
         won, held = self._seen(await self._call("claim", lambda: self._claim(
-            keys=[self._epoch_key(), self._code_key(code)], args=[*self._epoch_args(), f"{room_id} {shard}"])),
-            "claim")
+            keys=[self._epoch_key(), self._code_key(code), self._room_key(room_id)],
+            args=[*self._epoch_args(), f"{room_id} {shard}", f"{shard} {code}"])), "claim")
         if won:
             return room_id, shard
-        await self._call("claim", lambda: self._client.delete([room_key]))
         if held is None:  # the winner's room closed between our claim and this read: claim again
             return await self.claim(code, room_id, shard)
         winner, _, winner_shard = held.decode().partition(" ")
@@ -445,6 +503,10 @@ class ShardOwner:
         self._record = record
         self._on_lost = on_lost
         self._released = False
+        self._unregistered = False
+        """The rooms must be told to the directory (again): set when the lease is taken or put back,
+        cleared only by a registration that went through (the trap: retried only on a put back, one
+        that failed half way would leave codes unclaimed until the next Redis restart)."""
         self._keeper: trio.CancelScope | None = None
         self.registered: list[Callable[[], None]] = []
         """Called after every registration of this shard's rooms (the lease taken or put back: Redis
@@ -488,6 +550,7 @@ class ShardOwner:
         await self._remember()  # the environment's floor for the next owner, and the epoch seen
         self.lease = lease
         self.directory_up = True
+        self._unregistered = True
         log.info("shard %s owned with token %d at %s", self.shard, lease.token, self.address)
         await self._register()
 
@@ -501,6 +564,7 @@ class ShardOwner:
         """Tell the directory of every live room (after Redis lost its keys; idempotent). A code that
         another room claimed meanwhile keeps that room: this one stays reachable by id."""
         taken = await self.placement.register(self.shard, list(self._rooms()))
+        self._unregistered = False  # not before every chunk went through: a failure retries it all
         for room_id, code in taken:
             log.warning("room %s: its code %s was claimed by another room while the directory was "
                         "lost; it is reachable by id only", room_id, code)
@@ -520,9 +584,12 @@ class ShardOwner:
         try:
             if self.lease is None:
                 await self._acquire()
-            elif await self.placement.renew(self.lease):
-                log.info("the directory had lost shard %s: lease put back", self.shard)
-                await self._register()
+            else:
+                if await self.placement.renew(self.lease):
+                    log.info("the directory had lost shard %s: lease put back", self.shard)
+                    self._unregistered = True
+                if self._unregistered:
+                    await self._register()
             await self._remember()
         except PlacementUnavailable as exc:
             if self.directory_up:
@@ -534,6 +601,10 @@ class ShardOwner:
             self.directory_up = False
             log.error("%s: no longer this shard's owner", exc)
             self._on_lost(self.lost)
+            return
+        except Exception:  # anything else Redis made it meet (a reply of a shape never written): retried
+            log.exception("keeping the lease of shard %s failed (serving on; retrying)", self.shard)
+            self.directory_up = False
             return
         if not self.directory_up:
             log.info("the cluster directory is back (shard %s)", self.shard)

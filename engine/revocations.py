@@ -17,9 +17,16 @@ import msgpack
 
 from roost.protocol.tokens import Claims
 
+from roost.protocol.errors import ErrorCode
+
+from .errors import RoomError
 from .store import Store, Write
 
 __all__ = ["Revocations"]
+
+REVOCATION_MAX_UNTIL = 2**33
+"""The latest end of a revocation (Unix s, the year 2242): later is refused, so that every entry can
+be kept (and expired) in Redis as well (its EXAT refuses much later times)."""
 
 _JTI = "rev:jti:"
 _USER = "rev:user:"
@@ -66,7 +73,10 @@ class Revocations:
         return entry is not None and claims.iat <= entry[0]
 
     async def revoke_jti(self, jti: str, until: int) -> None:
-        """Refuse the token ``jti`` until ``until`` (its ``exp``, Unix s)."""
+        """Refuse the token ``jti`` until ``until`` (its ``exp``, Unix s); a second revocation never
+        shortens the first."""
+        _check_until(until)
+        until = max(until, self._jti.get(jti, until))
         await self._store.commit([Write(None, _JTI + jti, msgpack.packb(until))])
         self._jti[jti] = until
         self._notify()
@@ -75,6 +85,7 @@ class Revocations:
 
     async def revoke_user(self, user: str, until: int) -> None:
         """Refuse every token of ``user`` issued until now; keep the entry until ``until``."""
+        _check_until(until)
         at = int(self._clock())
         old = self._users.get(user)
         if old is not None:  # a second revocation never shortens the first
@@ -120,3 +131,8 @@ class Revocations:
 
     def __len__(self) -> int:
         return len(self._jti) + len(self._users)
+
+
+def _check_until(until: int) -> None:
+    if not 0 < until <= REVOCATION_MAX_UNTIL:
+        raise RoomError(ErrorCode.BAD_FIELD, f"exp must be a Unix time in seconds up to {REVOCATION_MAX_UNTIL}")

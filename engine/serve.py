@@ -216,7 +216,12 @@ async def _serve_until_stopped(
     scope.cancel()  # a graceful shutdown finished: stop waiting for signals
 
 
-async def _serve(prepared: Prepared) -> None:
+EXIT_SHARD_LOST = 3
+"""The exit status of a process that stopped because another took its shard (its supervisor does not
+restart it: ``roost.workers``)."""
+
+
+async def _serve(prepared: Prepared) -> str | None:
     config = prepared.config
     listeners = tuple(_inherited(fd) for fd in prepared.listen_fds)
     if listeners and config.advertise_url is not None:
@@ -252,6 +257,7 @@ async def _serve(prepared: Prepared) -> None:
                 else:
                     logger.warning("received %s again: stopping now", name)
                     nursery.cancel_scope.cancel()
+    return None if engine.cluster is None else engine.cluster.lost
 
 
 def with_port(url: str, port: int) -> str:
@@ -301,7 +307,7 @@ def run(prepared: Prepared, *, log_level: str = "info", log_format: str = "text"
     ``log_format`` (:mod:`roost.logs`: ``text`` or ``json``)."""
     configure_logging(log_level, log_format, context=None if prepared.worker is None else {"worker": prepared.worker})
     try:
-        trio.run(_serve, prepared)
+        lost = trio.run(_serve, prepared)
     except BaseExceptionGroup as group:
         store_errors, rest = group.split(StoreError)
         if store_errors is not None and rest is None:  # e.g. a damaged page met while restoring rooms
@@ -316,4 +322,7 @@ def run(prepared: Prepared, *, log_level: str = "info", log_format: str = "text"
         return 2
     finally:
         prepared.store.close()  # if the engine never ran it (a bind error); else already closed
+    if lost is not None:
+        print(f"roost: error: stopped: {lost}", file=sys.stderr)
+        return EXIT_SHARD_LOST
     return 0

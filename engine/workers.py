@@ -39,7 +39,7 @@ import trio
 
 from .app import _listen
 from .logs import configure as configure_logging
-from .serve import Prepared, _announce
+from .serve import EXIT_SHARD_LOST, Prepared, _announce
 
 __all__ = ["run_workers"]
 
@@ -104,6 +104,10 @@ class Worker:
                 return
             if first:
                 raise RuntimeError(f"worker {self.index} exited with status {code} before it served")
+            if code == EXIT_SHARD_LOST:  # another process owns its environment now: never take it back
+                log.error("worker %d (pid %d) stopped: another process took its shard; not restarted",
+                          self.index, process.pid, extra={"event": "worker_lost_shard", "worker": self.index})
+                return
             self.restarts += 1
             backoff = 0.1 if time.monotonic() - started > _HEALTHY_AFTER else min(backoff * 2, _MAX_BACKOFF)
             log.warning("worker %d (pid %d) exited with status %s: restarting it on its data in %.1f s",

@@ -505,7 +505,11 @@ export class Roost {
    * cluster's directory.
    */
   _follow(url) {
-    if (!url || this.rooms.size || !this.options.reconnect) return false;
+    // Another request in flight would be lost with the connection (and may have taken effect): then
+    // the application gets `moved` and decides.
+    // (The client's own inbox_resume is sent again by the next connection.)
+    const busy = [...this._pending.values()].some((pending) => pending.frame.t !== "inbox_resume");
+    if (!url || this.rooms.size || busy || !this.options.reconnect) return false;
     let target;
     try { target = new URL(url); } catch { return false; }
     const hosts = [this._openedHost, ...(this.options.followHosts ?? [])].map((host) => host.toLowerCase());
