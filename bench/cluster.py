@@ -67,7 +67,8 @@ async def _time_joins(url: str, tokens: list[str], code: str) -> tuple[float, fl
 
 def _joins(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Part 2: a node of ``args.workers`` workers, joins through its shared port and direct."""
-    env = {**os.environ, "ROOST_CLUSTER_PREFIX": f"roost-bench-{secrets.token_hex(4)}:"}
+    prefix = f"roost-bench-{secrets.token_hex(4)}:"
+    env = {**os.environ, "ROOST_CLUSTER_PREFIX": prefix}
     argv = [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", "0", "--data", str(workdir / "joins"),
             "--log-level", args.log_level, "--workers", str(args.workers), "--cluster", args.cluster]
     server = fanout.ServerProcess(argv, cpu=None, workdir=workdir, name="joins", env=env)
@@ -88,6 +89,7 @@ def _joins(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return trio.run(measure)
     finally:
         server.stop()
+        fanout.forget_prefix(args.cluster, prefix)
 
 
 def collect(args: argparse.Namespace) -> dict[str, Any]:

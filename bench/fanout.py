@@ -871,12 +871,35 @@ def _engine_run(args: argparse.Namespace, cpu: int | None, workdir: Path) -> dic
         return figures
     argv = [sys.executable, "-m", "roost.cli", "serve", "--dev", "--port", "0", "--data",
             str(workdir / "engine-data"), "--log-level", args.log_level]
-    env = None
-    if args.workers > 1:  # a node of N workers on this machine's Redis, under a prefix of this run's own
-        argv += ["--workers", str(args.workers), "--cluster", args.cluster]
-        env = {**os.environ, "ROOST_CLUSTER_PREFIX": f"roost-bench-{secrets.token_hex(4)}:"}
-    return _served_run(args, "engine", argv, ["ROOST_URL", "ROOST_DEV_KEY"], cpu, workdir,
-                       lambda lines: mint_tokens(Path(lines["ROOST_DEV_KEY"]), members), env=env)
+    if args.workers <= 1:
+        return _served_run(args, "engine", argv, ["ROOST_URL", "ROOST_DEV_KEY"], cpu, workdir,
+                           lambda lines: mint_tokens(Path(lines["ROOST_DEV_KEY"]), members))
+    # A node of N workers on this machine's Redis, under a prefix of this run's own, deleted afterwards.
+    prefix = f"roost-bench-{secrets.token_hex(4)}:"
+    argv += ["--workers", str(args.workers), "--cluster", args.cluster]
+    try:
+        return _served_run(args, "engine", argv, ["ROOST_URL", "ROOST_DEV_KEY"], cpu, workdir,
+                           lambda lines: mint_tokens(Path(lines["ROOST_DEV_KEY"]), members),
+                           env={**os.environ, "ROOST_CLUSTER_PREFIX": prefix})
+    finally:
+        forget_prefix(args.cluster, prefix)
+
+
+def forget_prefix(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` in the Redis at ``url`` (what a benchmark's cluster left)."""
+    import coredis
+    import trio
+
+    async def forget() -> None:
+        async with coredis.Redis.from_url(url, connect_timeout=2, stream_timeout=2) as client:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+            for start in range(0, len(keys), 500):
+                await client.delete(keys[start:start + 500])
+
+    try:
+        trio.run(forget)
+    except Exception as exc:  # noqa: BLE001 - a leftover is not worth failing the benchmark for
+        print(f"roost bench: could not delete the keys under {prefix} in {url}: {exc!r}", file=sys.stderr)
 
 
 def _baseline_run(args: argparse.Namespace, cpu: int | None, workdir: Path) -> dict[str, Any]:

@@ -44,7 +44,7 @@ async def nodes(nursery: trio.Nursery, keys: TestKeys, prefix: str, count: int, 
     return [await start_engine(nursery, node_config(keys, prefix, **more)) for _ in range(count)]
 
 
-async def test_a_room_is_joined_from_any_node_and_its_members_chat_on_its_own(nursery, prefix) -> None:
+async def test_a_room_is_joined_from_any_node_and_its_members_chat_on_its_own(prefix, nursery) -> None:
     keys = TestKeys()
     a, b, c = await nodes(nursery, keys, prefix, 3)
     with trio.fail_after(20):
@@ -65,7 +65,7 @@ async def test_a_room_is_joined_from_any_node_and_its_members_chat_on_its_own(nu
 
 
 async def test_fifty_clients_racing_join_or_create_across_three_nodes_make_one_room_without_overshoot(
-        nursery, prefix) -> None:
+        prefix, nursery) -> None:
     keys = TestKeys()
     engines = await nodes(nursery, keys, prefix, 3)
     outcomes: list[str] = []  # the room joined, or the error code
@@ -92,7 +92,7 @@ async def test_fifty_clients_racing_join_or_create_across_three_nodes_make_one_r
     assert len(homes) == 1 and homes[0].router.by_code("FINALS").info.members == 40
 
 
-async def test_a_client_in_a_room_is_not_moved_away_from_it_but_told_where_the_other_room_is(nursery, prefix) -> None:
+async def test_a_client_in_a_room_is_not_moved_away_from_it_but_told_where_the_other_room_is(prefix, nursery) -> None:
     keys = TestKeys()
     a, b = await nodes(nursery, keys, prefix, 2)
     with trio.fail_after(20):
@@ -108,7 +108,7 @@ async def test_a_client_in_a_room_is_not_moved_away_from_it_but_told_where_the_o
         assert (await other.join(there.room)).room == there.room
 
 
-async def test_a_node_that_stopped_makes_its_rooms_unavailable_until_it_is_back(nursery, prefix, tmp_path) -> None:
+async def test_a_node_that_stopped_makes_its_rooms_unavailable_until_it_is_back(prefix, nursery, tmp_path) -> None:
     """A graceful stop releases the lease at once: other nodes answer ``unavailable`` with a retry hint
     (not ``not_found``: the room exists, its node is down). The node restarted on its own data
     takes the shard back with a later token and serves the same room."""
@@ -132,7 +132,7 @@ async def test_a_node_that_stopped_makes_its_rooms_unavailable_until_it_is_back(
         assert (await bob.join(room)).room == room and bob.url == again.url
 
 
-async def test_a_copy_of_a_nodes_data_directory_is_refused_while_the_node_serves(nursery, prefix, tmp_path) -> None:
+async def test_a_copy_of_a_nodes_data_directory_is_refused_while_the_node_serves(prefix, nursery, tmp_path) -> None:
     keys = TestKeys()
     config = node_config(keys, prefix)
     with trio.fail_after(30):
@@ -269,7 +269,7 @@ async def test_a_revocation_heard_twice_or_out_of_order_changes_nothing_and_neve
         await revocations.apply("room", "r1", [1])
 
 
-async def test_the_per_user_session_cap_counts_the_users_sessions_on_every_node(nursery, prefix) -> None:
+async def test_the_per_user_session_cap_counts_the_users_sessions_on_every_node(prefix, nursery) -> None:
     """max_sessions_per_user 2: two sessions on node a, then a third on node b is refused with 4506;
     once one on a ends, b admits it. A node SIGKILLed leaves counts behind: they are ignored (their
     lease is not live with that token) — the node's own restart is covered by the token in each field."""
@@ -296,7 +296,7 @@ async def test_the_per_user_session_cap_counts_the_users_sessions_on_every_node(
             assert f"{a.cluster.shard} 999".encode() not in await redis.hgetall(counts_key)
 
 
-async def test_the_service_api_of_one_node_answers_moved_for_a_room_another_serves(nursery, prefix) -> None:
+async def test_the_service_api_of_one_node_answers_moved_for_a_room_another_serves(prefix, nursery) -> None:
     keys = TestKeys()
     a, b = await nodes(nursery, keys, prefix, 2)
     with trio.fail_after(20):
@@ -311,7 +311,7 @@ async def test_the_service_api_of_one_node_answers_moved_for_a_room_another_serv
         await a.ops.publish(room, "notice", {"text": "hello"})  # its own node does it
 
 
-async def test_the_lobby_of_any_node_lists_the_public_rooms_of_every_node(nursery, prefix) -> None:
+async def test_the_lobby_of_any_node_lists_the_public_rooms_of_every_node(prefix, nursery) -> None:
     """Public rooms of a and b in the lobby of either (within half a second), private ones never;
     a closed room leaves it; a stopped node's rooms leave it at once (its lease is released)."""
     keys = TestKeys()

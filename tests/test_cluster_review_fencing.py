@@ -39,7 +39,7 @@ def _config(keys, prefix, **more):
 
 
 async def test_a_copy_of_a_live_nodes_data_directory_with_the_same_advertise_url_is_refused(
-        nursery, prefix, tmp_path) -> None:
+        prefix, nursery, tmp_path) -> None:
     keys = TestKeys()
     config = _config(keys, prefix, advertise_url="ws://game.example:8765/")
     with trio.fail_after(30):
@@ -61,7 +61,7 @@ async def test_a_copy_of_a_live_nodes_data_directory_with_the_same_advertise_url
                     f"over the live owner's {token}); the live node is still serving: {not a.shutdown_requested}")
 
 
-async def test_a_graceful_stop_leaves_the_lease_released(nursery, prefix, tmp_path) -> None:
+async def test_a_graceful_stop_leaves_the_lease_released(prefix, nursery, tmp_path) -> None:
     keys = TestKeys()
     config = _config(keys, prefix)
     async with machine_redis(prefix) as redis:
