@@ -136,7 +136,7 @@ class Worker:
             chunk = await stream.receive_some(4096)
             if not chunk:
                 return False
-            buffer += chunk
+            buffer = buffer[-64:] + chunk  # enough to find the marker across two reads, never more
         return True
 
     def terminate(self) -> None:

@@ -512,9 +512,11 @@ export class Roost {
     if (!url || this.rooms.size || busy || !this.options.reconnect) return false;
     let target;
     try { target = new URL(url); } catch { return false; }
-    const hosts = [this._openedHost, ...(this.options.followHosts ?? [])].map((host) => host.toLowerCase());
+    // Hosts compared as the Python client does: lower case, an IPv6 address without its brackets.
+    const bare = (host) => host.toLowerCase().replace(/^\[(.*)\]$/, "$1");
+    const hosts = [this._openedHost, ...(this.options.followHosts ?? [])].map(bare);
     if (!["ws:", "wss:"].includes(target.protocol) || (this._openedSecure && target.protocol !== "wss:")
-        || !hosts.includes(target.hostname.toLowerCase())) return false;
+        || !hosts.includes(bare(target.hostname))) return false;
     this.url = url;
     this.stats.moves += 1;
     this._moving = true;
