@@ -122,11 +122,13 @@ async def test_claims_refused_while_the_directory_recovers_leave_no_keys_behind(
         lease = await placement.acquire("sA", "ws://a/")
         await _wipe(redis, prefix)
         await placement.renew(lease)  # recovery for 2 s
+        refused = 0
         for index in range(20):  # clients retrying their join_or_create
             try:
                 await placement.claim("LOBBY", f"r{index}", "sA")
             except PlacementUnavailable:
-                pass
+                refused += 1
+        assert refused == 20  # every one of them during the recovery
         leaked = [key async for key in redis.scan_iter(match=f"{prefix}{{dir}}:room:*")]
         assert not leaked, f"{len(leaked)} room keys of claims that were refused"
 
